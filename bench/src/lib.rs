@@ -1,0 +1,1 @@
+//! Shared helpers for the benchmark programs in `bench/src/bin/`.

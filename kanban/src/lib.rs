@@ -1,0 +1,1 @@
+//! `aion-kanban`: the runtime kanban core over RabbitMQ.

@@ -1,0 +1,3 @@
+fn main() {
+    println!("aion-kanban: not built yet");
+}

@@ -1,0 +1,2 @@
+//! `aion-reconcile`: load → validate → gather facts → plan (pure data) → execute.
+pub mod cli;
