@@ -1,0 +1,10 @@
+//! One module per subcommand. Each has `Args` (clap) and `run(&Args) -> anyhow::Result<u8>`
+//! returning the success exit code; errors go back to `cli::main`.
+
+pub mod apply;
+pub mod diff;
+pub mod down;
+pub mod plan;
+pub mod render;
+pub mod status;
+pub mod validate;
