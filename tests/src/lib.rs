@@ -1,2 +1,4 @@
 //! Test support shared by the integration tests: finding the real control plane, the SSH
 //! testbed and RabbitMQ, and failing (never skipping) under CI when one is missing.
+
+pub mod k8s;
