@@ -58,7 +58,7 @@ cmd_build() {
     command -v go >/dev/null || die "go is not installed (Debian: the Go toolchain named in docs/control-plane.md)"
     v=$(k8s_version)
     minor=${v#v1.}; minor=${minor%%.*}
-    export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
+    export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
     # Reproducible build date: the module's publication time from the proxy metadata, if cached.
     date=$(cd "$MODDIR" && info=$(go mod download -json "k8s.io/kubernetes@$v" 2>/dev/null | jq -r '.Info // empty') &&
         [ -n "$info" ] && jq -r '.Time // empty' "$info" || true)
