@@ -1,1 +1,25 @@
 //! `aion-kanban`: the runtime kanban core over RabbitMQ.
+//!
+//! * [`message`]: the kanban (upstream's fields, JSON).
+//! * [`topology`]: queue names and the queues a `services.yml` implies (pure).
+//! * [`routing`]: where a kanban goes (pure; upstream's broker rules).
+//! * [`router`]: the router process (consume, route, publish with confirms, ack, reconnect).
+//! * [`lifecycle`]: on-demand start of microservice instances through the Kubernetes API.
+//! * [`replicator`]: the SQLite record of every routed kanban (`aion-kanban log`).
+//! * [`client`]: the library microservices use (receive, send, success/fail/requeue).
+//! * [`sweeper`]: the data sweeper (`data-sweeper.yml`).
+
+// lapin::Error is large; our errors carry it on the cold (failure) path only.
+#![allow(clippy::result_large_err)]
+
+pub mod amqp;
+pub mod client;
+pub mod lifecycle;
+pub mod message;
+pub mod replicator;
+pub mod router;
+pub mod routing;
+pub mod sweeper;
+pub mod topology;
+
+pub use message::Kanban;

@@ -1,0 +1,189 @@
+//! Thin helpers over lapin: connect, declare the topology idempotently, publish kanbans the way
+//! upstream's RabbitMQ-era clients do (default exchange, routing key = queue name, JSON body,
+//! `application/json`, persistent).
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::topology::QueueSpec;
+
+/// Errors talking to a broker, naming the broker (URL without credentials) or the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("cannot connect to RabbitMQ at {url}: {source}")]
+    Connect { url: String, source: lapin::Error },
+    #[error("RabbitMQ at {url}: {what}: {source}")]
+    Channel {
+        url: String,
+        what: String,
+        source: lapin::Error,
+    },
+    #[error("declaring queue `{queue}`: {source}")]
+    Declare { queue: String, source: lapin::Error },
+    #[error("publishing to queue `{queue}`: {source}")]
+    Publish { queue: String, source: lapin::Error },
+    #[error("broker did not confirm the message to queue `{queue}` ({what})")]
+    NotConfirmed { queue: String, what: &'static str },
+}
+
+/// `amqp://user:pass@host:port/vhost` → `amqp://host:port/vhost` (for messages and logs).
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props)
+        .await
+        .map_err(|source| AmqpError::Connect {
+            url: redact(url),
+            source,
+        })
+}
+
+pub async fn channel(conn: &Connection, url: &str, confirms: bool) -> Result<Channel, AmqpError> {
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|source| AmqpError::Channel {
+            url: redact(url),
+            what: "opening a channel".into(),
+            source,
+        })?;
+    if confirms {
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|source| AmqpError::Channel {
+                url: redact(url),
+                what: "enabling publisher confirms".into(),
+                source,
+            })?;
+    }
+    Ok(ch)
+}
+
+/// Queue arguments for a spec (dead-lettering through the default exchange).
+pub fn queue_args(spec: &QueueSpec) -> FieldTable {
+    let mut args = FieldTable::default();
+    if let Some(dlq) = &spec.dead_letter_to {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from("")),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(dlq.as_str())),
+        );
+    }
+    args
+}
+
+/// Declare every queue (durable). Declaring an existing queue with the same arguments is a
+/// no-op, so this runs at every start and after every configuration change.
+pub async fn declare(ch: &Channel, specs: &[QueueSpec]) -> Result<(), AmqpError> {
+    for spec in specs {
+        ch.queue_declare(
+            spec.name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            queue_args(spec),
+        )
+        .await
+        .map_err(|source| AmqpError::Declare {
+            queue: spec.name.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Properties upstream's clients use: JSON, persistent.
+pub fn json_props() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2)
+}
+
+/// Publish to `queue` through the default exchange and wait for the broker's confirm.
+pub async fn publish_confirmed(
+    ch: &Channel,
+    queue: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<(), AmqpError> {
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .map_err(|source| AmqpError::Publish {
+            queue: queue.into(),
+            source,
+        })?;
+    check_confirm(queue, confirm.await)
+}
+
+pub fn check_confirm(
+    queue: &str,
+    c: Result<lapin::Confirmation, lapin::Error>,
+) -> Result<(), AmqpError> {
+    use lapin::Confirmation;
+    match c {
+        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
+        Ok(Confirmation::Ack(Some(_))) => Err(AmqpError::NotConfirmed {
+            queue: queue.into(),
+            what: "returned unroutable",
+        }),
+        Ok(Confirmation::Nack(_)) => Err(AmqpError::NotConfirmed {
+            queue: queue.into(),
+            what: "nack",
+        }),
+        Err(source) => Err(AmqpError::Publish {
+            queue: queue.into(),
+            source,
+        }),
+    }
+}
+
+/// Headers for a dead-lettered message: why, and where it came from.
+pub fn dead_letter_headers(reason: &str, source_queue: &str) -> FieldTable {
+    let mut h = FieldTable::default();
+    h.insert(
+        "x-aion-reason".into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    h.insert(
+        "x-aion-source-queue".into(),
+        AMQPValue::LongString(LongString::from(source_queue)),
+    );
+    h
+}
+
+/// Read a string header (as set by [`dead_letter_headers`]).
+pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
+    let h = props.headers().as_ref()?;
+    match h.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(super::redact("amqp://u:p@h:5672/%2f"), "amqp://h:5672/%2f");
+        assert_eq!(super::redact("amqp://h"), "amqp://h");
+    }
+}

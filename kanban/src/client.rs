@@ -1,0 +1,265 @@
+//! The client library for microservices (Rust), in the shape of upstream's RabbitMQ clients
+//! (doc §5.5): receive kanbans from one or more queues, `success()` / `fail()` / `requeue()`
+//! each, `send()` kanbans to a queue. Differences from upstream, on purpose:
+//! * an undecodable message does not stop or stall the receiver: it is handed out with
+//!   [`Message::kanban`] returning the decode error, and `fail()` dead-letters it;
+//! * the connection is re-established after a broker restart or network loss, both for
+//!   receiving and sending; unacked messages are redelivered by the broker (at-least-once);
+//! * `send()` returns only after the broker confirmed the message (publisher confirms).
+//!
+//! Inside AION, a microservice instance receives on `QUEUE_ORIGIN` (`<base>-NNN.in`) and sends
+//! its results to `QUEUE_TO` (`<base>-NNN.out`); the router does the rest.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::amqp::{self, AmqpError};
+use crate::message::{DecodeError, Kanban};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("environment variable {0} is not set")]
+    Env(&'static str),
+    #[error("acknowledging message from `{queue}`: {source}")]
+    Ack { queue: String, source: lapin::Error },
+}
+
+/// A received message.
+pub struct Message {
+    queue: String,
+    delivery: Delivery,
+}
+
+impl Message {
+    /// The queue it was received from.
+    pub fn queue_name(&self) -> &str {
+        &self.queue
+    }
+    /// The raw body.
+    pub fn data(&self) -> &[u8] {
+        &self.delivery.data
+    }
+    /// Whether the broker delivered it before (at-least-once: handle duplicates).
+    pub fn redelivered(&self) -> bool {
+        self.delivery.redelivered
+    }
+    pub fn kanban(&self) -> Result<Kanban, DecodeError> {
+        Kanban::decode(&self.delivery.data)
+    }
+    /// Done: remove it from the queue.
+    pub async fn success(self) -> Result<(), ClientError> {
+        let q = self.queue;
+        self.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(|source| ClientError::Ack { queue: q, source })
+    }
+    /// Failed: reject without requeue (→ the service's dead-letter queue).
+    pub async fn fail(self) -> Result<(), ClientError> {
+        let q = self.queue;
+        self.delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|source| ClientError::Ack { queue: q, source })
+    }
+    /// Put it back in the queue for another try.
+    pub async fn requeue(self) -> Result<(), ClientError> {
+        let q = self.queue;
+        self.delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|source| ClientError::Ack { queue: q, source })
+    }
+}
+
+/// Receives from queues, reconnecting as needed. Dropping it stops consuming.
+pub struct Receiver {
+    rx: mpsc::Receiver<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Start consuming `queues` on `url` with QoS `prefetch` (upstream's clients use 1).
+    pub fn start(url: &str, queues: &[String], prefetch: u16) -> Receiver {
+        let (tx, rx) = mpsc::channel(prefetch.max(1) as usize);
+        let (url, queues) = (url.to_string(), queues.to_vec());
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match consume_once(&url, &queues, prefetch, &tx).await {
+                    Ok(()) => return, // receiver dropped
+                    Err(e) => {
+                        tracing::warn!("kanban receiver: {e}; reconnecting in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Receiver { rx, task }
+    }
+
+    /// The next message (`None` only after [`Receiver`] is shut down).
+    pub async fn next(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// As a `Stream`.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Message> {
+        futures::stream::unfold(self, |mut r| async move { r.next().await.map(|m| (m, r)) })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn consume_once(
+    url: &str,
+    queues: &[String],
+    prefetch: u16,
+    tx: &mpsc::Sender<Message>,
+) -> Result<(), AmqpError> {
+    let conn = amqp::connect(url, "aion-kanban-client").await?;
+    let ch = amqp::channel(&conn, url, false).await?;
+    ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await
+        .map_err(|source| AmqpError::Channel {
+            url: amqp::redact(url),
+            what: "basic.qos".into(),
+            source,
+        })?;
+    let mut all = futures::stream::SelectAll::new();
+    for q in queues {
+        let c = ch
+            .basic_consume(
+                q.as_str().into(),
+                q.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| AmqpError::Channel {
+                url: amqp::redact(url),
+                what: format!("consuming `{q}`"),
+                source,
+            })?;
+        let q = q.clone();
+        all.push(c.map(move |d| (q.clone(), d)));
+    }
+    while let Some((queue, d)) = all.next().await {
+        let delivery = d.map_err(|source| AmqpError::Channel {
+            url: amqp::redact(url),
+            what: format!("receiving from `{queue}`"),
+            source,
+        })?;
+        if tx.send(Message { queue, delivery }).await.is_err() {
+            let _ = conn.close(200, "receiver dropped".into()).await;
+            return Ok(());
+        }
+    }
+    Err(AmqpError::NotConfirmed {
+        queue: queues.join(","),
+        what: "consumer cancelled by the broker",
+    })
+}
+
+/// Sends kanbans (confirmed), reconnecting once per send if the connection was lost.
+pub struct Sender {
+    url: String,
+    link: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Sender {
+    pub fn new(url: &str) -> Sender {
+        Sender {
+            url: url.to_string(),
+            link: Mutex::new(None),
+        }
+    }
+
+    /// Send `k` to `queue`; returns after the broker confirmed it.
+    pub async fn send(&self, queue: &str, k: &Kanban) -> Result<(), ClientError> {
+        self.send_raw(queue, &k.encode()).await
+    }
+
+    /// Send any JSON body (upstream's clients send arbitrary maps).
+    pub async fn send_raw(&self, queue: &str, body: &[u8]) -> Result<(), ClientError> {
+        let mut link = self.link.lock().await;
+        for attempt in 0..2 {
+            if link.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
+                let conn = amqp::connect(&self.url, "aion-kanban-client").await?;
+                let ch = amqp::channel(&conn, &self.url, true).await?;
+                *link = Some((conn, ch));
+            }
+            let Some((_, ch)) = link.as_ref() else {
+                continue;
+            };
+            match amqp::publish_confirmed(ch, queue, body, amqp::json_props()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt == 0 => {
+                    tracing::warn!("send to `{queue}`: {e}; reconnecting");
+                    *link = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+}
+
+/// A microservice's client configured the AION way: `RABBITMQ_URL`, `QUEUE_ORIGIN` (input
+/// queues, comma-separated), `QUEUE_TO` (default output queue).
+pub struct Client {
+    pub receiver: Receiver,
+    pub sender: Sender,
+    pub queue_to: String,
+}
+
+impl Client {
+    pub fn from_env() -> Result<Client, ClientError> {
+        let url = std::env::var("RABBITMQ_URL").map_err(|_| ClientError::Env("RABBITMQ_URL"))?;
+        let origin = std::env::var("QUEUE_ORIGIN").map_err(|_| ClientError::Env("QUEUE_ORIGIN"))?;
+        let queue_to = std::env::var("QUEUE_TO").map_err(|_| ClientError::Env("QUEUE_TO"))?;
+        let queues: Vec<String> = origin
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(Client {
+            receiver: Receiver::start(&url, &queues, 1),
+            sender: Sender::new(&url),
+            queue_to,
+        })
+    }
+
+    /// Send a result kanban to `QUEUE_TO`.
+    pub async fn output(&self, k: &Kanban) -> Result<(), ClientError> {
+        self.sender.send(&self.queue_to, k).await
+    }
+}

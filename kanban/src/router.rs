@@ -1,0 +1,847 @@
+//! The router process: consumes every instance's output queue and this device's inbound queue,
+//! routes each kanban (see [`crate::routing`]), publishes it to the next hops with publisher
+//! confirms, and acks the consumed message only after every next hop confirmed. Faults:
+//! undecodable bodies and undeliverable targets go to the dead-letter queue with a reason; a
+//! lost connection ends the session, unacked messages return to their queues (at-least-once)
+//! and the router reconnects with backoff. A configuration change (SIGHUP or the file changing)
+//! ends the session cleanly and the next one re-declares the topology.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aion_model::ServicesFile;
+use base64::Engine;
+use futures::StreamExt;
+use futures::stream::SelectAll;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::amqp::{self, AmqpError};
+use crate::lifecycle::KubeLifecycle;
+use crate::message::Kanban;
+use crate::replicator::{Record, Replicator};
+use crate::routing::{self, Decision, Hop};
+use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE};
+
+/// Where the configuration comes from.
+#[derive(Clone)]
+pub enum ServicesSource {
+    /// Re-read on SIGHUP and when the file changes.
+    File(PathBuf),
+    /// A fixed value (tests, embedding).
+    Value(Arc<ServicesFile>),
+}
+
+/// Error loading the services file, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+}
+
+pub fn load_services(path: &Path) -> Result<ServicesFile, ConfigError> {
+    let loaded = aion_model::services::load(path).map_err(|e| ConfigError::Load(e.to_string()))?;
+    for d in &loaded.diagnostics {
+        tracing::warn!("{d}");
+    }
+    Ok(loaded.value)
+}
+
+pub struct RouterOptions {
+    pub services: ServicesSource,
+    /// This device's name; `None` → `deviceName` from services.yml.
+    pub device: Option<String>,
+    pub amqp_url: String,
+    /// Broker URL per remote device name; others use `remote_template`.
+    pub device_amqp: HashMap<String, String>,
+    /// Template for a remote device's broker URL; `{addr}` is replaced by `devices.<name>.addr`.
+    pub remote_template: String,
+    /// The data directory (`$AION_HOME/Data`); relative `fileList` paths are resolved against
+    /// its parent (`$AION_HOME`), received files are stored under `<data>/<service>_<n>/`.
+    pub data_dir: PathBuf,
+    pub prefetch: u16,
+    pub replicator: Option<Replicator>,
+    pub lifecycle: Option<Arc<KubeLifecycle>>,
+    /// How often to check the services file for changes.
+    pub watch_interval: Duration,
+    /// Triggered externally to reload (SIGHUP handler, tests).
+    pub reload: Arc<Notify>,
+}
+
+impl RouterOptions {
+    pub fn new(services: ServicesSource, amqp_url: impl Into<String>) -> Self {
+        RouterOptions {
+            services,
+            device: None,
+            amqp_url: amqp_url.into(),
+            device_amqp: HashMap::new(),
+            remote_template: "amqp://guest:guest@{addr}:5672/%2f".into(),
+            data_dir: PathBuf::from("/var/lib/aion/Data"),
+            prefetch: 64,
+            replicator: None,
+            lifecycle: None,
+            watch_interval: Duration::from_secs(2),
+            reload: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// A kanban forwarded to another device's inbound queue, with the files of its `fileList`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forwarded {
+    pub service: String,
+    pub number: i32,
+    pub from_device: String,
+    pub kanban: Kanban,
+    #[serde(default)]
+    pub files: Vec<ForwardedFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedFile {
+    /// File name (no directories) to store it under on the receiving device.
+    pub name: String,
+    /// Base64 content.
+    pub data: String,
+}
+
+enum End {
+    Reload,
+    Shutdown,
+}
+
+/// Run the router until `shutdown` resolves.
+pub async fn run(
+    opts: RouterOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let opts = Arc::new(opts);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(200);
+    let watcher = spawn_file_watch(&opts);
+    let result = loop {
+        let services = match &opts.services {
+            ServicesSource::File(p) => match load_services(p) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    tracing::error!("{e}; retrying in 5 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                        _ = opts.reload.notified() => continue,
+                        _ = &mut shutdown => break Ok(()),
+                    }
+                }
+            },
+            ServicesSource::Value(v) => v.clone(),
+        };
+        match session(&opts, services, &mut shutdown).await {
+            Ok(End::Shutdown) => break Ok(()),
+            Ok(End::Reload) => {
+                tracing::info!("configuration changed: re-declaring topology");
+                backoff = Duration::from_millis(200);
+            }
+            Err(e) => {
+                tracing::warn!("router session ended: {e:#}; reconnecting in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut shutdown => break Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    result
+}
+
+fn spawn_file_watch(opts: &Arc<RouterOptions>) -> Option<tokio::task::JoinHandle<()>> {
+    let ServicesSource::File(path) = &opts.services else {
+        return None;
+    };
+    let (path, reload, every) = (path.clone(), opts.reload.clone(), opts.watch_interval);
+    Some(tokio::spawn(async move {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last: Option<(Option<SystemTime>, u64)> = stamp(&path);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = stamp(&path);
+            if now != last {
+                last = now;
+                tracing::info!("{} changed", path.display());
+                reload.notify_one();
+            }
+        }
+    }))
+}
+
+struct Session {
+    opts: Arc<RouterOptions>,
+    services: Arc<ServicesFile>,
+    device: String,
+    publish: Channel,
+    remotes: HashMap<String, (Connection, Channel)>,
+}
+
+/// What a consumed message came from.
+#[derive(Clone)]
+enum Source {
+    Output {
+        queue: String,
+        service: String,
+        number: i32,
+    },
+    Inbound,
+}
+
+async fn session(
+    opts: &Arc<RouterOptions>,
+    services: Arc<ServicesFile>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<End> {
+    let url = &opts.amqp_url;
+    let conn = amqp::connect(url, "aion-kanban-router").await?;
+    let ctl = amqp::channel(&conn, url, false).await?;
+    amqp::declare(&ctl, &topology::plan(&services)).await?;
+    let publish = amqp::channel(&conn, url, true).await?;
+    let consume = amqp::channel(&conn, url, false).await?;
+    consume
+        .basic_qos(opts.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|source| AmqpError::Channel {
+            url: amqp::redact(url),
+            what: "basic.qos".into(),
+            source,
+        })?;
+
+    let mut streams: SelectAll<_> = SelectAll::new();
+    let mut sources: Vec<(String, Source)> = topology::router_sources(&services)
+        .into_iter()
+        .map(|(q, service, number)| {
+            (
+                q.clone(),
+                Source::Output {
+                    queue: q,
+                    service,
+                    number,
+                },
+            )
+        })
+        .collect();
+    sources.push((INBOUND_QUEUE.to_string(), Source::Inbound));
+    for (queue, src) in sources {
+        let consumer = consume
+            .basic_consume(
+                queue.as_str().into(),
+                format!("aion-kanban:{queue}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| AmqpError::Channel {
+                url: amqp::redact(url),
+                what: format!("consuming {queue}"),
+                source,
+            })?;
+        streams.push(consumer.map(move |d| (src.clone(), d)));
+    }
+    let device = opts
+        .device
+        .clone()
+        .unwrap_or_else(|| services.device_name.clone());
+    tracing::info!(
+        "router for device `{device}` on {}: {} queues consumed",
+        amqp::redact(url),
+        streams.len()
+    );
+
+    // Boot: start `startup` instances.
+    if let Some(lc) = &opts.lifecycle {
+        for ms in services.microservices.iter().filter(|m| m.startup) {
+            for n in 1..=ms.scale.max(1) {
+                if let Err(e) = lc.ensure_running(ms, n).await {
+                    tracing::warn!("starting {}: {e}", ms.instance_name(n));
+                }
+            }
+        }
+    }
+
+    let mut s = Session {
+        opts: opts.clone(),
+        services: services.clone(),
+        device,
+        publish,
+        remotes: HashMap::new(),
+    };
+    let mut inflight: JoinSet<()> = JoinSet::new();
+    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = &mut *shutdown => break Ok(End::Shutdown),
+            _ = opts.reload.notified() => break Ok(End::Reload),
+            next = streams.next() => match next {
+                None => break Err(anyhow::anyhow!("all consumers were cancelled")),
+                Some((_, Err(e))) => break Err(anyhow::anyhow!("consumer error: {e}")),
+                Some((src, Ok(d))) => {
+                    if let Err(e) = s.handle(src, d, &mut inflight).await {
+                        break Err(e);
+                    }
+                }
+            },
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            _ = keepalive.tick() => s.keep_always_running().await,
+        }
+    };
+    // Let confirmations that are on their way finish, so their messages get acked.
+    let drain = async { while inflight.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    let _ = conn
+        .close(200, "aion-kanban router session end".into())
+        .await;
+    for (_, (c, _)) in s.remotes.drain() {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    end
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+impl Session {
+    fn record(&self, r: Record) {
+        if let Some(rep) = &self.opts.replicator {
+            rep.record(r);
+        }
+    }
+
+    async fn keep_always_running(&self) {
+        let Some(lc) = &self.opts.lifecycle else {
+            return;
+        };
+        for ms in self.services.microservices.iter().filter(|m| m.always) {
+            for n in 1..=ms.scale.max(1) {
+                if let Err(e) = lc.ensure_running(ms, n).await {
+                    tracing::warn!("keeping {} running: {e}", ms.instance_name(n));
+                }
+            }
+        }
+    }
+
+    /// Dead-letter `body` into `dlq` with a reason; confirmed.
+    async fn dead_letter(
+        &self,
+        dlq: &str,
+        body: &[u8],
+        reason: &str,
+        source_queue: &str,
+    ) -> Result<(), AmqpError> {
+        tracing::warn!("dead-lettering a message from {source_queue} to {dlq}: {reason}");
+        let props =
+            amqp::json_props().with_headers(amqp::dead_letter_headers(reason, source_queue));
+        amqp::publish_confirmed(&self.publish, dlq, body, props).await
+    }
+
+    async fn handle(
+        &mut self,
+        src: Source,
+        d: Delivery,
+        inflight: &mut JoinSet<()>,
+    ) -> anyhow::Result<()> {
+        match src {
+            Source::Output {
+                queue,
+                service,
+                number,
+            } => {
+                self.handle_output(&queue, &service, number, d, inflight)
+                    .await
+            }
+            Source::Inbound => self.handle_inbound(d, inflight).await,
+        }
+    }
+
+    async fn handle_output(
+        &mut self,
+        queue: &str,
+        service: &str,
+        number: i32,
+        d: Delivery,
+        inflight: &mut JoinSet<()>,
+    ) -> anyhow::Result<()> {
+        let ms = self.services.microservice(service).cloned();
+        let dlq = ms
+            .as_ref()
+            .map(topology::dead_letter_queue)
+            .unwrap_or_else(|| INBOUND_DLQ.to_string());
+        let source = format!("{service}#{number}");
+        let mut rec = Record {
+            at: now(),
+            source_queue: queue.to_string(),
+            source: source.clone(),
+            connection_key: String::new(),
+            process_number: 0,
+            outcome: String::new(),
+            detail: String::new(),
+            kanban: String::new(),
+        };
+        let k = match Kanban::decode(&d.data) {
+            Ok(k) => k,
+            Err(e) => {
+                let reason = e.to_string();
+                self.dead_letter(&dlq, &d.data, &reason, queue).await?;
+                ack(&d).await?;
+                rec.outcome = "dead-lettered".into();
+                rec.detail = reason;
+                rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
+                self.record(rec);
+                return Ok(());
+            }
+        };
+        rec.connection_key = k.connection_key.clone();
+        rec.process_number = k.process_number.into();
+        rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
+
+        let decision = routing::route(&self.services, &self.device, service, &k);
+        let hops = match decision {
+            Decision::Route(h) => h,
+            Decision::Terminate => {
+                if let (Some(lc), Some(ms)) = (&self.opts.lifecycle, &ms) {
+                    lc.forget(ms, number);
+                }
+                ack(&d).await?;
+                rec.outcome = "terminate".into();
+                self.record(rec);
+                return Ok(());
+            }
+            Decision::NoRoute => {
+                tracing::warn!(
+                    "{source}: no nextService for connection key `{}` and no `default`",
+                    k.connection_key
+                );
+                ack(&d).await?;
+                rec.outcome = "no-route".into();
+                self.record(rec);
+                return Ok(());
+            }
+            Decision::UnknownSource => {
+                let reason = format!("`{service}` is not in services.yml");
+                self.dead_letter(&dlq, &d.data, &reason, queue).await?;
+                ack(&d).await?;
+                rec.outcome = "dead-lettered".into();
+                rec.detail = reason;
+                self.record(rec);
+                return Ok(());
+            }
+        };
+
+        // Publish to every hop in order; collect the confirmations and wait for them off the
+        // consume loop so the next delivery is handled meanwhile.
+        let local_body = routing::for_local_hop(&k, &self.device).encode();
+        let mut confirms = Vec::with_capacity(hops.len());
+        let mut details = Vec::with_capacity(hops.len());
+        let mut starts = Vec::new();
+        let mut failed: Option<String> = None;
+        for hop in &hops {
+            match hop {
+                Hop::Local {
+                    service,
+                    number,
+                    queue,
+                } => {
+                    let c = self
+                        .publish
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &local_body,
+                            amqp::json_props(),
+                        )
+                        .await
+                        .map_err(|source| AmqpError::Publish {
+                            queue: queue.clone(),
+                            source,
+                        })?;
+                    confirms.push((queue.clone(), c));
+                    details.push(queue.clone());
+                    starts.push((service.clone(), *number));
+                }
+                Hop::Remote {
+                    device,
+                    addr,
+                    service,
+                    number,
+                } => {
+                    match self.forward(device, addr, service, *number, &k).await {
+                        Ok(()) => details.push(format!("{device}:{service}#{number}")),
+                        Err(ForwardError::Retry(e)) => {
+                            // Remote broker unreachable: put it back and try again later.
+                            tracing::warn!("forwarding to device `{device}`: {e}; will retry");
+                            self.remotes.remove(device);
+                            failed = Some(e);
+                            break;
+                        }
+                        Err(ForwardError::Reject(reason)) => {
+                            self.dead_letter(&dlq, &d.data, &reason, queue).await?;
+                            details.push(format!("dead-lettered: {reason}"));
+                        }
+                    }
+                }
+                Hop::Invalid { reason, .. } => {
+                    self.dead_letter(&dlq, &d.data, reason, queue).await?;
+                    details.push(format!("dead-lettered: {reason}"));
+                }
+            }
+        }
+        if failed.is_some() {
+            // Wait for local confirms already sent, then requeue the whole kanban.
+            for (_, c) in confirms {
+                let _ = c.await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            d.acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("nack: {e}"))?;
+            return Ok(());
+        }
+        rec.outcome = "routed".into();
+        rec.detail = details.join(", ");
+        let replicator = self.opts.replicator.clone();
+        let lifecycle = self.opts.lifecycle.clone();
+        let services = self.services.clone();
+        inflight.spawn(async move {
+            let mut ok = true;
+            for (queue, c) in confirms {
+                if let Err(e) = amqp::check_confirm(&queue, c.await) {
+                    tracing::warn!("{e}");
+                    ok = false;
+                }
+            }
+            let r = if ok {
+                d.acker.ack(BasicAckOptions::default()).await
+            } else {
+                d.acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            };
+            if let Err(e) = r {
+                tracing::warn!("acknowledging a kanban: {e} (it will be redelivered)");
+                return;
+            }
+            if ok {
+                if let Some(rep) = replicator {
+                    rep.record(rec);
+                }
+                if let Some(lc) = lifecycle {
+                    for (svc, n) in starts {
+                        if let Some(ms) = services.microservice(&svc)
+                            && let Err(e) = lc.ensure_running(ms, n).await
+                        {
+                            tracing::warn!("on-demand start of {}: {e}", ms.instance_name(n));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn remote_channel(&mut self, device: &str, addr: &str) -> Result<&Channel, AmqpError> {
+        if !self.remotes.contains_key(device) {
+            let url = self
+                .opts
+                .device_amqp
+                .get(device)
+                .cloned()
+                .unwrap_or_else(|| self.opts.remote_template.replace("{addr}", addr));
+            let conn = amqp::connect(&url, "aion-kanban-forward").await?;
+            let ch = amqp::channel(&conn, &url, true).await?;
+            let spec = topology::plan(&ServicesFile::default());
+            amqp::declare(&ch, &spec).await?;
+            self.remotes.insert(device.to_string(), (conn, ch));
+        }
+        Ok(&self.remotes[device].1)
+    }
+
+    async fn forward(
+        &mut self,
+        device: &str,
+        addr: &str,
+        service: &str,
+        number: i32,
+        k: &Kanban,
+    ) -> Result<(), ForwardError> {
+        let files = read_files(&self.opts.data_dir, &k.file_list).map_err(ForwardError::Reject)?;
+        let env = Forwarded {
+            service: service.into(),
+            number,
+            from_device: self.device.clone(),
+            kanban: k.clone(),
+            files,
+        };
+        let body = serde_json::to_vec(&env).map_err(|e| ForwardError::Reject(e.to_string()))?;
+        let ch = self
+            .remote_channel(device, addr)
+            .await
+            .map_err(|e| ForwardError::Retry(e.to_string()))?;
+        amqp::publish_confirmed(ch, INBOUND_QUEUE, &body, amqp::json_props())
+            .await
+            .map_err(|e| ForwardError::Retry(e.to_string()))
+    }
+
+    async fn handle_inbound(
+        &mut self,
+        d: Delivery,
+        inflight: &mut JoinSet<()>,
+    ) -> anyhow::Result<()> {
+        let mut rec = Record {
+            at: now(),
+            source_queue: INBOUND_QUEUE.into(),
+            source: "device:?".into(),
+            connection_key: String::new(),
+            process_number: 0,
+            outcome: String::new(),
+            detail: String::new(),
+            kanban: String::new(),
+        };
+        let reject = |reason: String| reason;
+        let parsed: Result<Forwarded, String> = serde_json::from_slice(&d.data)
+            .map_err(|e| reject(format!("not a forwarded kanban: {e}")));
+        let result = parsed.and_then(|f| {
+            let ms = self.services.microservice(&f.service).ok_or_else(|| {
+                format!(
+                    "forwarded to `{}`, which is not a microservice here",
+                    f.service
+                )
+            })?;
+            if f.number < 1 || f.number > ms.scale.max(1) {
+                return Err(format!(
+                    "forwarded to instance {} of `{}` (scale {})",
+                    f.number, f.service, ms.scale
+                ));
+            }
+            Ok((f, ms.clone()))
+        });
+        let (f, ms) = match result {
+            Ok(x) => x,
+            Err(reason) => {
+                self.dead_letter(INBOUND_DLQ, &d.data, &reason, INBOUND_QUEUE)
+                    .await?;
+                ack(&d).await?;
+                rec.outcome = "dead-lettered".into();
+                rec.detail = reason;
+                rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
+                self.record(rec);
+                return Ok(());
+            }
+        };
+        let dir = self
+            .opts
+            .data_dir
+            .join(format!("{}_{}", ms.label_base(), f.number));
+        let stored = match store_files(&dir, &f.files) {
+            Ok(p) => p,
+            Err(e) => {
+                // Disk trouble: keep the message and retry later.
+                tracing::error!("storing forwarded files under {}: {e}", dir.display());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                d.acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("nack: {e}"))?;
+                return Ok(());
+            }
+        };
+        let mut k = f.kanban.clone();
+        if !f.files.is_empty() {
+            k.file_list = stored;
+        }
+        k.next_device_name = self.device.clone();
+        let queue = topology::input_queue(&ms, f.number);
+        let c = self
+            .publish
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &k.encode(),
+                amqp::json_props(),
+            )
+            .await
+            .map_err(|source| AmqpError::Publish {
+                queue: queue.clone(),
+                source,
+            })?;
+        rec.source = format!("device:{}", f.from_device);
+        rec.connection_key = k.connection_key.clone();
+        rec.process_number = k.process_number.into();
+        rec.outcome = "forwarded-in".into();
+        rec.detail = queue.clone();
+        rec.kanban = String::from_utf8_lossy(&k.encode()).into_owned();
+        let replicator = self.opts.replicator.clone();
+        let lifecycle = self.opts.lifecycle.clone();
+        inflight.spawn(async move {
+            let ok = amqp::check_confirm(&queue, c.await)
+                .inspect_err(|e| tracing::warn!("{e}"))
+                .is_ok();
+            let r = if ok {
+                d.acker.ack(BasicAckOptions::default()).await
+            } else {
+                d.acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            };
+            if r.is_ok() && ok {
+                if let Some(rep) = replicator {
+                    rep.record(rec);
+                }
+                if let Some(lc) = lifecycle
+                    && let Err(e) = lc.ensure_running(&ms, f.number).await
+                {
+                    tracing::warn!("on-demand start of {}: {e}", ms.instance_name(f.number));
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+enum ForwardError {
+    /// Transient (remote broker unreachable): requeue and retry.
+    Retry(String),
+    /// Permanent (file missing or outside the AION home): dead-letter.
+    Reject(String),
+}
+
+async fn ack(d: &Delivery) -> anyhow::Result<()> {
+    d.acker
+        .ack(BasicAckOptions::default())
+        .await
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("ack: {e}"))
+}
+
+/// Read the files of a `fileList` to forward them. Relative paths are relative to the AION home
+/// (the data directory's parent), as upstream's send-anything did; a path that resolves
+/// (symlinks included) outside the AION home is refused.
+pub fn read_files(data_dir: &Path, list: &[String]) -> Result<Vec<ForwardedFile>, String> {
+    let home = data_dir.parent().unwrap_or(data_dir);
+    let home_c = home
+        .canonicalize()
+        .map_err(|e| format!("AION home {}: {e}", home.display()))?;
+    list.iter()
+        .map(|p| {
+            let path = if Path::new(p).is_absolute() {
+                PathBuf::from(p)
+            } else {
+                home.join(p)
+            };
+            let real = path
+                .canonicalize()
+                .map_err(|e| format!("fileList entry {p}: {e}"))?;
+            if !real.starts_with(&home_c) {
+                return Err(format!("fileList entry {p} is outside {}", home.display()));
+            }
+            let data = std::fs::read(&real).map_err(|e| format!("fileList entry {p}: {e}"))?;
+            let name = real
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(ForwardedFile {
+                name,
+                data: base64::engine::general_purpose::STANDARD.encode(data),
+            })
+        })
+        .collect()
+}
+
+/// Store received files atomically (temp file + rename) under `dir`; returns their paths.
+pub fn store_files(dir: &Path, files: &[ForwardedFile]) -> Result<Vec<String>, String> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    files
+        .iter()
+        .map(|f| {
+            let name = Path::new(&f.name)
+                .file_name()
+                .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+                .ok_or_else(|| format!("bad file name `{}`", f.name))?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(&f.data)
+                .map_err(|e| format!("file {}: {e}", f.name))?;
+            let dest = dir.join(name);
+            let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+            std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+            Ok(dest.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_round_trip_and_stay_inside_home() {
+        let home = tempfile::tempdir().unwrap();
+        let data = home.path().join("Data");
+        std::fs::create_dir_all(data.join("a_1")).unwrap();
+        std::fs::write(data.join("a_1/x.jpg"), b"jpeg").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), data.join("a_1/link")).unwrap();
+
+        let files = read_files(&data, &["Data/a_1/x.jpg".into()]).unwrap();
+        assert_eq!(files[0].name, "x.jpg");
+        let abs = data.join("a_1/x.jpg").to_string_lossy().into_owned();
+        assert_eq!(read_files(&data, &[abs]).unwrap().len(), 1);
+        assert!(
+            read_files(&data, &["Data/a_1/link".into()])
+                .unwrap_err()
+                .contains("outside")
+        );
+        assert!(read_files(&data, &["Data/missing".into()]).is_err());
+
+        let stored = store_files(&data.join("b_2"), &files).unwrap();
+        assert_eq!(std::fs::read(&stored[0]).unwrap(), b"jpeg");
+        let bad = ForwardedFile {
+            name: "..".into(),
+            data: String::new(),
+        };
+        assert!(store_files(&data.join("b_2"), &[bad]).is_err());
+    }
+}

@@ -1,0 +1,213 @@
+//! Queue names and the queue topology a `services.yml` implies (pure).
+//!
+//! Per microservice instance `<base>-NNN` (upstream's object name, `Microservice::instance_name`):
+//! * `<base>-NNN.in`  — durable input queue the instance consumes (its `QUEUE_ORIGIN`);
+//! * `<base>-NNN.out` — durable output queue the instance publishes result kanbans to (its
+//!   `QUEUE_TO`); the router consumes it.
+//!
+//! Per microservice: `<base>.dlq` — durable dead-letter queue. Both `.in` and `.out` queues carry
+//! `x-dead-letter-exchange: ""` + `x-dead-letter-routing-key: <base>.dlq`, so a client's
+//! `fail()` (nack without requeue) lands there too.
+//!
+//! Per device: [`INBOUND_QUEUE`], where other devices' routers deliver forwarded kanbans.
+
+use aion_model::{Microservice, ServicesFile};
+
+/// Queue on every device's broker that receives kanbans forwarded by other devices.
+pub const INBOUND_QUEUE: &str = "aion-kanban.inbound";
+/// Dead-letter queue for undecodable forwarded messages.
+pub const INBOUND_DLQ: &str = "aion-kanban.inbound.dlq";
+
+pub fn input_queue(ms: &Microservice, number: i32) -> String {
+    format!("{}.in", ms.instance_name(number))
+}
+pub fn output_queue(ms: &Microservice, number: i32) -> String {
+    format!("{}.out", ms.instance_name(number))
+}
+pub fn dead_letter_queue(ms: &Microservice) -> String {
+    format!("{}.dlq", ms.label_base())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueRole {
+    Input { service: String, number: i32 },
+    Output { service: String, number: i32 },
+    DeadLetter { service: String },
+    Inbound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub role: QueueRole,
+    /// Where rejected messages go (`x-dead-letter-routing-key`), if anywhere.
+    pub dead_letter_to: Option<String>,
+}
+
+/// Every queue the runtime declares for this configuration, in a stable order.
+pub fn plan(cfg: &ServicesFile) -> Vec<QueueSpec> {
+    let mut out = vec![
+        QueueSpec {
+            name: INBOUND_DLQ.into(),
+            role: QueueRole::Inbound,
+            dead_letter_to: None,
+        },
+        QueueSpec {
+            name: INBOUND_QUEUE.into(),
+            role: QueueRole::Inbound,
+            dead_letter_to: Some(INBOUND_DLQ.into()),
+        },
+    ];
+    for ms in &cfg.microservices {
+        let dlq = dead_letter_queue(ms);
+        out.push(QueueSpec {
+            name: dlq.clone(),
+            role: QueueRole::DeadLetter {
+                service: ms.name.clone(),
+            },
+            dead_letter_to: None,
+        });
+        for n in 1..=ms.scale.max(1) {
+            out.push(QueueSpec {
+                name: input_queue(ms, n),
+                role: QueueRole::Input {
+                    service: ms.name.clone(),
+                    number: n,
+                },
+                dead_letter_to: Some(dlq.clone()),
+            });
+            if !ms.without_kanban {
+                out.push(QueueSpec {
+                    name: output_queue(ms, n),
+                    role: QueueRole::Output {
+                        service: ms.name.clone(),
+                        number: n,
+                    },
+                    dead_letter_to: Some(dlq.clone()),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Output queues the router consumes: (queue, service, instance number).
+pub fn router_sources(cfg: &ServicesFile) -> Vec<(String, String, i32)> {
+    plan(cfg)
+        .into_iter()
+        .filter_map(|q| match q.role {
+            QueueRole::Output { service, number } => Some((q.name, service, number)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use aion_model::{Device, Microservice, NextService, ServicesFile, Span};
+
+    /// connection key → [(name, pattern, device)]
+    pub type Next<'a> = [(&'a str, &'a [(&'a str, &'a str, &'a str)])];
+
+    pub fn ms(name: &str, scale: i32, next: &Next) -> Microservice {
+        Microservice {
+            name: name.into(),
+            command: None,
+            next_service: next
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        v.iter()
+                            .map(|(n, p, d)| NextService {
+                                name: n.to_string(),
+                                pattern: p.to_string(),
+                                device: d.to_string(),
+                                span: Span::default(),
+                            })
+                            .collect(),
+                    )
+                })
+                .collect(),
+            scale,
+            env: vec![],
+            position: "Runtime".into(),
+            always: false,
+            multiple: false,
+            startup: false,
+            interval: 0,
+            ports: vec![],
+            directory_path: String::new(),
+            service_account: "default".into(),
+            network: "ClusterIP".into(),
+            tag: "latest".into(),
+            volume_mount_path_list: vec![],
+            privileged: false,
+            without_kanban: false,
+            target_node: String::new(),
+            resources: None,
+            span: Span::default(),
+        }
+    }
+
+    pub fn device(name: &str, addr: &str) -> Device {
+        Device {
+            name: name.into(),
+            addr: addr.into(),
+            ssh_port: 22,
+            username: "aion".into(),
+            password: "aion".into(),
+            aion_home: "/var/lib/aion".into(),
+            span: Span::default(),
+        }
+    }
+
+    pub fn cfg(device_name: &str, mss: Vec<Microservice>) -> ServicesFile {
+        ServicesFile {
+            microservices: mss,
+            device_name: device_name.into(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn queues_per_instance_and_dlq_per_service() {
+        let c = cfg("d", vec![ms("a", 2, &[]), ms("org/b:v1", 1, &[])]);
+        let names: Vec<_> = plan(&c).into_iter().map(|q| q.name).collect();
+        assert_eq!(
+            names,
+            vec![
+                INBOUND_DLQ,
+                INBOUND_QUEUE,
+                "a.dlq",
+                "a-001.in",
+                "a-001.out",
+                "a-002.in",
+                "a-002.out",
+                "b.dlq",
+                "b-001.in",
+                "b-001.out"
+            ]
+        );
+        let q = plan(&c).into_iter().find(|q| q.name == "a-002.in").unwrap();
+        assert_eq!(q.dead_letter_to.as_deref(), Some("a.dlq"));
+        assert_eq!(router_sources(&c).len(), 3);
+    }
+
+    #[test]
+    fn without_kanban_has_no_output_queue() {
+        let mut m = ms("a", 1, &[]);
+        m.without_kanban = true;
+        let names: Vec<_> = plan(&cfg("d", vec![m]))
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".out")));
+    }
+}
