@@ -1,8 +1,64 @@
-//! `aion-reconcile diff`.
+//! `aion-reconcile diff`: what `apply` would change in the cluster, from a server-side dry-run
+//! apply compared with the live objects. Exit codes as `kubectl diff`: 0 no differences,
+//! 1 differences, >1 error; with `--detailed-exitcode` (Terraform): 0 none, 2 differences, 1 error.
+
+use std::path::PathBuf;
+
+use crate::cluster;
+use crate::kubeclient;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Inventory file.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// Kubeconfig (default: $KUBECONFIG, else the inventory's `kubeconfig`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Exit 0 no changes, 2 changes, 1 error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    /// API requests in flight.
+    #[arg(long, default_value_t = cluster::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+}
 
-pub fn run(_args: &Args) -> anyhow::Result<u8> {
-    anyhow::bail!("`diff` is not implemented yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<u8> {
+    match diff(args) {
+        Ok(changed) => Ok(match (changed, args.detailed_exitcode) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        }),
+        // Under --detailed-exitcode an error is 1 (the CLI maps `diff` errors to 2 otherwise).
+        Err(e) if args.detailed_exitcode => {
+            crate::output::print_error(&e);
+            Ok(1)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn diff(args: &Args) -> anyhow::Result<bool> {
+    let (inv, manifests) = super::render::load_and_render(&args.inventory)?;
+    let kubeconfig = kubeclient::resolve_kubeconfig(args.kubeconfig.as_deref(), &inv.kubeconfig);
+    let rt = kubeclient::runtime()?;
+    let plan = rt.block_on(async {
+        let client = kubeclient::client_from(&kubeconfig).await?;
+        anyhow::Ok(cluster::plan_with(&client, &manifests, &inv.name, args.concurrency).await?)
+    })?;
+    match args.output {
+        Format::Text => print!("{}", plan.render_text(crate::output::use_color(), true)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+    }
+    Ok(plan.has_changes())
 }

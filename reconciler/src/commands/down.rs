@@ -1,8 +1,56 @@
-//! `aion-reconcile down`.
+//! `aion-reconcile down` (upstream `aion-stop.sh`): delete everything this inventory manages in
+//! the cluster (objects with our ownership labels), in reverse apply order.
+
+use std::path::PathBuf;
+
+use crate::cluster::{self, ExecuteOptions};
+use crate::kubeclient;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Inventory file.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// Kubeconfig (default: $KUBECONFIG, else the inventory's `kubeconfig`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Only list what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+}
 
-pub fn run(_args: &Args) -> anyhow::Result<u8> {
-    anyhow::bail!("`down` is not implemented yet")
+pub fn run(args: &Args) -> anyhow::Result<u8> {
+    let loaded = aion_model::inventory::load(&args.inventory)?;
+    for d in &loaded.diagnostics {
+        eprintln!("{d}");
+    }
+    if loaded.diagnostics.iter().any(|d| d.is_error()) {
+        anyhow::bail!("{}: invalid inventory", args.inventory.display());
+    }
+    let inv = loaded.value;
+    let kubeconfig = kubeclient::resolve_kubeconfig(args.kubeconfig.as_deref(), &inv.kubeconfig);
+    let rt = kubeclient::runtime()?;
+    rt.block_on(async {
+        let client = kubeclient::client_from(&kubeconfig).await?;
+        if args.dry_run {
+            let owned = cluster::list_owned(&client, &inv.name).await?;
+            for (k, _) in &owned {
+                println!("- {k}");
+            }
+            println!("{} object(s) would be deleted", owned.len());
+            return anyhow::Ok(());
+        }
+        let opts = ExecuteOptions {
+            progress: Some(cluster::stderr_progress()),
+            ..ExecuteOptions::default()
+        };
+        let deleted = cluster::down(&client, &inv.name, &opts).await?;
+        println!(
+            "{} object(s) of inventory {} deleted",
+            deleted.len(),
+            inv.name
+        );
+        anyhow::Ok(())
+    })?;
+    Ok(0)
 }

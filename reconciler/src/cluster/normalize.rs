@@ -1,0 +1,367 @@
+//! Pure helpers of the cluster side: normalising live/dry-run objects before comparing them,
+//! YAML text and unified diffs, per-kind readiness. No I/O; unit-tested without a cluster.
+
+use owo_colors::OwoColorize;
+use serde_json::{Map, Value};
+use similar::TextDiff;
+
+/// Annotations the API server or controllers write that are never ours to diff.
+const NOISY_ANNOTATIONS: &[&str] = &[
+    "deployment.kubernetes.io/revision",
+    "kubectl.kubernetes.io/last-applied-configuration",
+];
+
+/// Strip what the server owns (`managedFields`, `resourceVersion`, `uid`, `generation`,
+/// timestamps, `status`, controller annotations) and sort keys, so that a live object and a
+/// server-side dry-run of our apply compare equal exactly when applying would change nothing.
+pub fn normalize(value: &Value) -> Value {
+    let mut v = value.clone();
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("status");
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "managedFields",
+                "resourceVersion",
+                "uid",
+                "generation",
+                "creationTimestamp",
+                "selfLink",
+            ] {
+                meta.remove(k);
+            }
+            let empty =
+                if let Some(ann) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                    for k in NOISY_ANNOTATIONS {
+                        ann.remove(*k);
+                    }
+                    ann.is_empty()
+                } else {
+                    false
+                };
+            if empty {
+                meta.remove("annotations");
+            }
+        }
+    }
+    sort_keys(v)
+}
+
+/// Recursively sort object keys (maps keep insertion order with `preserve_order`).
+pub fn sort_keys(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut out = Map::with_capacity(entries.len());
+            for (k, v) in entries {
+                out.insert(k, sort_keys(v));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sort_keys).collect()),
+        other => other,
+    }
+}
+
+/// YAML text of a value (for diffs and review).
+pub fn to_yaml(v: &Value) -> String {
+    serde_saphyr::to_string(v)
+        .unwrap_or_else(|_| serde_json::to_string_pretty(v).unwrap_or_default() + "\n")
+}
+
+/// Unified diff (3 lines of context) between two YAML texts; empty when equal.
+pub fn unified_diff(old: &str, new: &str, old_label: &str, new_label: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    let diff = TextDiff::from_lines(old, new);
+    diff.unified_diff()
+        .context_radius(3)
+        .header(old_label, new_label)
+        .to_string()
+}
+
+/// Colour a unified diff: `+` green, `-` red, `@@` cyan. Identity when `color` is false.
+pub fn colorize_diff(diff: &str, color: bool) -> String {
+    if !color {
+        return diff.to_owned();
+    }
+    let mut out = String::with_capacity(diff.len() + diff.len() / 4);
+    for line in diff.split_inclusive('\n') {
+        let (body, nl) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        let painted = if body.starts_with("+++") || body.starts_with("---") {
+            body.bold().to_string()
+        } else if body.starts_with('+') {
+            body.green().to_string()
+        } else if body.starts_with('-') {
+            body.red().to_string()
+        } else if body.starts_with("@@") {
+            body.cyan().to_string()
+        } else {
+            body.to_owned()
+        };
+        out.push_str(&painted);
+        out.push_str(nl);
+    }
+    out
+}
+
+/// Readiness of one live object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", content = "detail", rename_all = "lowercase")]
+pub enum Readiness {
+    Ready,
+    Pending(String),
+    Failed(String),
+}
+
+fn int(v: &Value, ptr: &str) -> Option<i64> {
+    v.pointer(ptr).and_then(Value::as_i64)
+}
+
+fn condition<'a>(v: &'a Value, ty: &str) -> Option<&'a Value> {
+    v.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(ty))
+}
+
+fn condition_true(v: &Value, ty: &str) -> bool {
+    condition(v, ty)
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        == Some("True")
+}
+
+/// Per-kind readiness rules (kapp/kstatus style):
+/// * Deployment: the controller has observed the current generation and `updated`/`available`
+///   replicas reach `spec.replicas`; a `ProgressDeadlineExceeded` condition is a failure.
+/// * Job: `Complete` → ready, `Failed` → failed.
+/// * Service: has a cluster IP (or is headless/ExternalName).
+/// * Namespace: phase `Active`.
+/// * everything else: ready once it exists.
+pub fn readiness(kind: &str, v: &Value) -> Readiness {
+    match kind {
+        "Deployment" => {
+            let generation = int(v, "/metadata/generation").unwrap_or(0);
+            let observed = int(v, "/status/observedGeneration").unwrap_or(-1);
+            if observed < generation {
+                return Readiness::Pending(
+                    "waiting for the controller to observe the change".into(),
+                );
+            }
+            if let Some(c) = condition(v, "Progressing")
+                && c.get("reason").and_then(Value::as_str) == Some("ProgressDeadlineExceeded")
+            {
+                return Readiness::Failed(
+                    c.get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("progress deadline exceeded")
+                        .to_owned(),
+                );
+            }
+            let want = int(v, "/spec/replicas").unwrap_or(1);
+            let updated = int(v, "/status/updatedReplicas").unwrap_or(0);
+            let available = int(v, "/status/availableReplicas").unwrap_or(0);
+            if updated >= want && available >= want {
+                Readiness::Ready
+            } else {
+                Readiness::Pending(format!("{available}/{want} available, {updated} updated"))
+            }
+        }
+        "Job" => {
+            if condition_true(v, "Complete") {
+                Readiness::Ready
+            } else if condition_true(v, "Failed") {
+                let msg = condition(v, "Failed")
+                    .and_then(|c| c.get("message").or_else(|| c.get("reason")))
+                    .and_then(Value::as_str)
+                    .unwrap_or("job failed");
+                Readiness::Failed(msg.to_owned())
+            } else {
+                let active = int(v, "/status/active").unwrap_or(0);
+                Readiness::Pending(format!("{active} active, not complete"))
+            }
+        }
+        "Service" => {
+            let ty = v
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP");
+            if ty == "ExternalName"
+                || v.pointer("/spec/clusterIP")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            {
+                Readiness::Ready
+            } else {
+                Readiness::Pending("no cluster IP yet".into())
+            }
+        }
+        "Namespace" => match v.pointer("/status/phase").and_then(Value::as_str) {
+            Some("Active") | None => Readiness::Ready,
+            Some(p) => Readiness::Pending(format!("phase {p}")),
+        },
+        _ => Readiness::Ready,
+    }
+}
+
+/// Problems visible on a pod: image pull errors, crash loops, unschedulable.
+pub fn pod_problems(pod: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for ptr in ["/status/initContainerStatuses", "/status/containerStatuses"] {
+        for cs in pod
+            .pointer(ptr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(w) = cs.pointer("/state/waiting") {
+                let reason = w.get("reason").and_then(Value::as_str).unwrap_or("");
+                if !reason.is_empty()
+                    && reason != "ContainerCreating"
+                    && reason != "PodInitializing"
+                {
+                    let msg = w.get("message").and_then(Value::as_str).unwrap_or("");
+                    out.push(if msg.is_empty() {
+                        reason.to_owned()
+                    } else {
+                        format!("{reason}: {msg}")
+                    });
+                }
+            }
+        }
+    }
+    if let Some(c) = condition(pod, "PodScheduled")
+        && c.get("status").and_then(Value::as_str) == Some("False")
+    {
+        let reason = c
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("Unschedulable");
+        let msg = c.get("message").and_then(Value::as_str).unwrap_or("");
+        out.push(format!("{reason}: {msg}").trim_end_matches(": ").to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn normalize_strips_server_fields_and_sorts() {
+        let live = json!({
+            "kind": "Deployment", "apiVersion": "apps/v1",
+            "metadata": {"name": "a", "uid": "u", "resourceVersion": "7", "generation": 3,
+                         "creationTimestamp": "t", "managedFields": [{}],
+                         "annotations": {"deployment.kubernetes.io/revision": "2"}},
+            "spec": {"replicas": 1},
+            "status": {"replicas": 1}
+        });
+        let n = normalize(&live);
+        assert_eq!(
+            n,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a"}, "spec": {"replicas": 1}})
+        );
+        let keys: Vec<&String> = n.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["apiVersion", "kind", "metadata", "spec"]);
+    }
+
+    #[test]
+    fn normalize_keeps_user_annotations() {
+        let v = json!({"metadata": {"name": "a", "annotations": {"x": "1", "kubectl.kubernetes.io/last-applied-configuration": "{}"}}});
+        assert_eq!(
+            normalize(&v),
+            json!({"metadata": {"annotations": {"x": "1"}, "name": "a"}})
+        );
+    }
+
+    #[test]
+    fn diff_shows_only_the_changed_line() {
+        let a = to_yaml(&json!({"spec": {"image": "a:1", "replicas": 1}}));
+        let b = to_yaml(&json!({"spec": {"image": "a:2", "replicas": 1}}));
+        let d = unified_diff(&a, &b, "live", "desired");
+        let changed: Vec<&str> = d
+            .lines()
+            .filter(|l| {
+                (l.starts_with('+') || l.starts_with('-'))
+                    && !l.starts_with("+++")
+                    && !l.starts_with("---")
+            })
+            .collect();
+        assert_eq!(changed, ["-  image: a:1", "+  image: a:2"]);
+        assert!(unified_diff(&a, &a, "l", "d").is_empty());
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let d = "--- a\n+++ b\n@@ -1 +1 @@\n-x\n+y\n";
+        assert_eq!(colorize_diff(d, false), d);
+        let c = colorize_diff(d, true);
+        assert!(c.contains("\u{1b}[32m+y"), "{c:?}");
+        assert!(c.contains("\u{1b}[31m-x"), "{c:?}");
+    }
+
+    #[test]
+    fn deployment_readiness() {
+        let mut d = json!({"metadata": {"generation": 2}, "spec": {"replicas": 1},
+                           "status": {"observedGeneration": 1, "updatedReplicas": 1, "availableReplicas": 1}});
+        assert!(matches!(readiness("Deployment", &d), Readiness::Pending(_)));
+        d["status"]["observedGeneration"] = json!(2);
+        assert_eq!(readiness("Deployment", &d), Readiness::Ready);
+        d["status"]["availableReplicas"] = json!(0);
+        assert_eq!(
+            readiness("Deployment", &d),
+            Readiness::Pending("0/1 available, 1 updated".into())
+        );
+        d["status"]["conditions"] = json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}]);
+        assert_eq!(
+            readiness("Deployment", &d),
+            Readiness::Failed("too slow".into())
+        );
+    }
+
+    #[test]
+    fn job_and_service_readiness() {
+        let j = json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+        assert_eq!(readiness("Job", &j), Readiness::Ready);
+        let j = json!({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}});
+        assert_eq!(
+            readiness("Job", &j),
+            Readiness::Failed("BackoffLimitExceeded".into())
+        );
+        assert!(matches!(
+            readiness("Job", &json!({})),
+            Readiness::Pending(_)
+        ));
+        assert_eq!(
+            readiness("Service", &json!({"spec": {"clusterIP": "10.0.0.1"}})),
+            Readiness::Ready
+        );
+        assert!(matches!(
+            readiness("Service", &json!({"spec": {}})),
+            Readiness::Pending(_)
+        ));
+        assert_eq!(readiness("ConfigMap", &json!({})), Readiness::Ready);
+    }
+
+    #[test]
+    fn pod_problems_reports_image_pull_errors() {
+        let pod = json!({"status": {"containerStatuses": [
+            {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x\""}}},
+            {"state": {"waiting": {"reason": "ContainerCreating"}}}
+        ], "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes"}]}});
+        assert_eq!(
+            pod_problems(&pod),
+            [
+                "ImagePullBackOff: Back-off pulling image \"x\"",
+                "Unschedulable: 0/1 nodes"
+            ]
+        );
+    }
+}

@@ -1,0 +1,1256 @@
+//! Render: inventory × `services.yml` × templates → per-node Kubernetes manifests. Pure: no I/O
+//! except [`Manifests::write_to`].
+//!
+//! The templates live in `templates/` (minijinja, undefined variables are errors) and are
+//! compiled into the binary. Every value that comes from the user's files goes through `tojson`,
+//! so a scalar such as `yes` or `3306` stays a string. The rendered text is parsed back into JSON
+//! values (what `diff`/`apply` send) and kept as text (what `render` writes), so both views are the
+//! same bytes.
+//!
+//! Layout decided here:
+//! * **single** mode: every microservice and the AION core on the master, in the master's
+//!   namespace (`default`, or the host var `namespace`, e.g. `prj`); no nodeSelector unless a
+//!   microservice sets `targetNode`.
+//! * **cluster** mode: per host, its namespace (workers: their name) holding that host's core
+//!   (Redis, aion-kanban, RBAC) and microservices, pinned with `kubernetes.io/hostname`;
+//!   RabbitMQ once, in the master's namespace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use aion_model::inventory::{Host, Inventory, Mode, Role};
+use aion_model::services::{Microservice, ServicesFile};
+use aion_model::span::Span;
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+
+/// The node (device) name a `services.yml` belongs to.
+pub type HostName = String;
+
+/// `app.kubernetes.io/managed-by` value on every object we render.
+pub const MANAGED_BY: &str = "aion-reconcile";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Ownership label: the inventory (installation) name. Prune and `down` select on it.
+pub const LABEL_INVENTORY: &str = "aion.latona.io/inventory";
+/// The node (device) whose manifests contain the object.
+pub const LABEL_NODE: &str = "aion.latona.io/node";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+
+pub const RABBITMQ_IMAGE: &str = "rabbitmq:3.13-management-alpine";
+pub const REDIS_IMAGE: &str = "redis:7.2-alpine";
+/// Upstream's `AION_HOME` inside containers.
+pub const AION_HOME: &str = "/var/lib/aion";
+
+const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "core/namespace.yaml.j2",
+        include_str!("../../templates/core/namespace.yaml.j2"),
+    ),
+    (
+        "core/rbac.yaml.j2",
+        include_str!("../../templates/core/rbac.yaml.j2"),
+    ),
+    (
+        "core/rabbitmq.yaml.j2",
+        include_str!("../../templates/core/rabbitmq.yaml.j2"),
+    ),
+    (
+        "core/redis.yaml.j2",
+        include_str!("../../templates/core/redis.yaml.j2"),
+    ),
+    (
+        "core/kanban.yaml.j2",
+        include_str!("../../templates/core/kanban.yaml.j2"),
+    ),
+    (
+        "microservice/workload.yaml.j2",
+        include_str!("../../templates/microservice/workload.yaml.j2"),
+    ),
+    (
+        "microservice/service.yaml.j2",
+        include_str!("../../templates/microservice/service.yaml.j2"),
+    ),
+];
+
+/// Identity of a Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub api_version: String,
+    pub kind: String,
+    /// None for cluster-scoped objects (Namespace).
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
+            None => write!(f, "{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+impl ObjectKey {
+    /// Key of a JSON object (`apiVersion`, `kind`, `metadata.{namespace,name}`).
+    pub fn of(value: &serde_json::Value) -> Option<ObjectKey> {
+        let s = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+        Some(ObjectKey {
+            api_version: s(value.get("apiVersion")?)?,
+            kind: s(value.get("kind")?)?,
+            namespace: value
+                .pointer("/metadata/namespace")
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            name: s(value.pointer("/metadata/name")?)?,
+        })
+    }
+}
+
+/// One rendered object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    pub key: ObjectKey,
+    /// Node whose manifest file holds it.
+    pub node: String,
+    /// What it belongs to: a microservice name, or `core/<part>`.
+    pub owner: String,
+    /// The object as sent to the API server.
+    pub value: serde_json::Value,
+    /// The rendered YAML document (without `---`).
+    pub text: String,
+}
+
+/// All objects of one node, in apply order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeManifests {
+    pub node: String,
+    pub namespace: String,
+    pub objects: Vec<Object>,
+}
+
+/// Everything `render` produced for an inventory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifests {
+    /// Inventory name (value of the ownership label).
+    pub inventory: String,
+    pub nodes: Vec<NodeManifests>,
+}
+
+impl Manifests {
+    /// Every object, node by node, each node in apply order.
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.nodes.iter().flat_map(|n| n.objects.iter())
+    }
+
+    /// The file content for one node: a header comment and the documents in apply order.
+    pub fn node_file(&self, node: &NodeManifests) -> String {
+        let mut out = format!(
+            "# Rendered by aion-reconcile for inventory {:?}, node {:?}, namespace {:?}.\n\
+             # Generated file: edit services.yml or the inventory instead.\n",
+            self.inventory, node.node, node.namespace
+        );
+        for o in &node.objects {
+            out.push_str("---\n");
+            out.push_str(&o.text);
+            if !o.text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// `(file name, content)` per node: `<node>.yaml`.
+    pub fn files(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .map(|n| (format!("{}.yaml", n.node), self.node_file(n)))
+            .collect()
+    }
+
+    /// Write one file per node into `dir` (created if missing), each atomically (temp + rename).
+    pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+        std::fs::create_dir_all(dir)?;
+        let mut written = Vec::new();
+        for (name, content) in self.files() {
+            let path = dir.join(&name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, content.as_bytes())?;
+            std::fs::rename(&tmp, &path)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+/// Why rendering failed. Each variant names where.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{at}: {object}: {message}")]
+    Invalid {
+        /// File position of the offending value (or of the microservice entry).
+        at: Span,
+        /// The object or microservice concerned.
+        object: String,
+        message: String,
+    },
+    #[error("inventory {inventory}: {message}")]
+    Inventory { inventory: PathBuf, message: String },
+    #[error("template {template} for {object}: {source}")]
+    Template {
+        template: String,
+        object: String,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("template {template} for {object} produced invalid YAML: {message}")]
+    Output {
+        template: String,
+        object: String,
+        message: String,
+    },
+}
+
+/// Apply-order rank of a kind: namespaces, RBAC, config, workloads, services.
+pub fn kind_rank(kind: &str) -> u8 {
+    match kind {
+        "Namespace" => 0,
+        "ServiceAccount" => 1,
+        "ClusterRole" | "Role" => 2,
+        "ClusterRoleBinding" | "RoleBinding" => 3,
+        "ConfigMap" | "Secret" | "PersistentVolume" | "PersistentVolumeClaim" => 4,
+        "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => 5,
+        "Service" => 6,
+        _ => 7,
+    }
+}
+
+#[derive(Serialize)]
+struct PortCtx {
+    name: String,
+    protocol: String,
+    port: i32,
+    node_port: i32,
+}
+
+#[derive(Serialize)]
+struct VolumeCtx {
+    name: String,
+    container_path: String,
+    host_path: String,
+    propagation: &'static str,
+}
+
+#[derive(Serialize)]
+struct ResourcesCtx {
+    requests: Vec<(String, String)>,
+    limits: Vec<(String, String)>,
+}
+
+#[derive(Serialize)]
+struct MicroserviceCtx {
+    name: String,
+    ns: String,
+    labels: Vec<(String, String)>,
+    always: bool,
+    service_account: String,
+    node_selector: String,
+    image: String,
+    command: Option<Vec<String>>,
+    privileged: bool,
+    ports: Vec<PortCtx>,
+    node_port: bool,
+    env: Vec<(String, String)>,
+    volumes: Vec<VolumeCtx>,
+    resources: Option<ResourcesCtx>,
+    data_host_path: String,
+}
+
+#[derive(Serialize)]
+struct CoreCtx {
+    ns: String,
+    node: String,
+    labels: Vec<(String, String)>,
+    node_selector: String,
+    rabbitmq_image: String,
+    redis_image: String,
+    kanban_image: String,
+    rabbitmq_url: String,
+    data_host_path: String,
+    config_host_path: String,
+}
+
+struct Renderer {
+    env: Environment<'static>,
+    inventory: String,
+}
+
+impl Renderer {
+    fn new(inventory: &str) -> Renderer {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .expect("default delimiters are valid"),
+        );
+        for (name, src) in TEMPLATES {
+            env.add_template(name, src)
+                .expect("built-in templates compile (covered by tests)");
+        }
+        Renderer {
+            env,
+            inventory: inventory.to_owned(),
+        }
+    }
+
+    fn render<C: Serialize>(
+        &self,
+        template: &str,
+        ctx: &C,
+        node: &str,
+        owner: &str,
+        what: &str,
+        out: &mut Vec<Object>,
+    ) -> Result<(), RenderError> {
+        let tmpl = self
+            .env
+            .get_template(template)
+            .map_err(|e| RenderError::Template {
+                template: template.to_owned(),
+                object: what.to_owned(),
+                source: e,
+            })?;
+        let text =
+            tmpl.render(minijinja::value::Serde(ctx))
+                .map_err(|e| RenderError::Template {
+                    template: template.to_owned(),
+                    object: what.to_owned(),
+                    source: e,
+                })?;
+        for doc in split_documents(&text) {
+            let value: serde_json::Value =
+                serde_saphyr::from_str(&doc).map_err(|e| RenderError::Output {
+                    template: template.to_owned(),
+                    object: what.to_owned(),
+                    message: e.to_string(),
+                })?;
+            let key = ObjectKey::of(&value).ok_or_else(|| RenderError::Output {
+                template: template.to_owned(),
+                object: what.to_owned(),
+                message: "document lacks apiVersion, kind or metadata.name".into(),
+            })?;
+            out.push(Object {
+                key,
+                node: node.to_owned(),
+                owner: owner.to_owned(),
+                value,
+                text: doc,
+            });
+        }
+        Ok(())
+    }
+
+    fn base_labels(&self, node: &str, component: &str, name: &str) -> Vec<(String, String)> {
+        vec![
+            (LABEL_MANAGED_BY.into(), MANAGED_BY.into()),
+            (LABEL_INVENTORY.into(), self.inventory.clone()),
+            (LABEL_NODE.into(), node.into()),
+            (LABEL_COMPONENT.into(), component.into()),
+            (LABEL_NAME.into(), name.into()),
+        ]
+    }
+}
+
+/// Split rendered text into YAML documents on `---` lines; comment-only or blank docs dropped.
+fn split_documents(text: &str) -> Vec<String> {
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    let flush = |cur: &mut String, docs: &mut Vec<String>| {
+        let has_content = cur
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        if has_content {
+            docs.push(std::mem::take(cur));
+        } else {
+            cur.clear();
+        }
+    };
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            flush(&mut cur, &mut docs);
+        } else {
+            cur.push_str(line);
+            cur.push('\n');
+        }
+    }
+    flush(&mut cur, &mut docs);
+    docs
+}
+
+fn invalid(at: &Span, object: impl Into<String>, message: impl Into<String>) -> RenderError {
+    RenderError::Invalid {
+        at: at.clone(),
+        object: object.into(),
+        message: message.into(),
+    }
+}
+
+/// RFC 1123 label: lowercase alphanumerics and '-', starts and ends alphanumeric, ≤ 63.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 subdomain: dot-separated labels, ≤ 253.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// A label value: ≤ 63, alphanumerics plus `-_.`, starting and ending alphanumeric.
+pub fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+/// IANA service name (container/service port names): ≤ 15, lowercase alnum and '-', a letter.
+fn is_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn namespace_exists_already(ns: &str) -> bool {
+    ns == "default" || ns.starts_with("kube-")
+}
+
+/// Upstream `getHostAionDataPath`: the namespace inserted before the last segment of
+/// `$AION_HOME/Data`, trailing slash kept.
+fn data_host_path(ns: &str) -> String {
+    format!("{AION_HOME}/{ns}/Data/")
+}
+
+struct Placement<'a> {
+    host: &'a Host,
+    namespace: String,
+    /// nodeSelector for the core and for microservices without `targetNode`.
+    pin: String,
+}
+
+/// Render the desired objects for an inventory. `services` gives, per host name, the parsed
+/// `services.yml` that host runs (hosts without one get only the core).
+///
+/// # Errors
+/// [`RenderError::Invalid`] for values Kubernetes would reject (names, ports, mounts), naming
+/// the file position; nothing is sent anywhere.
+pub fn render(
+    inv: &Inventory,
+    services: &[(HostName, ServicesFile)],
+) -> Result<Manifests, RenderError> {
+    let inv_err = |message: String| RenderError::Inventory {
+        inventory: inv.source.clone(),
+        message,
+    };
+    if inv.name.is_empty() || !is_label_value(&inv.name) {
+        return Err(inv_err(format!(
+            "name {:?} is not a valid Kubernetes label value (≤ 63 characters: letters, digits, '-', '_', '.', starting and ending alphanumeric)",
+            inv.name
+        )));
+    }
+    let master = inv
+        .masters()
+        .next()
+        .ok_or_else(|| inv_err("no host with role master".into()))?;
+    let renderer = Renderer::new(&inv.name);
+
+    // Where each host's things go.
+    let mut placements: Vec<Placement> = Vec::new();
+    match inv.mode {
+        Mode::Single => placements.push(Placement {
+            host: master,
+            namespace: master.vars.namespace.clone(),
+            pin: String::new(),
+        }),
+        Mode::Cluster => {
+            let mut hosts: Vec<&Host> = inv.masters().take(1).collect();
+            hosts.extend(inv.workers());
+            for h in hosts {
+                placements.push(Placement {
+                    host: h,
+                    namespace: h.vars.namespace.clone(),
+                    pin: h.name.clone(),
+                })
+            }
+        }
+    }
+    let mut seen_ns = BTreeMap::new();
+    for p in &placements {
+        if !is_dns1123_label(&p.namespace) {
+            return Err(invalid(
+                &p.host.span,
+                format!("host {}", p.host.name),
+                format!(
+                    "namespace {:?} is not a valid Kubernetes namespace (lowercase letters, digits and '-', ≤ 63)",
+                    p.namespace
+                ),
+            ));
+        }
+        if !is_label_value(&p.host.name) {
+            return Err(invalid(
+                &p.host.span,
+                format!("host {}", p.host.name),
+                "host name is not a valid Kubernetes label value",
+            ));
+        }
+        if let Some(other) = seen_ns.insert(p.namespace.clone(), p.host.name.clone()) {
+            return Err(invalid(
+                &p.host.span,
+                format!("host {}", p.host.name),
+                format!(
+                    "namespace {:?} is already used by host {other}",
+                    p.namespace
+                ),
+            ));
+        }
+    }
+    for (host, _) in services {
+        if inv.host(host).is_none() {
+            return Err(inv_err(format!(
+                "services given for host {host:?}, which is not in the inventory"
+            )));
+        }
+    }
+    let master_ns = placements[0].namespace.clone();
+    let rabbitmq_url = format!("amqp://aion:aion@rabbitmq.{master_ns}.svc.cluster.local:5672/%2f");
+
+    let mut nodes = Vec::new();
+    let mut node_ports: BTreeMap<i32, String> = BTreeMap::new();
+    for p in &placements {
+        let node = p.host.name.as_str();
+        let ns = p.namespace.as_str();
+        let mut objects = Vec::new();
+
+        // Core.
+        let core = |part: &str| CoreCtx {
+            ns: ns.to_owned(),
+            node: node.to_owned(),
+            labels: renderer.base_labels(node, "core", part),
+            node_selector: p.pin.clone(),
+            rabbitmq_image: RABBITMQ_IMAGE.into(),
+            redis_image: REDIS_IMAGE.into(),
+            kanban_image: format!(
+                "{}/aion-kanban:{}",
+                p.host.vars.registry_prefix,
+                env!("CARGO_PKG_VERSION")
+            ),
+            rabbitmq_url: rabbitmq_url.clone(),
+            data_host_path: format!("{AION_HOME}/{ns}/Data"),
+            config_host_path: format!("{AION_HOME}/{ns}/config"),
+        };
+        if !namespace_exists_already(ns) {
+            renderer.render(
+                "core/namespace.yaml.j2",
+                &core("namespace"),
+                node,
+                "core/namespace",
+                ns,
+                &mut objects,
+            )?;
+        }
+        renderer.render(
+            "core/rbac.yaml.j2",
+            &core("aion-kanban"),
+            node,
+            "core/rbac",
+            "aion-kanban RBAC",
+            &mut objects,
+        )?;
+        if p.host.role == Role::Master {
+            renderer.render(
+                "core/rabbitmq.yaml.j2",
+                &core("rabbitmq"),
+                node,
+                "core/rabbitmq",
+                "rabbitmq",
+                &mut objects,
+            )?;
+        }
+        renderer.render(
+            "core/redis.yaml.j2",
+            &core("redis"),
+            node,
+            "core/redis",
+            "redis",
+            &mut objects,
+        )?;
+        renderer.render(
+            "core/kanban.yaml.j2",
+            &core("aion-kanban"),
+            node,
+            "core/aion-kanban",
+            "aion-kanban",
+            &mut objects,
+        )?;
+
+        // Microservices: in single mode every services file lands on the master.
+        let files: Vec<&(HostName, ServicesFile)> = services
+            .iter()
+            .filter(|(h, _)| match inv.mode {
+                Mode::Single => true,
+                Mode::Cluster => h == node,
+            })
+            .collect();
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        for (_, file) in files {
+            let device_name = if file.device_name.is_empty() {
+                node.to_owned()
+            } else {
+                file.device_name.clone()
+            };
+            for ms in &file.microservices {
+                for i in 1..=ms.scale.max(1) {
+                    let ctx = microservice_ctx(
+                        &renderer,
+                        ms,
+                        i,
+                        node,
+                        ns,
+                        &p.pin,
+                        &p.host.vars.registry_prefix,
+                        &device_name,
+                        &file.debug,
+                    )?;
+                    if let Some(prev) = names.insert(ctx.name.clone(), ms.name.clone()) {
+                        return Err(invalid(
+                            &ms.span,
+                            &ms.name,
+                            format!(
+                                "object name {} is also produced by microservice {prev:?} in namespace {ns}",
+                                ctx.name
+                            ),
+                        ));
+                    }
+                    for port in ctx.ports.iter().filter(|_| ctx.node_port) {
+                        if port.node_port == 0 {
+                            continue;
+                        }
+                        if let Some(prev) = node_ports.insert(port.node_port, ctx.name.clone()) {
+                            return Err(invalid(
+                                &ms.span,
+                                &ms.name,
+                                format!(
+                                    "nodePort {} is also used by {prev}; node ports are cluster-wide",
+                                    port.node_port
+                                ),
+                            ));
+                        }
+                    }
+                    renderer.render(
+                        "microservice/workload.yaml.j2",
+                        &ctx,
+                        node,
+                        &ms.name,
+                        &ctx.name,
+                        &mut objects,
+                    )?;
+                    if !ctx.ports.is_empty() {
+                        renderer.render(
+                            "microservice/service.yaml.j2",
+                            &ctx,
+                            node,
+                            &ms.name,
+                            &ctx.name,
+                            &mut objects,
+                        )?;
+                    }
+                }
+            }
+        }
+        objects.sort_by_key(|o| kind_rank(&o.key.kind));
+        nodes.push(NodeManifests {
+            node: node.to_owned(),
+            namespace: ns.to_owned(),
+            objects,
+        });
+    }
+    Ok(Manifests {
+        inventory: inv.name.clone(),
+        nodes,
+    })
+}
+
+/// Env vars in upstream's order, made deterministic: `SERVICE_NAME` first (a user value
+/// replaces it in place), then `env` in file order, then `AION_HOME`, `DEVICE_NAME`, `DEBUG`,
+/// `MS_NUMBER`, which override same-named user entries (as upstream's map overwrite did).
+fn env_list(
+    ms: &Microservice,
+    instance: i32,
+    device_name: &str,
+    debug: &str,
+) -> Vec<(String, String)> {
+    const INJECTED: [&str; 4] = ["AION_HOME", "DEVICE_NAME", "DEBUG", "MS_NUMBER"];
+    let mut env = vec![("SERVICE_NAME".to_owned(), ms.name.clone())];
+    for (k, v) in &ms.env {
+        if k == "SERVICE_NAME" {
+            env[0].1 = v.clone();
+        } else if !INJECTED.contains(&k.as_str()) {
+            match env.iter_mut().find(|(ek, _)| ek == k) {
+                Some(e) => e.1 = v.clone(),
+                None => env.push((k.clone(), v.clone())),
+            }
+        }
+    }
+    let debug = if debug.is_empty() { "false" } else { debug };
+    env.push(("AION_HOME".into(), AION_HOME.into()));
+    env.push(("DEVICE_NAME".into(), device_name.into()));
+    env.push(("DEBUG".into(), debug.into()));
+    env.push(("MS_NUMBER".into(), instance.to_string()));
+    env
+}
+
+#[allow(clippy::too_many_arguments)]
+fn microservice_ctx(
+    renderer: &Renderer,
+    ms: &Microservice,
+    instance: i32,
+    node: &str,
+    ns: &str,
+    pin: &str,
+    registry_prefix: &str,
+    device_name: &str,
+    debug: &str,
+) -> Result<MicroserviceCtx, RenderError> {
+    let name = ms.instance_name(instance);
+    let at = &ms.span;
+    let obj = || format!("microservice {} ({name})", ms.name);
+    // `<name>-NNN-srv` must be an RFC 1035 label: starts with a letter, ≤ 63.
+    if !is_dns1123_label(&name)
+        || name.len() + 4 > 63
+        || !name.starts_with(|c: char| c.is_ascii_lowercase())
+    {
+        return Err(invalid(
+            at,
+            obj(),
+            format!(
+                "{name:?} is not a valid object name: the name part must be lowercase letters, digits and '-', start with a letter, and at most 55 characters (objects are named <name>-NNN and <name>-NNN-srv)"
+            ),
+        ));
+    }
+    if ms
+        .name
+        .bytes()
+        .any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace())
+    {
+        return Err(invalid(
+            at,
+            obj(),
+            "the microservice name is the image name and must be lowercase without spaces",
+        ));
+    }
+    if ms.tag.is_empty()
+        || ms.tag.len() > 128
+        || !ms
+            .tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(invalid(
+            at,
+            obj(),
+            format!("tag {:?} is not a valid image tag", ms.tag),
+        ));
+    }
+    if !is_dns1123_subdomain(&ms.service_account) {
+        return Err(invalid(
+            at,
+            obj(),
+            format!(
+                "serviceAccount {:?} is not a valid Kubernetes name",
+                ms.service_account
+            ),
+        ));
+    }
+    if !ms.target_node.is_empty() && !is_label_value(&ms.target_node) {
+        return Err(invalid(
+            at,
+            obj(),
+            format!("targetNode {:?} is not a valid node name", ms.target_node),
+        ));
+    }
+    let mut ports = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in &ms.ports {
+        let at = &p.span;
+        if !is_port_name(&p.name) {
+            return Err(invalid(
+                at,
+                obj(),
+                format!(
+                    "port name {:?} is invalid: 1–15 lowercase letters, digits and '-', with at least one letter",
+                    p.name
+                ),
+            ));
+        }
+        if !(1..=65535).contains(&p.port) {
+            return Err(invalid(
+                at,
+                obj(),
+                format!("port {} is out of range 1–65535", p.port),
+            ));
+        }
+        let protocol = if p.protocol.is_empty() {
+            "TCP".to_owned()
+        } else {
+            p.protocol.clone()
+        };
+        if !matches!(protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+            return Err(invalid(
+                at,
+                obj(),
+                format!("protocol {protocol:?} must be TCP, UDP or SCTP"),
+            ));
+        }
+        if ms.is_node_port() && p.node_port != 0 && !(30000..=32767).contains(&p.node_port) {
+            return Err(invalid(
+                at,
+                obj(),
+                format!(
+                    "nodePort {} is outside the default NodePort range 30000–32767",
+                    p.node_port
+                ),
+            ));
+        }
+        if !seen.insert((p.port, protocol.clone())) || !seen.insert((-1, p.name.clone())) {
+            return Err(invalid(
+                at,
+                obj(),
+                format!("port {} / name {:?} appears twice", p.port, p.name),
+            ));
+        }
+        ports.push(PortCtx {
+            name: p.name.clone(),
+            protocol,
+            port: p.port,
+            node_port: p.node_port,
+        });
+    }
+    let mut volumes = Vec::new();
+    let mut mounts = BTreeSet::from(["/var/lib/aion/Data".to_owned()]);
+    for (k, v) in ms.volume_mount_path_list.iter().enumerate() {
+        let at = &v.span;
+        if !v.container_path.starts_with('/') || !v.host_path.starts_with('/') {
+            return Err(invalid(
+                at,
+                obj(),
+                format!(
+                    "volumeMountPathList entry {}:{} needs absolute paths (containerPath:hostPath[:Bidirectional])",
+                    v.container_path, v.host_path
+                ),
+            ));
+        }
+        if v.bidirectional && !ms.privileged {
+            return Err(invalid(
+                at,
+                obj(),
+                format!(
+                    "{}: Bidirectional mount propagation needs `privileged: yes` (Kubernetes rejects it otherwise)",
+                    v.container_path
+                ),
+            ));
+        }
+        if !mounts.insert(v.container_path.trim_end_matches('/').to_owned()) {
+            return Err(invalid(
+                at,
+                obj(),
+                format!("mount path {} is used twice", v.container_path),
+            ));
+        }
+        volumes.push(VolumeCtx {
+            name: format!("data-{k}"),
+            container_path: v.container_path.clone(),
+            host_path: v.host_path.clone(),
+            propagation: if v.bidirectional {
+                "Bidirectional"
+            } else {
+                "None"
+            },
+        });
+    }
+    let env = env_list(ms, instance, device_name, debug);
+    for (k, _) in &env {
+        if k.is_empty() || k.contains('=') || !k.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(invalid(
+                at,
+                obj(),
+                format!("env name {k:?} is invalid (printable ASCII without '=' or spaces)"),
+            ));
+        }
+    }
+    let node_selector = if ms.target_node.is_empty() {
+        pin.to_owned()
+    } else {
+        ms.target_node.clone()
+    };
+    let mut labels = renderer.base_labels(node, "microservice", ms.label_base());
+    labels.push((LABEL_INSTANCE.into(), name.clone()));
+    Ok(MicroserviceCtx {
+        image: format!("{registry_prefix}/{}:{}", ms.name, ms.tag),
+        ns: ns.to_owned(),
+        labels,
+        always: ms.always,
+        service_account: ms.service_account.clone(),
+        node_selector,
+        command: ms.command.clone().filter(|c| !c.is_empty()),
+        privileged: ms.privileged,
+        ports,
+        node_port: ms.is_node_port(),
+        env,
+        volumes,
+        resources: ms.resources.as_ref().and_then(|r| {
+            if r.requests.is_empty() && r.limits.is_empty() {
+                None
+            } else {
+                Some(ResourcesCtx {
+                    requests: r
+                        .requests
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    limits: r
+                        .limits
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                })
+            }
+        }),
+        data_host_path: data_host_path(ns),
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn inventory(text: &str) -> Inventory {
+        let loaded =
+            aion_model::inventory::load_str(text, Path::new("/srv/aion/inventory.yml")).unwrap();
+        let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        loaded.value
+    }
+
+    fn single(ns: &str) -> Inventory {
+        inventory(&format!(
+            "name: lab\nmode: single\nhosts:\n  - name: edge-master\n    address: 10.0.0.2\n    role: master\n    vars: {{namespace: {ns}}}\n"
+        ))
+    }
+
+    fn cluster() -> Inventory {
+        inventory(
+            "name: lab\nmode: cluster\nhosts:\n  - name: edge-master\n    address: 10.0.0.2\n    role: master\n  - name: edge-worker-1\n    address: 10.0.0.3\n    role: worker\n",
+        )
+    }
+
+    fn services(text: &str) -> ServicesFile {
+        let loaded =
+            aion_model::services::load_str(text, Path::new("/srv/aion/services.yml")).unwrap();
+        loaded.value
+    }
+
+    const SAMPLE: &str = r#"
+microservices:
+  sample-job:
+    command: ["/bin/sh", "run.sh"]
+    tag: v1.0.0
+    always: no
+    env:
+      ANSWER: yes
+      MYSQL_PORT: 3306
+      DEBUG: overridden
+  web:
+    always: yes
+    scale: 2
+    network: NodePort
+    privileged: yes
+    targetNode: edge-master
+    serviceAccount: controller-serviceaccount
+    volumeMountPathList:
+      - /media:/media:Bidirectional
+      - /var/run/docker.sock:/var/run/docker.sock
+    ports:
+      - name: http
+        protocol: TCP
+        port: 8080
+    resources:
+      requests: {cpu: 100m}
+      limits: {memory: 128Mi}
+"#;
+
+    fn find<'a>(m: &'a Manifests, kind: &str, name: &str) -> &'a Object {
+        m.objects()
+            .find(|o| o.key.kind == kind && o.key.name == name)
+            .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
+    }
+
+    #[test]
+    fn render_is_deterministic() {
+        let inv = single("default");
+        let svc = vec![("edge-master".to_owned(), services(SAMPLE))];
+        let a = render(&inv, &svc).unwrap().files();
+        let b = render(&inv, &svc).unwrap().files();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].0, "edge-master.yaml");
+    }
+
+    #[test]
+    fn microservice_objects_follow_upstream_shape() {
+        let inv = single("default");
+        let m = render(&inv, &[("edge-master".to_owned(), services(SAMPLE))]).unwrap();
+        let job = &find(&m, "Job", "sample-job-001").value;
+        assert_eq!(job["metadata"]["namespace"], "default");
+        assert_eq!(job["metadata"]["labels"]["run"], "sample-job-001");
+        assert_eq!(job["spec"]["backoffLimit"], 1);
+        assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 2);
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "OnFailure");
+        assert_eq!(pod["hostname"], "sample-job-001");
+        assert_eq!(pod["shareProcessNamespace"], true);
+        assert_eq!(pod["serviceAccountName"], "default");
+        assert!(pod.get("nodeSelector").is_none());
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "latonaio/sample-job:v1.0.0");
+        assert_eq!(c["command"], json!(["/bin/sh", "run.sh"]));
+        assert_eq!(c["securityContext"]["privileged"], false);
+        assert_eq!(
+            c["env"],
+            json!([
+                {"name": "SERVICE_NAME", "value": "sample-job"},
+                {"name": "ANSWER", "value": "yes"},
+                {"name": "MYSQL_PORT", "value": "3306"},
+                {"name": "AION_HOME", "value": "/var/lib/aion"},
+                {"name": "DEVICE_NAME", "value": "edge-master"},
+                {"name": "DEBUG", "value": "false"},
+                {"name": "MS_NUMBER", "value": "1"},
+            ])
+        );
+        assert_eq!(
+            pod["volumes"][0],
+            json!({"name": "aion-data", "hostPath": {"path": "/var/lib/aion/default/Data/"}})
+        );
+        // No ports: no Service (nothing to expose without upstream's envoy sidecar).
+        assert!(m.objects().all(|o| o.key.name != "sample-job-001-srv"));
+
+        for i in ["001", "002"] {
+            let d = &find(&m, "Deployment", &format!("web-{i}")).value;
+            assert_eq!(d["spec"]["replicas"], 1);
+            assert_eq!(
+                d["spec"]["selector"]["matchLabels"],
+                json!({"run": format!("web-{i}")})
+            );
+            let pod = &d["spec"]["template"]["spec"];
+            assert_eq!(
+                pod["nodeSelector"],
+                json!({"kubernetes.io/hostname": "edge-master"})
+            );
+            assert_eq!(pod["serviceAccountName"], "controller-serviceaccount");
+            let c = &pod["containers"][0];
+            assert_eq!(c["securityContext"]["privileged"], true);
+            assert_eq!(
+                c["ports"],
+                json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+            );
+            assert_eq!(
+                c["resources"],
+                json!({"requests": {"cpu": "100m"}, "limits": {"memory": "128Mi"}})
+            );
+            assert_eq!(
+                c["volumeMounts"],
+                json!([
+                    {"name": "aion-data", "mountPath": "/var/lib/aion/Data"},
+                    {"name": "data-0", "mountPath": "/media", "mountPropagation": "Bidirectional"},
+                    {"name": "data-1", "mountPath": "/var/run/docker.sock", "mountPropagation": "None"},
+                ])
+            );
+            let ms_number = c["env"].as_array().unwrap().last().unwrap().clone();
+            assert_eq!(
+                ms_number,
+                json!({"name": "MS_NUMBER", "value": i.trim_start_matches('0')})
+            );
+            let s = &find(&m, "Service", &format!("web-{i}-srv")).value;
+            assert_eq!(s["spec"]["type"], "NodePort");
+            assert_eq!(s["spec"]["selector"], json!({"run": format!("web-{i}")}));
+            assert!(s["spec"].get("topologyKeys").is_none());
+        }
+    }
+
+    #[test]
+    fn every_object_carries_ownership_labels() {
+        let m = render(
+            &cluster(),
+            &[(
+                "edge-worker-1".to_owned(),
+                services("microservices:\n  a:\n    always: yes\n"),
+            )],
+        )
+        .unwrap();
+        for o in m.objects() {
+            let labels = &o.value["metadata"]["labels"];
+            assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY, "{}", o.key);
+            assert_eq!(labels[LABEL_INVENTORY], "lab", "{}", o.key);
+            assert_eq!(labels[LABEL_NODE], o.node.as_str(), "{}", o.key);
+        }
+    }
+
+    #[test]
+    fn single_mode_namespaces() {
+        let m = render(&single("default"), &[]).unwrap();
+        assert!(m.objects().all(|o| o.key.kind != "Namespace"));
+        let kinds: Vec<String> = m.objects().map(|o| o.key.to_string()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount/default/aion-kanban",
+                "Role/default/aion-kanban",
+                "RoleBinding/default/aion-kanban",
+                "Deployment/default/rabbitmq",
+                "Deployment/default/redis-cluster",
+                "Deployment/default/aion-kanban",
+                "Service/default/rabbitmq",
+                "Service/default/redis-cluster",
+            ]
+        );
+        let m = render(&single("prj"), &[]).unwrap();
+        let first = m.objects().next().unwrap();
+        assert_eq!(first.key.to_string(), "Namespace/prj");
+        assert!(
+            m.objects()
+                .skip(1)
+                .all(|o| o.key.namespace.as_deref() == Some("prj"))
+        );
+    }
+
+    #[test]
+    fn least_privilege_rbac() {
+        let m = render(&single("default"), &[]).unwrap();
+        let role = &find(&m, "Role", "aion-kanban").value;
+        assert_eq!(
+            role["rules"],
+            json!([
+                {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "verbs": ["get", "list", "watch", "patch"]},
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "delete"]},
+            ])
+        );
+        assert!(m.objects().all(|o| !o.key.kind.starts_with("Cluster")));
+        let kanban = &find(&m, "Deployment", "aion-kanban").value;
+        let c = &kanban["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            c["args"],
+            json!(["run", "--services", "/var/lib/aion/config/services.yml"])
+        );
+    }
+
+    #[test]
+    fn cluster_mode_namespace_per_worker() {
+        let svc = services("microservices:\n  a:\n    always: yes\n");
+        let m = render(&cluster(), &[("edge-worker-1".to_owned(), svc)]).unwrap();
+        assert_eq!(m.nodes.len(), 2);
+        assert_eq!(m.nodes[0].namespace, "default");
+        assert_eq!(m.nodes[1].namespace, "edge-worker-1");
+        assert_eq!(
+            m.nodes[1].objects[0].key.to_string(),
+            "Namespace/edge-worker-1"
+        );
+        let a = &find(&m, "Deployment", "a-001");
+        assert_eq!(a.node, "edge-worker-1");
+        assert_eq!(a.value["metadata"]["namespace"], "edge-worker-1");
+        assert_eq!(
+            a.value["spec"]["template"]["spec"]["nodeSelector"],
+            json!({"kubernetes.io/hostname": "edge-worker-1"})
+        );
+        let rabbit: Vec<_> = m.objects().filter(|o| o.key.name == "rabbitmq").collect();
+        assert!(rabbit.iter().all(|o| o.node == "edge-master"));
+        assert_eq!(rabbit.len(), 2);
+        let kanban = m
+            .objects()
+            .find(|o| {
+                o.node == "edge-worker-1"
+                    && o.key.name == "aion-kanban"
+                    && o.key.kind == "Deployment"
+            })
+            .unwrap();
+        let env = &kanban.value["spec"]["template"]["spec"]["containers"][0]["env"][0];
+        assert_eq!(
+            env["value"],
+            "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/%2f"
+        );
+    }
+
+    fn render_err(text: &str) -> String {
+        render(
+            &single("default"),
+            &[("edge-master".to_owned(), services(text))],
+        )
+        .unwrap_err()
+        .to_string()
+    }
+
+    #[test]
+    fn invalid_values_are_clear_errors() {
+        let e = render_err(
+            "microservices:\n  a:\n    volumeMountPathList: [\"/dev:/dev:Bidirectional\"]\n",
+        );
+        assert!(e.contains("/srv/aion/services.yml:"), "{e}");
+        assert!(
+            e.contains("Bidirectional mount propagation needs `privileged: yes`"),
+            "{e}"
+        );
+        let e = render_err("microservices:\n  a:\n    ports: [{name: Web_Port, port: 80}]\n");
+        assert!(e.contains("port name \"Web_Port\" is invalid"), "{e}");
+        let e = render_err(
+            "microservices:\n  a:\n    network: NodePort\n    ports: [{name: web, port: 80, nodePort: 80}]\n",
+        );
+        assert!(e.contains("nodePort 80 is outside"), "{e}");
+        let e = render_err(
+            "microservices:\n  a:\n    scale: 2\n    network: NodePort\n    ports: [{name: web, port: 80, nodePort: 30080}]\n",
+        );
+        assert!(e.contains("nodePort 30080 is also used by a-001"), "{e}");
+        let e = render_err("microservices:\n  1bad:\n    always: yes\n");
+        assert!(e.contains("is not a valid object name"), "{e}");
+    }
+
+    #[test]
+    fn invalid_inventory_name() {
+        let mut inv = single("default");
+        inv.name = "my lab".into();
+        let e = render(&inv, &[]).unwrap_err().to_string();
+        assert!(e.contains("not a valid Kubernetes label value"), "{e}");
+    }
+
+    #[test]
+    fn split_documents_drops_comment_only_docs() {
+        let docs = split_documents("# only a comment\n---\na: 1\n---\n\n---\nb: 2\n");
+        assert_eq!(docs, ["a: 1\n", "b: 2\n"]);
+    }
+}
