@@ -116,3 +116,971 @@ pub struct HostVars {
 pub const DEFAULT_POD_CIDR: &str = "10.244.10.0/16";
 pub const DEFAULT_KUBERNETES_VERSION: &str = "1.37.2";
 pub const DEFAULT_REGISTRY_PREFIX: &str = "latonaio";
+
+pub const DEFAULT_SSH_USER: &str = "aion";
+pub const DEFAULT_SSH_PORT: u16 = 22;
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+use std::path::Path;
+
+use crate::diag::{Diagnostic, LoadError, Loaded};
+use crate::read::{Reader, suggest};
+use crate::yaml::{Node, join_pointer};
+
+pub const TOP_KEYS: &[&str] = &[
+    "name",
+    "mode",
+    "knownHosts",
+    "kubeconfig",
+    "services",
+    "dataSweeper",
+    "ssh",
+    "vars",
+    "hosts",
+];
+pub const HOST_KEYS: &[&str] = &[
+    "name",
+    "address",
+    "role",
+    "ssh",
+    "vars",
+    "services",
+    "dataSweeper",
+];
+pub const SSH_KEYS: &[&str] = &["user", "port", "key"];
+pub const VAR_KEYS: &[&str] = &[
+    "gpu",
+    "kubernetesVersion",
+    "podCidr",
+    "extraSans",
+    "registryPrefix",
+    "namespace",
+];
+/// Ansible variables read from an Ansible-style inventory (others are ignored).
+pub const ANSIBLE_HOST_VARS: &[&str] = &[
+    "ansible_host",
+    "ansible_user",
+    "ansible_port",
+    "ansible_ssh_private_key_file",
+    "ansible_private_key_file",
+    "aion_role",
+    "aion_gpu",
+    "aion_kubernetes_version",
+    "aion_pod_cidr",
+    "aion_extra_sans",
+    "aion_registry_prefix",
+    "aion_namespace",
+    "aion_services",
+    "aion_data_sweeper",
+];
+/// Inventory-wide Ansible variables (in `all.vars`).
+pub const ANSIBLE_GLOBAL_VARS: &[&str] = &[
+    "aion_name",
+    "aion_mode",
+    "aion_known_hosts",
+    "aion_kubeconfig",
+];
+/// Ansible groups whose hosts are masters.
+pub const MASTER_GROUPS: &[&str] = &["master", "masters", "kube_control_plane"];
+
+/// Read and load an inventory (native or Ansible-style YAML).
+pub fn load(path: &Path) -> Result<Loaded<Inventory>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, path)
+}
+
+/// Load an inventory from text; `file` names it and anchors relative paths.
+pub fn load_str(text: &str, file: &Path) -> Result<Loaded<Inventory>, LoadError> {
+    let looks_ini = text.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with('[') && l.ends_with(']') && !l.contains([',', ' ', '"', '\''])
+    });
+    let root = match crate::yaml::parse_str(text, file) {
+        Ok(root) => root,
+        Err(e) if looks_ini => {
+            return Err(LoadError::Shape(Box::new(
+                Diagnostic::error(
+                    "inventory-shape",
+                    format!(
+                        "this looks like an INI inventory, which is not read ({})",
+                        e.message
+                    ),
+                    e.span,
+                    "",
+                )
+                .with_hint("convert it to YAML with `ansible-inventory -i FILE --list --yaml`"),
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if root.as_map().is_none() {
+        let mut d = Diagnostic::error(
+            "inventory-shape",
+            format!("an inventory is a YAML mapping, found {}", root.describe()),
+            root.span.clone(),
+            "",
+        );
+        d = if looks_ini {
+            d.with_hint("INI inventories are not read; convert it with `ansible-inventory -i FILE --list --yaml`")
+        } else {
+            d.with_hint("see docs/model.md for the inventory format")
+        };
+        return Err(LoadError::Shape(Box::new(d)));
+    }
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let ansible = is_ansible(&root);
+    let (mut loaded, pointers) = if ansible {
+        from_ansible(&root, file, &dir)
+    } else {
+        from_native(&root, file, &dir)
+    };
+    let schema_diags = crate::schema::check(crate::schema::Kind::Inventory, &root);
+    crate::schema::merge(&mut loaded.diagnostics, schema_diags);
+    check_at(&loaded.value, &pointers, &mut loaded.diagnostics);
+    crate::diag::sort(&mut loaded.diagnostics);
+    Ok(loaded)
+}
+
+/// Ansible-style when no native top-level key is present (the top-level keys are then groups,
+/// usually just `all`). The schema makes the same choice.
+fn is_ansible(root: &Node) -> bool {
+    let Some(pairs) = root.as_map() else {
+        return false;
+    };
+    !pairs.is_empty()
+        && !pairs
+            .iter()
+            .any(|p| p.key.text().is_some_and(|k| TOP_KEYS.contains(&k)))
+}
+
+/// `~/x` → `$HOME/x`; relative → against the inventory's directory.
+pub fn resolve_path(dir: &Path, p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    }
+}
+
+fn default_vars() -> HostVars {
+    HostVars {
+        gpu: false,
+        kubernetes_version: DEFAULT_KUBERNETES_VERSION.into(),
+        pod_cidr: DEFAULT_POD_CIDR.into(),
+        extra_sans: Vec::new(),
+        registry_prefix: DEFAULT_REGISTRY_PREFIX.into(),
+        namespace: String::new(),
+    }
+}
+
+/// Per-host settings before defaults: `None` = not set at this level.
+#[derive(Default, Clone)]
+struct Partial {
+    address: Option<String>,
+    role: Option<Role>,
+    user: Option<String>,
+    port: Option<u16>,
+    key: Option<String>,
+    gpu: Option<bool>,
+    kubernetes_version: Option<String>,
+    pod_cidr: Option<String>,
+    extra_sans: Option<Vec<String>>,
+    registry_prefix: Option<String>,
+    namespace: Option<String>,
+    services: Option<String>,
+    data_sweeper: Option<String>,
+}
+
+impl Partial {
+    fn over(&mut self, o: &Partial) {
+        macro_rules! ov {
+            ($($f:ident),*) => { $( if o.$f.is_some() { self.$f = o.$f.clone(); } )* };
+        }
+        ov!(
+            address,
+            role,
+            user,
+            port,
+            key,
+            gpu,
+            kubernetes_version,
+            pod_cidr,
+            extra_sans,
+            registry_prefix,
+            namespace,
+            services,
+            data_sweeper
+        );
+    }
+}
+
+fn read_port(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<u16> {
+    let v = r.int32(n, p, field)?;
+    match u16::try_from(v) {
+        Ok(port) if port > 0 => Some(port),
+        _ => {
+            r.diags.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`{field}` must be a TCP port (1–65535), found {v}"),
+                    n.span.clone(),
+                    p,
+                )
+                .with_hint("the SSH port is usually 22"),
+            );
+            None
+        }
+    }
+}
+
+fn read_role(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<Role> {
+    let s = r.string(n, p, field)?;
+    match s.as_str() {
+        "master" => Some(Role::Master),
+        "worker" => Some(Role::Worker),
+        _ => {
+            r.diags.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`{field}` is `master` or `worker`, found {s:?}"),
+                    n.span.clone(),
+                    p,
+                )
+                .with_hint("one host is the master (control plane); the others are workers"),
+            );
+            None
+        }
+    }
+}
+
+fn read_mode(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<Mode> {
+    let s = r.string(n, p, field)?;
+    match s.as_str() {
+        "single" => Some(Mode::Single),
+        "cluster" => Some(Mode::Cluster),
+        _ => {
+            r.diags.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`{field}` is `single` or `cluster`, found {s:?}"),
+                    n.span.clone(),
+                    p,
+                )
+                .with_hint("single: one master runs everything; cluster: a master plus workers"),
+            );
+            None
+        }
+    }
+}
+
+fn read_ssh(r: &mut Reader, n: &Node, p: &str, into: &mut Partial) {
+    let Some(f) = r.fields(n, p, "ssh", SSH_KEYS) else {
+        return;
+    };
+    if let Some((n, p)) = f.get("user") {
+        into.user = r.string(n, &p, "user");
+    }
+    if let Some((n, p)) = f.get("port") {
+        into.port = read_port(r, n, &p, "port");
+    }
+    if let Some((n, p)) = f.get("key") {
+        into.key = r.string(n, &p, "key").filter(|s| !s.is_empty());
+    }
+}
+
+fn read_vars(r: &mut Reader, n: &Node, p: &str, into: &mut Partial) {
+    let Some(f) = r.fields(n, p, "vars", VAR_KEYS) else {
+        return;
+    };
+    if let Some((n, p)) = f.get("gpu") {
+        into.gpu = r.bool(n, &p, "gpu");
+    }
+    if let Some((n, p)) = f.get("kubernetesVersion") {
+        into.kubernetes_version = r.string(n, &p, "kubernetesVersion");
+    }
+    if let Some((n, p)) = f.get("podCidr") {
+        into.pod_cidr = r.string(n, &p, "podCidr");
+    }
+    if let Some((n, p)) = f.get("extraSans") {
+        into.extra_sans = r.string_list(n, &p, "extraSans");
+    }
+    if let Some((n, p)) = f.get("registryPrefix") {
+        into.registry_prefix = r.string(n, &p, "registryPrefix");
+    }
+    if let Some((n, p)) = f.get("namespace") {
+        into.namespace = r.string(n, &p, "namespace");
+    }
+}
+
+struct Draft {
+    pointer: String,
+    name: String,
+    partial: Partial,
+    span: Span,
+}
+
+/// Inventory-wide settings (native top level, or Ansible `all.vars`).
+#[derive(Default)]
+struct Globals {
+    name: Option<String>,
+    mode: Option<Mode>,
+    known_hosts: Option<String>,
+    kubeconfig: Option<String>,
+}
+
+fn finish(
+    file: &Path,
+    dir: &Path,
+    root: &Node,
+    g: Globals,
+    drafts: Vec<Draft>,
+    r: Reader,
+) -> (Loaded<Inventory>, Vec<String>) {
+    let pointers: Vec<String> = drafts.iter().map(|d| d.pointer.clone()).collect();
+    let workers = drafts
+        .iter()
+        .filter(|d| d.partial.role != Some(Role::Master))
+        .count();
+    let Globals {
+        name,
+        mode,
+        known_hosts,
+        kubeconfig,
+    } = g;
+    let mode = mode.unwrap_or(if workers == 0 {
+        Mode::Single
+    } else {
+        Mode::Cluster
+    });
+    let hosts = drafts
+        .into_iter()
+        .map(|d| {
+            let p = d.partial;
+            let role = p.role.unwrap_or(Role::Worker);
+            let def = default_vars();
+            let namespace =
+                p.namespace
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| match (mode, role) {
+                        (Mode::Cluster, Role::Worker) => d.name.clone(),
+                        _ => "default".into(),
+                    });
+            Host {
+                address: p
+                    .address
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| d.name.clone()),
+                role,
+                ssh: SshSettings {
+                    user: p
+                        .user
+                        .filter(|u| !u.is_empty())
+                        .unwrap_or_else(|| DEFAULT_SSH_USER.into()),
+                    port: p.port.unwrap_or(DEFAULT_SSH_PORT),
+                    key: p.key.map(|k| resolve_path(dir, &k)),
+                },
+                vars: HostVars {
+                    gpu: p.gpu.unwrap_or(def.gpu),
+                    kubernetes_version: p
+                        .kubernetes_version
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or(def.kubernetes_version),
+                    pod_cidr: p.pod_cidr.filter(|s| !s.is_empty()).unwrap_or(def.pod_cidr),
+                    extra_sans: p.extra_sans.unwrap_or_default(),
+                    registry_prefix: p
+                        .registry_prefix
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or(def.registry_prefix),
+                    namespace,
+                },
+                services: p
+                    .services
+                    .filter(|s| !s.is_empty())
+                    .map(|s| resolve_path(dir, &s)),
+                data_sweeper: p
+                    .data_sweeper
+                    .filter(|s| !s.is_empty())
+                    .map(|s| resolve_path(dir, &s)),
+                name: d.name,
+                span: d.span,
+            }
+        })
+        .collect();
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "aion".into());
+    let loaded = Loaded {
+        value: Inventory {
+            source: file.to_path_buf(),
+            name: name.filter(|s| !s.is_empty()).unwrap_or(stem),
+            mode,
+            known_hosts: known_hosts
+                .filter(|s| !s.is_empty())
+                .map(|s| resolve_path(dir, &s)),
+            kubeconfig: kubeconfig
+                .filter(|s| !s.is_empty())
+                .map(|s| resolve_path(dir, &s))
+                .unwrap_or_else(|| dir.join(".aion").join("kubeconfig")),
+            hosts,
+            span: root.span.clone(),
+        },
+        diagnostics: r.diags,
+    };
+    (loaded, pointers)
+}
+
+fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<String>) {
+    let mut r = Reader::new();
+    let mut name = None;
+    let mut mode = None;
+    let mut known_hosts = None;
+    let mut kubeconfig = None;
+    let mut base = Partial::default();
+    let mut drafts = Vec::new();
+    if let Some(f) = r.fields(root, "", "the inventory", TOP_KEYS) {
+        if let Some((n, p)) = f.get("name") {
+            name = r.string(n, &p, "name");
+        }
+        if let Some((n, p)) = f.get("mode") {
+            mode = read_mode(&mut r, n, &p, "mode");
+        }
+        if let Some((n, p)) = f.get("knownHosts") {
+            known_hosts = r.string(n, &p, "knownHosts");
+        }
+        if let Some((n, p)) = f.get("kubeconfig") {
+            kubeconfig = r.string(n, &p, "kubeconfig");
+        }
+        if let Some((n, p)) = f.get("services") {
+            base.services = r.string(n, &p, "services");
+        }
+        if let Some((n, p)) = f.get("dataSweeper") {
+            base.data_sweeper = r.string(n, &p, "dataSweeper");
+        }
+        if let Some((n, p)) = f.get("ssh") {
+            read_ssh(&mut r, n, &p, &mut base);
+        }
+        if let Some((n, p)) = f.get("vars") {
+            read_vars(&mut r, n, &p, &mut base);
+        }
+        match f.get("hosts") {
+            None => r.diags.push(
+                Diagnostic::error("no-hosts", "the inventory has no `hosts:` list", root.span.clone(), "")
+                    .with_hint("add `hosts:` with at least the master: `- {name: edge-master, address: 10.0.0.2, role: master}`"),
+            ),
+            Some((n, p)) => match n.as_seq() {
+                None if n.is_null() => {}
+                None => r.type_error(n, &p, "hosts", "a list of hosts"),
+                Some(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let hp = format!("{p}/{i}");
+                        let Some(hf) = r.fields(item, &hp, "a host", HOST_KEYS) else {
+                            continue;
+                        };
+                        let mut partial = base.clone();
+                        let mut own = Partial::default();
+                        let mut host_name = String::new();
+                        match hf.get("name") {
+                            Some((n, p)) => host_name = r.string(n, &p, "name").unwrap_or_default(),
+                            None => r.diags.push(
+                                Diagnostic::error("missing-key", "a host needs `name:`", item.span.clone(), hp.clone())
+                                    .with_hint("the name is the device's hostname and Kubernetes node name"),
+                            ),
+                        }
+                        match hf.get("address") {
+                            Some((n, p)) => own.address = r.string(n, &p, "address"),
+                            None => r.diags.push(
+                                Diagnostic::error("missing-key", format!("host `{host_name}` needs `address:`"), item.span.clone(), hp.clone())
+                                    .with_hint("the IP address or DNS name to reach it over SSH"),
+                            ),
+                        }
+                        match hf.get("role") {
+                            Some((n, p)) => own.role = read_role(&mut r, n, &p, "role"),
+                            None => r.diags.push(
+                                Diagnostic::error("missing-key", format!("host `{host_name}` needs `role:` (master or worker)"), item.span.clone(), hp.clone())
+                                    .with_hint("exactly one host is `role: master`"),
+                            ),
+                        }
+                        if let Some((n, p)) = hf.get("ssh") {
+                            read_ssh(&mut r, n, &p, &mut own);
+                        }
+                        if let Some((n, p)) = hf.get("vars") {
+                            read_vars(&mut r, n, &p, &mut own);
+                        }
+                        if let Some((n, p)) = hf.get("services") {
+                            own.services = r.string(n, &p, "services");
+                        }
+                        if let Some((n, p)) = hf.get("dataSweeper") {
+                            own.data_sweeper = r.string(n, &p, "dataSweeper");
+                        }
+                        partial.over(&own);
+                        drafts.push(Draft {
+                            pointer: hp.clone(),
+                            name: host_name,
+                            partial,
+                            span: item.span.clone(),
+                        });
+                    }
+                }
+            },
+        }
+    }
+    finish(
+        file,
+        dir,
+        root,
+        Globals {
+            name,
+            mode,
+            known_hosts,
+            kubeconfig,
+        },
+        drafts,
+        r,
+    )
+}
+
+/// One Ansible variable into a partial (aion_* typos warned).
+fn ansible_var(r: &mut Reader, key: &str, n: &Node, p: &str, into: &mut Partial, global: bool) {
+    match key {
+        "ansible_host" => into.address = r.string(n, p, key),
+        "ansible_user" => into.user = r.string(n, p, key),
+        "ansible_port" => into.port = read_port(r, n, p, key),
+        "ansible_ssh_private_key_file" | "ansible_private_key_file" => {
+            into.key = r.string(n, p, key).filter(|s| !s.is_empty())
+        }
+        "aion_role" => into.role = read_role(r, n, p, key),
+        "aion_gpu" => into.gpu = r.bool(n, p, key),
+        "aion_kubernetes_version" => into.kubernetes_version = r.string(n, p, key),
+        "aion_pod_cidr" => into.pod_cidr = r.string(n, p, key),
+        "aion_extra_sans" => into.extra_sans = r.string_list(n, p, key),
+        "aion_registry_prefix" => into.registry_prefix = r.string(n, p, key),
+        "aion_namespace" => into.namespace = r.string(n, p, key),
+        "aion_services" => into.services = r.string(n, p, key),
+        "aion_data_sweeper" => into.data_sweeper = r.string(n, p, key),
+        "ansible_ssh_pass" | "ansible_password" | "ansible_become_pass" => {
+            r.diags.push(
+                Diagnostic::warning(
+                    "unsupported-var",
+                    format!("`{key}` is ignored: aion-reconcile logs in with SSH keys only"),
+                    n.span.clone(),
+                    p,
+                )
+                .with_hint(
+                    "set `ansible_ssh_private_key_file` (and remove the password from the file)",
+                ),
+            );
+        }
+        k if k.starts_with("aion_") && !(global && ANSIBLE_GLOBAL_VARS.contains(&k)) => {
+            let mut all: Vec<&str> = ANSIBLE_HOST_VARS.to_vec();
+            all.extend_from_slice(ANSIBLE_GLOBAL_VARS);
+            let mut d = Diagnostic::warning(
+                "unknown-key",
+                format!("unknown AION variable `{k}` (ignored)"),
+                n.span.clone(),
+                p,
+            );
+            d = match suggest(k, &all) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => d.with_hint(format!("AION variables: {}", all.join(", "))),
+            };
+            r.diags.push(d);
+        }
+        _ => {}
+    }
+}
+
+struct AnsibleWalk<'a> {
+    r: Reader,
+    /// Host name → (accumulated settings, first span, first pointer, master group seen).
+    hosts: Vec<(String, Partial, Span, String, bool)>,
+    globals: Vec<(&'a str, &'a Node, String)>,
+}
+
+impl<'a> AnsibleWalk<'a> {
+    fn group(
+        &mut self,
+        name: &str,
+        node: &'a Node,
+        ptr: &str,
+        inherited: &Partial,
+        master: bool,
+        depth: usize,
+    ) {
+        if depth > 32 {
+            return;
+        }
+        let master = master || MASTER_GROUPS.contains(&name);
+        let what = format!("group `{name}`");
+        let Some(f) = self
+            .r
+            .fields(node, ptr, &what, &["hosts", "children", "vars"])
+        else {
+            return;
+        };
+        let mut vars = inherited.clone();
+        if let Some((vn, vp)) = f.get("vars")
+            && let Some(entries) = self.r.map_entries(vn, &vp, "vars")
+        {
+            for (k, _, v) in entries {
+                let p = join_pointer(&vp, &k);
+                let global = name == "all";
+                if global && ANSIBLE_GLOBAL_VARS.contains(&k.as_str()) {
+                    let key: &'static str = ANSIBLE_GLOBAL_VARS
+                        .iter()
+                        .find(|g| **g == k)
+                        .expect("contained");
+                    self.globals.push((key, v, p.clone()));
+                }
+                ansible_var(&mut self.r, &k, v, &p, &mut vars, global);
+            }
+        }
+        if let Some((hn, hp)) = f.get("hosts")
+            && let Some(entries) = self.r.map_entries(hn, &hp, "hosts")
+        {
+            for (host, key, v) in entries {
+                let p = join_pointer(&hp, &host);
+                let mut own = vars.clone();
+                if let Some(hv) = self.r.map_entries(v, &p, &format!("host `{host}`")) {
+                    for (k, _, val) in hv {
+                        let vp = join_pointer(&p, &k);
+                        ansible_var(&mut self.r, &k, val, &vp, &mut own, false);
+                    }
+                }
+                match self.hosts.iter_mut().find(|h| h.0 == host) {
+                    Some(h) => {
+                        h.1.over(&own);
+                        h.4 |= master;
+                    }
+                    None => self
+                        .hosts
+                        .push((host, own, key.span.clone(), p.clone(), master)),
+                }
+            }
+        }
+        if let Some((cn, cp)) = f.get("children")
+            && let Some(entries) = self.r.map_entries(cn, &cp, "children")
+        {
+            for (child, _, v) in entries {
+                let p = join_pointer(&cp, &child);
+                self.group(&child, v, &p, &vars, master, depth + 1);
+            }
+        }
+    }
+}
+
+fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<String>) {
+    let mut w = AnsibleWalk {
+        r: Reader::new(),
+        hosts: Vec::new(),
+        globals: Vec::new(),
+    };
+    let top = root.as_map().unwrap_or_default();
+    // `all` first (its vars are inherited by every other top-level group).
+    let all_vars = {
+        let mut v = Partial::default();
+        if let Some(all) = root.get("all") {
+            w.group("all", all, "/all", &Partial::default(), false, 0);
+            if let Some(vars) = all.get("vars")
+                && let Some(pairs) = vars.as_map()
+            {
+                let mut scratch = Reader::new();
+                for pair in pairs {
+                    if let Some(k) = pair.key.text() {
+                        ansible_var(&mut scratch, k, &pair.value, "", &mut v, true);
+                    }
+                }
+            }
+        }
+        v
+    };
+    for pair in top {
+        let Some(k) = pair.key.text() else { continue };
+        if k == "all" {
+            continue;
+        }
+        let p = join_pointer("", k);
+        w.group(k, &pair.value, &p, &all_vars, false, 0);
+    }
+    let mut name = None;
+    let mut mode = None;
+    let mut known_hosts = None;
+    let mut kubeconfig = None;
+    for (k, n, p) in std::mem::take(&mut w.globals) {
+        match k {
+            "aion_name" => name = w.r.string(n, &p, k),
+            "aion_mode" => mode = read_mode(&mut w.r, n, &p, k),
+            "aion_known_hosts" => known_hosts = w.r.string(n, &p, k),
+            "aion_kubeconfig" => kubeconfig = w.r.string(n, &p, k),
+            _ => {}
+        }
+    }
+    let drafts: Vec<Draft> = std::mem::take(&mut w.hosts)
+        .into_iter()
+        .map(|(name, mut partial, span, pointer, master)| {
+            if partial.role.is_none() {
+                partial.role = Some(if master { Role::Master } else { Role::Worker });
+            }
+            Draft {
+                pointer,
+                name,
+                partial,
+                span,
+            }
+        })
+        .collect();
+    if drafts.is_empty() {
+        w.r.diags.push(
+            Diagnostic::error("no-hosts", "the Ansible inventory names no hosts", root.span.clone(), "")
+                .with_hint("put hosts under `all: {children: {masters: {hosts: {...}}, workers: {hosts: {...}}}}`"),
+        );
+    }
+    finish(
+        file,
+        dir,
+        root,
+        Globals {
+            name,
+            mode,
+            known_hosts,
+            kubeconfig,
+        },
+        drafts,
+        w.r,
+    )
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let Some((addr, bits)) = s.split_once('/') else {
+        return false;
+    };
+    let Ok(bits) = bits.parse::<u8>() else {
+        return false;
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => bits <= 32,
+        Ok(std::net::IpAddr::V6(_)) => bits <= 128,
+        Err(_) => false,
+    }
+}
+
+fn valid_version(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Inventory-wide rules (codes: `host-duplicate`, `address-duplicate`, `invalid-host-name`,
+/// `no-master`, `multiple-masters`, `single-with-workers`, `invalid-cidr`, `invalid-version`,
+/// `invalid-san`, `invalid-namespace`, `file-missing`).
+pub fn check(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    let pointers: Vec<String> = (0..inv.hosts.len())
+        .map(|i| format!("/hosts/{i}"))
+        .collect();
+    check_at(inv, &pointers, diags);
+}
+
+/// [`check`] with each host's JSON pointer (Ansible hosts live under their group).
+fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    let mut addrs: Vec<(&str, usize)> = Vec::new();
+    for (i, h) in inv.hosts.iter().enumerate() {
+        let ptr = pointers.get(i).cloned().unwrap_or_default();
+        if let Some((_, line)) = seen.iter().find(|(n, _)| *n == h.name) {
+            diags.push(
+                Diagnostic::error(
+                    "host-duplicate",
+                    format!(
+                        "host name `{}` is used twice (first at line {line})",
+                        h.name
+                    ),
+                    h.span.clone(),
+                    ptr.clone(),
+                )
+                .with_hint(
+                    "host names are hostnames and Kubernetes node names; they must be unique",
+                ),
+            );
+        } else {
+            seen.push((&h.name, h.span.line));
+        }
+        if let Some((_, line)) = addrs.iter().find(|(a, _)| *a == h.address) {
+            diags.push(
+                Diagnostic::warning(
+                    "address-duplicate",
+                    format!(
+                        "address `{}` is used by two hosts (first at line {line})",
+                        h.address
+                    ),
+                    h.span.clone(),
+                    ptr.clone(),
+                )
+                .with_hint("two entries for one machine are almost always a mistake"),
+            );
+        } else {
+            addrs.push((&h.address, h.span.line));
+        }
+        if !h.name.is_empty() && !crate::k8s::is_dns1123_subdomain(&h.name) {
+            diags.push(
+                Diagnostic::error(
+                    "invalid-host-name",
+                    format!("host name `{}` is not a valid Kubernetes node name", h.name),
+                    h.span.clone(),
+                    ptr.clone(),
+                )
+                .with_hint(
+                    "use lowercase letters, digits, `-` and `.` (RFC 1123), e.g. `edge-worker-1`",
+                ),
+            );
+        }
+        if !valid_cidr(&h.vars.pod_cidr) {
+            diags.push(
+                Diagnostic::error(
+                    "invalid-cidr",
+                    format!(
+                        "podCidr `{}` of host `{}` is not a CIDR",
+                        h.vars.pod_cidr, h.name
+                    ),
+                    h.span.clone(),
+                    format!("{ptr}/vars/podCidr"),
+                )
+                .with_hint(format!("write it like `{DEFAULT_POD_CIDR}`")),
+            );
+        }
+        if !valid_version(&h.vars.kubernetes_version) {
+            diags.push(
+                Diagnostic::error(
+                    "invalid-version",
+                    format!(
+                        "kubernetesVersion `{}` of host `{}` is not MAJOR.MINOR.PATCH",
+                        h.vars.kubernetes_version, h.name
+                    ),
+                    h.span.clone(),
+                    format!("{ptr}/vars/kubernetesVersion"),
+                )
+                .with_hint(format!(
+                    "quote a full version: `kubernetesVersion: \"{DEFAULT_KUBERNETES_VERSION}\"`"
+                )),
+            );
+        }
+        for san in &h.vars.extra_sans {
+            if san.parse::<std::net::IpAddr>().is_err() && !crate::k8s::is_dns1123_subdomain(san) {
+                diags.push(
+                    Diagnostic::error(
+                        "invalid-san",
+                        format!("extra SAN `{san}` of host `{}` is neither an IP address nor a DNS name", h.name),
+                        h.span.clone(),
+                        format!("{ptr}/vars/extraSans"),
+                    )
+                    .with_hint("use an IP address or a lowercase DNS name"),
+                );
+            }
+        }
+        if !crate::k8s::is_dns1123_label(&h.vars.namespace) {
+            diags.push(
+                Diagnostic::error(
+                    "invalid-namespace",
+                    format!(
+                        "namespace `{}` of host `{}` is not a valid Kubernetes namespace",
+                        h.vars.namespace, h.name
+                    ),
+                    h.span.clone(),
+                    format!("{ptr}/vars/namespace"),
+                )
+                .with_hint("lowercase letters, digits and `-`, at most 63 characters"),
+            );
+        }
+        for (what, p) in [
+            ("services", h.services.as_deref()),
+            ("dataSweeper", h.data_sweeper.as_deref()),
+            ("ssh key", h.ssh.key.as_deref()),
+        ] {
+            if let Some(p) = p
+                && !p.exists()
+            {
+                diags.push(
+                    Diagnostic::warning(
+                        "file-missing",
+                        format!(
+                            "{what} file {} of host `{}` does not exist",
+                            p.display(),
+                            h.name
+                        ),
+                        h.span.clone(),
+                        ptr.clone(),
+                    )
+                    .with_hint("relative paths are resolved against the inventory's directory"),
+                );
+            }
+        }
+    }
+    let masters: Vec<&Host> = inv.masters().collect();
+    match masters.len() {
+        0 if !inv.hosts.is_empty() => diags.push(
+            Diagnostic::error(
+                "no-master",
+                "no host has `role: master`",
+                inv.span.clone(),
+                "",
+            )
+            .with_hint(
+                "mark the control-plane host `role: master` (Ansible: put it in a `masters` group)",
+            ),
+        ),
+        n if n > 1 => diags.push(
+            Diagnostic::error(
+                "multiple-masters",
+                format!(
+                    "{n} hosts are masters ({}); AION runs one control-plane node",
+                    masters
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                masters[1].span.clone(),
+                "",
+            )
+            .with_hint("make exactly one host `role: master`"),
+        ),
+        _ => {}
+    }
+    if inv.mode == Mode::Single && inv.workers().next().is_some() {
+        diags.push(
+            Diagnostic::error(
+                "single-with-workers",
+                "`mode: single` but the inventory has workers",
+                inv.span.clone(),
+                "/mode",
+            )
+            .with_hint("use `mode: cluster`, or remove the workers"),
+        );
+    }
+    if let Some(k) = &inv.known_hosts
+        && !k.exists()
+    {
+        diags.push(
+            Diagnostic::warning(
+                "file-missing",
+                format!("knownHosts file {} does not exist", k.display()),
+                inv.span.clone(),
+                "/knownHosts",
+            )
+            .with_hint("strict host-key checking needs it; relative paths are resolved against the inventory's directory"),
+        );
+    }
+}

@@ -20,6 +20,24 @@ pub struct ServicesFile {
     /// `debug`: a string upstream (`debug: yes` → `"yes"`), injected as `DEBUG`.
     pub debug: String,
     pub span: Span,
+    /// Positions and raw texts the loader saw, for diagnostics of later checks (empty when
+    /// the value was built by hand).
+    pub source_info: SourceInfo,
+}
+
+/// Side table filled by the loader: where fields were written, keyed by JSON pointer
+/// (e.g. `/microservices/foo/ports/0/nodePort`), and texts the typed model normalises away
+/// (`volumeMountPathList` entries as written).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceInfo {
+    pub spans: std::collections::HashMap<String, Span>,
+    pub raw: std::collections::HashMap<String, String>,
+}
+
+impl SourceInfo {
+    pub fn span(&self, pointer: &str) -> Option<&Span> {
+        self.spans.get(pointer)
+    }
 }
 
 impl ServicesFile {
@@ -152,4 +170,480 @@ pub struct Port {
 pub struct Resources {
     pub requests: BTreeMap<String, String>,
     pub limits: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading (go-yaml v2 decoding + upstream `setInitializeValue` defaults)
+// ---------------------------------------------------------------------------------------------
+
+use std::path::Path;
+
+use crate::diag::{Diagnostic, LoadError, Loaded};
+use crate::read::Reader;
+use crate::yaml::{Node, join_pointer};
+
+pub const TOP_KEYS: &[&str] = &["microservices", "devices", "deviceName", "debug"];
+pub const MICROSERVICE_KEYS: &[&str] = &[
+    "command",
+    "nextService",
+    "scale",
+    "env",
+    "position",
+    "always",
+    "multiple",
+    "startup",
+    "interval",
+    "ports",
+    "directoryPath",
+    "serviceAccount",
+    "network",
+    "tag",
+    "volumeMountPathList",
+    "privileged",
+    "withoutKanban",
+    "targetNode",
+    "resources",
+];
+pub const DEVICE_KEYS: &[&str] = &["addr", "sshPort", "username", "password", "aionHome"];
+pub const PORT_KEYS: &[&str] = &["name", "protocol", "port", "nodePort"];
+pub const NEXT_SERVICE_KEYS: &[&str] = &["name", "pattern", "device"];
+pub const RESOURCES_KEYS: &[&str] = &["requests", "limits"];
+pub const QUANTITY_KEYS: &[&str] = &["memory", "cpu"];
+
+/// Read and load a `services.yml` (schema + go-yaml v2 decoding + defaults).
+pub fn load(path: &Path) -> Result<Loaded<ServicesFile>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, path)
+}
+
+/// Load a `services.yml` from text; `file` names it in diagnostics.
+pub fn load_str(text: &str, file: &Path) -> Result<Loaded<ServicesFile>, LoadError> {
+    let doc = crate::yaml::parse_document(text, file)?;
+    let root = doc
+        .root
+        .unwrap_or_else(|| crate::yaml::parse_str("", file).expect("empty"));
+    let mut loaded = from_node(&root);
+    if let Some(span) = doc.extra_document {
+        loaded.diagnostics.push(
+            Diagnostic::warning(
+                "multiple-documents",
+                "only the first YAML document is read; this one is ignored",
+                span,
+                "",
+            )
+            .with_hint("upstream aion-core reads one document; remove the `---` and what follows"),
+        );
+    }
+    let schema_diags = crate::schema::check(crate::schema::Kind::Services, &root);
+    crate::schema::merge(&mut loaded.diagnostics, schema_diags);
+    crate::diag::sort(&mut loaded.diagnostics);
+    Ok(loaded)
+}
+
+/// Decode a parsed tree (no schema check).
+pub fn from_node(root: &Node) -> Loaded<ServicesFile> {
+    let mut r = Reader::new();
+    let mut file = ServicesFile {
+        span: root.span.clone(),
+        ..Default::default()
+    };
+    if let Some(f) = r.fields(root, "", "the top level", TOP_KEYS) {
+        if let Some((n, p)) = f.get("microservices")
+            && let Some(entries) = r.map_entries(n, &p, "microservices")
+        {
+            file.microservices.reserve(entries.len());
+            for (name, key, body) in entries {
+                let ptr = join_pointer(&p, &name);
+                if let Some(ms) =
+                    read_microservice(&mut r, &mut file.source_info, name, key, body, &ptr)
+                {
+                    file.microservices.push(ms);
+                }
+            }
+        }
+        if let Some((n, p)) = f.get("devices")
+            && let Some(entries) = r.map_entries(n, &p, "devices")
+        {
+            for (name, key, body) in entries {
+                let ptr = join_pointer(&p, &name);
+                if let Some(d) = read_device(&mut r, name, key, body, &ptr) {
+                    file.devices.push(d);
+                }
+            }
+        }
+        if let Some((n, p)) = f.get("deviceName") {
+            file.device_name = r.string(n, &p, "deviceName").unwrap_or_default();
+        }
+        if let Some((n, p)) = f.get("debug") {
+            file.debug = r.string(n, &p, "debug").unwrap_or_default();
+        }
+    }
+    misplaced_microservices(&mut r, root);
+    Loaded {
+        value: file,
+        diagnostics: r.diags,
+    }
+}
+
+/// A top-level key that is not one of upstream's but whose body looks like a microservice
+/// (e.g. a fragment without the `microservices:` root): upstream silently runs nothing.
+fn misplaced_microservices(r: &mut Reader, root: &Node) {
+    let Some(pairs) = root.as_map() else { return };
+    for pair in pairs {
+        let Some(key) = pair.key.text() else { continue };
+        if TOP_KEYS.contains(&key) {
+            continue;
+        }
+        let Some(body) = pair.value.as_map() else {
+            continue;
+        };
+        let hits = body
+            .iter()
+            .filter(|p| p.key.text().is_some_and(|k| MICROSERVICE_KEYS.contains(&k)))
+            .count();
+        if hits < 2 {
+            continue;
+        }
+        let ptr = join_pointer("", key);
+        r.diags
+            .retain(|d| !(d.code == "unknown-key" && d.pointer == ptr));
+        r.diags.push(
+            Diagnostic::error(
+                "misplaced-microservice",
+                format!(
+                    "`{key}` looks like a microservice but is not under `microservices:`; upstream aion-core ignores it and runs nothing"
+                ),
+                pair.key.span.clone(),
+                ptr.clone(),
+            )
+            .with_hint(format!(
+                "add a top-level `microservices:` key and indent `{key}:` under it"
+            )),
+        );
+        // Check the body anyway so every problem shows up in one run.
+        let mut scratch = SourceInfo::default();
+        let _ = read_microservice(
+            r,
+            &mut scratch,
+            key.to_owned(),
+            &pair.key,
+            &pair.value,
+            &ptr,
+        );
+    }
+}
+
+fn read_device(r: &mut Reader, name: String, key: &Node, body: &Node, ptr: &str) -> Option<Device> {
+    if body.is_null() {
+        r.diags.push(
+            Diagnostic::error(
+                "null-body",
+                format!("device `{name}` has an empty body"),
+                key.span.clone(),
+                ptr,
+            )
+            .with_hint("give it at least `addr:` (upstream dereferences the empty entry)"),
+        );
+        return None;
+    }
+    let f = r.fields(body, ptr, &format!("device `{name}`"), DEVICE_KEYS)?;
+    let mut d = Device {
+        name,
+        addr: String::new(),
+        ssh_port: 0,
+        username: String::new(),
+        password: String::new(),
+        aion_home: String::new(),
+        span: key.span.clone(),
+    };
+    if let Some((n, p)) = f.get("addr") {
+        d.addr = r.string(n, &p, "addr").unwrap_or_default();
+    }
+    if let Some((n, p)) = f.get("sshPort") {
+        d.ssh_port = r.int32(n, &p, "sshPort").unwrap_or_default();
+    }
+    if let Some((n, p)) = f.get("username") {
+        d.username = r.string(n, &p, "username").unwrap_or_default();
+    }
+    if let Some((n, p)) = f.get("password") {
+        d.password = r.string(n, &p, "password").unwrap_or_default();
+    }
+    if let Some((n, p)) = f.get("aionHome") {
+        d.aion_home = r.string(n, &p, "aionHome").unwrap_or_default();
+    }
+    // setInitializeValue
+    if d.ssh_port == 0 {
+        d.ssh_port = 22;
+    }
+    if d.username.is_empty() {
+        d.username = "aion".into();
+    }
+    if d.password.is_empty() {
+        d.password = "aion".into();
+    }
+    if d.aion_home.is_empty() {
+        d.aion_home = "/var/lib/aion".into();
+    }
+    Some(d)
+}
+
+fn read_microservice(
+    r: &mut Reader,
+    info: &mut SourceInfo,
+    name: String,
+    key: &Node,
+    body: &Node,
+    ptr: &str,
+) -> Option<Microservice> {
+    if body.is_null() {
+        r.diags.push(
+            Diagnostic::error(
+                "null-body",
+                format!("microservice `{name}` has an empty body"),
+                key.span.clone(),
+                ptr,
+            )
+            .with_hint(format!(
+                "write `{name}: {{}}` for a microservice with all defaults (upstream fails with \"yaml format is wrong\")"
+            )),
+        );
+        return None;
+    }
+    let what = format!("microservice `{name}`");
+    let f = r.fields(body, ptr, &what, MICROSERVICE_KEYS)?;
+    let mut ms = Microservice {
+        name,
+        command: None,
+        next_service: Vec::new(),
+        scale: 0,
+        env: Vec::new(),
+        position: String::new(),
+        always: false,
+        multiple: false,
+        startup: false,
+        interval: 0,
+        ports: Vec::new(),
+        directory_path: String::new(),
+        service_account: String::new(),
+        network: String::new(),
+        tag: String::new(),
+        volume_mount_path_list: Vec::new(),
+        privileged: false,
+        without_kanban: false,
+        target_node: String::new(),
+        resources: None,
+        span: key.span.clone(),
+    };
+    f.record(&mut info.spans);
+    let mut scale_written = None;
+    macro_rules! field {
+        ($key:literal, $m:ident, $dst:expr) => {
+            if let Some((n, p)) = f.get($key)
+                && let Some(v) = r.$m(n, &p, $key)
+            {
+                $dst = v;
+            }
+        };
+    }
+    field!("position", string, ms.position);
+    field!("always", bool, ms.always);
+    field!("multiple", bool, ms.multiple);
+    field!("startup", bool, ms.startup);
+    field!("interval", int32, ms.interval);
+    field!("directoryPath", string, ms.directory_path);
+    field!("serviceAccount", string, ms.service_account);
+    field!("network", string, ms.network);
+    field!("tag", string, ms.tag);
+    field!("privileged", bool, ms.privileged);
+    field!("withoutKanban", bool, ms.without_kanban);
+    field!("targetNode", string, ms.target_node);
+    if let Some((n, p)) = f.get("command") {
+        ms.command = r.string_list(n, &p, "command");
+    }
+    if let Some((n, p)) = f.get("scale")
+        && let Some(v) = r.int32(n, &p, "scale")
+    {
+        ms.scale = v;
+        scale_written = Some((n, p));
+    }
+    if let Some((n, p)) = f.get("env")
+        && let Some(entries) = r.map_entries(n, &p, "env")
+    {
+        for (k, _, v) in entries {
+            let vp = join_pointer(&p, &k);
+            let field = format!("env.{k}");
+            if let Some(s) = r.string(v, &vp, &field) {
+                ms.env.push((k, s));
+            }
+        }
+    }
+    if let Some((n, p)) = f.get("nextService")
+        && let Some(entries) = r.map_entries(n, &p, "nextService")
+    {
+        for (k, _, v) in entries {
+            let kp = join_pointer(&p, &k);
+            if v.is_null() {
+                ms.next_service.push((k, Vec::new()));
+                continue;
+            }
+            let Some(items) = v.as_seq() else {
+                r.type_error(
+                    v,
+                    &kp,
+                    &format!("nextService.{k}"),
+                    "a list of {name, pattern, device}",
+                );
+                continue;
+            };
+            let mut targets = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let ip = format!("{kp}/{i}");
+                let Some(nf) = r.fields(item, &ip, "a nextService entry", NEXT_SERVICE_KEYS) else {
+                    continue;
+                };
+                let mut t = NextService {
+                    name: String::new(),
+                    pattern: String::new(),
+                    device: String::new(),
+                    span: item.span.clone(),
+                };
+                if let Some((n, p)) = nf.get("name") {
+                    t.name = r.string(n, &p, "name").unwrap_or_default();
+                }
+                if let Some((n, p)) = nf.get("pattern") {
+                    t.pattern = r.string(n, &p, "pattern").unwrap_or_default();
+                }
+                if let Some((n, p)) = nf.get("device") {
+                    t.device = r.string(n, &p, "device").unwrap_or_default();
+                }
+                if t.pattern.is_empty() {
+                    t.pattern = "n".into();
+                }
+                targets.push(t);
+            }
+            ms.next_service.push((k, targets));
+        }
+    }
+    if let Some((n, p)) = f.get("ports")
+        && !n.is_null()
+    {
+        match n.as_seq() {
+            None => r.type_error(n, &p, "ports", "a list of {name, protocol, port, nodePort}"),
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let ip = format!("{p}/{i}");
+                    let Some(pf) = r.fields(item, &ip, "a port", PORT_KEYS) else {
+                        continue;
+                    };
+                    let mut port = Port {
+                        name: String::new(),
+                        protocol: String::new(),
+                        port: 0,
+                        node_port: 0,
+                        span: item.span.clone(),
+                    };
+                    pf.record(&mut info.spans);
+                    if let Some((n, p)) = pf.get("name") {
+                        port.name = r.string(n, &p, "name").unwrap_or_default();
+                    }
+                    if let Some((n, p)) = pf.get("protocol") {
+                        port.protocol = r.string(n, &p, "protocol").unwrap_or_default();
+                    }
+                    if let Some((n, p)) = pf.get("port") {
+                        port.port = r.int32(n, &p, "port").unwrap_or_default();
+                    }
+                    if let Some((n, p)) = pf.get("nodePort") {
+                        port.node_port = r.int32(n, &p, "nodePort").unwrap_or_default();
+                    }
+                    ms.ports.push(port);
+                }
+            }
+        }
+    }
+    if let Some((n, p)) = f.get("volumeMountPathList")
+        && !n.is_null()
+    {
+        match n.as_seq() {
+            None => r.type_error(n, &p, "volumeMountPathList", "a list of strings"),
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let ip = format!("{p}/{i}");
+                    let Some(raw) = r.string(item, &ip, "volumeMountPathList") else {
+                        continue;
+                    };
+                    // Upstream: strings.Split(v, ":"), [0] = container path, [1] = host path.
+                    info.spans.insert(ip.clone(), item.span.clone());
+                    info.raw.insert(ip.clone(), raw.clone());
+                    let mut parts = raw.split(':');
+                    let container_path = parts.next().unwrap_or_default().to_owned();
+                    let host_path = parts.next().unwrap_or_default().to_owned();
+                    let bidirectional = parts.next() == Some("Bidirectional");
+                    ms.volume_mount_path_list.push(VolumeMount {
+                        container_path,
+                        host_path,
+                        bidirectional,
+                        span: item.span.clone(),
+                    });
+                }
+            }
+        }
+    }
+    if let Some((n, p)) = f.get("resources")
+        && let Some(rf) = r.fields(n, &p, "resources", RESOURCES_KEYS)
+    {
+        let mut res = Resources::default();
+        for kind in ["requests", "limits"] {
+            let Some((kn, kp)) = rf.get(kind) else {
+                continue;
+            };
+            let Some(qf) = r.fields(kn, &kp, &format!("resources.{kind}"), QUANTITY_KEYS) else {
+                continue;
+            };
+            for q in QUANTITY_KEYS {
+                if let Some((qn, qp)) = qf.get(q)
+                    && let Some(v) = r.string(qn, &qp, q)
+                {
+                    info.spans.insert(qp.clone(), qn.span.clone());
+                    let map = if kind == "requests" {
+                        &mut res.requests
+                    } else {
+                        &mut res.limits
+                    };
+                    map.insert((*q).to_owned(), v);
+                }
+            }
+        }
+        ms.resources = Some(res);
+    }
+    // setInitializeValue
+    if ms.scale <= 0 {
+        if let Some((n, p)) = scale_written {
+            r.diags.push(
+                Diagnostic::warning(
+                    "scale-nonpositive",
+                    format!("`scale: {}` is not positive; upstream uses 1", ms.scale),
+                    n.span.clone(),
+                    p,
+                )
+                .with_hint("write `scale: 1` (or remove the key)"),
+            );
+        }
+        ms.scale = 1;
+    }
+    if ms.tag.is_empty() {
+        ms.tag = "latest".into();
+    }
+    if ms.service_account.is_empty() {
+        ms.service_account = "default".into();
+    }
+    if ms.network.is_empty() {
+        ms.network = "ClusterIP".into();
+    }
+    if ms.position.is_empty() {
+        ms.position = "Runtime".into();
+    }
+    Some(ms)
 }

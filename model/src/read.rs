@@ -1,0 +1,373 @@
+//! Typed reading of a [`Node`] tree with go-yaml v2 decoding rules, collecting diagnostics.
+//!
+//! Codes produced here: `type`, `bool-quoted`, `int-quoted`, `int-overflow`, `float-truncated`,
+//! `duplicate-key`, `unknown-key`.
+
+use std::collections::HashMap;
+
+use crate::diag::Diagnostic;
+use crate::span::Span;
+use crate::yaml::{Node, Resolved, Value, join_pointer, yaml11_bool};
+
+/// Where each present field's value was written (for diagnostics of later checks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSpans(pub Vec<(&'static str, Span)>);
+
+impl FieldSpans {
+    pub fn get(&self, key: &str) -> Option<&Span> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, s)| s)
+    }
+}
+
+/// The fields of a struct-like mapping, deduplicated (last wins).
+pub(crate) struct Fields<'n> {
+    pub ptr: String,
+    entries: Vec<(&'static str, &'n Node)>,
+}
+
+impl<'n> Fields<'n> {
+    pub fn get(&self, key: &str) -> Option<(&'n Node, String)> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(k, n)| (*n, join_pointer(&self.ptr, k)))
+    }
+    /// Record every present field's value position under its pointer.
+    pub fn record(&self, into: &mut HashMap<String, Span>) {
+        for (k, n) in &self.entries {
+            into.insert(join_pointer(&self.ptr, k), n.span.clone());
+        }
+    }
+    #[allow(dead_code)]
+    pub fn spans(&self) -> FieldSpans {
+        FieldSpans(
+            self.entries
+                .iter()
+                .map(|(k, n)| (*k, n.span.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// A best "did you mean" for `key` among `known`.
+pub fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    if let Some(k) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+        return Some(k);
+    }
+    let lower = key.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| {
+            (
+                strsim::damerau_levenshtein(&lower, &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+pub(crate) struct Reader {
+    pub diags: Vec<Diagnostic>,
+}
+
+impl Reader {
+    pub fn new() -> Self {
+        Reader { diags: Vec::new() }
+    }
+
+    pub fn type_error(&mut self, node: &Node, ptr: &str, field: &str, expected: &str) {
+        self.diags.push(
+            Diagnostic::error(
+                "type",
+                format!("`{field}` expects {expected}, found {}", node.describe()),
+                node.span.clone(),
+                ptr,
+            )
+            .with_hint(format!(
+                "write {expected} here; upstream aion-core fails to load this file"
+            )),
+        );
+    }
+
+    /// A struct-like mapping: known keys (last wins, warning on duplicates), unknown keys
+    /// warned with a suggestion. `None` (after a type error) when the node is not a mapping;
+    /// null gives no fields (go-yaml v2 leaves the struct zero).
+    pub fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        ptr: &str,
+        what: &str,
+        known: &[&'static str],
+    ) -> Option<Fields<'n>> {
+        let mut out = Fields {
+            ptr: ptr.to_owned(),
+            entries: Vec::new(),
+        };
+        let pairs = match &node.value {
+            Value::Map(p) => p,
+            _ if node.is_null() => return Some(out),
+            _ => {
+                self.type_error(node, ptr, what, "a mapping");
+                return None;
+            }
+        };
+        let mut seen: Vec<(usize, bool, usize)> = Vec::new(); // (known idx, merged, line)
+        for pair in pairs {
+            let Some(key) = pair.key.text() else {
+                self.diags.push(
+                    Diagnostic::warning(
+                        "unknown-key",
+                        format!(
+                            "a {} used as a key in `{what}` is ignored",
+                            pair.key.describe()
+                        ),
+                        pair.key.span.clone(),
+                        ptr,
+                    )
+                    .with_hint("keys are plain names"),
+                );
+                continue;
+            };
+            match known.iter().position(|k| *k == key) {
+                Some(idx) => {
+                    if let Some(slot) = seen.iter_mut().find(|(i, _, _)| *i == idx) {
+                        if !pair.merged && !slot.1 {
+                            self.duplicate(&pair.key, &join_pointer(ptr, key), key, slot.2);
+                        }
+                        *slot = (idx, pair.merged, pair.key.span.line);
+                        let e = out
+                            .entries
+                            .iter_mut()
+                            .find(|(k, _)| *k == known[idx])
+                            .expect("seen implies entry");
+                        e.1 = &pair.value;
+                    } else {
+                        seen.push((idx, pair.merged, pair.key.span.line));
+                        out.entries.push((known[idx], &pair.value));
+                    }
+                }
+                None => {
+                    let mut d = Diagnostic::warning(
+                        "unknown-key",
+                        format!("unknown key `{key}` in {what}; upstream aion-core ignores it"),
+                        pair.key.span.clone(),
+                        join_pointer(ptr, key),
+                    );
+                    d = match suggest(key, known) {
+                        Some(s) if s.eq_ignore_ascii_case(key) => {
+                            d.with_hint(format!("keys are case-sensitive: did you mean `{s}`?"))
+                        }
+                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                        None => d.with_hint(format!("known keys: {}", known.join(", "))),
+                    };
+                    self.diags.push(d);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn duplicate(&mut self, key: &Node, ptr: &str, name: &str, first_line: usize) {
+        self.diags.push(
+            Diagnostic::warning(
+                "duplicate-key",
+                format!("duplicate key `{name}` (first at line {first_line}); the last one wins"),
+                key.span.clone(),
+                ptr,
+            )
+            .with_hint("remove one of the two entries (go-yaml v2 keeps the last, strict parsers reject the file)"),
+        );
+    }
+
+    /// A `map[string]X`: entries in first-seen order, values last-wins, warning on duplicates.
+    /// Keys take the scalar's text (null → ""). None after a type error.
+    pub fn map_entries<'n>(
+        &mut self,
+        node: &'n Node,
+        ptr: &str,
+        what: &str,
+    ) -> Option<Vec<(String, &'n Node, &'n Node)>> {
+        let pairs = match &node.value {
+            Value::Map(p) => p,
+            _ if node.is_null() => return Some(Vec::new()),
+            _ => {
+                self.type_error(node, ptr, what, "a mapping");
+                return None;
+            }
+        };
+        let mut out: Vec<(String, &Node, &Node)> = Vec::with_capacity(pairs.len());
+        let mut index: HashMap<String, (usize, bool)> = HashMap::with_capacity(pairs.len());
+        for pair in pairs {
+            let key = match &pair.key.value {
+                Value::Scalar(s) if pair.key.is_null() => {
+                    let _ = s;
+                    String::new()
+                }
+                Value::Scalar(s) => s.text.clone(),
+                _ => {
+                    self.type_error(&pair.key, ptr, what, "plain keys");
+                    continue;
+                }
+            };
+            match index.get_mut(&key) {
+                Some((i, merged)) => {
+                    if !pair.merged && !*merged {
+                        let first = out[*i].1.span.line;
+                        let p = join_pointer(ptr, &key);
+                        self.duplicate(&pair.key, &p, &key, first);
+                    }
+                    *merged = pair.merged;
+                    out[*i].1 = &pair.key;
+                    out[*i].2 = &pair.value;
+                }
+                None => {
+                    index.insert(key.clone(), (out.len(), pair.merged));
+                    out.push((key, &pair.key, &pair.value));
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// go-yaml v2 into `bool`: YAML 1.1 booleans; null → false.
+    pub fn bool(&mut self, node: &Node, ptr: &str, field: &str) -> Option<bool> {
+        let Some(s) = node.as_scalar() else {
+            self.type_error(node, ptr, field, "a boolean (yes/no, true/false)");
+            return None;
+        };
+        match s.resolve() {
+            Resolved::Bool(b) => Some(b),
+            Resolved::Null => Some(false),
+            Resolved::Str if s.style.is_quoted() && yaml11_bool(&s.text).is_some() => {
+                self.diags.push(
+                    Diagnostic::error(
+                        "bool-quoted",
+                        format!(
+                            "`{field}` expects a boolean, found the quoted string {:?}",
+                            s.text
+                        ),
+                        node.span.clone(),
+                        ptr,
+                    )
+                    .with_hint(format!(
+                        "remove the quotes: `{field}: {}` (go-yaml v2 cannot unmarshal !!str into bool)",
+                        s.text
+                    )),
+                );
+                None
+            }
+            _ => {
+                self.type_error(node, ptr, field, "a boolean (yes/no, true/false)");
+                None
+            }
+        }
+    }
+
+    /// go-yaml v2 into `int32`: ints (Go base-0 syntax), floats truncated, null → 0.
+    pub fn int32(&mut self, node: &Node, ptr: &str, field: &str) -> Option<i32> {
+        let Some(s) = node.as_scalar() else {
+            self.type_error(node, ptr, field, "an integer");
+            return None;
+        };
+        let overflow = |r: &mut Self| {
+            r.diags.push(
+                Diagnostic::error(
+                    "int-overflow",
+                    format!("`{field}` is a 32-bit integer; `{}` does not fit", s.text),
+                    node.span.clone(),
+                    ptr,
+                )
+                .with_hint("use a value between -2147483648 and 2147483647"),
+            );
+            None
+        };
+        match s.resolve() {
+            Resolved::Int(i) => match i32::try_from(i) {
+                Ok(v) => Some(v),
+                Err(_) => overflow(self),
+            },
+            Resolved::UInt(_) => overflow(self),
+            Resolved::Null => Some(0),
+            Resolved::Float(f) => {
+                if f.is_finite() && f >= i32::MIN as f64 && f <= i32::MAX as f64 {
+                    let v = f.trunc() as i32;
+                    if v as f64 != f {
+                        self.diags.push(
+                            Diagnostic::warning(
+                                "float-truncated",
+                                format!(
+                                    "`{field}` is an integer; `{}` is truncated to {v}",
+                                    s.text
+                                ),
+                                node.span.clone(),
+                                ptr,
+                            )
+                            .with_hint(format!("write `{v}`")),
+                        );
+                    }
+                    Some(v)
+                } else {
+                    overflow(self)
+                }
+            }
+            Resolved::Str
+                if s.style.is_quoted()
+                    && crate::yaml::parse_go_int(&s.text.replace('_', "")).is_some() =>
+            {
+                self.diags.push(
+                    Diagnostic::error(
+                        "int-quoted",
+                        format!(
+                            "`{field}` expects an integer, found the quoted string {:?}",
+                            s.text
+                        ),
+                        node.span.clone(),
+                        ptr,
+                    )
+                    .with_hint(format!(
+                        "remove the quotes: `{field}: {}` (go-yaml v2 cannot unmarshal !!str into int32)",
+                        s.text
+                    )),
+                );
+                None
+            }
+            _ => {
+                self.type_error(node, ptr, field, "an integer");
+                None
+            }
+        }
+    }
+
+    /// go-yaml v2 into `string`: the scalar's original text; null → "".
+    pub fn string(&mut self, node: &Node, ptr: &str, field: &str) -> Option<String> {
+        match node.as_scalar() {
+            Some(_) if node.is_null() => Some(String::new()),
+            Some(s) => Some(s.text.clone()),
+            None => {
+                self.type_error(node, ptr, field, "a string");
+                None
+            }
+        }
+    }
+
+    /// go-yaml v2 into `[]string`: null → None; each item's text.
+    pub fn string_list(&mut self, node: &Node, ptr: &str, field: &str) -> Option<Vec<String>> {
+        if node.is_null() {
+            return None;
+        }
+        let Some(items) = node.as_seq() else {
+            self.type_error(node, ptr, field, "a list of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{ptr}/{i}");
+            if let Some(s) = self.string(item, &p, field) {
+                out.push(s);
+            }
+        }
+        Some(out)
+    }
+}
