@@ -1,8 +1,182 @@
-//! `aion-reconcile plan`.
+//! `aion-reconcile plan`: gather facts on every host (one SSH round trip each) and show what
+//! `apply` would change, per host and resource. Nothing is changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use tokio::sync::Semaphore;
+
+use crate::execute::{self, kube_steps::KubeCluster};
+use crate::host::ssh::{SshHost, SshOptions};
+use crate::plan::{self, Plan};
+use crate::roles::{self, HostSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Flags shared by `plan` and `apply`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Inventory file (native or Ansible-style YAML).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Hosts handled at once (SSH connections, facts, applies).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Record unknown host keys in the inventory's known_hosts (changed keys are still refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// SSH connect timeout in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Exit 0 when nothing would change, 2 when something would, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
 
-pub fn run(_args: &Args) -> anyhow::Result<u8> {
-    anyhow::bail!("`plan` is not implemented yet")
+/// Everything loaded and connected, ready to plan.
+pub struct Prepared {
+    pub inventory: aion_model::Inventory,
+    pub specs: Vec<HostSpec>,
+    pub hosts: BTreeMap<String, Result<Arc<SshHost>, String>>,
+    pub cluster: KubeCluster,
+    /// `<inventory dir>/.aion`: local lock, logs, SSH control sockets.
+    pub state_dir: PathBuf,
+}
+
+/// Load the inventory, render the roles (duplicate hostnames and bad roles fail here, before
+/// any connection), then connect to every host in parallel.
+pub async fn prepare(c: &Common) -> anyhow::Result<Prepared> {
+    let loaded = aion_model::inventory::load(&c.inventory)
+        .with_context(|| format!("loading inventory {}", c.inventory.display()))?;
+    let mut fatal = Vec::new();
+    for d in &loaded.diagnostics {
+        if d.is_error() {
+            fatal.push(d.to_string());
+        } else {
+            eprintln!("{d}");
+        }
+    }
+    if !fatal.is_empty() {
+        anyhow::bail!(
+            "inventory {} has errors:\n{}",
+            c.inventory.display(),
+            fatal.join("\n")
+        );
+    }
+    let inventory = loaded.value;
+    let specs = roles::load(&inventory)?;
+    let flannel = roles::render_template(&inventory, "flannel.yaml")?;
+    let cluster = KubeCluster::new(
+        inventory.kubeconfig.clone(),
+        vec![("flannel.yaml".into(), flannel)],
+    );
+    let state_dir = state_dir(&inventory.source);
+    let opts = SshOptions {
+        known_hosts: inventory.known_hosts.clone(),
+        accept_new: c.accept_new_host_keys,
+        connect_timeout: Duration::from_secs(c.connect_timeout),
+        control_dir: state_dir.join("ssh"),
+    };
+    let sem = Semaphore::new(c.parallel as usize);
+    let conns = join_all(inventory.hosts.iter().map(|h| {
+        let (sem, opts) = (&sem, &opts);
+        async move {
+            let _p = sem.acquire().await;
+            (
+                h.name.clone(),
+                SshHost::connect(h, opts)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string()),
+            )
+        }
+    }))
+    .await;
+    Ok(Prepared {
+        inventory,
+        specs,
+        hosts: conns.into_iter().collect(),
+        cluster,
+        state_dir,
+    })
+}
+
+pub fn state_dir(inventory: &Path) -> PathBuf {
+    inventory.parent().unwrap_or(Path::new(".")).join(".aion")
+}
+
+/// Close every SSH master connection.
+pub async fn close(hosts: BTreeMap<String, Result<Arc<SshHost>, String>>) {
+    join_all(
+        hosts
+            .into_values()
+            .filter_map(Result::ok)
+            .map(|h| async move {
+                if let Ok(h) = Arc::try_unwrap(h) {
+                    h.close().await;
+                }
+            }),
+    )
+    .await;
+}
+
+pub fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Text => print!(
+            "{}",
+            plan::render_text(
+                plan,
+                plan::Style {
+                    color: crate::output::use_color()
+                }
+            )
+        ),
+        Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+    }
+    Ok(())
+}
+
+pub fn run(args: &Args) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let p = prepare(&args.common).await?;
+        let plan = execute::plan_all(
+            &p.specs,
+            &p.hosts,
+            &p.cluster,
+            args.common.parallel as usize,
+        )
+        .await;
+        close(p.hosts).await;
+        print_plan(&plan, args.common.output)?;
+        // TODO(cluster helper): add `cluster::plan` for the rendered per-node manifests here
+        // once that library lands.
+        Ok(if plan.counts.failed_hosts > 0 {
+            1
+        } else if args.detailed_exitcode && plan.has_changes() {
+            2
+        } else {
+            0
+        })
+    })
 }

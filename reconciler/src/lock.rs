@@ -1,0 +1,235 @@
+//! Locks so that two `apply` runs on one inventory / cluster cannot overlap:
+//!
+//! * a local lock file next to the inventory (`.aion/reconcile.lock`, created with `O_EXCL`);
+//!   stale when its process is gone (same machine);
+//! * a lock on the master host: the directory `/var/lib/aion/.reconcile.lock` made with
+//!   `mkdir` (atomic: exactly one creator wins) holding an `owner` file; stale after
+//!   `stale_after` (default 2 h), then taken over with a warning.
+//!
+//! Both messages name the holder and when it started.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::facts::{prelude, sh_quote};
+use crate::host::Host;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another apply holds the lock {path}: {holder}")]
+    HeldLocal { path: PathBuf, holder: String },
+    #[error(
+        "another apply holds the lock on {host} (/var/lib/aion/.reconcile.lock): {holder}; if that run is gone, remove the directory or wait until it is stale ({stale_after_s} s)"
+    )]
+    HeldRemote {
+        host: String,
+        holder: String,
+        stale_after_s: u64,
+    },
+    #[error("lock {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot take the lock on {host}: {message}")]
+    Remote { host: String, message: String },
+}
+
+/// Who holds a lock: `user@machine pid N since RFC3339`.
+pub fn holder_id() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!(
+        "{user}@{machine} pid {} since {}",
+        std::process::id(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+/// The local lock; removed when dropped.
+#[derive(Debug)]
+pub struct LocalLock {
+    path: PathBuf,
+}
+
+impl LocalLock {
+    pub fn acquire(path: &Path, holder: &str) -> Result<LocalLock, LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    writeln!(f, "{holder}").map_err(io)?;
+                    return Ok(LocalLock {
+                        path: path.to_owned(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let existing = std::fs::read_to_string(path)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    if is_stale_local(&existing) {
+                        tracing::warn!("removing stale lock {} ({existing})", path.display());
+                        let _ = std::fs::remove_file(path);
+                        continue;
+                    }
+                    return Err(LockError::HeldLocal {
+                        path: path.to_owned(),
+                        holder: existing,
+                    });
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Err(LockError::HeldLocal {
+            path: path.to_owned(),
+            holder: "(could not take over a stale lock)".into(),
+        })
+    }
+}
+
+impl Drop for LocalLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A local lock is stale when it was taken on this machine by a process that no longer exists.
+fn is_stale_local(holder: &str) -> bool {
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mut words = holder.split_whitespace();
+    let (Some(who), Some("pid"), Some(pid)) = (words.next(), words.next(), words.next()) else {
+        return false;
+    };
+    let same_machine = who.rsplit_once('@').is_some_and(|(_, m)| m == machine);
+    same_machine
+        && pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+}
+
+const REMOTE_DIR: &str = "/var/lib/aion/.reconcile.lock";
+
+/// Script that takes the remote lock; prints `ACQUIRED`, `TAKEN-OVER <old holder>` or
+/// `HELD <age seconds> <holder>`.
+pub fn remote_acquire_script(user: &str, holder: &str, stale_after: Duration) -> String {
+    format!(
+        "{pre}L=\"$R\"{dir}\nmkdir -p \"$R/var/lib/aion\"\nH={h}\n\
+         if mkdir \"$L\" 2>/dev/null; then printf '%s\\n' \"$H\" > \"$L/owner\"; echo ACQUIRED; exit 0; fi\n\
+         age=$(( $(date +%s) - $(stat -c %Y \"$L\") ))\nold=$(cat \"$L/owner\" 2>/dev/null)\n\
+         if [ \"$age\" -gt {stale} ]; then rm -rf \"$L\" && mkdir \"$L\" && printf '%s\\n' \"$H\" > \"$L/owner\" && echo \"TAKEN-OVER $old\"; exit 0; fi\n\
+         echo \"HELD $age $old\"\n",
+        pre = prelude(user),
+        dir = sh_quote(REMOTE_DIR),
+        h = sh_quote(holder),
+        stale = stale_after.as_secs(),
+    )
+}
+
+/// Script that releases the remote lock if (and only if) we still hold it.
+pub fn remote_release_script(user: &str, holder: &str) -> String {
+    format!(
+        "{pre}L=\"$R\"{dir}\nif [ \"$(cat \"$L/owner\" 2>/dev/null)\" = {h} ]; then rm -rf \"$L\"; fi\n",
+        pre = prelude(user),
+        dir = sh_quote(REMOTE_DIR),
+        h = sh_quote(holder)
+    )
+}
+
+/// Take the remote lock on `host`.
+pub async fn acquire_remote<H: Host>(
+    host: &H,
+    user: &str,
+    holder: &str,
+    stale_after: Duration,
+) -> Result<(), LockError> {
+    let out = host
+        .run(&remote_acquire_script(user, holder, stale_after))
+        .await
+        .map_err(|e| LockError::Remote {
+            host: host.name().into(),
+            message: e.to_string(),
+        })?;
+    let text = out.stdout_str();
+    let line = text.trim();
+    if line == "ACQUIRED" {
+        Ok(())
+    } else if let Some(old) = line.strip_prefix("TAKEN-OVER") {
+        tracing::warn!(
+            "{}: took over a stale lock held by {}",
+            host.name(),
+            old.trim()
+        );
+        Ok(())
+    } else if let Some(rest) = line.strip_prefix("HELD ") {
+        let holder = rest
+            .split_once(' ')
+            .map(|(_, h)| h)
+            .unwrap_or("(unknown holder)")
+            .to_string();
+        Err(LockError::HeldRemote {
+            host: host.name().into(),
+            holder,
+            stale_after_s: stale_after.as_secs(),
+        })
+    } else {
+        Err(LockError::Remote {
+            host: host.name().into(),
+            message: format!("unexpected answer {line:?}; {}", out.combined().trim()),
+        })
+    }
+}
+
+pub async fn release_remote<H: Host>(host: &H, user: &str, holder: &str) {
+    let _ = host.run(&remote_release_script(user, holder)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_lock_excludes_and_names_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let a = LocalLock::acquire(&p, &holder_id()).unwrap();
+        let e = LocalLock::acquire(&p, "someone").unwrap_err().to_string();
+        assert!(e.contains("pid") && e.contains("since"), "{e}");
+        drop(a);
+        let _b = LocalLock::acquire(&p, "someone").unwrap();
+    }
+
+    #[test]
+    fn stale_local_lock_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "u@{} pid 4000000000 since 2026-01-01T00:00:00Z\n",
+                machine.trim()
+            ),
+        )
+        .unwrap();
+        assert!(LocalLock::acquire(&p, "me").is_ok());
+    }
+}

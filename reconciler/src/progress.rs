@@ -1,0 +1,233 @@
+//! What a person sees while `apply` runs, and the full log kept in a file.
+//!
+//! On a terminal (and without `NO_COLOR`) each host gets an indicatif spinner line; otherwise one
+//! plain line per step goes to stderr. Everything a step prints goes to the log file, after
+//! [`redact`]: join tokens, CA hashes and certificate keys never reach a terminal or a file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Replace secrets in `text`: every registered secret string, and the value after
+/// `--token`, `--discovery-token-ca-cert-hash`, `--certificate-key` and `password:` words.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut s = text.to_string();
+    for secret in secrets.iter().filter(|x| x.len() >= 6) {
+        s = s.replace(secret.as_str(), "<redacted>");
+    }
+    let mut out = String::with_capacity(s.len());
+    for (i, line) in s.split_inclusive('\n').enumerate() {
+        let _ = i;
+        let mut hide_next = false;
+        let mut first = true;
+        for word in line.split_inclusive([' ', '\t']) {
+            let bare = word.trim_end_matches([' ', '\t', '\n', '\\']);
+            if hide_next && !bare.is_empty() {
+                out.push_str("<redacted>");
+                out.push_str(&word[bare.len()..]);
+                hide_next = false;
+            } else {
+                out.push_str(word);
+            }
+            if matches!(
+                bare,
+                "--token" | "--discovery-token-ca-cert-hash" | "--certificate-key" | "password:"
+            ) {
+                hide_next = true;
+            } else if let Some((k, _)) = bare.split_once('=')
+                && matches!(
+                    k,
+                    "--token" | "--discovery-token-ca-cert-hash" | "--certificate-key"
+                )
+            {
+                out.truncate(out.len() - word.len());
+                out.push_str(k);
+                out.push_str("=<redacted>");
+                out.push_str(&word[bare.len()..]);
+            }
+            first = false;
+        }
+        let _ = first;
+    }
+    out
+}
+
+/// The run's log file (append-only, redacted).
+pub struct Log {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    secrets: Mutex<Vec<String>>,
+}
+
+impl Log {
+    /// Create `<dir>/apply-<UTC timestamp>.log`.
+    pub fn create(dir: &Path) -> std::io::Result<Log> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!(
+            "apply-{}.log",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        Ok(Log {
+            path,
+            file: Mutex::new(file),
+            secrets: Mutex::new(Vec::new()),
+        })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn add_secret(&self, s: &str) {
+        if let Ok(mut v) = self.secrets.lock() {
+            v.push(s.to_string());
+        }
+    }
+    pub fn redact(&self, text: &str) -> String {
+        let secrets = self.secrets.lock().map(|v| v.clone()).unwrap_or_default();
+        redact(text, &secrets)
+    }
+    pub fn write(&self, host: &str, what: &str, text: &str) {
+        let text = self.redact(text);
+        if let Ok(mut f) = self.file.lock() {
+            let _ = writeln!(
+                f,
+                "==> {} [{host}] {what}",
+                chrono::Utc::now().format("%H:%M:%S%.3f")
+            );
+            let _ = f.write_all(text.as_bytes());
+            if !text.is_empty() && !text.ends_with('\n') {
+                let _ = writeln!(f);
+            }
+        }
+    }
+}
+
+/// Per-host progress during `apply`.
+pub struct Progress {
+    multi: Option<MultiProgress>,
+    bars: Mutex<Vec<(String, ProgressBar, Instant)>>,
+    started: Instant,
+}
+
+impl Progress {
+    /// Spinners when `fancy` (stderr is a terminal and colours are allowed), plain lines otherwise.
+    pub fn new(fancy: bool) -> Progress {
+        Progress {
+            multi: fancy.then(MultiProgress::new),
+            bars: Mutex::new(Vec::new()),
+            started: Instant::now(),
+        }
+    }
+
+    fn with_bar(&self, host: &str, f: impl FnOnce(&ProgressBar, Instant)) {
+        let Some(multi) = &self.multi else { return };
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        if !bars.iter().any(|(h, _, _)| h == host) {
+            let pb = multi.add(ProgressBar::new_spinner());
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            pb.set_prefix(host.to_string());
+            pb.enable_steady_tick(std::time::Duration::from_millis(120));
+            bars.push((host.to_string(), pb, Instant::now()));
+        }
+        if let Some((_, pb, t)) = bars.iter().find(|(h, _, _)| h == host) {
+            f(pb, *t);
+        }
+    }
+
+    fn line(&self, s: String) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(s);
+            }
+            None => eprintln!("{s}"),
+        }
+    }
+
+    pub fn step(&self, host: &str, index: usize, total: usize, what: &str) {
+        if self.multi.is_some() {
+            self.with_bar(host, |pb, _| {
+                pb.set_message(format!("[{}/{total}] {what}", index + 1))
+            });
+        } else {
+            self.line(format!(
+                "[{:>6.1}s] {host}: [{}/{total}] {what}",
+                self.started.elapsed().as_secs_f64(),
+                index + 1
+            ));
+        }
+    }
+
+    pub fn host_done(&self, host: &str, status: &str, ok: bool) {
+        let mark = if ok { "✓" } else { "✗" };
+        if self.multi.is_some() {
+            self.with_bar(host, |pb, t| {
+                pb.finish_with_message(format!(
+                    "{mark} {status} ({:.1}s)",
+                    t.elapsed().as_secs_f64()
+                ))
+            });
+        } else {
+            self.line(format!(
+                "[{:>6.1}s] {host}: {mark} {status}",
+                self.started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
+    /// Show the last lines of a failing step (already redacted).
+    pub fn failure(&self, host: &str, what: &str, tail: &str) {
+        let mut s = format!("{host}: {what} failed; last lines of its output:");
+        for l in tail.lines() {
+            s.push_str("\n    │ ");
+            s.push_str(l);
+        }
+        self.line(s);
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_commands_are_redacted() {
+        let cmd = "kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef \\\n\t--discovery-token-ca-cert-hash sha256:deadbeef --node-name w1\n";
+        let r = redact(cmd, &[]);
+        assert!(
+            !r.contains("abcdef.0123456789abcdef") && !r.contains("deadbeef"),
+            "{r}"
+        );
+        assert!(
+            r.contains("--token <redacted>") && r.contains("--node-name w1"),
+            "{r}"
+        );
+        assert_eq!(redact("x --token=secret y", &[]), "x --token=<redacted> y");
+        assert_eq!(
+            redact("pass s3cr3tvalue here", &["s3cr3tvalue".into()]),
+            "pass <redacted> here"
+        );
+    }
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}

@@ -1,0 +1,270 @@
+//! Roles: data files (`roles/*.yml`, compiled into the binary) that list typed [`Resource`]s.
+//!
+//! A role file is rendered with minijinja (strict: an unknown variable is an error) against the
+//! host's variables ([`host_context`]), then parsed as YAML. Loops and conditions live in the
+//! template; what each resource means lives in the engine ([`resource`]).
+//!
+//! ```yaml
+//! name: docker
+//! hosts: all            # all | master | worker
+//! resources:
+//!   - package: {names: [docker.io]}
+//!   - file: {path: /etc/docker/daemon.json, content: "...", notify: docker}
+//! cluster:              # master roles only: steps done through the cluster API afterwards
+//!   - apply_manifest: flannel.yaml
+//! ```
+
+pub mod resource;
+
+use std::collections::BTreeMap;
+
+use aion_model::inventory::{Host, Inventory, Mode, Role};
+use serde::{Deserialize, Serialize};
+
+pub use resource::{LocalFacts, Resource, ResourceError};
+
+/// The built-in roles, in the order they run on a host.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("hostname", include_str!("../../../roles/hostname.yml")),
+    (
+        "directories",
+        include_str!("../../../roles/directories.yml"),
+    ),
+    ("docker", include_str!("../../../roles/docker.yml")),
+    ("kubernetes", include_str!("../../../roles/kubernetes.yml")),
+    ("master", include_str!("../../../roles/master.yml")),
+    ("worker", include_str!("../../../roles/worker.yml")),
+    ("services", include_str!("../../../roles/services.yml")),
+];
+
+/// Templates available to `cluster` steps.
+pub const TEMPLATES: &[(&str, &str)] = &[(
+    "flannel.yaml",
+    include_str!("../../../templates/flannel.yaml"),
+)];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppliesTo {
+    All,
+    Master,
+    Worker,
+}
+
+/// Steps done through the Kubernetes API after the master's host steps.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClusterStep {
+    /// Apply every object of a template (server-side apply).
+    ApplyManifest(String),
+    /// Remove the `node-role.kubernetes.io/{master,control-plane}:NoSchedule` taints (single mode).
+    Untaint { node: String },
+    /// Wait until the node reports Ready.
+    WaitNodeReady { node: String, timeout_seconds: u64 },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleFile {
+    name: String,
+    hosts: AppliesTo,
+    #[serde(default)]
+    resources: Option<Vec<Resource>>,
+    #[serde(default)]
+    cluster: Option<Vec<ClusterStep>>,
+}
+
+/// One resource with its identity (`role/kind:key`).
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub id: String,
+    pub role: String,
+    pub resource: Resource,
+}
+
+/// Everything one host should be.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub host: Host,
+    pub items: Vec<Item>,
+    pub cluster: Vec<ClusterStep>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error("role {role} for host {host}: template: {message}")]
+    Template {
+        role: String,
+        host: String,
+        message: String,
+    },
+    #[error("role {role} for host {host}: {message}")]
+    Yaml {
+        role: String,
+        host: String,
+        message: String,
+    },
+    #[error("host {host}: {source}")]
+    Resource {
+        host: String,
+        #[source]
+        source: ResourceError,
+    },
+    #[error(
+        "hosts {first} and {second} would both get the hostname {hostname:?}: hostnames must be unique"
+    )]
+    DuplicateHostname {
+        hostname: String,
+        first: String,
+        second: String,
+    },
+    #[error("host {host}: resource {id} appears twice")]
+    DuplicateId { host: String, id: String },
+    #[error("the inventory has no master host")]
+    NoMaster,
+}
+
+/// Render a template (`templates/`) for the master into its objects.
+pub fn render_template(inv: &Inventory, name: &str) -> Result<Vec<serde_json::Value>, RoleError> {
+    let master = inv.masters().next().ok_or(RoleError::NoMaster)?;
+    let err = |message: String| RoleError::Template {
+        role: name.to_string(),
+        host: master.name.clone(),
+        message,
+    };
+    let text = TEMPLATES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| err("no such template".into()))?;
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let rendered = env
+        .render_str(
+            text,
+            minijinja::Value::from(minijinja::value::Serde(host_context(inv, master))),
+        )
+        .map_err(|e| err(format!("{e:#}")))?;
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&rendered).map_err(|e| err(e.to_string()))?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// The variables a role template sees for `host`.
+pub fn host_context(inv: &Inventory, host: &Host) -> serde_json::Value {
+    let master = inv.masters().next();
+    let v = &host.vars;
+    let minor = v
+        .kubernetes_version
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    serde_json::json!({
+        "host": host.name,
+        "address": host.address,
+        "role": match host.role { Role::Master => "master", Role::Worker => "worker" },
+        "mode": match inv.mode { Mode::Single => "single", Mode::Cluster => "cluster" },
+        "user": host.ssh.user,
+        "namespace": v.namespace,
+        "gpu": v.gpu,
+        "kubernetes_version": v.kubernetes_version,
+        "kubernetes_minor": minor,
+        "pod_cidr": v.pod_cidr,
+        "extra_sans": v.extra_sans,
+        "master_name": master.map(|m| m.name.clone()),
+        "master_address": master.map(|m| m.address.clone()),
+        "kubeconfig": inv.kubeconfig.display().to_string(),
+        "services_file": host.services.as_ref().map(|p| p.display().to_string()),
+        "data_sweeper_file": host.data_sweeper.as_ref().map(|p| p.display().to_string()),
+    })
+}
+
+/// Render and parse the built-in roles for every host of `inv` (pure but for reading
+/// `source:` files), checking hostname uniqueness across the inventory.
+pub fn load(inv: &Inventory) -> Result<Vec<HostSpec>, RoleError> {
+    load_with(inv, BUILTIN)
+}
+
+/// [`load`] with a given set of role files (tests).
+pub fn load_with(inv: &Inventory, roles: &[(&str, &str)]) -> Result<Vec<HostSpec>, RoleError> {
+    if inv.masters().next().is_none() {
+        return Err(RoleError::NoMaster);
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    env.add_filter("sh", |s: String| crate::facts::sh_quote(&s));
+    let mut specs = Vec::new();
+    let mut hostnames: BTreeMap<String, String> = BTreeMap::new();
+    for host in &inv.hosts {
+        let ctx = minijinja::Value::from(minijinja::value::Serde(host_context(inv, host)));
+        let mut spec = HostSpec {
+            host: host.clone(),
+            items: Vec::new(),
+            cluster: Vec::new(),
+        };
+        let mut ids = std::collections::BTreeSet::new();
+        for (role, text) in roles {
+            let rendered = env
+                .render_str(text, ctx.clone())
+                .map_err(|e| RoleError::Template {
+                    role: role.to_string(),
+                    host: host.name.clone(),
+                    message: format!("{e:#}"),
+                })?;
+            let file: RoleFile =
+                serde_saphyr::from_str(&rendered).map_err(|e| RoleError::Yaml {
+                    role: role.to_string(),
+                    host: host.name.clone(),
+                    message: e.to_string(),
+                })?;
+            let applies = match file.hosts {
+                AppliesTo::All => true,
+                AppliesTo::Master => host.role == Role::Master,
+                AppliesTo::Worker => host.role == Role::Worker,
+            };
+            if !applies {
+                continue;
+            }
+            for mut resource in file.resources.unwrap_or_default() {
+                let id = format!("{}/{}:{}", file.name, resource.kind(), resource.key());
+                resource
+                    .validate(&id)
+                    .map_err(|source| RoleError::Resource {
+                        host: host.name.clone(),
+                        source,
+                    })?;
+                if let Resource::Hostname { name } = &resource
+                    && let Some(first) =
+                        hostnames.insert(name.to_ascii_lowercase(), host.name.clone())
+                {
+                    return Err(RoleError::DuplicateHostname {
+                        hostname: name.clone(),
+                        first,
+                        second: host.name.clone(),
+                    });
+                }
+                if !ids.insert(id.clone()) {
+                    return Err(RoleError::DuplicateId {
+                        host: host.name.clone(),
+                        id,
+                    });
+                }
+                spec.items.push(Item {
+                    id,
+                    role: file.name.clone(),
+                    resource,
+                });
+            }
+            spec.cluster.extend(file.cluster.unwrap_or_default());
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
