@@ -533,3 +533,48 @@ fn check_target_node(cx: &mut Ctx, ms: &Microservice, ptr: &str, inv: &Inventory
     };
     cx.out.push(d);
 }
+
+/// NodePorts are cluster-wide: report a nodePort used in more than one of `files` (files
+/// deployed into one cluster). Duplicates inside one file are reported by [`services`].
+pub fn node_ports_across(files: &[&ServicesFile]) -> Vec<Diagnostic> {
+    let mut seen: HashMap<i32, (usize, String, Span)> = HashMap::new();
+    let mut out = Vec::new();
+    for (fi, file) in files.iter().enumerate() {
+        for ms in &file.microservices {
+            if !ms.is_node_port() {
+                continue;
+            }
+            let base = join_pointer(&join_pointer("/microservices", &ms.name), "ports");
+            for (i, port) in ms.ports.iter().enumerate() {
+                if port.node_port == 0 {
+                    continue;
+                }
+                let p = format!("{base}/{i}/nodePort");
+                let span = file
+                    .source_info
+                    .span(&p)
+                    .cloned()
+                    .unwrap_or_else(|| port.span.clone());
+                match seen.get(&port.node_port) {
+                    Some((ofi, other, ospan)) if *ofi != fi => out.push(
+                        Diagnostic::error(
+                            "nodeport-duplicate",
+                            format!(
+                                "nodePort {} of `{}` is also used by `{other}` in {}; node ports are cluster-wide",
+                                port.node_port, ms.name, ospan
+                            ),
+                            span,
+                            p,
+                        )
+                        .with_hint("give each NodePort in the cluster its own number"),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        seen.insert(port.node_port, (fi, ms.name.clone(), span));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
