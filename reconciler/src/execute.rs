@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::facts::{self, HostFacts, path_expr, prelude, sh_quote};
 use crate::host::Host;
-use crate::plan::{self, Action, ClusterCheck, HostPlan, Plan};
+use crate::plan::{self, Action, Change, ClusterCheck, HostPlan, Plan};
 use crate::progress::{Log, Progress, tail};
 use crate::roles::{ClusterStep, HostSpec, LocalFacts, Resource};
 
@@ -279,32 +279,52 @@ async fn run_host<H: Host, C: ClusterOps>(
         }
     };
     let total = hp.changes.len();
-    for (i, change) in hp.changes.iter().enumerate() {
+    let mut i = 0;
+    while i < total {
+        // Consecutive scripts go in one round trip (one script, a marker around each step);
+        // fetches, joins and cluster steps run on their own.
+        let batch: Vec<&Change> = hp.changes[i..]
+            .iter()
+            .take_while(|c| {
+                matches!(
+                    c.action,
+                    Action::Script {
+                        secret_output: false,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        if batch.len() > 1 {
+            let label = format!("{} … {}", batch[0].id, batch[batch.len() - 1].id);
+            cx.progress.step(&hp.host, i, total, &label);
+            let results = run_batch(&hp.user, &batch, host.as_ref()).await;
+            for (change, result) in batch.iter().zip(&results) {
+                if let Some(outcome) = record(hp, change, result.clone(), cx) {
+                    return outcome;
+                }
+            }
+            if results.len() < batch.len() {
+                // Transport broke before every step reported.
+                let change = batch[results.len()];
+                let r = Err((
+                    "the SSH session ended before this step reported".to_string(),
+                    String::new(),
+                ));
+                if let Some(outcome) = record(hp, change, r, cx) {
+                    return outcome;
+                }
+            }
+            i += batch.len();
+            continue;
+        }
+        let change = &hp.changes[i];
         cx.progress.step(&hp.host, i, total, &change.id);
         let result = run_action(&hp.user, &change.action, host.as_ref(), master, cx).await;
-        match result {
-            Ok(log_text) => cx
-                .log
-                .write(&hp.host, &format!("{} ok", change.id), &log_text),
-            Err((error, output)) => {
-                cx.log
-                    .write(&hp.host, &format!("{} FAILED: {error}", change.id), &output);
-                cx.progress.failure(
-                    &hp.host,
-                    &change.id,
-                    &cx.log.redact(&tail(&output, TAIL_LINES)),
-                );
-                cx.progress.host_done(
-                    &hp.host,
-                    &format!("failed at {}: {error}", change.id),
-                    false,
-                );
-                return HostOutcome::Failed {
-                    step: change.id.clone(),
-                    error,
-                };
-            }
+        if let Some(outcome) = record(hp, change, result, cx) {
+            return outcome;
         }
+        i += 1;
     }
     let msg = if total == 0 {
         "no changes".to_string()
@@ -313,6 +333,133 @@ async fn run_host<H: Host, C: ClusterOps>(
     };
     cx.progress.host_done(&hp.host, &msg, true);
     HostOutcome::Converged { changed: total }
+}
+
+type StepResult = Result<String, (String, String)>;
+
+/// Log a step's result; on failure also show it and return the host's outcome.
+fn record<H: Host, C: ClusterOps>(
+    hp: &HostPlan,
+    change: &Change,
+    result: StepResult,
+    cx: &Context<'_, H, C>,
+) -> Option<HostOutcome> {
+    match result {
+        Ok(log_text) => {
+            cx.log
+                .write(&hp.host, &format!("{} ok", change.id), &log_text);
+            None
+        }
+        Err((error, output)) => {
+            cx.log
+                .write(&hp.host, &format!("{} FAILED: {error}", change.id), &output);
+            cx.progress.failure(
+                &hp.host,
+                &change.id,
+                &cx.log.redact(&tail(&output, TAIL_LINES)),
+            );
+            cx.progress.host_done(
+                &hp.host,
+                &format!("failed at {}: {error}", change.id),
+                false,
+            );
+            Some(HostOutcome::Failed {
+                step: change.id.clone(),
+                error,
+            })
+        }
+    }
+}
+
+const MARK: &str = "@@AION-STEP";
+
+/// Several script steps in one round trip: each in a `set -e` subshell between markers on
+/// stdout and stderr; the first failing step ends the script. Returns one result per step
+/// that ran (fewer than `batch` when the transport broke or a step failed).
+async fn run_batch<H: Host>(user: &str, batch: &[&Change], host: &H) -> Vec<StepResult> {
+    let mut script = prelude(user);
+    for (n, c) in batch.iter().enumerate() {
+        let Action::Script { script: body, .. } = &c.action else {
+            continue;
+        };
+        script.push_str(&format!(
+            "printf '\\n{MARK} {n}\\n'; printf '\\n{MARK} {n}\\n' >&2\n\
+             ( set -e\n{body}\n)\nrc=$?\n\
+             printf '\\n{MARK} {n} end %s\\n' \"$rc\"; printf '\\n{MARK} {n} end\\n' >&2\n\
+             [ \"$rc\" -eq 0 ] || exit \"$rc\"\n"
+        ));
+    }
+    let out = match host.run(&script).await {
+        Ok(o) => o,
+        Err(e) => return vec![Err((e.to_string(), String::new()))],
+    };
+    let stdout = split_marked(&out.stdout_str());
+    let stderr = split_marked(&String::from_utf8_lossy(&out.stderr));
+    let mut results = Vec::new();
+    for n in 0..batch.len() {
+        let Some((text, status)) = stdout.get(&n) else {
+            break;
+        };
+        let mut text = text.clone();
+        if let Some((err, _)) = stderr.get(&n)
+            && !err.trim().is_empty()
+        {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(err);
+        }
+        match status {
+            Some(0) => results.push(Ok(text)),
+            Some(rc) => {
+                results.push(Err((format!("exit status {rc}"), text)));
+                break;
+            }
+            None => {
+                results.push(Err((
+                    format!("the step did not finish (exit status {})", out.status),
+                    text,
+                )));
+                break;
+            }
+        }
+    }
+    results
+}
+
+/// Split marked output into step number → (text, exit status if the end marker was seen).
+fn split_marked(text: &str) -> BTreeMap<usize, (String, Option<i32>)> {
+    let mut map: BTreeMap<usize, (String, Option<i32>)> = BTreeMap::new();
+    let mut current: Option<usize> = None;
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches('\n');
+        if let Some(rest) = bare.strip_prefix(MARK) {
+            let mut words = rest.split_whitespace();
+            if let Some(n) = words.next().and_then(|w| w.parse::<usize>().ok()) {
+                if words.next() == Some("end") {
+                    let status = words.next().and_then(|w| w.parse().ok());
+                    if let Some(e) = map.get_mut(&n) {
+                        e.1 = status;
+                        // the marker's leading newline is not the step's output
+                        if e.0.ends_with('\n') {
+                            e.0.pop();
+                        }
+                    }
+                    current = None;
+                } else {
+                    map.insert(n, (String::new(), None));
+                    current = Some(n);
+                }
+                continue;
+            }
+        }
+        if let Some(n) = current
+            && let Some(e) = map.get_mut(&n)
+        {
+            e.0.push_str(line);
+        }
+    }
+    map
 }
 
 /// Run one action. Ok: text for the log; Err: (short error, full output for the log).
