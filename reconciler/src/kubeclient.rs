@@ -35,8 +35,15 @@ pub fn resolve_kubeconfig(flag: Option<&Path>, inventory_kubeconfig: &Path) -> P
     inventory_kubeconfig.to_owned()
 }
 
+/// Select rustls' ring backend for the process unless one is installed already. Needed when a
+/// build enables both ring (kube) and aws-lc-rs (lapin): rustls then refuses to guess.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client for the current context of `kubeconfig`. Needs a tokio runtime.
 pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client, KubeClientError> {
+    install_crypto_provider();
     let kc = Kubeconfig::read_from(kubeconfig).map_err(|source| KubeClientError::Kubeconfig {
         path: kubeconfig.to_owned(),
         source,
