@@ -294,7 +294,8 @@ fn misplaced_microservices(r: &mut Reader, root: &Node) {
     let Some(pairs) = root.as_map() else { return };
     for pair in pairs {
         let Some(key) = pair.key.text() else { continue };
-        if TOP_KEYS.contains(&key) {
+        // `x-…` / `.…` keys are the usual home of anchored templates.
+        if TOP_KEYS.contains(&key) || key.starts_with("x-") || key.starts_with('.') {
             continue;
         }
         let Some(body) = pair.value.as_map() else {

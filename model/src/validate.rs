@@ -578,3 +578,21 @@ pub fn node_ports_across(files: &[&ServicesFile]) -> Vec<Diagnostic> {
     }
     out
 }
+
+/// Loader diagnostics plus the semantic rules, with schema findings dropped where a more
+/// precise loader or semantic diagnostic points at the same node; sorted by position.
+pub fn loaded_services(
+    loaded: &crate::diag::Loaded<ServicesFile>,
+    inventory: Option<&Inventory>,
+) -> Vec<Diagnostic> {
+    let semantic = services(&loaded.value, inventory);
+    let mut out: Vec<Diagnostic> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.code != "schema" || !semantic.iter().any(|s| s.pointer == d.pointer))
+        .cloned()
+        .collect();
+    out.extend(semantic);
+    crate::diag::sort(&mut out);
+    out
+}

@@ -13,8 +13,7 @@ fn fixture(name: &str) -> PathBuf {
 /// Loader + semantic diagnostics of one file.
 fn diagnostics(name: &str) -> (services::ServicesFile, Vec<Diagnostic>) {
     let loaded = services::load(&fixture(name)).expect("loads");
-    let mut d = loaded.diagnostics.clone();
-    d.extend(validate::services(&loaded.value, None));
+    let d = validate::loaded_services(&loaded, None);
     for x in &d {
         eprintln!("{x}");
     }

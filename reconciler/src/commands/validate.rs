@@ -132,10 +132,9 @@ pub fn check(args: &Args) -> anyhow::Result<Report> {
         report.files_checked += 1;
         match services::load_str(&text, path) {
             Ok(l) => {
-                report.diagnostics.extend(l.diagnostics);
                 report
                     .diagnostics
-                    .extend(validate::services(&l.value, inv.as_ref()));
+                    .extend(validate::loaded_services(&l, inv.as_ref()));
                 loaded.push(l.value);
             }
             Err(e) => load_error(e, &mut report),
