@@ -4,6 +4,8 @@
 STANDIN_LOG=/var/log/aion-standins.log
 STANDIN_STATE=/var/lib/aion-standins
 STANDIN_LIB=/usr/local/lib/aion-testbed
+# The real curl (the `curl` command on hosts is a stand-in that keeps traffic on the testbed).
+CURL=$STANDIN_LIB/curl.real
 
 # standin_log NAME ARGS... : "<UTC time> uid=<uid> <name> <args shell-quoted>"
 standin_log() {

@@ -2,3 +2,4 @@
 //! testbed and RabbitMQ, and failing (never skipping) under CI when one is missing.
 
 pub mod k8s;
+pub mod testbed;
