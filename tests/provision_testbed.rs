@@ -1,0 +1,476 @@
+//! `aion-reconcile plan` / `apply` on the SSH testbed (simulated edge hosts, real sshd, tool
+//! stand-ins, the real kube-apiserver): fresh hosts → apply → every role's effect on the hosts
+//! and in the cluster → a second apply changes nothing and runs no command with side effects →
+//! one changed variable shows up as exactly that change → an unreachable host fails alone and
+//! the next apply converges it → single mode untaints the master.
+//!
+//! Fails (never skips) under `AION_REQUIRE_TESTBED=1` when the testbed is not up.
+
+use std::path::{Path, PathBuf};
+
+use aion_integration_tests::k8s;
+use aion_integration_tests::testbed::{self, Testbed, TestbedHost};
+use aion_reconcile::commands::plan::{Common, Format, close, prepare};
+use aion_reconcile::execute;
+use aion_reconcile::plan::Plan;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use kube::Api;
+
+/// A copy of the testbed inventory in a scratch directory (own kubeconfig, lock and logs),
+/// with `edit` applied to its text.
+fn inventory_copy(tb: &Testbed, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let src = std::fs::read_to_string(&tb.inventory).unwrap();
+    let abs = |name: &str| tb.dir().join(name).display().to_string();
+    let text = src
+        .replace(
+            "knownHosts: known_hosts",
+            &format!("knownHosts: {}", abs("known_hosts")),
+        )
+        .replace(
+            "services: services.yml",
+            &format!("services: {}", abs("services.yml")),
+        )
+        .replace("key: id_ed25519", &format!("key: {}", abs("id_ed25519")));
+    let path = dir.join("inventory.yml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+fn common(inventory: &Path) -> Common {
+    Common {
+        inventory: inventory.to_owned(),
+        parallel: 16,
+        accept_new_host_keys: false,
+        connect_timeout: 3,
+        output: Format::Text,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn plan(inventory: &Path) -> Plan {
+    rt().block_on(async {
+        let p = prepare(&common(inventory)).await.unwrap();
+        let plan = execute::plan_all(&p.specs, &p.hosts, &p.cluster, 16).await;
+        close(p.hosts).await;
+        plan
+    })
+}
+
+fn apply(inventory: &Path) -> u8 {
+    let args = aion_reconcile::commands::apply::Args {
+        common: common(inventory),
+        lock_stale_after: 7200,
+    };
+    aion_reconcile::commands::apply::run(&args).unwrap()
+}
+
+fn index(h: &TestbedHost) -> u32 {
+    h.address
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse::<u32>()
+        .unwrap()
+        - 10
+}
+
+/// Undo everything provisioning does, so the hosts are as `scripts/testbed up` left them.
+fn reset(tb: &Testbed, h: &TestbedHost) {
+    let home = if h.user == "root" {
+        "/root".to_string()
+    } else {
+        format!("/home/{}", h.user)
+    };
+    let script = format!(
+        r#"kubeadm reset -f >/dev/null 2>&1 || true
+apt-mark unhold kubelet kubeadm kubectl >/dev/null 2>&1 || true
+for p in kubelet kubeadm kubectl kubernetes-cni cri-tools docker.io containerd; do apt-get remove -y "$p" >/dev/null 2>&1 || true; done
+rm -rf /var/lib/aion /etc/docker/daemon.json /etc/apt/sources.list.d/kubernetes.list /etc/kubernetes {home}/.kube {home}/{name}
+sed -i '/^export AION_HOME=/d; /^export DOCKER_BUILDKIT=/d' {home}/.profile
+gpasswd -d {user} docker >/dev/null 2>&1 || true
+echo tb-host-{i} > /etc/hostname; hostname tb-host-{i}
+sed -i '/^127.0.1.1 /d' /etc/hosts
+echo reset-done"#,
+        name = h.name,
+        user = h.user,
+        i = index(h)
+    );
+    let out = tb.run_as_root(h, &script);
+    assert!(
+        out.contains("reset-done"),
+        "reset of {} failed: {out}",
+        h.name
+    );
+}
+
+fn calls_since(tb: &Testbed, h: &TestbedHost, n: usize) -> Vec<String> {
+    tb.standin_calls(h).into_iter().skip(n).collect()
+}
+
+fn set_link(tb: &Testbed, h: &TestbedHost, up: bool) {
+    let _ = tb;
+    let dev = format!("aiontb{}", index(h));
+    let st = std::process::Command::new("ip")
+        .args(["link", "set", &dev, if up { "up" } else { "down" }])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip link set {dev}");
+}
+
+#[test]
+fn provision_testbed_end_to_end() {
+    let Some(tb) = testbed::require() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inv = inventory_copy(&tb, dir.path(), |t| t);
+    let master = tb.master().clone();
+    let workers: Vec<TestbedHost> = tb.workers().cloned().collect();
+
+    // --- fresh hosts: every role has work on every host --------------------------------------
+    for h in &tb.hosts {
+        reset(&tb, h);
+    }
+    // `kubeadm reset` leaves the Node objects (as on a real cluster); remove them so the hosts
+    // can join again under their names.
+    if let Some(cluster) = k8s::require() {
+        rt().block_on(async {
+            let nodes: Api<Node> = Api::all(cluster.client().await);
+            for h in &tb.hosts {
+                let _ = nodes.delete(&h.name, &Default::default()).await;
+            }
+        });
+    }
+    let p = plan(&inv);
+    assert_eq!(p.counts.failed_hosts, 0, "{p:?}");
+    for hp in &p.hosts {
+        let roles: std::collections::BTreeSet<&str> =
+            hp.changes.iter().map(|c| c.role.as_str()).collect();
+        for r in [
+            "hostname",
+            "directories",
+            "docker",
+            "kubernetes",
+            "services",
+        ] {
+            assert!(
+                roles.contains(r),
+                "{}: no {r} changes on a fresh host: {roles:?}",
+                hp.host
+            );
+        }
+        let own = if hp.role == "master" {
+            "master"
+        } else {
+            "worker"
+        };
+        assert!(roles.contains(own), "{}: no {own} changes", hp.host);
+    }
+
+    // --- apply converges ---------------------------------------------------------------------
+    assert_eq!(apply(&inv), 0, "first apply failed");
+    for h in &tb.hosts {
+        let home = if h.user == "root" {
+            "/root".to_string()
+        } else {
+            format!("/home/{}", h.user)
+        };
+        let ns = if h.name == master.name {
+            "default".to_string()
+        } else {
+            h.name.clone()
+        };
+        let out = tb.run_as_root(
+            h,
+            &format!(
+                r#"hostname; cat /etc/hostname
+for d in /var/lib/aion/default/config /var/lib/aion/prj/config /var/lib/aion/Data/deployment /var/lib/aion/{ns}/Data; do test -d $d && echo "dir $d"; done
+for d in AionCore DataSweeper BackendService Runtime MysqlKube UI; do stat -c "home %n %U" {home}/{name}/$d; done
+dpkg-query -W -f='pkg ${{Package}} ${{Version}} ${{Status}}\n' docker.io kubelet kubeadm kubectl
+id -nG {user}
+cat /etc/docker/daemon.json
+grep -c '^export DOCKER_BUILDKIT=1$' {home}/.profile
+cat /etc/apt/sources.list.d/kubernetes.list
+cmp /var/lib/aion/{ns}/config/services.yml - < /dev/null >/dev/null 2>&1; sha256sum /var/lib/aion/{ns}/config/services.yml
+test -f {home}/.kube/config && echo user-kubeconfig
+test -f /etc/kubernetes/admin.conf && echo admin-conf
+test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
+"#,
+                name = h.name,
+                user = h.user
+            ),
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], h.name, "{}: runtime hostname\n{out}", h.name);
+        assert_eq!(lines[1], h.name, "{}: /etc/hostname\n{out}", h.name);
+        assert_eq!(
+            out.matches("\ndir ").count(),
+            4,
+            "{}: directories\n{out}",
+            h.name
+        );
+        assert_eq!(
+            out.matches(&format!(" {}\n", h.user)).count() >= 6,
+            true,
+            "{}: home dirs owned by {}\n{out}",
+            h.name,
+            h.user
+        );
+        assert!(
+            out.contains("pkg docker.io ") && out.contains("install ok installed"),
+            "{out}"
+        );
+        for k in ["kubelet", "kubeadm", "kubectl"] {
+            assert!(
+                out.contains(&format!("pkg {k} 1.37.2-1.1 hold ok installed")),
+                "{}: {k} pinned and held\n{out}",
+                h.name
+            );
+        }
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().any(|g| g == "docker") && !l.starts_with("pkg")),
+            "{}: user in docker group\n{out}",
+            h.name
+        );
+        assert!(out.contains("\"buildkit\": true"), "{out}");
+        assert!(
+            out.contains("pkgs.k8s.io/core:/stable:/v1.37/deb/"),
+            "{out}"
+        );
+        let local_sha = {
+            use std::process::Command;
+            let o = Command::new("sha256sum")
+                .arg(tb.dir().join("services.yml"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            out.contains(&local_sha),
+            "{}: services.yml copied verbatim\n{out}",
+            h.name
+        );
+        assert!(
+            out.contains("kubelet-conf"),
+            "{}: kubelet configured\n{out}",
+            h.name
+        );
+        if h.name == master.name {
+            assert!(
+                out.contains("user-kubeconfig") && out.contains("admin-conf"),
+                "{out}"
+            );
+        } else {
+            assert!(
+                !out.contains("admin-conf") && !out.contains("user-kubeconfig"),
+                "{}: admin.conf must never reach a worker\n{out}",
+                h.name
+            );
+        }
+    }
+    // The fetched kubeconfig (0600) reaches the real apiserver: Nodes, Flannel.
+    let kubeconfig = dir.path().join(".aion/kubeconfig");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    rt().block_on(async {
+        let client = aion_reconcile::kubeclient::client_from(&kubeconfig)
+            .await
+            .unwrap();
+        let nodes: Api<Node> = Api::all(client.clone());
+        for h in &tb.hosts {
+            nodes
+                .get(&h.name)
+                .await
+                .unwrap_or_else(|e| panic!("node {} not registered: {e}", h.name));
+        }
+        let m = nodes.get(&master.name).await.unwrap();
+        let taints: Vec<String> = m
+            .spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        assert!(
+            taints
+                .iter()
+                .any(|t| t == "node-role.kubernetes.io/control-plane"),
+            "cluster mode keeps the master tainted: {taints:?}"
+        );
+        Api::<Namespace>::all(client.clone())
+            .get("kube-flannel")
+            .await
+            .unwrap();
+        Api::<DaemonSet>::namespaced(client.clone(), "kube-flannel")
+            .get("kube-flannel-ds")
+            .await
+            .unwrap();
+        let cm = Api::<ConfigMap>::namespaced(client, "kube-flannel")
+            .get("kube-flannel-cfg")
+            .await
+            .unwrap();
+        assert!(
+            cm.data.unwrap()["net-conf.json"].contains("10.244.0.0/16"),
+            "Flannel network = the inventory's podCidr"
+        );
+    });
+
+    // --- second apply: 0 changes, no command with side effects -------------------------------
+    let before: Vec<usize> = tb.hosts.iter().map(|h| tb.standin_calls(h).len()).collect();
+    let p = plan(&inv);
+    assert!(
+        !p.has_changes(),
+        "converged hosts still have changes:\n{}",
+        aion_reconcile::plan::render_text(&p, aion_reconcile::plan::Style { color: false })
+    );
+    assert_eq!(apply(&inv), 0);
+    for (h, n) in tb.hosts.iter().zip(&before) {
+        let calls = calls_since(&tb, h, *n);
+        let effects: Vec<&String> = calls
+            .iter()
+            .filter(|l| {
+                let w: Vec<&str> = l.split_whitespace().skip(2).collect();
+                matches!(
+                    w.as_slice(),
+                    ["apt-get", "install", ..]
+                        | ["apt-get", "update", ..]
+                        | ["kubeadm", "init", ..]
+                        | ["kubeadm", "join", ..]
+                        | ["kubeadm", "token", ..]
+                        | ["systemctl", "start" | "enable" | "restart", ..]
+                        | ["swapoff", ..]
+                        | ["curl", ..]
+                )
+            })
+            .collect();
+        assert!(
+            effects.is_empty(),
+            "{}: a converged apply ran {effects:?}",
+            h.name
+        );
+    }
+
+    // --- one changed variable: exactly that change --------------------------------------------
+    let w1 = workers[0].name.clone();
+    let gpu_inv = inventory_copy(&tb, dir.path(), |t| {
+        t.replace(
+            &format!(
+                "  - name: {w1}\n    address: {}\n    role: worker\n",
+                workers[0].address
+            ),
+            &format!(
+                "  - name: {w1}\n    address: {}\n    role: worker\n    vars: {{gpu: true}}\n",
+                workers[0].address
+            ),
+        )
+    });
+    let p = plan(&gpu_inv);
+    let changed: Vec<(String, String)> = p
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            h.changes
+                .iter()
+                .map(move |c| (h.host.clone(), c.id.clone()))
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            (
+                w1.clone(),
+                "docker/file:/etc/docker/daemon.json".to_string()
+            ),
+            (w1.clone(), "docker/restart:docker".to_string())
+        ],
+        "plan after setting gpu on {w1}"
+    );
+    let diff = p.host(&w1).unwrap().changes[0].diff.clone().unwrap();
+    assert!(
+        diff.contains("+  \"default-runtime\": \"nvidia\","),
+        "{diff}"
+    );
+
+    // --- a host down during apply fails alone; the next apply converges it -------------------
+    let victim = workers.last().unwrap().clone();
+    reset(&tb, &victim);
+    if let Some(cluster) = k8s::require() {
+        rt().block_on(async {
+            let _ = Api::<Node>::all(cluster.client().await)
+                .delete(&victim.name, &Default::default())
+                .await;
+        });
+    }
+    let inv = inventory_copy(&tb, dir.path(), |t| t);
+    set_link(&tb, &victim, false);
+    let code = apply(&inv);
+    set_link(&tb, &victim, true);
+    assert_eq!(code, 1, "apply with {} unreachable must fail", victim.name);
+    let p = plan(&inv);
+    for hp in &p.hosts {
+        if hp.host == victim.name {
+            assert!(hp.changes.len() > 10, "{} still needs its changes", hp.host);
+        } else {
+            assert!(
+                hp.changes.is_empty(),
+                "{} converged although {} was down: {:?}",
+                hp.host,
+                victim.name,
+                hp.changes
+            );
+        }
+    }
+    assert_eq!(apply(&inv), 0, "apply after {} is back", victim.name);
+    assert!(!plan(&inv).has_changes());
+
+    // --- single mode: the master untainted (both taints) -------------------------------------
+    let first_worker = format!("  - name: {}\n", workers[0].name);
+    let single = inventory_copy(&tb, dir.path(), |t| {
+        let t = t.replace("mode: cluster", "mode: single");
+        t[..t.find(&first_worker).expect("workers follow the master")].to_string()
+    });
+    let p = plan(&single);
+    let m = p.host(&master.name).unwrap();
+    assert!(
+        m.changes
+            .iter()
+            .any(|c| c.id == format!("cluster/untaint:{}", master.name)),
+        "{:?}",
+        m.changes
+    );
+    assert_eq!(apply(&single), 0);
+    rt().block_on(async {
+        let client = aion_reconcile::kubeclient::client_from(&kubeconfig)
+            .await
+            .unwrap();
+        let n = Api::<Node>::all(client).get(&master.name).await.unwrap();
+        let taints: Vec<String> = n
+            .spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        assert!(
+            !taints
+                .iter()
+                .any(|t| t.starts_with("node-role.kubernetes.io/")),
+            "{taints:?}"
+        );
+    });
+    assert!(!plan(&single).has_changes());
+}
