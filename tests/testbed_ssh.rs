@@ -30,7 +30,7 @@ fn generated_inventory_loads_without_errors_and_names_one_master() {
         tb.hosts
     );
     assert!(tb.workers().count() >= 1);
-    assert_eq!(tb.master().address, "10.213.0.10");
+    assert!(tb.master().address.starts_with("10.213.0."));
     assert!(tb.known_hosts.is_file() && tb.key.is_file());
     let services = tb.dir().join("services.yml");
     let loaded = aion_model::services::load(&services)
