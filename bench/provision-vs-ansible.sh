@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# aion-reconcile vs Ansible on the same SSH testbed hosts, in one run: for 3 and 12 hosts,
+# the wall time of a first run on fresh hosts and of a no-change run (ours: `apply` then `plan`
+# and `apply` again; Ansible: `ansible-playbook` then `--check` and a second run).
+# Prints a Markdown table (paste into bench/README.md). Needs root, the control plane
+# (scripts/k8s-testenv.sh) and the testbed; rebuilds the testbed with 2 and 11 workers and
+# leaves it at the default 2.
+#
+#   bench/provision-vs-ansible.sh [HOST_COUNTS...]     (default: 3 12)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+COUNTS=("$@"); [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(3 12)
+VENV=${AION_ANSIBLE_VENV:-$HOME/.cache/aion/ansible-venv}
+OUT=$(mktemp -d /tmp/aion-bench.XXXXXX)
+log() { printf '==> %s [%s]\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
+
+if [ ! -x "$VENV/bin/ansible-playbook" ]; then
+  log "installing ansible-core into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q 'ansible-core==2.19.*'
+fi
+BIN=${AION_RECONCILE_BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build -q --release -p aion-reconcile
+  BIN=$ROOT/target/release/aion-reconcile
+fi
+eval "$(scripts/k8s-testenv.sh env)"
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
+
+# host lines of the testbed inventory: name address role user
+hosts_of() {
+  "$VENV/bin/python" - "$1" <<'PY'
+import sys, yaml
+inv = yaml.safe_load(open(sys.argv[1]))
+user = inv.get("ssh", {}).get("user", "root")
+for h in inv["hosts"]:
+    print(h["name"], h["address"], h["role"], h.get("ssh", {}).get("user", user))
+PY
+}
+
+# Undo everything provisioning did (hosts as `scripts/testbed up` made them).
+reset_hosts() {
+  local inv=$1 name addr role user home i
+  while read -r name addr role user; do
+    home=/root; [ "$user" = root ] || home=/home/$user
+    i=$(( ${addr##*.} - 10 ))
+    ssh -n -i inventories/testbed/id_ed25519 -o UserKnownHostsFile=inventories/testbed/known_hosts -o BatchMode=yes "$user@$addr" \
+      "sudo -n bash -c 'kubeadm reset -f; apt-mark unhold kubelet kubeadm kubectl
+for p in kubelet kubeadm kubectl kubernetes-cni cri-tools docker.io containerd; do apt-get remove -y \$p; done
+rm -rf /var/lib/aion /etc/docker/daemon.json /etc/apt/sources.list.d/kubernetes.list /etc/apt/keyrings/kubernetes-apt-keyring.gpg /etc/kubernetes $home/.kube $home/$name
+sed -i \"/^export AION_HOME=/d; /^export DOCKER_BUILDKIT=/d\" $home/.profile
+gpasswd -d $user docker; echo tb-host-$i > /etc/hostname; hostname tb-host-$i; sed -i \"/^127.0.1.1 /d\" /etc/hosts'" >/dev/null 2>&1 || true
+    "$AION_KUBECTL" --kubeconfig "$AION_TEST_KUBECONFIG" delete node "$name" --ignore-not-found >/dev/null 2>&1 || true
+  done < <(hosts_of "$inv")
+  "$AION_KUBECTL" --kubeconfig "$AION_TEST_KUBECONFIG" delete namespace kube-flannel --ignore-not-found --wait=true >/dev/null 2>&1 || true
+}
+
+ansible_inventory() {
+  local inv=$1 dir=$2 name addr role user master
+  master=$(hosts_of "$inv" | awk '$3=="master"{print $1; exit}')
+  {
+    echo "[all]"
+    while read -r name addr role user; do
+      echo "$name ansible_host=$addr ansible_user=$user role=$role"
+    done < <(hosts_of "$inv")
+    echo "[all:vars]"
+    echo "ansible_ssh_private_key_file=$ROOT/inventories/testbed/id_ed25519"
+    echo "ansible_ssh_common_args='-o UserKnownHostsFile=$ROOT/inventories/testbed/known_hosts -o StrictHostKeyChecking=yes'"
+    echo "master_host=$master"
+    echo "pod_cidr=10.244.0.0/16"
+    echo "services_file=$ROOT/inventories/testbed/services.yml"
+    echo "kubeconfig_dest=$dir/kubeconfig"
+    echo "flannel_file=$dir/flannel.yaml"
+  } > "$dir/hosts.ini"
+}
+
+ROWS=()
+for n in "${COUNTS[@]}"; do
+  workers=$((n - 1))
+  log "testbed with $n hosts"
+  scripts/testbed up --workers "$workers" >&2
+  inv=inventories/testbed/inventory.yml
+  d="$OUT/$n"; mkdir -p "$d"
+
+  log "[$n] aion-reconcile apply (fresh hosts)"
+  t0=$(now); "$BIN" apply -i "$inv" --parallel 16 > "$d/ours-first.log" 2>&1 || { tail -30 "$d/ours-first.log" >&2; exit 1; }; t1=$(now)
+  log "[$n] aion-reconcile plan (no changes)"
+  t2=$(now); "$BIN" plan -i "$inv" --parallel 16 --detailed-exitcode > "$d/ours-plan.log" 2>&1 || { echo "plan found changes or failed, see $d/ours-plan.log" >&2; exit 1; }; t3=$(now)
+  log "[$n] aion-reconcile apply (no changes)"
+  t4=$(now); "$BIN" apply -i "$inv" --parallel 16 > "$d/ours-second.log" 2>&1; t5=$(now)
+  ours_first=$(secs "$t0" "$t1"); ours_plan=$(secs "$t2" "$t3"); ours_second=$(secs "$t4" "$t5")
+
+  log "[$n] resetting hosts for Ansible"
+  reset_hosts "$inv"
+  sed 's|{{ pod_cidr }}|10.244.0.0/16|' templates/flannel.yaml > "$d/flannel.yaml"
+  ansible_inventory "$inv" "$d"
+  export ANSIBLE_CONFIG=$ROOT/bench/ansible/ansible.cfg ANSIBLE_FORKS=$n
+  log "[$n] ansible-playbook (fresh hosts)"
+  t0=$(now); "$VENV/bin/ansible-playbook" -i "$d/hosts.ini" bench/ansible/playbook.yml > "$d/ansible-first.log" 2>&1 || { tail -30 "$d/ansible-first.log" >&2; exit 1; }; t1=$(now)
+  log "[$n] ansible-playbook --check (no changes)"
+  t2=$(now); "$VENV/bin/ansible-playbook" -i "$d/hosts.ini" bench/ansible/playbook.yml --check > "$d/ansible-check.log" 2>&1; t3=$(now)
+  log "[$n] ansible-playbook (no changes)"
+  t4=$(now); "$VENV/bin/ansible-playbook" -i "$d/hosts.ini" bench/ansible/playbook.yml > "$d/ansible-second.log" 2>&1; t5=$(now)
+  an_first=$(secs "$t0" "$t1"); an_check=$(secs "$t2" "$t3"); an_second=$(secs "$t4" "$t5")
+  grep -E 'changed=' "$d/ansible-second.log" | sed 's/^/    ansible no-change run: /' >&2 || true
+  ROWS+=("| $n | $ours_first | $an_first | $ours_plan | $an_check | $(awk -v a="$an_check" -v b="$ours_plan" 'BEGIN{printf "%.0f×", a/b}') | $ours_second | $an_second |")
+done
+
+if [ "${COUNTS[-1]}" != 3 ]; then
+  log "restoring the default testbed (3 hosts)"
+  scripts/testbed up --workers 2 >&2 || true
+fi
+
+echo "| hosts | first run: ours \`apply\` (s) | first run: \`ansible-playbook\` (s) | no-change: ours \`plan\` (s) | no-change: \`ansible-playbook --check\` (s) | plan speed-up | no-change: ours \`apply\` (s) | no-change: \`ansible-playbook\` (s) |"
+echo "|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
+echo "logs: $OUT" >&2
