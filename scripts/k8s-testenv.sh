@@ -180,7 +180,8 @@ launch() {
     mkdir -p "$PIDS" "$LOGS"
     printf '\n=== %s started %s: %s\n' "$name" "$(date -u +%FT%TZ)" "$*" >>"$LOGS/$name.log"
     # setsid: own session, so the caller's Ctrl-C / terminal hangup does not reach it.
-    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    # 9>&-: do not hand the state lock to the daemon.
+    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
     echo $! >"$PIDS/$name.pid"
 }
 
@@ -303,10 +304,18 @@ subjects:
 OBJECTS
 }
 
+# Serialize start/stop: the testbed and CI may both call `start`; the second one waits and reuses.
+lock_state() {
+    mkdir -p "$STATE"
+    chmod 700 "$STATE"
+    exec 9>"$STATE/.lock"
+    flock -w 600 9 || die "another k8s-testenv.sh holds $STATE/.lock"
+}
+
 cmd_start() {
     local t0=$SECONDS s
-    mkdir -p "$STATE" "$PIDS" "$LOGS"
-    chmod 700 "$STATE"
+    lock_state
+    mkdir -p "$PIDS" "$LOGS"
     if all_running && [ -s "$PKI/ca.crt" ] && api_ready; then
         log "already running (apiserver https://127.0.0.1:$API_PORT, state $STATE)"
         return 0
@@ -366,6 +375,7 @@ cmd_start() {
 
 cmd_stop() {
     local s
+    lock_state
     for s in kube-controller-manager kube-apiserver etcd; do stop_one "$s"; done
     log "stopped (state kept in $STATE)"
 }
