@@ -11,7 +11,7 @@
 //! `startup` instances are started at boot; `always` instances are checked periodically and
 //! scaled back up if something scaled them to 0.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,9 @@ pub struct KubeLifecycle {
     client: kube::Client,
     namespace: String,
     recent: Mutex<HashMap<String, Instant>>,
+    /// Instances started (at boot or on demand) and not terminated: `always` ones among them
+    /// are kept running.
+    started: Mutex<HashSet<String>>,
     /// How long a successful check is trusted before asking the apiserver again.
     pub cache_for: Duration,
 }
@@ -65,6 +68,7 @@ impl KubeLifecycle {
             client,
             namespace: namespace.into(),
             recent: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashSet::new()),
             cache_for: Duration::from_secs(5),
         }
     }
@@ -101,19 +105,33 @@ impl KubeLifecycle {
         } else {
             self.ensure_job(&name).await
         };
-        if r.is_ok()
-            && let Ok(mut m) = self.recent.lock()
-        {
-            m.insert(name, Instant::now());
+        if r.is_ok() {
+            if let Ok(mut s) = self.started.lock() {
+                s.insert(name.clone());
+            }
+            if let Ok(mut m) = self.recent.lock() {
+                m.insert(name, Instant::now());
+            }
         }
         r
     }
 
     /// Forget cached checks (after a terminate kanban, so the next kanban starts a new run).
     pub fn forget(&self, ms: &Microservice, number: i32) {
+        let name = ms.instance_name(number);
         if let Ok(mut m) = self.recent.lock() {
-            m.remove(&ms.instance_name(number));
+            m.remove(&name);
         }
+        if let Ok(mut s) = self.started.lock() {
+            s.remove(&name);
+        }
+    }
+
+    /// Whether this instance was started (at boot or on demand) and not terminated since.
+    pub fn was_started(&self, ms: &Microservice, number: i32) -> bool {
+        self.started
+            .lock()
+            .is_ok_and(|s| s.contains(&ms.instance_name(number)))
     }
 
     async fn ensure_deployment(&self, name: &str) -> Result<Started, LifecycleError> {

@@ -289,7 +289,8 @@ async fn session(
         remotes: HashMap::new(),
     };
     let mut inflight: JoinSet<()> = JoinSet::new();
-    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    let every = Duration::from_secs(30);
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let end = loop {
         tokio::select! {
             biased;
@@ -336,7 +337,7 @@ impl Session {
             return;
         };
         for ms in self.services.microservices.iter().filter(|m| m.always) {
-            for n in 1..=ms.scale.max(1) {
+            for n in (1..=ms.scale.max(1)).filter(|n| lc.was_started(ms, *n)) {
                 if let Err(e) = lc.ensure_running(ms, n).await {
                     tracing::warn!("keeping {} running: {e}", ms.instance_name(n));
                 }
@@ -454,6 +455,10 @@ impl Session {
         // Publish to every hop in order; collect the confirmations and wait for them off the
         // consume loop so the next delivery is handled meanwhile.
         let local_body = routing::for_local_hop(&k, &self.device).encode();
+        // Keep the producer's delivery mode (upstream's clients send persistent messages;
+        // a transient producer stays transient).
+        let hop_props =
+            amqp::json_props().with_delivery_mode(d.properties.delivery_mode().unwrap_or(2));
         let mut confirms = Vec::with_capacity(hops.len());
         let mut details = Vec::with_capacity(hops.len());
         let mut starts = Vec::new();
@@ -472,7 +477,7 @@ impl Session {
                             queue.as_str().into(),
                             BasicPublishOptions::default(),
                             &local_body,
-                            amqp::json_props(),
+                            hop_props.clone(),
                         )
                         .await
                         .map_err(|source| AmqpError::Publish {

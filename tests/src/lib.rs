@@ -2,4 +2,5 @@
 //! testbed and RabbitMQ, and failing (never skipping) under CI when one is missing.
 
 pub mod k8s;
+pub mod rabbitmq;
 pub mod testbed;

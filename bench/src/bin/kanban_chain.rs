@@ -1,0 +1,429 @@
+//! Benchmark: a chain of microservices A→B→C (3 hops) on a loopback RabbitMQ, side by side in
+//! one run:
+//! * `raw lapin`: each stage consumes its queue and publishes straight to the next stage's queue
+//!   (default exchange, routing key = queue name) — what broker-side routing costs at best;
+//! * `aion-kanban`: each stage publishes to its own output queue and the aion-kanban router
+//!   (in this process) routes it by `nextService` to the next stage's input queue, with
+//!   publisher confirms and ack-after-confirm.
+//!
+//! The stage code is the same in both. Hop latency = time from a stage's publish to the next
+//! stage's receipt (same process, monotonic clock). Two durability settings, the same for both:
+//! `durable` (durable queues, persistent messages, publisher confirms at every publish) and
+//! `transient` (non-persistent messages, no confirms at the stages; the router always confirms).
+//! Two loads: a paced 1,000 msg/s (latency) and as fast as possible (throughput).
+//!
+//! ```sh
+//! scripts/rabbitmq.sh start
+//! cargo run --release -p aion-bench --bin kanban_chain -- [--paced-secs 5] [--burst 20000]
+//! ```
+//! Bounded: at most `paced-secs` × 1,000 + `burst` messages per variant, 120 s timeout each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aion_kanban::router::{self, RouterOptions, ServicesSource};
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::{Mutex, mpsc};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Durability {
+    Durable,
+    Transient,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Raw,
+    Routed,
+}
+
+struct Result_ {
+    p50_us: f64,
+    p99_us: f64,
+    n: usize,
+}
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+fn props(d: Durability) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(if d == Durability::Durable { 2 } else { 1 })
+}
+
+async fn channel(conn: &Connection, confirms: bool) -> anyhow::Result<Channel> {
+    let ch = conn.create_channel().await?;
+    if confirms {
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    }
+    Ok(ch)
+}
+
+/// A kanban with the publish time of its current hop in `metadata.t` (ns).
+fn body(seq: u64) -> Vec<u8> {
+    format!(
+        r#"{{"connectionKey":"default","processNumber":1,"metadata":{{"seq":{seq},"t":{}}}}}"#,
+        now_ns()
+    )
+    .into_bytes()
+}
+
+fn restamp(data: &[u8]) -> anyhow::Result<(u64, Vec<u8>)> {
+    let mut v: serde_json::Value = serde_json::from_slice(data)?;
+    let t = v["metadata"]["t"].as_u64().context("no t")?;
+    v["metadata"]["t"] = now_ns().into();
+    Ok((t, serde_json::to_vec(&v)?))
+}
+
+/// One stage: consume `input`, record the hop latency, publish to `output` (or sink).
+async fn stage(
+    conn: Arc<Connection>,
+    input: String,
+    output: Option<String>,
+    d: Durability,
+    lat: Arc<Mutex<Vec<u64>>>,
+    done: mpsc::UnboundedSender<()>,
+) -> anyhow::Result<()> {
+    let cons = channel(&conn, false).await?;
+    cons.basic_qos(200, BasicQosOptions::default()).await?;
+    let publ = channel(&conn, d == Durability::Durable).await?;
+    let mut c = cons
+        .basic_consume(
+            input.as_str().into(),
+            format!("bench-{input}").into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // Confirms are awaited off the consume loop (ack after confirm), as a real service would.
+    let (ack_tx, mut ack_rx) =
+        mpsc::unbounded_channel::<(lapin::Acker, Option<lapin::PublisherConfirm>)>();
+    tokio::spawn(async move {
+        while let Some((acker, confirm)) = ack_rx.recv().await {
+            if let Some(c) = confirm {
+                let _ = c.await;
+            }
+            let _ = acker.ack(BasicAckOptions::default()).await;
+        }
+    });
+    while let Some(dl) = c.next().await {
+        let dl = dl?;
+        let (t, out) = restamp(&dl.data)?;
+        lat.lock().await.push(now_ns().saturating_sub(t));
+        let confirm = match &output {
+            Some(q) => {
+                let pc = publ
+                    .basic_publish(
+                        "".into(),
+                        q.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &out,
+                        props(d),
+                    )
+                    .await?;
+                (d == Durability::Durable).then_some(pc)
+            }
+            None => {
+                let _ = done.send(());
+                None
+            }
+        };
+        let _ = ack_tx.send((dl.acker, confirm));
+    }
+    Ok(())
+}
+
+fn pct(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i] as f64 / 1000.0
+}
+
+struct Setup {
+    /// Where the driver publishes.
+    entry: String,
+    /// (input, output) per stage A, B, C.
+    stages: Vec<(String, Option<String>)>,
+    queues: Vec<String>,
+    router: Option<(
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+}
+
+async fn setup(url: &str, ctl: &Channel, v: Variant, tag: &str) -> anyhow::Result<Setup> {
+    match v {
+        Variant::Raw => {
+            let q: Vec<String> = ["a", "b", "c"]
+                .iter()
+                .map(|s| format!("bench-raw-{tag}-{s}"))
+                .collect();
+            for name in &q {
+                ctl.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                    .await?;
+                ctl.queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            }
+            Ok(Setup {
+                entry: q[0].clone(),
+                stages: vec![
+                    (q[0].clone(), Some(q[1].clone())),
+                    (q[1].clone(), Some(q[2].clone())),
+                    (q[2].clone(), None),
+                ],
+                queues: q,
+                router: None,
+            })
+        }
+        Variant::Routed => {
+            let p = format!("bench-{tag}-");
+            let yaml = format!(
+                "microservices:\n  {p}src:\n    nextService: {{default: [{{name: {p}a}}]}}\n  {p}a:\n    nextService: {{default: [{{name: {p}b}}]}}\n  {p}b:\n    nextService: {{default: [{{name: {p}c}}]}}\n  {p}c: {{}}\n"
+            );
+            let cfg =
+                aion_model::services::load_str(&yaml, std::path::Path::new("bench-services.yml"))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .value;
+            let queues: Vec<String> = aion_kanban::topology::plan(&cfg)
+                .into_iter()
+                .map(|q| q.name)
+                .filter(|n| !n.starts_with("aion-kanban."))
+                .collect();
+            for name in &queues {
+                ctl.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+            let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(cfg)), url);
+            opts.prefetch = 200;
+            opts.device = Some("bench".into());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(router::run(opts, async move {
+                let _ = stopped.await;
+            }));
+            // Wait for the router's topology.
+            let probe_conn = Connection::connect(url, ConnectionProperties::default()).await?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let ch = probe_conn.create_channel().await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                if ch
+                    .queue_declare(
+                        format!("{p}c-001.in").into(),
+                        passive,
+                        FieldTable::default(),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("router did not declare its topology");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = probe_conn.close(200, "".into()).await;
+            Ok(Setup {
+                entry: format!("{p}src-001.out"),
+                stages: vec![
+                    (format!("{p}a-001.in"), Some(format!("{p}a-001.out"))),
+                    (format!("{p}b-001.in"), Some(format!("{p}b-001.out"))),
+                    (format!("{p}c-001.in"), None),
+                ],
+                queues,
+                router: Some((task, stop)),
+            })
+        }
+    }
+}
+
+/// Run one variant: paced at `rate` msg/s for `n` messages (rate 0 = as fast as possible).
+/// Returns hop latencies and throughput (msg/s through the whole chain).
+async fn run_one(
+    url: &str,
+    v: Variant,
+    d: Durability,
+    n: u64,
+    rate: u64,
+    tag: &str,
+) -> anyhow::Result<(Result_, f64)> {
+    let conn = Arc::new(Connection::connect(url, ConnectionProperties::default()).await?);
+    let ctl = channel(&conn, false).await?;
+    let s = setup(url, &ctl, v, tag).await?;
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(n as usize * 3)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let stage_conn = Arc::new(Connection::connect(url, ConnectionProperties::default()).await?);
+    let mut tasks = Vec::new();
+    for (i, o) in &s.stages {
+        tasks.push(tokio::spawn(stage(
+            stage_conn.clone(),
+            i.clone(),
+            o.clone(),
+            d,
+            lat.clone(),
+            done_tx.clone(),
+        )));
+    }
+    // Let consumers attach.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let publ = channel(&conn, d == Durability::Durable).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let entry = s.entry.clone();
+    let driver = {
+        let publ = publ.clone();
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            for seq in 0..n {
+                if let Some(step) = 1_000_000_000u64.checked_div(rate) {
+                    let due = start + Duration::from_nanos(seq * step);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let pc = publ
+                    .basic_publish(
+                        "".into(),
+                        entry.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body(seq),
+                        props(d),
+                    )
+                    .await?;
+                if d == Durability::Durable {
+                    pending.push(pc);
+                    if pending.len() >= 256 {
+                        for c in pending.drain(..) {
+                            c.await?;
+                        }
+                    }
+                }
+            }
+            for c in pending {
+                c.await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while received.load(Ordering::Relaxed) < n {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(())) => {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => bail!(
+                "timed out: {} of {n} kanbans through the chain",
+                received.load(Ordering::Relaxed)
+            ),
+        }
+    }
+    let elapsed = start.elapsed();
+    driver.await??;
+    for t in tasks {
+        t.abort();
+    }
+    if let Some((task, stop)) = s.router {
+        let _ = stop.send(());
+        task.await??;
+    }
+    let _ = stage_conn.close(200, "".into()).await;
+    for q in &s.queues {
+        let _ = ctl
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "".into()).await;
+    let mut l = lat.lock().await.clone();
+    let r = Result_ {
+        p50_us: pct(&mut l, 0.50),
+        p99_us: pct(&mut l, 0.99),
+        n: l.len(),
+    };
+    Ok((r, n as f64 / elapsed.as_secs_f64()))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut paced_secs = 5u64;
+    let mut burst = 20_000u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--paced-secs" => paced_secs = args.next().context("--paced-secs N")?.parse()?,
+            "--burst" => burst = args.next().context("--burst N")?.parse()?,
+            other => bail!("unknown argument {other} (use --paced-secs N, --burst N)"),
+        }
+    }
+    let url = std::env::var("AION_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    if !url.contains("127.0.0.1") && !url.contains("localhost") {
+        bail!("loopback brokers only: {url}");
+    }
+    now_ns();
+    println!(
+        "kanban chain A→B→C (3 hops), broker {}",
+        aion_kanban::amqp::redact(&url)
+    );
+    println!(
+        "| durability | variant | paced 1,000 msg/s: hop p50 | hop p99 | hops measured | burst: msg/s | hop p99 under burst |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for d in [Durability::Transient, Durability::Durable] {
+        let dn = if d == Durability::Durable {
+            "durable"
+        } else {
+            "transient"
+        };
+        let mut rows = Vec::new();
+        for v in [Variant::Raw, Variant::Routed] {
+            let vn = if v == Variant::Raw {
+                "raw lapin"
+            } else {
+                "aion-kanban"
+            };
+            let (paced, _) =
+                run_one(&url, v, d, paced_secs * 1000, 1000, &format!("{dn}-p")).await?;
+            let (bl, tput) = run_one(&url, v, d, burst, 0, &format!("{dn}-b")).await?;
+            println!(
+                "| {dn} | {vn} | {:.3} ms | {:.3} ms | {} | {:.0} | {:.3} ms |",
+                paced.p50_us / 1000.0,
+                paced.p99_us / 1000.0,
+                paced.n,
+                tput,
+                bl.p99_us / 1000.0
+            );
+            rows.push((paced, tput));
+        }
+        let (raw, ours) = (&rows[0], &rows[1]);
+        println!(
+            "| {dn} | **routing cost** | {:+.3} ms | {:+.3} ms per hop | | {:.0}% of raw | |",
+            (ours.0.p50_us - raw.0.p50_us) / 1000.0,
+            (ours.0.p99_us - raw.0.p99_us) / 1000.0,
+            100.0 * ours.1 / raw.1
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! aion-kanban's lifecycle against the real kube-apiserver (`scripts/k8s-testenv.sh`) and a real
+//! RabbitMQ (`scripts/rabbitmq.sh`): `startup` services scaled up at boot, other services
+//! started on demand when a kanban is routed to them (Deployment scaled from 0, suspended Job
+//! resumed). The workloads are created here the way the reconciler renders idle instances.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aion_integration_tests::{k8s, rabbitmq, rabbitmq::amqp};
+use aion_kanban::lifecycle::KubeLifecycle;
+use aion_kanban::router::{self, RouterOptions, ServicesSource};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"run": name}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"run": name}},
+            "template": {
+                "metadata": {"labels": {"run": name}},
+                "spec": {"containers": [{"name": name, "image": "example.invalid/aion/idle:latest"}]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+fn job(name: &str) -> Job {
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "labels": {"run": name}},
+        "spec": {
+            "suspend": true,
+            "template": {
+                "metadata": {"labels": {"run": name}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": name, "image": "example.invalid/aion/idle:latest"}]
+                }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+async fn wait_until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_start_at_boot_and_on_demand() {
+    let Some(cluster) = k8s::require() else {
+        return;
+    };
+    let Some(b) = rabbitmq::require() else { return };
+    let ns = cluster.fresh_namespace().await;
+    let client = cluster.client().await;
+    let p = rabbitmq::unique("od");
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    for name in [
+        format!("{p}boot-001"),
+        format!("{p}dep-001"),
+        format!("{p}dep-002"),
+    ] {
+        deps.create(&PostParams::default(), &deployment(&name))
+            .await
+            .unwrap();
+    }
+    jobs.create(&PostParams::default(), &job(&format!("{p}job-001")))
+        .await
+        .unwrap();
+
+    let yaml = format!(
+        r#"
+microservices:
+  {p}boot: {{startup: yes, always: yes}}
+  {p}src:
+    nextService:
+      default: [{{name: {p}dep, pattern: n}}, {{name: {p}job, pattern: "0"}}]
+  {p}dep: {{always: yes, scale: 2}}
+  {p}job: {{}}
+"#
+    );
+    let cfg = aion_model::services::load_str(&yaml, std::path::Path::new("t.yml"))
+        .unwrap()
+        .value;
+    let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), b.url.clone());
+    opts.lifecycle = Some(Arc::new(KubeLifecycle::new(client.clone(), ns.clone())));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(router::run(opts, async move {
+        let _ = stopped.await;
+    }));
+
+    let replicas = |name: String| {
+        let deps = deps.clone();
+        async move { deps.get(&name).await.unwrap().spec.replicas.unwrap_or(0) }
+    };
+    // `startup` service scaled up at boot.
+    wait_until("startup Deployment scaled to 1", || async {
+        replicas(format!("{p}boot-001")).await == 1
+    })
+    .await;
+    // Nothing else started yet.
+    assert_eq!(replicas(format!("{p}dep-002")).await, 0);
+    assert_eq!(
+        jobs.get(&format!("{p}job-001"))
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .suspend,
+        Some(true)
+    );
+
+    let (conn, ch) = amqp::connect(&b.url).await;
+    assert!(amqp::wait_declared(&conn, &format!("{p}src-001.out"), WAIT).await);
+    amqp::publish(&ch, &format!("{p}src-001.out"), br#"{"processNumber": 2}"#).await;
+    wait_until("Deployment instance 2 scaled from 0 on demand", || async {
+        replicas(format!("{p}dep-002")).await == 1
+    })
+    .await;
+    wait_until("suspended Job resumed on demand", || async {
+        jobs.get(&format!("{p}job-001"))
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .suspend
+            == Some(false)
+    })
+    .await;
+    assert_eq!(
+        replicas(format!("{p}dep-001")).await,
+        0,
+        "only the addressed instance starts"
+    );
+    assert_eq!(
+        amqp::take(&ch, &format!("{p}dep-002.in"), 1, WAIT)
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        amqp::take(&ch, &format!("{p}job-001.in"), 1, WAIT)
+            .await
+            .len(),
+        1
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    let queues: Vec<String> = aion_kanban::topology::plan(&cfg)
+        .into_iter()
+        .map(|q| q.name)
+        .filter(|n| !n.starts_with("aion-kanban."))
+        .collect();
+    amqp::delete(&ch, &queues).await;
+    cluster.delete_namespace(&ns).await;
+}

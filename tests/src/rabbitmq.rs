@@ -1,0 +1,199 @@
+//! RabbitMQ for integration tests: two loopback brokers started by `scripts/rabbitmq.sh start`
+//! (`eval "$(scripts/rabbitmq.sh env)"` exports `AION_RABBITMQ_URL` and `AION_RABBITMQ_URL_B`).
+//!
+//! [`require`] returns the two URLs when both brokers accept TCP connections. When they do not,
+//! the test is skipped with a loud `SKIPPED:` line, except under CI (`AION_REQUIRE_RABBITMQ=1`),
+//! where it fails.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use rand::Rng;
+
+pub const URL_ENV: &str = "AION_RABBITMQ_URL";
+pub const URL_B_ENV: &str = "AION_RABBITMQ_URL_B";
+pub const REQUIRE_ENV: &str = "AION_REQUIRE_RABBITMQ";
+
+const DEFAULT_A: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const DEFAULT_B: &str = "amqp://guest:guest@127.0.0.1:5673/%2f";
+
+/// Two brokers acting as two devices' brokers.
+#[derive(Debug, Clone)]
+pub struct Brokers {
+    /// This device's broker.
+    pub url: String,
+    /// Another device's broker.
+    pub url_b: String,
+}
+
+/// `host:port` of an `amqp://user:pass@host:port/vhost` URL.
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hp = rest.split('/').next()?;
+    Some(if hp.contains(':') {
+        hp.to_string()
+    } else {
+        format!("{hp}:5672")
+    })
+}
+
+fn reachable(url: &str) -> bool {
+    let Some(addr) = host_port(url).and_then(|hp| hp.to_socket_addrs().ok()?.next()) else {
+        return false;
+    };
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+}
+
+/// The two brokers, or `None` (after printing `SKIPPED: ...`).
+///
+/// # Panics
+/// When a broker is unreachable and `AION_REQUIRE_RABBITMQ=1`.
+pub fn require() -> Option<Brokers> {
+    let url = std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_A.into());
+    let url_b = std::env::var(URL_B_ENV).unwrap_or_else(|_| DEFAULT_B.into());
+    let missing: Vec<&str> = [(&url, URL_ENV), (&url_b, URL_B_ENV)]
+        .into_iter()
+        .filter(|(u, _)| !reachable(u))
+        .map(|(_, n)| n)
+        .collect();
+    if missing.is_empty() {
+        return Some(Brokers { url, url_b });
+    }
+    let msg = format!(
+        "RabbitMQ not reachable ({}); start it with `scripts/rabbitmq.sh start && eval \"$(scripts/rabbitmq.sh env)\"`",
+        missing.join(", ")
+    );
+    if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+        panic!("{REQUIRE_ENV}=1 but {msg}");
+    }
+    eprintln!("SKIPPED: {msg} (set {REQUIRE_ENV}=1 to make this a failure)");
+    None
+}
+
+/// A name unique to this test run (queue names are global on a broker).
+pub fn unique(prefix: &str) -> String {
+    let n: u32 = rand::rng().random();
+    format!("{prefix}{n:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_host_port() {
+        assert_eq!(
+            super::host_port("amqp://u:p@127.0.0.1:5673/%2f").unwrap(),
+            "127.0.0.1:5673"
+        );
+        assert_eq!(
+            super::host_port("amqp://localhost").unwrap(),
+            "localhost:5672"
+        );
+    }
+}
+
+/// Small AMQP helpers for tests (lapin).
+pub mod amqp {
+    use std::time::{Duration, Instant};
+
+    use lapin::options::{
+        BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+    pub async fn connect(url: &str) -> (Connection, Channel) {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirm.select");
+        (conn, ch)
+    }
+
+    /// Publish `body` to `queue` the way upstream's clients do; waits for the confirm.
+    pub async fn publish(ch: &Channel, queue: &str, body: &[u8]) {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                Default::default(),
+                body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("publish to {queue}: {e}"))
+            .await
+            .unwrap_or_else(|e| panic!("confirm from {queue}: {e}"));
+        assert!(c.is_ack(), "broker did not ack publish to {queue}");
+    }
+
+    /// Take (and ack) up to `n` messages from `queue`, waiting at most `timeout` for them.
+    pub async fn take(
+        ch: &Channel,
+        queue: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(Vec<u8>, BasicProperties)> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            match ch.basic_get(queue.into(), BasicGetOptions::default()).await {
+                Ok(Some(m)) => {
+                    m.delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .expect("ack");
+                    out.push((m.delivery.data.clone(), m.delivery.properties.clone()));
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("basic.get {queue}: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Message count of `queue`, or `None` if it does not exist (passive declare on a
+    /// throw-away channel: a failed one closes its channel).
+    pub async fn queue_len(conn: &Connection, queue: &str) -> Option<u32> {
+        let ch = conn.create_channel().await.ok()?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = ch.close(200, "probe".into()).await;
+        Some(q.message_count())
+    }
+
+    /// Wait until `queue` exists.
+    pub async fn wait_declared(conn: &Connection, queue: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if queue_len(conn, queue).await.is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub async fn delete(ch: &Channel, queues: &[String]) {
+        for q in queues {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+}
