@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aion_integration_tests::k8s;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -64,13 +65,41 @@ async fn apiserver_reports_the_pinned_version() {
     );
 }
 
+/// Waits until the deployment controller has observed the latest generation and stopped writing
+/// status, so that `resourceVersion` only moves when someone changes the object.
+async fn settled(api: &Api<Deployment>, name: &str) -> Deployment {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut last_rv = None;
+    loop {
+        let d = api.get(name).await.expect("get Deployment");
+        let observed = d.status.as_ref().and_then(|s| s.observed_generation);
+        let status_replicas = d.status.as_ref().and_then(|s| s.replicas);
+        let rv = d.metadata.resource_version.clone();
+        if observed.is_some()
+            && observed == d.metadata.generation
+            && status_replicas == d.spec.replicas
+            && rv == last_rv
+        {
+            return d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Deployment {name} did not settle within 180 s: is kube-controller-manager running? {:?}",
+            d.status
+        );
+        last_rv = rv;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 #[tokio::test]
 async fn server_side_apply_dry_run_and_conflicts() {
     let Some(cluster) = k8s::require() else {
         return;
     };
     let ns = cluster.fresh_namespace().await;
-    let api: Api<Deployment> = Api::namespaced(cluster.client().await, &ns);
+    let client = cluster.client().await;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
 
     // 1. Server-side apply with a field manager creates the object and records the manager.
     let created = api
@@ -87,11 +116,15 @@ async fn server_side_apply_dry_run_and_conflicts() {
         "managedFields: {:?}",
         managers(&created)
     );
-    let rv = created
+    // The controller-manager writes status after our apply; wait for it so resourceVersion is
+    // stable.
+    let before = settled(&api, "web").await;
+    let rv = before
         .metadata
         .resource_version
         .clone()
         .expect("resourceVersion");
+    let generation = before.metadata.generation;
 
     // 2. A server-side dry-run returns the would-be result and changes nothing.
     let dry = api
@@ -105,9 +138,51 @@ async fn server_side_apply_dry_run_and_conflicts() {
     assert_eq!(dry.spec.replicas, Some(3));
     let stored = api.get("web").await.expect("get after dry-run");
     assert_eq!(stored.spec.replicas, Some(1));
+    assert_eq!(stored.metadata.generation, generation);
     assert_eq!(
         stored.metadata.resource_version.as_deref(),
         Some(rv.as_str())
+    );
+
+    // The same on an object no controller writes to: resourceVersion and data stay as they were.
+    let cms: Api<ConfigMap> = Api::namespaced(client, &ns);
+    let cm = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": v}});
+    let cm_created = cms
+        .patch(
+            "settings",
+            &PatchParams::apply(MANAGER_A),
+            &Patch::Apply(cm("a")),
+        )
+        .await
+        .expect("apply ConfigMap");
+    let cm_dry = cms
+        .patch(
+            "settings",
+            &PatchParams::apply(MANAGER_A).dry_run(),
+            &Patch::Apply(cm("b")),
+        )
+        .await
+        .expect("dry-run apply ConfigMap");
+    assert_eq!(
+        cm_dry
+            .data
+            .as_ref()
+            .and_then(|d| d.get("mode"))
+            .map(String::as_str),
+        Some("b")
+    );
+    let cm_stored = cms.get("settings").await.expect("get ConfigMap");
+    assert_eq!(
+        cm_stored
+            .data
+            .as_ref()
+            .and_then(|d| d.get("mode"))
+            .map(String::as_str),
+        Some("a")
+    );
+    assert_eq!(
+        cm_stored.metadata.resource_version,
+        cm_created.metadata.resource_version
     );
 
     // A dry-run of a new object is not persisted.
@@ -146,11 +221,11 @@ async fn server_side_apply_dry_run_and_conflicts() {
         }
         other => panic!("expected an API 409 conflict, got {other}"),
     }
+    // The refused apply changed nothing (status writes by the controller may move
+    // resourceVersion, but not the spec or its generation).
     let after_conflict = api.get("web").await.expect("get after conflict");
-    assert_eq!(
-        after_conflict.metadata.resource_version.as_deref(),
-        Some(rv.as_str())
-    );
+    assert_eq!(after_conflict.spec.replicas, Some(1));
+    assert_eq!(after_conflict.metadata.generation, generation);
 
     // Forcing takes ownership of the field.
     let forced = api
