@@ -2,9 +2,10 @@
 # aion-reconcile vs Ansible on the same SSH testbed hosts, in one run: for 3 and 12 hosts,
 # the wall time of a first run on fresh hosts and of a no-change run (ours: `apply` then `plan`
 # and `apply` again; Ansible: `ansible-playbook` then `--check` and a second run).
-# Prints a Markdown table (paste into bench/README.md). Needs root, the control plane
-# (scripts/k8s-testenv.sh) and the testbed; rebuilds the testbed with 2 and 11 workers and
-# leaves it at the default 2.
+# Prints a Markdown table (paste into bench/README.md). Needs root and the control plane
+# (scripts/k8s-testenv.sh). Runs on its own testbed instance (AION_TESTBED_NAME=testbed-b, hosts
+# 10.213.0.100..), made fresh for each host count and removed at the end, so the development
+# testbed is left alone.
 #
 #   bench/provision-vs-ansible.sh [HOST_COUNTS...]     (default: 3 12)
 set -euo pipefail
@@ -13,6 +14,8 @@ cd "$ROOT"
 COUNTS=("$@"); [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(3 12)
 VENV=${AION_ANSIBLE_VENV:-$HOME/.cache/aion/ansible-venv}
 OUT=$(mktemp -d /tmp/aion-bench.XXXXXX)
+export AION_TESTBED_NAME=${AION_TESTBED_NAME:-testbed-b} AION_TESTBED_FIRST_HOST=${AION_TESTBED_FIRST_HOST:-100}
+TB=inventories/$AION_TESTBED_NAME
 log() { printf '==> %s [%s]\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
 
 if [ ! -x "$VENV/bin/ansible-playbook" ]; then
@@ -46,8 +49,8 @@ reset_hosts() {
   local inv=$1 name addr role user home i
   while read -r name addr role user; do
     home=/root; [ "$user" = root ] || home=/home/$user
-    i=$(( ${addr##*.} - 10 ))
-    ssh -n -i inventories/testbed/id_ed25519 -o UserKnownHostsFile=inventories/testbed/known_hosts -o BatchMode=yes "$user@$addr" \
+    i=$(( ${addr##*.} - AION_TESTBED_FIRST_HOST ))
+    ssh -n -i $TB/id_ed25519 -o UserKnownHostsFile=$TB/known_hosts -o BatchMode=yes "$user@$addr" \
       "sudo -n bash -c 'kubeadm reset -f; apt-mark unhold kubelet kubeadm kubectl
 for p in kubelet kubeadm kubectl kubernetes-cni cri-tools docker.io containerd; do apt-get remove -y \$p; done
 rm -rf /var/lib/aion /etc/docker/daemon.json /etc/apt/sources.list.d/kubernetes.list /etc/apt/keyrings/kubernetes-apt-keyring.gpg /etc/kubernetes $home/.kube $home/$name
@@ -67,11 +70,11 @@ ansible_inventory() {
       echo "$name ansible_host=$addr ansible_user=$user role=$role"
     done < <(hosts_of "$inv")
     echo "[all:vars]"
-    echo "ansible_ssh_private_key_file=$ROOT/inventories/testbed/id_ed25519"
-    echo "ansible_ssh_common_args='-o UserKnownHostsFile=$ROOT/inventories/testbed/known_hosts -o StrictHostKeyChecking=yes'"
+    echo "ansible_ssh_private_key_file=$ROOT/$TB/id_ed25519"
+    echo "ansible_ssh_common_args='-o UserKnownHostsFile=$ROOT/$TB/known_hosts -o StrictHostKeyChecking=yes'"
     echo "master_host=$master"
     echo "pod_cidr=10.244.0.0/16"
-    echo "services_file=$ROOT/inventories/testbed/services.yml"
+    echo "services_file=$ROOT/$TB/services.yml"
     echo "kubeconfig_dest=$dir/kubeconfig"
     echo "flannel_file=$dir/flannel.yaml"
   } > "$dir/hosts.ini"
@@ -81,8 +84,12 @@ ROWS=()
 for n in "${COUNTS[@]}"; do
   workers=$((n - 1))
   log "testbed with $n hosts"
-  scripts/testbed up --workers "$workers" >&2
-  inv=inventories/testbed/inventory.yml
+  scripts/testbed down >&2 || true
+  # (a loaded machine can make a host's sshd slow to answer: one retry)
+  scripts/testbed up --workers "$workers" >&2 || { scripts/testbed down >&2 || true; scripts/testbed up --workers "$workers" >&2; }
+  inv=$TB/inventory.yml
+  # The generated services.yml pins to the development testbed's worker names.
+  sed -i "s/targetNode: aion-worker-/targetNode: $AION_TESTBED_NAME-worker-/" "$TB/services.yml"
   d="$OUT/$n"; mkdir -p "$d"
 
   log "[$n] aion-reconcile apply (fresh hosts)"
@@ -109,10 +116,8 @@ for n in "${COUNTS[@]}"; do
   ROWS+=("| $n | $ours_first | $an_first | $ours_plan | $an_check | $(awk -v a="$an_check" -v b="$ours_plan" 'BEGIN{printf "%.0f×", a/b}') | $ours_second | $an_second |")
 done
 
-if [ "${COUNTS[-1]}" != 3 ]; then
-  log "restoring the default testbed (3 hosts)"
-  scripts/testbed up --workers 2 >&2 || true
-fi
+log "removing the benchmark testbed"
+scripts/testbed down >&2 || true
 
 echo "| hosts | first run: ours \`apply\` (s) | first run: \`ansible-playbook\` (s) | no-change: ours \`plan\` (s) | no-change: \`ansible-playbook --check\` (s) | plan speed-up | no-change: ours \`apply\` (s) | no-change: \`ansible-playbook\` (s) |"
 echo "|---|---|---|---|---|---|---|---|"

@@ -215,9 +215,11 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
             "{}: directories\n{out}",
             h.name
         );
-        assert_eq!(
-            out.matches(&format!(" {}\n", h.user)).count() >= 6,
-            true,
+        assert!(
+            out.lines()
+                .filter(|l| l.starts_with("home ") && l.ends_with(&format!(" {}", h.user)))
+                .count()
+                == 6,
             "{}: home dirs owned by {}\n{out}",
             h.name,
             h.user
@@ -439,8 +441,18 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
 
     // --- single mode: the master untainted (both taints) -------------------------------------
     let first_worker = format!("  - name: {}\n", workers[0].name);
+    // Single mode: the master only, and a services.yml without targetNode (no workers).
+    let single_services = dir.path().join("single-services.yml");
+    std::fs::write(
+        &single_services,
+        format!("deviceName: {}\nmicroservices:\n  sensor-reader:\n    startup: yes\n    always: yes\n    scale: 1\n", master.name),
+    )
+    .unwrap();
+    let services_abs = tb.dir().join("services.yml").display().to_string();
     let single = inventory_copy(&tb, dir.path(), |t| {
-        let t = t.replace("mode: cluster", "mode: single");
+        let t = t
+            .replace("mode: cluster", "mode: single")
+            .replace(&services_abs, &single_services.display().to_string());
         t[..t.find(&first_worker).expect("workers follow the master")].to_string()
     });
     let p = plan(&single);

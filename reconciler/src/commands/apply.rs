@@ -5,7 +5,9 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use crate::commands::plan::{Common, Format, close, prepare, print_plan};
+use crate::commands::plan::{
+    ClusterPart, Common, Format, close, plan_cluster, prepare, print_plan,
+};
 use crate::execute::{self, Context};
 use crate::lock::{self, LocalLock};
 use crate::progress::{Log, Progress};
@@ -68,11 +70,34 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
             parallel: c.parallel as usize,
         };
         let report = execute::apply(&plan, &cx).await;
-        // TODO(cluster helper): reconcile the per-node manifests (`cluster::plan` +
-        // `cluster::execute`) here once that library lands.
+        // Then the cluster: the per-node manifests (cluster::plan + cluster::execute), only
+        // when every host converged (the manifests pin pods to those nodes).
+        let cluster = if report.ok() {
+            match plan_cluster(&c.inventory, &p.inventory.kubeconfig).await {
+                Ok(ClusterPart::Planned(cp)) if cp.has_changes() => {
+                    let client = crate::kubeclient::client_from(&p.inventory.kubeconfig).await?;
+                    match crate::cluster::execute(&client, &cp, &crate::cluster::ExecuteOptions::default()).await {
+                        Ok(r) => Ok(r.summary()),
+                        Err(e) => Err(format!("{e:#}")),
+                    }
+                }
+                Ok(ClusterPart::Planned(_)) => Ok("cluster: no changes".to_string()),
+                Ok(ClusterPart::NotYet) => Err("no kubeconfig after the master steps".to_string()),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        } else {
+            Err("skipped: not every host converged".to_string())
+        };
+        if let Err(e) = &cluster {
+            log.write("cluster", "FAILED", e);
+        }
         match c.output {
             Format::Text => {
                 println!("{}", report.summary());
+                match &cluster {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => println!("cluster: {e}"),
+                }
                 for (h, o) in &report.hosts {
                     if !o.ok() {
                         println!(
@@ -88,11 +113,11 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
             Format::Json => println!(
                 "{}",
                 serde_json::to_string_pretty(
-                    &serde_json::json!({"plan": plan, "report": report, "log": log.path()})
+                    &serde_json::json!({"plan": plan, "report": report, "cluster": cluster.as_ref().map_err(|e| e.clone()), "log": log.path()})
                 )?
             ),
         }
-        anyhow::Ok(if report.ok() { 0 } else { 1 })
+        anyhow::Ok(if report.ok() && cluster.is_ok() { 0 } else { 1 })
     }
     .await;
     if let Some((h, user)) = locked {

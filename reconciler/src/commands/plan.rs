@@ -153,6 +153,24 @@ pub fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster part of the plan: the rendered per-node manifests against the live cluster
+/// (`cluster::plan`), once the master's admin kubeconfig has been fetched.
+pub enum ClusterPart {
+    /// No kubeconfig yet: the cluster is planned after the master is initialised.
+    NotYet,
+    Planned(Box<crate::cluster::ClusterPlan>),
+}
+
+pub async fn plan_cluster(inventory: &Path, kubeconfig: &Path) -> anyhow::Result<ClusterPart> {
+    if !kubeconfig.exists() {
+        return Ok(ClusterPart::NotYet);
+    }
+    let (inv, manifests) = crate::commands::render::load_and_render(inventory)?;
+    let client = crate::kubeclient::client_from(kubeconfig).await?;
+    let plan = crate::cluster::plan(&client, &manifests, &inv).await?;
+    Ok(ClusterPart::Planned(Box::new(plan)))
+}
+
 pub fn run(args: &Args) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -168,12 +186,36 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         )
         .await;
         close(p.hosts).await;
-        print_plan(&plan, args.common.output)?;
-        // TODO(cluster helper): add `cluster::plan` for the rendered per-node manifests here
-        // once that library lands.
-        Ok(if plan.counts.failed_hosts > 0 {
+        let cluster = plan_cluster(&args.common.inventory, &p.inventory.kubeconfig).await;
+        let cluster_changes = matches!(&cluster, Ok(ClusterPart::Planned(c)) if c.has_changes());
+        match args.common.output {
+            Format::Text => {
+                print_plan(&plan, Format::Text)?;
+                match &cluster {
+                    Ok(ClusterPart::NotYet) => {
+                        println!(
+                            "Cluster: planned after the master is initialised (no kubeconfig yet)"
+                        )
+                    }
+                    Ok(ClusterPart::Planned(c)) => {
+                        print!("{}", c.render_text(crate::output::use_color(), true))
+                    }
+                    Err(e) => println!("Cluster: cannot plan: {e:#}"),
+                }
+            }
+            Format::Json => {
+                let c = match &cluster {
+                    Ok(ClusterPart::Planned(c)) => serde_json::to_value(c)?,
+                    Ok(ClusterPart::NotYet) => serde_json::Value::Null,
+                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+                };
+                let v = serde_json::json!({"hosts": plan, "cluster": c});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        }
+        Ok(if plan.counts.failed_hosts > 0 || cluster.is_err() {
             1
-        } else if args.detailed_exitcode && plan.has_changes() {
+        } else if args.detailed_exitcode && (plan.has_changes() || cluster_changes) {
             2
         } else {
             0
