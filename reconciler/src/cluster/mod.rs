@@ -345,17 +345,35 @@ fn status_of(e: &kube::Error) -> Option<(u16, &str, &str)> {
     }
 }
 
+/// Plan one object. `known_live` is the live object when the ownership listing already returned
+/// it (then no GET is needed, and a certain no-op skips the dry-run too).
 async fn plan_one(
     client: &kube::Client,
     key: &ObjectKey,
     desired: &Value,
+    known_live: Option<&Value>,
 ) -> Result<(Action, Option<String>, Option<String>), ClusterError> {
     let mk = managed_kind(&key.kind).ok_or_else(|| ClusterError::UnsupportedKind {
         object: key.to_string(),
         kind: key.kind.clone(),
     })?;
+    if let Some(live) = known_live
+        && normalize::certainly_unchanged(desired, live, FIELD_MANAGER)
+    {
+        return Ok((Action::Unchanged, None, None));
+    }
+    if known_live.is_some() {
+        tracing::debug!(object = %key, "no-op not provable locally; asking the server (dry-run)");
+    }
     let api = mk.api(client, key.namespace.as_deref());
-    let live = api.get_opt(&key.name).await.map_err(|e| api_err(key, e))?;
+    let live = match known_live {
+        Some(v) => Some(v.clone()),
+        None => api
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| api_err(key, e))?
+            .map(|o| serde_json::to_value(&o).unwrap_or(Value::Null)),
+    };
     let pp = PatchParams::apply(FIELD_MANAGER).dry_run();
     let dry = api.patch(&key.name, &pp, &Patch::Apply(desired)).await;
     let label = key.to_string();
@@ -369,8 +387,7 @@ async fn plan_one(
                     Ok((Action::Create, Some(diff), None))
                 }
                 Some(live) => {
-                    let live =
-                        normalize::normalize(&serde_json::to_value(&live).unwrap_or(Value::Null));
+                    let live = normalize::normalize(&live);
                     if live == dry {
                         return Ok((Action::Unchanged, None, None));
                     }
@@ -469,9 +486,16 @@ pub async fn plan_with(
     inventory: &str,
     concurrency: usize,
 ) -> Result<ClusterPlan, ClusterError> {
+    // One LIST per kind gives every live object we own (for prune, and as the live side of the
+    // comparison, saving a GET per object).
+    let owned = list_owned(client, inventory).await?;
+    let live: std::collections::HashMap<_, &Value> =
+        owned.iter().map(|(k, v)| (identity(k), v)).collect();
+    let live = &live;
     let objects: Vec<_> = manifests.objects().collect();
     let results: Vec<_> = stream::iter(objects.iter().map(|o| async move {
-        let r = plan_one(client, &o.key, &o.value).await?;
+        let known = live.get(&identity(&o.key)).copied();
+        let r = plan_one(client, &o.key, &o.value, known).await?;
         Ok::<_, ClusterError>((*o, r))
     }))
     .buffered(concurrency.max(1))
@@ -491,8 +515,7 @@ pub async fn plan_with(
             desired: Some(o.value.clone()),
         });
     }
-    let mut prune: Vec<ObjectChange> = list_owned(client, inventory)
-        .await?
+    let mut prune: Vec<ObjectChange> = owned
         .into_iter()
         .filter(|(k, _)| !desired.contains(&identity(k)))
         .map(|(key, v)| {

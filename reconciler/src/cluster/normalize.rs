@@ -365,3 +365,166 @@ mod tests {
         );
     }
 }
+
+/// Associative lists in the object kinds we render, with their merge keys (from the Kubernetes
+/// API's `x-kubernetes-list-map-keys`). Any other list is treated as atomic.
+fn list_keys(field: &str) -> Option<&'static [&'static str]> {
+    Some(match field {
+        "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" => &["name"],
+        "volumeMounts" => &["mountPath"],
+        "ports" => &["containerPort", "port", "protocol"],
+        _ => return None,
+    })
+}
+
+/// Maps and structs the API declares atomic (owned as a whole).
+fn atomic_map(field: &str) -> bool {
+    matches!(field, "selector" | "nodeSelector" | "fieldRef" | "roleRef")
+}
+
+fn fields_of(v: &Value, field: Option<&str>) -> Value {
+    match v {
+        Value::Object(m) if !field.is_some_and(atomic_map) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                out.insert(format!("f:{k}"), fields_of(v, Some(k)));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => match field.and_then(list_keys) {
+            Some(keys) => {
+                let mut out = Map::new();
+                for item in items {
+                    let Some(obj) = item.as_object() else {
+                        return Value::Object(Map::new());
+                    };
+                    let mut key = Map::new();
+                    let mut names: Vec<&&str> =
+                        keys.iter().filter(|k| obj.contains_key(**k)).collect();
+                    names.sort();
+                    for k in names {
+                        key.insert((*k).to_owned(), obj[*k].clone());
+                    }
+                    let mut entry = Map::new();
+                    entry.insert(".".into(), Value::Object(Map::new()));
+                    if let Value::Object(fields) = fields_of(item, None) {
+                        entry.extend(fields);
+                    }
+                    out.insert(
+                        format!(
+                            "k:{}",
+                            serde_json::to_string(&Value::Object(key)).unwrap_or_default()
+                        ),
+                        Value::Object(entry),
+                    );
+                }
+                Value::Object(out)
+            }
+            None => Value::Object(Map::new()),
+        },
+        _ => Value::Object(Map::new()),
+    }
+}
+
+/// The `fieldsV1` set a server-side apply of `desired` leaves to its field manager (for the kinds
+/// and fields we render). `apiVersion`, `kind`, `metadata.name/namespace` are not tracked.
+pub fn applied_fields(desired: &Value) -> Value {
+    let mut d = desired.clone();
+    if let Some(o) = d.as_object_mut() {
+        o.remove("apiVersion");
+        o.remove("kind");
+        if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("name");
+            m.remove("namespace");
+            if m.is_empty() {
+                o.remove("metadata");
+            }
+        }
+    }
+    fields_of(&d, None)
+}
+
+/// Every value in `desired` is present and equal in `live` (lists: same length, item by item).
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d
+            .iter()
+            .all(|(k, dv)| l.get(k).is_some_and(|lv| is_subset(dv, lv))),
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))
+        }
+        (d, l) => d == l,
+    }
+}
+
+/// Whether applying `desired` to `live` is certainly a no-op, without asking the server: every
+/// desired value is already live, and our field manager's applied field set is exactly the
+/// desired one (so nothing would be removed, and no other manager has taken a field from us).
+/// `false` only means "ask the server" (dry-run).
+pub fn certainly_unchanged(desired: &Value, live: &Value, manager: &str) -> bool {
+    if !is_subset(desired, live) {
+        return false;
+    }
+    let Some(entries) = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
+        return false;
+    };
+    let ours: Vec<&Value> = entries
+        .iter()
+        .filter(|e| {
+            e.get("manager").and_then(Value::as_str) == Some(manager)
+                && e.get("operation").and_then(Value::as_str) == Some("Apply")
+                && e.get("subresource").is_none()
+        })
+        .collect();
+    match ours.as_slice() {
+        [one] => one.get("fieldsV1") == Some(&applied_fields(desired)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn applied_fields_match_the_servers_shape() {
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "x", "namespace": "n", "labels": {"run": "x"}},
+            "spec": {"selector": {"matchLabels": {"run": "x"}},
+                     "template": {"spec": {"containers": [{"name": "c", "image": "i",
+                        "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+                        "ports": [{"containerPort": 80, "protocol": "TCP", "name": "http"}]}]}}}});
+        assert_eq!(
+            applied_fields(&d),
+            json!({"f:metadata": {"f:labels": {"f:run": {}}},
+                   "f:spec": {"f:selector": {}, "f:template": {"f:spec": {"f:containers": {
+                       "k:{\"name\":\"c\"}": {".": {}, "f:env": {"k:{\"name\":\"A\"}": {".": {}, "f:name": {}, "f:valueFrom": {"f:fieldRef": {}}}},
+                                               "f:image": {}, "f:name": {},
+                                               "f:ports": {"k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {".": {}, "f:containerPort": {}, "f:name": {}, "f:protocol": {}}}}}}}}})
+        );
+    }
+
+    #[test]
+    fn unchanged_needs_equal_values_and_ownership() {
+        let d = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
+        let mut live = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "uid": "u", "managedFields": [
+                {"manager": "aion-reconcile", "operation": "Apply", "fieldsV1": {"f:data": {"f:a": {}}}}]},
+            "data": {"a": "1"}});
+        assert!(certainly_unchanged(&d, &live, "aion-reconcile"));
+        live["data"]["a"] = json!("2");
+        assert!(!certainly_unchanged(&d, &live, "aion-reconcile"));
+        live["data"]["a"] = json!("1");
+        // We used to own another field that the desired object no longer has: SSA would remove it.
+        live["metadata"]["managedFields"][0]["fieldsV1"] =
+            json!({"f:data": {"f:a": {}, "f:b": {}}});
+        assert!(!certainly_unchanged(&d, &live, "aion-reconcile"));
+        // Another manager took the field.
+        live["metadata"]["managedFields"][0]["fieldsV1"] = json!({});
+        assert!(!certainly_unchanged(&d, &live, "aion-reconcile"));
+    }
+}

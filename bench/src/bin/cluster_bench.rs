@@ -1,0 +1,308 @@
+//! Cluster benchmark: render, diff and no-change apply of 1,000 microservices across 3 nodes,
+//! ours side by side with `kubectl diff --server-side` and `kubectl apply --server-side` on the
+//! same rendered files, against the real kube-apiserver of `scripts/k8s-testenv.sh`.
+//!
+//! Usage (release build):
+//!   eval "$(scripts/k8s-testenv.sh env)"
+//!   cargo build --release -p aion-reconcile -p aion-bench --bin aion-reconcile --bin cluster_bench
+//!   target/release/cluster_bench [--count 1000] [--runs 3]
+//! Wall time and peak RSS of every step come from `/usr/bin/time -f '%e %M'` on a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+const NODES: usize = 3;
+
+fn services_yml(count: usize, node: usize) -> String {
+    let mut s = String::from("microservices:\n");
+    for i in (0..count).filter(|i| i % NODES == node) {
+        s.push_str(&format!(
+            "  svc-{i:04}:\n    always: yes\n    tag: v1.{i}\n    env:\n      QUEUE_ORIGIN: q-{i}\n      POLLING_INTERVAL: 5\n      MYSQL_PORT: 3306\n"
+        ));
+        if i % 4 == 0 {
+            s.push_str(&format!(
+                "    ports:\n      - name: http\n        protocol: TCP\n        port: {}\n",
+                8000 + (i % 1000)
+            ));
+        }
+    }
+    s
+}
+
+fn write_inputs(dir: &Path, id: &str, count: usize) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut inv = format!("name: bench-{id}\nmode: cluster\nkubeconfig: kubeconfig\nhosts:\n");
+    let names = [
+        format!("b{id}-master"),
+        format!("b{id}-w1"),
+        format!("b{id}-w2"),
+    ];
+    for (n, name) in names.iter().enumerate() {
+        let file = format!("services-{n}.yml");
+        std::fs::write(dir.join(&file), services_yml(count, n))?;
+        let role = if n == 0 { "master" } else { "worker" };
+        inv.push_str(&format!(
+            "  - name: {name}\n    address: 127.0.0.{}\n    role: {role}\n    services: {file}\n",
+            n + 1
+        ));
+        if n == 0 {
+            inv.push_str(&format!("    vars: {{namespace: {name}}}\n"));
+        }
+    }
+    let path = dir.join("inventory.yml");
+    std::fs::write(&path, inv)?;
+    Ok(path)
+}
+
+/// Run a command under `/usr/bin/time`; returns (seconds, peak RSS MiB, exit code).
+fn timed(cmd: &mut Command) -> anyhow::Result<(f64, f64, i32)> {
+    let prog = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let envs: Vec<_> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())))
+        .collect();
+    let tf = std::env::temp_dir().join(format!("cluster-bench-time-{}", std::process::id()));
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(&tf)
+        .arg(&prog)
+        .args(&args)
+        .envs(envs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .with_context(|| format!("running {prog:?} under /usr/bin/time"))?;
+    let t = std::fs::read_to_string(&tf)?;
+    let last = t.lines().last().unwrap_or("");
+    let mut it = last.split_whitespace();
+    let secs: f64 = it.next().unwrap_or("0").parse()?;
+    let kib: f64 = it.next().unwrap_or("0").parse()?;
+    let code = out.status.code().unwrap_or(-1);
+    if code > 1 {
+        bail!(
+            "{prog:?} {args:?} failed ({code}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((secs, kib / 1024.0, code))
+}
+
+fn median(mut v: Vec<(f64, f64, i32)>) -> (f64, f64) {
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let m = v[v.len() / 2];
+    let peak = v.iter().map(|x| x.1).fold(0.0, f64::max);
+    (m.0, peak)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child-apply") {
+        return child_apply(Path::new(&args[2]), Path::new(&args[3]));
+    }
+    let opt = |name: &str, default: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let count = opt("--count", 1000);
+    let runs = opt("--runs", 3).max(1);
+    let kubeconfig = PathBuf::from(
+        std::env::var("AION_TEST_KUBECONFIG")
+            .context("AION_TEST_KUBECONFIG unset: eval \"$(scripts/k8s-testenv.sh env)\"")?,
+    );
+    let kubectl = std::env::var("AION_KUBECTL").context("AION_KUBECTL unset")?;
+    let me = std::env::current_exe()?;
+    let ours = me.with_file_name("aion-reconcile");
+    anyhow::ensure!(
+        ours.exists(),
+        "{} missing: build it in the same profile",
+        ours.display()
+    );
+
+    let id = format!("{:x}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("aion-cluster-bench-{id}"));
+    let inv = write_inputs(&dir, &id, count)?;
+    let out = dir.join("rendered");
+
+    // In-process render (library call, no file I/O), median of `runs`.
+    let loaded_inv = aion_model::inventory::load(&inv)?.value;
+    let services: Vec<_> = loaded_inv
+        .hosts
+        .iter()
+        .map(|h| {
+            let p = h.services.clone().expect("bench hosts have services");
+            (
+                h.name.clone(),
+                aion_model::services::load(&p).unwrap().value,
+            )
+        })
+        .collect();
+    let mut lib = Vec::new();
+    let mut objects = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let m = aion_reconcile::render::render(&loaded_inv, &services)?;
+        lib.push(t.elapsed().as_secs_f64());
+        objects = m.objects().count();
+    }
+    lib.sort_by(f64::total_cmp);
+
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    let render = median(
+        (0..runs)
+            .map(|_| {
+                timed(
+                    Command::new(&ours)
+                        .args(["render", "-i"])
+                        .arg(&inv)
+                        .arg("--out-dir")
+                        .arg(&out),
+                )
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    rows.push((
+        "aion-reconcile render (CLI: load+validate+render+write)".into(),
+        render.0,
+        render.1,
+    ));
+
+    // First apply (setup, not measured as no-change).
+    let setup = timed(
+        Command::new(&me)
+            .arg("--child-apply")
+            .arg(&inv)
+            .arg(&kubeconfig),
+    )?;
+    eprintln!("setup apply (creates {objects} objects): {:.2}s", setup.0);
+
+    let kc = kubeconfig.to_str().unwrap();
+    let ours_diff = median(
+        (0..runs)
+            .map(|_| {
+                timed(
+                    Command::new(&ours)
+                        .args(["diff", "-i"])
+                        .arg(&inv)
+                        .args(["--kubeconfig", kc]),
+                )
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let files: Vec<String> = std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.ends_with(".yaml"))
+        .collect();
+    let mut fargs = Vec::new();
+    for f in &files {
+        fargs.push("-f".to_owned());
+        fargs.push(f.clone());
+    }
+    let kubectl_diff = median(
+        (0..runs)
+            .map(|_| {
+                timed(
+                    Command::new(&kubectl)
+                        .args([
+                            "--kubeconfig",
+                            kc,
+                            "diff",
+                            "--server-side",
+                            "--field-manager=aion-reconcile",
+                        ])
+                        .args(&fargs),
+                )
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let ours_apply = median(
+        (0..runs)
+            .map(|_| {
+                timed(
+                    Command::new(&me)
+                        .arg("--child-apply")
+                        .arg(&inv)
+                        .arg(&kubeconfig),
+                )
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let kubectl_apply = median(
+        (0..runs)
+            .map(|_| {
+                timed(
+                    Command::new(&kubectl)
+                        .args([
+                            "--kubeconfig",
+                            kc,
+                            "apply",
+                            "--server-side",
+                            "--field-manager=aion-reconcile",
+                        ])
+                        .args(&fargs),
+                )
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    rows.push((
+        "aion-reconcile diff (no changes)".into(),
+        ours_diff.0,
+        ours_diff.1,
+    ));
+    rows.push((
+        "kubectl diff --server-side".into(),
+        kubectl_diff.0,
+        kubectl_diff.1,
+    ));
+    rows.push((
+        "aion-reconcile apply, cluster part (no changes)".into(),
+        ours_apply.0,
+        ours_apply.1,
+    ));
+    rows.push((
+        "kubectl apply --server-side (no changes)".into(),
+        kubectl_apply.0,
+        kubectl_apply.1,
+    ));
+
+    println!(
+        "{count} microservices, 3 nodes, {objects} objects; median of {runs} run(s); in-process render {:.1} ms (median)\n",
+        lib[lib.len() / 2] * 1000.0
+    );
+    println!("| step | wall time (s) | peak RSS (MiB) |\n|---|---:|---:|");
+    for (name, secs, mib) in &rows {
+        println!("| {name} | {secs:.2} | {mib:.1} |");
+    }
+
+    // Clean up: delete what the bench created.
+    let rt = aion_reconcile::kubeclient::runtime()?;
+    rt.block_on(async {
+        let client = aion_reconcile::kubeclient::client_from(&kubeconfig).await?;
+        aion_reconcile::cluster::down(&client, &loaded_inv.name, &Default::default()).await?;
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The cluster part of `apply`: load, render, plan (dry-run + prune listing), execute.
+fn child_apply(inv: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
+    let (inv, manifests) = aion_reconcile::commands::render::load_and_render(inv)?;
+    let rt = aion_reconcile::kubeclient::runtime()?;
+    rt.block_on(async {
+        let client = aion_reconcile::kubeclient::client_from(kubeconfig).await?;
+        let plan = aion_reconcile::cluster::plan(&client, &manifests, &inv).await?;
+        let report = aion_reconcile::cluster::execute(&client, &plan, &Default::default()).await?;
+        eprintln!("{}", report.summary());
+        anyhow::Ok(())
+    })
+}
