@@ -1217,6 +1217,15 @@ resources:
     }
 
     #[test]
+    fn marked_output_splits_per_step() {
+        let out = "\n@@AION-STEP 0\nhello\n\n@@AION-STEP 0 end 0\n\n@@AION-STEP 1\nboom\n\n@@AION-STEP 1 end 3\n\n@@AION-STEP 2\npartial";
+        let m = split_marked(out);
+        assert_eq!(m[&0], ("hello\n".to_string(), Some(0)));
+        assert_eq!(m[&1], ("boom\n".to_string(), Some(3)));
+        assert_eq!(m[&2], ("partial".to_string(), None));
+    }
+
+    #[test]
     fn duplicate_hostnames_fail_before_anything_runs() {
         let b = bed();
         let mut inv = b.inv.clone();

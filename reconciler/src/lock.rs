@@ -232,4 +232,59 @@ mod tests {
         .unwrap();
         assert!(LocalLock::acquire(&p, "me").is_ok());
     }
+
+    #[tokio::test]
+    async fn remote_lock_excludes_names_holder_and_expires() {
+        use crate::host::local::LocalHost;
+        let dir = tempfile::tempdir().unwrap();
+        let h = LocalHost {
+            name: "m".into(),
+            root: dir.path().to_owned(),
+            bin: None,
+        };
+        let stale = Duration::from_secs(3600);
+        acquire_remote(&h, "root", "alice@op pid 1 since T1", stale)
+            .await
+            .unwrap();
+        let e = acquire_remote(&h, "root", "bob@op pid 2 since T2", stale)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("alice@op pid 1 since T1") && e.contains("on m"),
+            "{e}"
+        );
+        // Only the holder releases it.
+        release_remote(&h, "root", "bob@op pid 2 since T2").await;
+        assert!(
+            acquire_remote(&h, "root", "bob@op pid 2 since T2", stale)
+                .await
+                .is_err()
+        );
+        release_remote(&h, "root", "alice@op pid 1 since T1").await;
+        acquire_remote(&h, "root", "bob@op pid 2 since T2", stale)
+            .await
+            .unwrap();
+        // A lock older than `stale_after` is taken over.
+        acquire_remote(
+            &h,
+            "root",
+            "carol@op pid 3 since T3",
+            Duration::from_secs(0),
+        )
+        .await
+        .ok();
+        std::thread::sleep(Duration::from_millis(1100));
+        acquire_remote(
+            &h,
+            "root",
+            "carol@op pid 3 since T3",
+            Duration::from_secs(0),
+        )
+        .await
+        .unwrap();
+        let owner =
+            std::fs::read_to_string(dir.path().join("var/lib/aion/.reconcile.lock/owner")).unwrap();
+        assert_eq!(owner.trim(), "carol@op pid 3 since T3");
+    }
 }
