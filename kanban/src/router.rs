@@ -23,7 +23,6 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 
 use crate::amqp::{self, AmqpError};
 use crate::lifecycle::KubeLifecycle;
@@ -218,7 +217,9 @@ async fn session(
     let conn = amqp::connect(url, "aion-kanban-router").await?;
     let ctl = amqp::channel(&conn, url, false).await?;
     amqp::declare(&ctl, &topology::plan(&services)).await?;
-    let publish = amqp::channel(&conn, url, true).await?;
+    // Publishing on its own connection keeps confirms and deliveries off each other's socket.
+    let pub_conn = amqp::connect(url, "aion-kanban-router-publish").await?;
+    let publish = amqp::channel(&pub_conn, url, true).await?;
     let consume = amqp::channel(&conn, url, false).await?;
     consume
         .basic_qos(opts.prefetch, BasicQosOptions::default())
@@ -288,7 +289,7 @@ async fn session(
         publish,
         remotes: HashMap::new(),
     };
-    let mut inflight: JoinSet<()> = JoinSet::new();
+    let inflight = Inflight::start();
     let every = Duration::from_secs(30);
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let end = loop {
@@ -300,19 +301,20 @@ async fn session(
                 None => break Err(anyhow::anyhow!("all consumers were cancelled")),
                 Some((_, Err(e))) => break Err(anyhow::anyhow!("consumer error: {e}")),
                 Some((src, Ok(d))) => {
-                    if let Err(e) = s.handle(src, d, &mut inflight).await {
+                    if let Err(e) = s.handle(src, d, &inflight).await {
                         break Err(e);
                     }
                 }
             },
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             _ = keepalive.tick() => s.keep_always_running().await,
         }
     };
     // Let confirmations that are on their way finish, so their messages get acked.
-    let drain = async { while inflight.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), inflight.drain()).await;
     let _ = conn
+        .close(200, "aion-kanban router session end".into())
+        .await;
+    let _ = pub_conn
         .close(200, "aion-kanban router session end".into())
         .await;
     for (_, (c, _)) in s.remotes.drain() {
@@ -363,7 +365,7 @@ impl Session {
         &mut self,
         src: Source,
         d: Delivery,
-        inflight: &mut JoinSet<()>,
+        inflight: &Inflight,
     ) -> anyhow::Result<()> {
         match src {
             Source::Output {
@@ -384,7 +386,7 @@ impl Session {
         service: &str,
         number: i32,
         d: Delivery,
-        inflight: &mut JoinSet<()>,
+        inflight: &Inflight,
     ) -> anyhow::Result<()> {
         let ms = self.services.microservice(service).cloned();
         let dlq = ms
@@ -563,13 +565,16 @@ impl Session {
                     rep.record(rec);
                 }
                 if let Some(lc) = lifecycle {
-                    for (svc, n) in starts {
-                        if let Some(ms) = services.microservice(&svc)
-                            && let Err(e) = lc.ensure_running(ms, n).await
-                        {
-                            tracing::warn!("on-demand start of {}: {e}", ms.instance_name(n));
+                    // Off the confirm/ack pipeline: an apiserver round trip must not delay acks.
+                    tokio::spawn(async move {
+                        for (svc, n) in starts {
+                            if let Some(ms) = services.microservice(&svc)
+                                && let Err(e) = lc.ensure_running(ms, n).await
+                            {
+                                tracing::warn!("on-demand start of {}: {e}", ms.instance_name(n));
+                            }
                         }
-                    }
+                    });
                 }
             }
         });
@@ -619,11 +624,7 @@ impl Session {
             .map_err(|e| ForwardError::Retry(e.to_string()))
     }
 
-    async fn handle_inbound(
-        &mut self,
-        d: Delivery,
-        inflight: &mut JoinSet<()>,
-    ) -> anyhow::Result<()> {
+    async fn handle_inbound(&mut self, d: Delivery, inflight: &Inflight) -> anyhow::Result<()> {
         let mut rec = Record {
             at: now(),
             source_queue: INBOUND_QUEUE.into(),
@@ -731,14 +732,50 @@ impl Session {
                 if let Some(rep) = replicator {
                     rep.record(rec);
                 }
-                if let Some(lc) = lifecycle
-                    && let Err(e) = lc.ensure_running(&ms, f.number).await
-                {
-                    tracing::warn!("on-demand start of {}: {e}", ms.instance_name(f.number));
+                if let Some(lc) = lifecycle {
+                    tokio::spawn(async move {
+                        if let Err(e) = lc.ensure_running(&ms, f.number).await {
+                            tracing::warn!(
+                                "on-demand start of {}: {e}",
+                                ms.instance_name(f.number)
+                            );
+                        }
+                    });
                 }
             }
         });
         Ok(())
+    }
+}
+
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Confirm-then-ack work, run in order by one task (cheaper than a task per kanban, and acks
+/// leave in delivery order).
+struct Inflight {
+    tx: tokio::sync::mpsc::UnboundedSender<Job>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Inflight {
+    fn start() -> Inflight {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        let task = tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                job.await;
+            }
+        });
+        Inflight { tx, task }
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let _ = self.tx.send(Box::pin(f));
+    }
+
+    /// Finish everything queued.
+    async fn drain(self) {
+        drop(self.tx);
+        let _ = self.task.await;
     }
 }
 
