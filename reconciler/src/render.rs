@@ -2,8 +2,9 @@
 //! except [`Manifests::write_to`].
 //!
 //! The templates live in `templates/` (minijinja, undefined variables are errors) and are
-//! compiled into the binary. Every value that comes from the user's files goes through `tojson`,
-//! so a scalar such as `yes` or `3306` stays a string. The rendered text is parsed back into JSON
+//! compiled into the binary. Template names end in `.yaml.j2`, so minijinja escapes every
+//! interpolated value as JSON (and the templates use `tojson` explicitly): a scalar such as `yes`
+//! or `3306` stays a string and no value can inject YAML. The rendered text is parsed back into JSON
 //! values (what `diff`/`apply` send) and kept as text (what `render` writes), so both views are the
 //! same bytes.
 //!
