@@ -3,13 +3,13 @@
 pub mod cli;
 pub mod cluster;
 pub mod commands;
-pub mod kubeclient;
-pub mod output;
-pub mod render;
 pub mod execute;
 pub mod facts;
 pub mod host;
+pub mod kubeclient;
 pub mod lock;
+pub mod output;
 pub mod plan;
 pub mod progress;
+pub mod render;
 pub mod roles;
