@@ -225,7 +225,10 @@ pub fn load_str(text: &str, file: &Path) -> Result<Loaded<ServicesFile>, LoadErr
     let root = doc
         .root
         .unwrap_or_else(|| crate::yaml::parse_str("", file).expect("empty"));
+    // Schema first, so its JSON copy is freed before the typed model is built.
+    let schema_diags = crate::schema::check(crate::schema::Kind::Services, &root);
     let mut loaded = from_node(&root);
+    drop(root);
     if let Some(span) = doc.extra_document {
         loaded.diagnostics.push(
             Diagnostic::warning(
@@ -237,7 +240,6 @@ pub fn load_str(text: &str, file: &Path) -> Result<Loaded<ServicesFile>, LoadErr
             .with_hint("upstream aion-core reads one document; remove the `---` and what follows"),
         );
     }
-    let schema_diags = crate::schema::check(crate::schema::Kind::Services, &root);
     crate::schema::merge(&mut loaded.diagnostics, schema_diags);
     crate::diag::sort(&mut loaded.diagnostics);
     Ok(loaded)

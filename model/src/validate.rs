@@ -3,7 +3,7 @@
 //! (warnings). Pure functions over the typed model; positions come from the model's spans and
 //! the loader's [`SourceInfo`](crate::services::SourceInfo) side table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::diag::Diagnostic;
 use crate::inventory::Inventory;
@@ -44,7 +44,7 @@ pub fn services(file: &ServicesFile, inventory: Option<&Inventory>) -> Vec<Diagn
         out: Vec::new(),
     };
     let mut node_ports: HashMap<i32, (String, usize)> = HashMap::new();
-    let names: Vec<&str> = file.microservices.iter().map(|m| m.name.as_str()).collect();
+    let names: HashSet<&str> = file.microservices.iter().map(|m| m.name.as_str()).collect();
     let devices: Vec<&str> = file.devices.iter().map(|d| d.name.as_str()).collect();
     for ms in &file.microservices {
         let ptr = join_pointer("/microservices", &ms.name);
@@ -453,7 +453,7 @@ fn check_ports(
     }
 }
 
-fn check_next(cx: &mut Ctx, ms: &Microservice, ptr: &str, names: &[&str], devices: &[&str]) {
+fn check_next(cx: &mut Ctx, ms: &Microservice, ptr: &str, names: &HashSet<&str>, devices: &[&str]) {
     let base = join_pointer(ptr, "nextService");
     for (key, targets) in &ms.next_service {
         let kp = join_pointer(&base, key);
@@ -498,7 +498,7 @@ fn check_next(cx: &mut Ctx, ms: &Microservice, ptr: &str, names: &[&str], device
                     t.span.clone(),
                     format!("{p}/name"),
                 );
-                d = match suggest(&t.name, names) {
+                d = match suggest(&t.name, &names.iter().copied().collect::<Vec<_>>()) {
                     Some(s) if !t.name.is_empty() => d.with_hint(format!("did you mean `{s}`?")),
                     _ => d.with_hint(
                         "define that microservice, or add `device:` naming the device that runs it",

@@ -672,28 +672,34 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match b.stack.pop() {
                     Some(Frame::Seq {
-                        items,
+                        mut items,
                         span,
                         anchor,
-                    }) => (
-                        Node {
-                            value: Value::Seq(items),
-                            span,
-                        },
-                        anchor,
-                    ),
+                    }) => {
+                        items.shrink_to_fit();
+                        (
+                            Node {
+                                value: Value::Seq(items),
+                                span,
+                            },
+                            anchor,
+                        )
+                    }
                     Some(Frame::Map {
-                        pairs,
+                        mut pairs,
                         span,
                         anchor,
                         ..
-                    }) => (
-                        Node {
-                            value: Value::Map(pairs),
-                            span,
-                        },
-                        anchor,
-                    ),
+                    }) => {
+                        pairs.shrink_to_fit();
+                        (
+                            Node {
+                                value: Value::Map(pairs),
+                                span,
+                            },
+                            anchor,
+                        )
+                    }
                     None => {
                         return Err(b.err(
                             YamlErrorKind::Syntax,
