@@ -339,8 +339,7 @@ pub fn next_delay(schedule: Schedule, now: chrono::DateTime<chrono::Local>) -> D
 mod tests {
     use super::*;
 
-    const SAMPLE: &str =
-        include_str!("../../../shared/aion-examples/data-sweeper/data-sweeper-kube-sample.yml");
+    const SAMPLE: &str = include_str!("../testdata/data-sweeper-kube-sample.yml");
 
     #[test]
     fn parses_upstream_samples() {
@@ -355,9 +354,7 @@ mod tests {
         );
         assert_eq!(r.schedule, Some(Schedule::DailyAt(0, 0, 0)));
         assert_eq!(r.ignores[0].0, "check-dongle-connection");
-        let ansible = include_str!(
-            "../../../shared/aion-examples/data-sweeper/aion-ansible-unification-data-sweeper.yml"
-        );
+        let ansible = include_str!("../testdata/aion-ansible-unification-data-sweeper.yml");
         let r = parse(ansible, Path::new("a.yml")).unwrap();
         assert_eq!(r.schedule, None);
         assert_eq!(r.ignores[0].0, "", "null microservice matches every path");
