@@ -72,14 +72,17 @@ fn apply(inventory: &Path) -> u8 {
     aion_reconcile::commands::apply::run(&args).unwrap()
 }
 
-fn index(h: &TestbedHost) -> u32 {
+fn last_octet(h: &TestbedHost) -> u32 {
     h.address
         .rsplit('.')
         .next()
         .unwrap()
         .parse::<u32>()
         .unwrap()
-        - 10
+}
+
+fn index(h: &TestbedHost) -> u32 {
+    last_octet(h) - 10
 }
 
 /// Undo everything provisioning does, so the hosts are as `scripts/testbed up` left them.
@@ -93,7 +96,8 @@ fn reset(tb: &Testbed, h: &TestbedHost) {
         r#"kubeadm reset -f >/dev/null 2>&1 || true
 apt-mark unhold kubelet kubeadm kubectl >/dev/null 2>&1 || true
 for p in kubelet kubeadm kubectl kubernetes-cni cri-tools docker.io containerd; do apt-get remove -y "$p" >/dev/null 2>&1 || true; done
-rm -rf /var/lib/aion /etc/docker/daemon.json /etc/apt/sources.list.d/kubernetes.list /etc/kubernetes {home}/.kube {home}/{name}
+rm -rf /var/lib/aion /etc/docker/daemon.json /etc/apt/sources.list.d/kubernetes.list /etc/apt/keyrings/kubernetes-apt-keyring.gpg /etc/kubernetes {home}/.kube {home}/{name}
+apt-get update >/dev/null 2>&1 || true  # forget the pkgs.k8s.io package lists, as on a fresh host
 sed -i '/^export AION_HOME=/d; /^export DOCKER_BUILDKIT=/d' {home}/.profile
 gpasswd -d {user} docker >/dev/null 2>&1 || true
 echo tb-host-{i} > /etc/hostname; hostname tb-host-{i}
@@ -115,9 +119,28 @@ fn calls_since(tb: &Testbed, h: &TestbedHost, n: usize) -> Vec<String> {
     tb.standin_calls(h).into_iter().skip(n).collect()
 }
 
+/// Every host as `scripts/testbed up` left it, and no Node objects for them. Done before the
+/// test (fresh hosts) and after it, so the testbed tests that run later see fresh hosts too.
+fn reset_all(tb: &Testbed) {
+    for h in &tb.hosts {
+        reset(tb, h);
+    }
+    // `kubeadm reset` leaves the Node objects (as on a real cluster); remove them so the hosts
+    // can join again under their names.
+    if let Some(cluster) = k8s::require() {
+        rt().block_on(async {
+            let nodes: Api<Node> = Api::all(cluster.client().await);
+            for h in &tb.hosts {
+                let _ = nodes.delete(&h.name, &Default::default()).await;
+            }
+        });
+    }
+}
+
 fn set_link(tb: &Testbed, h: &TestbedHost, up: bool) {
     let _ = tb;
-    let dev = format!("aiontb{}", index(h));
+    // scripts/testbed names a host's veth after the last octet of its address.
+    let dev = format!("aiontb{}", last_octet(h));
     let st = std::process::Command::new("ip")
         .args(["link", "set", &dev, if up { "up" } else { "down" }])
         .status()
@@ -134,19 +157,7 @@ fn provision_testbed_end_to_end() {
     let workers: Vec<TestbedHost> = tb.workers().cloned().collect();
 
     // --- fresh hosts: every role has work on every host --------------------------------------
-    for h in &tb.hosts {
-        reset(&tb, h);
-    }
-    // `kubeadm reset` leaves the Node objects (as on a real cluster); remove them so the hosts
-    // can join again under their names.
-    if let Some(cluster) = k8s::require() {
-        rt().block_on(async {
-            let nodes: Api<Node> = Api::all(cluster.client().await);
-            for h in &tb.hosts {
-                let _ = nodes.delete(&h.name, &Default::default()).await;
-            }
-        });
-    }
+    reset_all(&tb);
     let p = plan(&inv);
     assert_eq!(p.counts.failed_hosts, 0, "{p:?}");
     for hp in &p.hosts {
@@ -485,4 +496,7 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
         );
     });
     assert!(!plan(&single).has_changes());
+
+    // Leave the hosts fresh for the tests that run after this one.
+    reset_all(&tb);
 }
