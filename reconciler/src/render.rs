@@ -403,20 +403,8 @@ fn invalid(at: &Span, object: impl Into<String>, message: impl Into<String>) -> 
     }
 }
 
-/// RFC 1123 label: lowercase alphanumerics and '-', starts and ends alphanumeric, ≤ 63.
-pub fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// RFC 1123 subdomain: dot-separated labels, ≤ 253.
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
+/// Kubernetes' name rules live in the model crate, which `validate` uses too.
+pub use aion_model::k8s::{is_dns1123_label, is_dns1123_subdomain};
 
 /// A label value: ≤ 63, alphanumerics plus `-_.`, starting and ending alphanumeric.
 pub fn is_label_value(s: &str) -> bool {
