@@ -403,6 +403,7 @@ fn invalid(at: &Span, object: impl Into<String>, message: impl Into<String>) -> 
     }
 }
 
+use aion_model::k8s::is_iana_svc_name as is_port_name;
 /// Kubernetes' name rules live in the model crate, which `validate` uses too.
 pub use aion_model::k8s::{is_dns1123_label, is_dns1123_subdomain};
 
@@ -413,18 +414,6 @@ pub fn is_label_value(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
         && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
-}
-
-/// IANA service name (container/service port names): ≤ 15, lowercase alnum and '-', a letter.
-fn is_port_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.bytes().any(|b| b.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
 }
 
 fn namespace_exists_already(ns: &str) -> bool {
