@@ -523,11 +523,7 @@ impl Session {
                 let _ = c.await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            d.acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
+            requeue(&d)
                 .await
                 .map(drop)
                 .map_err(|e| anyhow::anyhow!("nack: {e}"))?;
@@ -546,16 +542,7 @@ impl Session {
                     ok = false;
                 }
             }
-            let r = if ok {
-                d.acker.ack(BasicAckOptions::default()).await
-            } else {
-                d.acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            };
+            let r = settle(&d, ok).await;
             if let Err(e) = r {
                 tracing::warn!("acknowledging a kanban: {e} (it will be redelivered)");
                 return;
@@ -676,11 +663,7 @@ impl Session {
                 // Disk trouble: keep the message and retry later.
                 tracing::error!("storing forwarded files under {}: {e}", dir.display());
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                d.acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
+                requeue(&d)
                     .await
                     .map_err(|e| anyhow::anyhow!("nack: {e}"))?;
                 return Ok(());
@@ -718,16 +701,7 @@ impl Session {
             let ok = amqp::check_confirm(&queue, c.await)
                 .inspect_err(|e| tracing::warn!("{e}"))
                 .is_ok();
-            let r = if ok {
-                d.acker.ack(BasicAckOptions::default()).await
-            } else {
-                d.acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            };
+            let r = settle(&d, ok).await;
             if r.is_ok() && ok {
                 if let Some(rep) = replicator {
                     rep.record(rec);
@@ -851,6 +825,25 @@ pub fn store_files(dir: &Path, files: &[ForwardedFile]) -> Result<Vec<String>, S
             Ok(dest.to_string_lossy().into_owned())
         })
         .collect()
+}
+
+/// Put a delivery back in its queue; it will be redelivered (at-least-once, nothing lost).
+async fn requeue(d: &Delivery) -> lapin::Result<bool> {
+    d.acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+}
+
+/// Ack a delivery once every next hop confirmed it, else requeue it.
+async fn settle(d: &Delivery, confirmed: bool) -> lapin::Result<bool> {
+    if confirmed {
+        d.acker.ack(BasicAckOptions::default()).await
+    } else {
+        requeue(d).await
+    }
 }
 
 #[cfg(test)]
