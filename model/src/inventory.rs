@@ -346,43 +346,45 @@ fn read_port(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<u16> {
 }
 
 fn read_role(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<Role> {
-    let s = r.string(n, p, field)?;
-    match s.as_str() {
-        "master" => Some(Role::Master),
-        "worker" => Some(Role::Worker),
-        _ => {
-            r.diags.push(
-                Diagnostic::error(
-                    "invalid-value",
-                    format!("`{field}` is `master` or `worker`, found {s:?}"),
-                    n.span.clone(),
-                    p,
-                )
-                .with_hint("one host is the master (control plane); the others are workers"),
-            );
-            None
-        }
-    }
+    read_choice(
+        r,
+        (n, p, field),
+        &[("master", Role::Master), ("worker", Role::Worker)],
+        "one host is the master (control plane); the others are workers",
+    )
 }
 
 fn read_mode(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<Mode> {
+    read_choice(
+        r,
+        (n, p, field),
+        &[("single", Mode::Single), ("cluster", Mode::Cluster)],
+        "single: one master runs everything; cluster: a master plus workers",
+    )
+}
+
+/// A string field that must be one of two words; anything else is `invalid-value` naming both.
+fn read_choice<T: Copy>(
+    r: &mut Reader,
+    (n, p, field): (&Node, &str, &str),
+    choices: &[(&str, T); 2],
+    hint: &str,
+) -> Option<T> {
     let s = r.string(n, p, field)?;
-    match s.as_str() {
-        "single" => Some(Mode::Single),
-        "cluster" => Some(Mode::Cluster),
-        _ => {
-            r.diags.push(
-                Diagnostic::error(
-                    "invalid-value",
-                    format!("`{field}` is `single` or `cluster`, found {s:?}"),
-                    n.span.clone(),
-                    p,
-                )
-                .with_hint("single: one master runs everything; cluster: a master plus workers"),
-            );
-            None
-        }
+    if let Some((_, v)) = choices.iter().find(|(word, _)| *word == s) {
+        return Some(*v);
     }
+    let [(a, _), (b, _)] = choices;
+    r.diags.push(
+        Diagnostic::error(
+            "invalid-value",
+            format!("`{field}` is `{a}` or `{b}`, found {s:?}"),
+            n.span.clone(),
+            p,
+        )
+        .with_hint(hint),
+    );
+    None
 }
 
 fn read_ssh(r: &mut Reader, n: &Node, p: &str, into: &mut Partial) {
