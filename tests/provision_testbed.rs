@@ -137,6 +137,16 @@ fn reset_all(tb: &Testbed) {
     }
 }
 
+/// The keys of a Node's taints.
+fn taint_keys(node: Node) -> Vec<String> {
+    node.spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect()
+}
+
 fn set_link(tb: &Testbed, h: &TestbedHost, up: bool) {
     let _ = tb;
     // scripts/testbed names a host's veth after the last octet of its address.
@@ -310,14 +320,7 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
                 .await
                 .unwrap_or_else(|e| panic!("node {} not registered: {e}", h.name));
         }
-        let m = nodes.get(&master.name).await.unwrap();
-        let taints: Vec<String> = m
-            .spec
-            .and_then(|s| s.taints)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|t| t.key)
-            .collect();
+        let taints = taint_keys(nodes.get(&master.name).await.unwrap());
         assert!(
             taints
                 .iter()
@@ -480,14 +483,7 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
         let client = aion_reconcile::kubeclient::client_from(&kubeconfig)
             .await
             .unwrap();
-        let n = Api::<Node>::all(client).get(&master.name).await.unwrap();
-        let taints: Vec<String> = n
-            .spec
-            .and_then(|s| s.taints)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|t| t.key)
-            .collect();
+        let taints = taint_keys(Api::<Node>::all(client).get(&master.name).await.unwrap());
         assert!(
             !taints
                 .iter()
