@@ -1,13 +1,15 @@
 //! aion-kanban's lifecycle against the real kube-apiserver (`scripts/k8s-testenv.sh`) and a real
 //! RabbitMQ (`scripts/rabbitmq.sh`): `startup` services scaled up at boot, other services
 //! started on demand when a kanban is routed to them (Deployment scaled from 0, suspended Job
-//! resumed). The workloads are created here the way the reconciler renders idle instances.
+//! resumed), also when the kanban was routed producer-side by the client library (its record
+//! copy reaches the runtime). The workloads are created here the way the reconciler renders idle instances.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aion_integration_tests::{k8s, rabbitmq, rabbitmq::amqp};
 use aion_kanban::lifecycle::KubeLifecycle;
+use aion_kanban::output::{Output, OutputOptions};
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -161,6 +163,29 @@ microservices:
     );
     assert_eq!(
         amqp::take(&ch, &format!("{p}job-001.in"), 1, WAIT)
+            .await
+            .len(),
+        1
+    );
+
+    // Producer-side routing: the client publishes straight to dep-001.in; its record copy
+    // makes the runtime start the instance.
+    let out = Output::new(OutputOptions {
+        url: b.url.clone(),
+        services: ServicesSource::Value(Arc::new(cfg.clone())),
+        device: None,
+        queue_to: format!("{p}src-001.out"),
+        durable: true,
+    })
+    .unwrap();
+    out.send(&aion_kanban::Kanban::default()).await.unwrap();
+    wait_until(
+        "Deployment instance 1 scaled from 0 by a client's record",
+        || async { replicas(format!("{p}dep-001")).await == 1 },
+    )
+    .await;
+    assert_eq!(
+        amqp::take(&ch, &format!("{p}dep-001.in"), 1, WAIT)
             .await
             .len(),
         1

@@ -7,82 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aion_integration_tests::rabbitmq::kanban::{all_queues, json_of, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
-use aion_kanban::replicator::{self, Replicator};
+use aion_kanban::replicator;
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
-use aion_model::ServicesFile;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn services(yaml: &str) -> ServicesFile {
-    let loaded = aion_model::services::load_str(yaml, Path::new("test-services.yml"))
-        .unwrap_or_else(|e| panic!("test services.yml: {e}"));
-    loaded.value
-}
-
-struct Router {
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    stop: oneshot::Sender<()>,
-    writer: Option<aion_kanban::replicator::WriterThread>,
-    replicator: Option<Replicator>,
-}
-
-impl Router {
-    /// Stop the router and wait until the replicator wrote everything.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task
-            .await
-            .expect("router task")
-            .expect("router result");
-        if let Some(r) = self.replicator {
-            r.flush();
-        }
-        if let Some(w) = self.writer {
-            w.join();
-        }
-    }
-}
-
-fn start_router(mut opts: RouterOptions, db: Option<&Path>) -> Router {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let mut writer = None;
-    let mut rep = None;
-    if let Some(db) = db {
-        let (r, w) = Replicator::open(db, 10_000).expect("replicator");
-        opts.replicator = Some(r.clone());
-        rep = Some(r);
-        writer = Some(w);
-    }
-    opts.prefetch = 16;
-    let task = tokio::spawn(router::run(opts, async move {
-        let _ = stopped.await;
-    }));
-    Router {
-        task,
-        stop,
-        writer,
-        replicator: rep,
-    }
-}
-
-fn json_of(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
 fn header(props: &lapin::BasicProperties, key: &str) -> Option<String> {
     aion_kanban::amqp::header_str(props, key)
-}
-
-fn all_queues(cfg: &ServicesFile) -> Vec<String> {
-    aion_kanban::topology::plan(cfg)
-        .into_iter()
-        .map(|q| q.name)
-        .filter(|n| !n.starts_with("aion-kanban."))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! An example microservice using the aion-kanban client library.
 //!
 //! Configured the AION way: `RABBITMQ_URL`, `QUEUE_ORIGIN` (its input queue, e.g.
-//! `echo-001.in`), `QUEUE_TO` (its output queue, e.g. `echo-001.out`). For every kanban it
+//! `echo-001.in`), `QUEUE_TO` (its output queue, e.g. `echo-001.out`), optionally
+//! `AION_SERVICES` (services.yml: route results producer-side). For every kanban it
 //! receives it adds `metadata.echoedBy`, sends the result on, and acknowledges the input only
 //! after the result was confirmed by the broker. A message that is not a kanban is failed
 //! (→ the service's dead-letter queue) and the service keeps going.
@@ -25,12 +26,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(mut k) => {
                 k.metadata.insert("echoedBy".into(), me.clone().into());
                 k.prior_success = true;
-                match client.output(&k).await {
-                    Ok(()) => msg.success().await?,
-                    Err(e) => {
-                        tracing::warn!("sending result: {e}; requeueing the input");
-                        msg.requeue().await?;
-                    }
+                // Acks the input after the result was confirmed; requeues it otherwise.
+                if let Err(e) = client.forward(msg, &k).await {
+                    tracing::warn!("{e}");
                 }
             }
             Err(e) => {

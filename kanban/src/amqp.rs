@@ -2,7 +2,11 @@
 //! upstream's RabbitMQ-era clients do (default exchange, routing key = queue name, JSON body,
 //! `application/json`, persistent).
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
@@ -79,12 +83,18 @@ pub fn queue_args(spec: &QueueSpec) -> FieldTable {
             AMQPValue::LongString(LongString::from(dlq.as_str())),
         );
     }
+    if let Some(n) = spec.max_length {
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(n));
+    }
     args
 }
 
 /// Declare every queue (durable). Declaring an existing queue with the same arguments is a
 /// no-op, so this runs at every start and after every configuration change.
-pub async fn declare(ch: &Channel, specs: &[QueueSpec]) -> Result<(), AmqpError> {
+pub async fn declare<'a>(
+    ch: &Channel,
+    specs: impl IntoIterator<Item = &'a QueueSpec>,
+) -> Result<(), AmqpError> {
     for spec in specs {
         ch.queue_declare(
             spec.name.as_str().into(),
@@ -153,6 +163,47 @@ pub fn check_confirm(
             source,
         }),
     }
+}
+
+/// Deliveries of several queues as one stream, each tagged with its queue's `T`.
+pub type Deliveries<T> =
+    futures::stream::SelectAll<futures::stream::BoxStream<'static, (T, lapin::Result<Delivery>)>>;
+
+/// Set QoS `prefetch` on `ch` and consume every queue of `queues` on it (consumer tag
+/// `<tag_prefix><queue>`): the router's and the client's receive loops both start here.
+pub async fn consume_all<T: Clone + Send + 'static>(
+    ch: &Channel,
+    url: &str,
+    prefetch: u16,
+    tag_prefix: &str,
+    queues: Vec<(String, T)>,
+) -> Result<Deliveries<T>, AmqpError> {
+    use futures::StreamExt;
+    ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await
+        .map_err(|source| AmqpError::Channel {
+            url: redact(url),
+            what: "basic.qos".into(),
+            source,
+        })?;
+    let mut all = futures::stream::SelectAll::new();
+    for (queue, tag) in queues {
+        let consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                format!("{tag_prefix}{queue}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| AmqpError::Channel {
+                url: redact(url),
+                what: format!("consuming `{queue}`"),
+                source,
+            })?;
+        all.push(consumer.map(move |d| (tag.clone(), d)).boxed());
+    }
+    Ok(all)
 }
 
 /// Headers for a dead-lettered message: why, and where it came from.

@@ -8,19 +8,25 @@
 //! * `send()` returns only after the broker confirmed the message (publisher confirms).
 //!
 //! Inside AION, a microservice instance receives on `QUEUE_ORIGIN` (`<base>-NNN.in`) and sends
-//! its results to `QUEUE_TO` (`<base>-NNN.out`); the router does the rest.
+//! its results to `QUEUE_TO` (`<base>-NNN.out`); the router does the rest. With `AION_SERVICES`
+//! set (the path of `services.yml`), [`Client`] routes producer-side instead ([`crate::output`]):
+//! results go straight to the next instances' input queues, and only what needs the router
+//! (other devices, terminate, no route, bad targets) goes to `QUEUE_TO`.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Channel, Connection};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::amqp::{self, AmqpError};
+use crate::config::ServicesSource;
 use crate::message::{DecodeError, Kanban};
+use crate::output::{Output, OutputError, OutputOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -30,6 +36,8 @@ pub enum ClientError {
     Env(&'static str),
     #[error("acknowledging message from `{queue}`: {source}")]
     Ack { queue: String, source: lapin::Error },
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 /// A received message.
@@ -147,31 +155,8 @@ async fn consume_once(
 ) -> Result<(), AmqpError> {
     let conn = amqp::connect(url, "aion-kanban-client").await?;
     let ch = amqp::channel(&conn, url, false).await?;
-    ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
-        .await
-        .map_err(|source| AmqpError::Channel {
-            url: amqp::redact(url),
-            what: "basic.qos".into(),
-            source,
-        })?;
-    let mut all = futures::stream::SelectAll::new();
-    for q in queues {
-        let c = ch
-            .basic_consume(
-                q.as_str().into(),
-                q.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| AmqpError::Channel {
-                url: amqp::redact(url),
-                what: format!("consuming `{q}`"),
-                source,
-            })?;
-        let q = q.clone();
-        all.push(c.map(move |d| (q.clone(), d)));
-    }
+    let tagged = queues.iter().map(|q| (q.clone(), q.clone())).collect();
+    let mut all = amqp::consume_all(&ch, url, prefetch, "", tagged).await?;
     while let Some((queue, d)) = all.next().await {
         let delivery = d.map_err(|source| AmqpError::Channel {
             url: amqp::redact(url),
@@ -234,11 +219,24 @@ impl Sender {
 }
 
 /// A microservice's client configured the AION way: `RABBITMQ_URL`, `QUEUE_ORIGIN` (input
-/// queues, comma-separated), `QUEUE_TO` (default output queue).
+/// queues, comma-separated), `QUEUE_TO` (default output queue); optional `AION_SERVICES`
+/// (services.yml: route producer-side, reloaded on SIGHUP and when the file changes) and
+/// `AION_DEVICE` (this device's name, default `deviceName`).
 pub struct Client {
     pub receiver: Receiver,
     pub sender: Sender,
     pub queue_to: String,
+    /// Producer-side routing, when `AION_SERVICES` is set.
+    pub output: Option<Arc<Output>>,
+    watch: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for w in &self.watch {
+            w.abort();
+        }
+    }
 }
 
 impl Client {
@@ -251,15 +249,55 @@ impl Client {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        Ok(Client {
+        let mut client = Client {
             receiver: Receiver::start(&url, &queues, 1),
             sender: Sender::new(&url),
-            queue_to,
-        })
+            queue_to: queue_to.clone(),
+            output: None,
+            watch: Vec::new(),
+        };
+        if let Some(path) = std::env::var_os("AION_SERVICES").map(PathBuf::from) {
+            let output = Arc::new(Output::new(OutputOptions {
+                url,
+                services: ServicesSource::File(path.clone()),
+                device: std::env::var("AION_DEVICE").ok().filter(|d| !d.is_empty()),
+                queue_to,
+                durable: true,
+            })?);
+            let reload = Arc::new(Notify::new());
+            if let Ok(h) = crate::config::notify_on_sighup(reload.clone()) {
+                client.watch.push(h);
+            }
+            client.watch.push(crate::config::spawn_file_watch(
+                path,
+                Duration::from_secs(2),
+                reload.clone(),
+            ));
+            client.watch.push(output.reload_on(reload));
+            client.output = Some(output);
+        }
+        Ok(client)
     }
 
-    /// Send a result kanban to `QUEUE_TO`.
+    /// Send a result kanban on (producer-side routing when configured, else to `QUEUE_TO`);
+    /// returns after the broker confirmed every hop.
     pub async fn output(&self, k: &Kanban) -> Result<(), ClientError> {
-        self.sender.send(&self.queue_to, k).await
+        match &self.output {
+            Some(o) => Ok(o.send(k).await?),
+            None => self.sender.send(&self.queue_to, k).await,
+        }
+    }
+
+    /// Send `result` on, then ack `input` — or requeue `input` when sending failed
+    /// (at-least-once: the input is acked only after the next hop confirmed).
+    pub async fn forward(&self, input: Message, result: &Kanban) -> Result<(), ClientError> {
+        match self.output(result).await {
+            Ok(()) => input.success().await,
+            Err(e) => {
+                tracing::warn!("sending a result: {e}; requeueing its input");
+                input.requeue().await?;
+                Err(e)
+            }
+        }
     }
 }

@@ -7,6 +7,9 @@
 //! * [`lifecycle`]: on-demand start of microservice instances through the Kubernetes API.
 //! * [`replicator`]: the SQLite record of every routed kanban (`aion-kanban log`).
 //! * [`client`]: the library microservices use (receive, send, success/fail/requeue).
+//! * [`output`]: producer-side routing in the client library (publish straight to the next
+//!   input queues, a record copy for the runtime).
+//! * [`config`]: `services.yml` source, reload on SIGHUP and file change.
 //! * [`sweeper`]: the data sweeper (`data-sweeper.yml`).
 
 // lapin::Error is large; our errors carry it on the cold (failure) path only.
@@ -14,8 +17,10 @@
 
 pub mod amqp;
 pub mod client;
+pub mod config;
 pub mod lifecycle;
 pub mod message;
+pub mod output;
 pub mod replicator;
 pub mod router;
 pub mod routing;

@@ -195,17 +195,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         };
         opts.lifecycle = client.map(|c| Arc::new(KubeLifecycle::new(c, a.namespace.clone())));
     }
-    let reload = opts.reload.clone();
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            reload.notify_one();
-        }
-    });
+    aion_kanban::config::notify_on_sighup(opts.reload.clone())
+        .context("installing the SIGHUP handler")?;
     if let Some(cfg) = a.sweeper_config.clone() {
         let rules = sweeper::load(&cfg)?;
         let Some(schedule) = rules.schedule else {

@@ -9,17 +9,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aion_model::ServicesFile;
 use base64::Engine;
 use futures::StreamExt;
-use futures::stream::SelectAll;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::{Channel, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -27,33 +23,12 @@ use tokio::sync::Notify;
 use crate::amqp::{self, AmqpError};
 use crate::lifecycle::KubeLifecycle;
 use crate::message::Kanban;
+use crate::output::ClientRecord;
 use crate::replicator::{Record, Replicator};
 use crate::routing::{self, Decision, Hop};
-use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE};
+use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE, RECORDS_QUEUE};
 
-/// Where the configuration comes from.
-#[derive(Clone)]
-pub enum ServicesSource {
-    /// Re-read on SIGHUP and when the file changes.
-    File(PathBuf),
-    /// A fixed value (tests, embedding).
-    Value(Arc<ServicesFile>),
-}
-
-/// Error loading the services file, naming it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Load(String),
-}
-
-pub fn load_services(path: &Path) -> Result<ServicesFile, ConfigError> {
-    let loaded = aion_model::services::load(path).map_err(|e| ConfigError::Load(e.to_string()))?;
-    for d in &loaded.diagnostics {
-        tracing::warn!("{d}");
-    }
-    Ok(loaded.value)
-}
+pub use crate::config::{ConfigError, ServicesSource, load_services};
 
 pub struct RouterOptions {
     pub services: ServicesSource,
@@ -169,24 +144,11 @@ fn spawn_file_watch(opts: &Arc<RouterOptions>) -> Option<tokio::task::JoinHandle
     let ServicesSource::File(path) = &opts.services else {
         return None;
     };
-    let (path, reload, every) = (path.clone(), opts.reload.clone(), opts.watch_interval);
-    Some(tokio::spawn(async move {
-        let stamp = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
-        };
-        let mut last: Option<(Option<SystemTime>, u64)> = stamp(&path);
-        loop {
-            tokio::time::sleep(every).await;
-            let now = stamp(&path);
-            if now != last {
-                last = now;
-                tracing::info!("{} changed", path.display());
-                reload.notify_one();
-            }
-        }
-    }))
+    Some(crate::config::spawn_file_watch(
+        path.clone(),
+        opts.watch_interval,
+        opts.reload.clone(),
+    ))
 }
 
 struct Session {
@@ -206,6 +168,8 @@ enum Source {
         number: i32,
     },
     Inbound,
+    /// Records of kanbans routed producer-side by clients.
+    Records,
 }
 
 async fn session(
@@ -221,16 +185,6 @@ async fn session(
     let pub_conn = amqp::connect(url, "aion-kanban-router-publish").await?;
     let publish = amqp::channel(&pub_conn, url, true).await?;
     let consume = amqp::channel(&conn, url, false).await?;
-    consume
-        .basic_qos(opts.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|source| AmqpError::Channel {
-            url: amqp::redact(url),
-            what: "basic.qos".into(),
-            source,
-        })?;
-
-    let mut streams: SelectAll<_> = SelectAll::new();
     let mut sources: Vec<(String, Source)> = topology::router_sources(&services)
         .into_iter()
         .map(|(q, service, number)| {
@@ -245,22 +199,9 @@ async fn session(
         })
         .collect();
     sources.push((INBOUND_QUEUE.to_string(), Source::Inbound));
-    for (queue, src) in sources {
-        let consumer = consume
-            .basic_consume(
-                queue.as_str().into(),
-                format!("aion-kanban:{queue}").into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| AmqpError::Channel {
-                url: amqp::redact(url),
-                what: format!("consuming {queue}"),
-                source,
-            })?;
-        streams.push(consumer.map(move |d| (src.clone(), d)));
-    }
+    sources.push((RECORDS_QUEUE.to_string(), Source::Records));
+    let mut streams =
+        amqp::consume_all(&consume, url, opts.prefetch, "aion-kanban:", sources).await?;
     let device = opts
         .device
         .clone()
@@ -377,6 +318,7 @@ impl Session {
                     .await
             }
             Source::Inbound => self.handle_inbound(d, inflight).await,
+            Source::Records => self.handle_records(d).await,
         }
     }
 
@@ -566,6 +508,42 @@ impl Session {
             }
         });
         Ok(())
+    }
+
+    /// A batch of records of kanbans that clients routed producer-side: replicator rows and
+    /// on-demand starts (the kanbans themselves are already in their input queues).
+    async fn handle_records(&mut self, d: Delivery) -> anyhow::Result<()> {
+        let batch: Vec<ClientRecord> = match serde_json::from_slice(&d.data) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = format!("not a batch of kanban records: {e}");
+                self.dead_letter(INBOUND_DLQ, &d.data, &reason, RECORDS_QUEUE)
+                    .await?;
+                return ack(&d).await;
+            }
+        };
+        let mut starts: Vec<(String, i32)> = Vec::new();
+        for r in batch {
+            for s in r.starts {
+                if !starts.contains(&s) {
+                    starts.push(s);
+                }
+            }
+            self.record(r.record);
+        }
+        if let Some(lc) = self.opts.lifecycle.clone() {
+            let services = self.services.clone();
+            tokio::spawn(async move {
+                for (svc, n) in starts {
+                    if let Some(ms) = services.microservice(&svc)
+                        && let Err(e) = lc.ensure_running(ms, n).await
+                    {
+                        tracing::warn!("on-demand start of {}: {e}", ms.instance_name(n));
+                    }
+                }
+            });
+        }
+        ack(&d).await
     }
 
     async fn remote_channel(&mut self, device: &str, addr: &str) -> Result<&Channel, AmqpError> {

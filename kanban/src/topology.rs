@@ -9,7 +9,9 @@
 //! `x-dead-letter-exchange: ""` + `x-dead-letter-routing-key: <base>.dlq`, so a client's
 //! `fail()` (nack without requeue) lands there too.
 //!
-//! Per device: [`INBOUND_QUEUE`], where other devices' routers deliver forwarded kanbans.
+//! Per device: [`INBOUND_QUEUE`], where other devices' routers deliver forwarded kanbans, and
+//! [`RECORDS_QUEUE`], where clients that route producer-side send a record of each kanban they
+//! routed (for the replicator and on-demand start).
 
 use aion_model::{Microservice, ServicesFile};
 
@@ -17,6 +19,11 @@ use aion_model::{Microservice, ServicesFile};
 pub const INBOUND_QUEUE: &str = "aion-kanban.inbound";
 /// Dead-letter queue for undecodable forwarded messages.
 pub const INBOUND_DLQ: &str = "aion-kanban.inbound.dlq";
+/// Records of kanbans routed producer-side by the client library; the runtime consumes them.
+pub const RECORDS_QUEUE: &str = "aion-kanban.records";
+/// Bound on [`RECORDS_QUEUE`] (messages; each holds a batch of records) while no runtime consumes
+/// it: the oldest are dropped beyond this.
+pub const RECORDS_MAX_LENGTH: i64 = 100_000;
 
 pub fn input_queue(ms: &Microservice, number: i32) -> String {
     format!("{}.in", ms.instance_name(number))
@@ -34,6 +41,7 @@ pub enum QueueRole {
     Output { service: String, number: i32 },
     DeadLetter { service: String },
     Inbound,
+    Records,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +50,8 @@ pub struct QueueSpec {
     pub role: QueueRole,
     /// Where rejected messages go (`x-dead-letter-routing-key`), if anywhere.
     pub dead_letter_to: Option<String>,
+    /// `x-max-length`, if bounded.
+    pub max_length: Option<i64>,
 }
 
 /// Every queue the runtime declares for this configuration, in a stable order.
@@ -51,12 +61,15 @@ pub fn plan(cfg: &ServicesFile) -> Vec<QueueSpec> {
             name: INBOUND_DLQ.into(),
             role: QueueRole::Inbound,
             dead_letter_to: None,
+            max_length: None,
         },
         QueueSpec {
             name: INBOUND_QUEUE.into(),
             role: QueueRole::Inbound,
             dead_letter_to: Some(INBOUND_DLQ.into()),
+            max_length: None,
         },
+        records_queue(),
     ];
     for ms in &cfg.microservices {
         let dlq = dead_letter_queue(ms);
@@ -66,16 +79,10 @@ pub fn plan(cfg: &ServicesFile) -> Vec<QueueSpec> {
                 service: ms.name.clone(),
             },
             dead_letter_to: None,
+            max_length: None,
         });
         for n in 1..=ms.scale.max(1) {
-            out.push(QueueSpec {
-                name: input_queue(ms, n),
-                role: QueueRole::Input {
-                    service: ms.name.clone(),
-                    number: n,
-                },
-                dead_letter_to: Some(dlq.clone()),
-            });
+            out.push(input_queue_spec(ms, n));
             if !ms.without_kanban {
                 out.push(QueueSpec {
                     name: output_queue(ms, n),
@@ -84,11 +91,35 @@ pub fn plan(cfg: &ServicesFile) -> Vec<QueueSpec> {
                         number: n,
                     },
                     dead_letter_to: Some(dlq.clone()),
+                    max_length: None,
                 });
             }
         }
     }
     out
+}
+
+/// The records queue (declared by the runtime and by every producer-side client).
+pub fn records_queue() -> QueueSpec {
+    QueueSpec {
+        name: RECORDS_QUEUE.into(),
+        role: QueueRole::Records,
+        dead_letter_to: None,
+        max_length: Some(RECORDS_MAX_LENGTH),
+    }
+}
+
+/// The spec of input queue `number` of `ms` (as [`plan`] declares it).
+pub fn input_queue_spec(ms: &Microservice, number: i32) -> QueueSpec {
+    QueueSpec {
+        name: input_queue(ms, number),
+        role: QueueRole::Input {
+            service: ms.name.clone(),
+            number,
+        },
+        dead_letter_to: Some(dead_letter_queue(ms)),
+        max_length: None,
+    }
 }
 
 /// Output queues the router consumes: (queue, service, instance number).
@@ -185,6 +216,7 @@ mod tests {
             vec![
                 INBOUND_DLQ,
                 INBOUND_QUEUE,
+                RECORDS_QUEUE,
                 "a.dlq",
                 "a-001.in",
                 "a-001.out",

@@ -71,6 +71,31 @@ pub fn require() -> Option<Brokers> {
     None
 }
 
+/// Restart broker instance `which` (`"a"` or `"b"`) with `scripts/rabbitmq.sh restart` (stop,
+/// then start on the same state: durable queues and persistent messages survive). Returns the
+/// script's output, or an error naming what failed.
+pub fn restart(which: &str) -> Result<String, String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["restart", which])
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{} restart {which} failed: {text}",
+            script.display()
+        ))
+    }
+}
+
 /// A name unique to this test run (queue names are global on a broker).
 pub fn unique(prefix: &str) -> String {
     let n: u32 = rand::rng().random();
@@ -194,6 +219,85 @@ pub mod amqp {
             let _ = ch
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;
+        }
+    }
+}
+
+/// Running the aion-kanban router in-process for tests, and small helpers around it.
+pub mod kanban {
+    use std::path::Path;
+
+    use aion_kanban::replicator::{Replicator, WriterThread};
+    use aion_kanban::router::{self, RouterOptions};
+    use aion_model::ServicesFile;
+    use serde_json::Value;
+    use tokio::sync::oneshot;
+
+    /// A services.yml from text (panics with the loader's message on bad test input).
+    pub fn services(yaml: &str) -> ServicesFile {
+        aion_model::services::load_str(yaml, Path::new("test-services.yml"))
+            .unwrap_or_else(|e| panic!("test services.yml: {e}"))
+            .value
+    }
+
+    pub fn json_of(body: &[u8]) -> Value {
+        serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    }
+
+    /// The queues of a configuration that belong to it alone (not the per-device ones).
+    pub fn all_queues(cfg: &ServicesFile) -> Vec<String> {
+        aion_kanban::topology::plan(cfg)
+            .into_iter()
+            .map(|q| q.name)
+            .filter(|n| !n.starts_with("aion-kanban."))
+            .collect()
+    }
+
+    pub struct Router {
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        stop: oneshot::Sender<()>,
+        writer: Option<WriterThread>,
+        replicator: Option<Replicator>,
+    }
+
+    impl Router {
+        /// Stop the router and wait until the replicator wrote everything.
+        pub async fn stop(self) {
+            let _ = self.stop.send(());
+            self.task
+                .await
+                .expect("router task")
+                .expect("router result");
+            if let Some(r) = self.replicator {
+                r.flush();
+            }
+            if let Some(w) = self.writer {
+                w.join();
+            }
+        }
+    }
+
+    /// Start the router (prefetch 16), with a replicator writing to `db` if given.
+    pub fn start_router(mut opts: RouterOptions, db: Option<&Path>) -> Router {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut writer = None;
+        let mut rep = None;
+        if let Some(db) = db {
+            let (r, w) = Replicator::open(db, 10_000).expect("replicator");
+            opts.replicator = Some(r.clone());
+            rep = Some(r);
+            writer = Some(w);
+        }
+        opts.prefetch = 16;
+        let task = tokio::spawn(router::run(opts, async move {
+            let _ = stopped.await;
+        }));
+        Router {
+            task,
+            stop,
+            writer,
+            replicator: rep,
         }
     }
 }

@@ -1,0 +1,346 @@
+//! Producer-side routing in aion-kanban's client library against real RabbitMQ brokers
+//! (`scripts/rabbitmq.sh start`): every routing rule through the client path (direct to the next
+//! input queues, or via the router for what needs it), the record copy reaching the replicator,
+//! a target queue the runtime has not declared yet, and reloaded routes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aion_integration_tests::rabbitmq::kanban::{all_queues, json_of, services, start_router};
+use aion_integration_tests::rabbitmq::{self, amqp};
+use aion_kanban::Kanban;
+use aion_kanban::output::{Output, OutputOptions};
+use aion_kanban::replicator;
+use aion_kanban::router::{RouterOptions, ServicesSource};
+use aion_kanban::topology::RECORDS_QUEUE;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn kanban(v: Value) -> Kanban {
+    Kanban::decode(v.to_string().as_bytes()).expect("test kanban")
+}
+
+fn ids(msgs: &[(Vec<u8>, lapin::BasicProperties)]) -> Vec<i64> {
+    let mut v: Vec<i64> = msgs
+        .iter()
+        .map(|(b, _)| json_of(b)["metadata"]["id"].as_i64().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_routing_rule_through_the_client() {
+    let Some(b) = rabbitmq::require() else { return };
+    let p = rabbitmq::unique("cr");
+    let yaml = format!(
+        r#"
+deviceName: self
+devices:
+  other: {{addr: 127.0.0.1}}
+microservices:
+  {p}a:
+    scale: 2
+    nextService:
+      default: [{{name: {p}b}}]
+      split:
+        - {{name: {p}c, pattern: "0"}}
+        - {{name: {p}b, pattern: n}}
+      far: [{{name: {p}c, device: other}}]
+      cee: [{{name: {p}c}}]
+      ghost: [{{name: {p}nothere}}]
+  {p}b:
+    scale: 2
+  {p}c:
+    nextService:
+      status: [{{name: {p}b, pattern: x}}]
+"#
+    );
+    let cfg = services(&yaml);
+    let cfg_other = services(&format!(
+        "deviceName: other\nmicroservices:\n  {p}c: {{}}\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kanban.db");
+    let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), b.url.clone());
+    opts.data_dir = dir.path().join("Data");
+    opts.device_amqp.insert("other".into(), b.url_b.clone());
+    let r = start_router(opts, Some(&db));
+    let mut ob = RouterOptions::new(
+        ServicesSource::Value(Arc::new(cfg_other.clone())),
+        b.url_b.clone(),
+    );
+    ob.data_dir = dir.path().join("DataB");
+    let rb = start_router(ob, None);
+    let (conn, ch) = amqp::connect(&b.url).await;
+    let (conn_b, ch_b) = amqp::connect(&b.url_b).await;
+    assert!(amqp::wait_declared(&conn, &format!("{p}c-001.out"), WAIT).await);
+    assert!(amqp::wait_declared(&conn_b, &format!("{p}c-001.in"), WAIT).await);
+
+    let output = |queue_to: String| {
+        Output::new(OutputOptions {
+            url: b.url.clone(),
+            services: ServicesSource::Value(Arc::new(cfg.clone())),
+            device: None,
+            queue_to,
+            durable: true,
+        })
+        .expect("output")
+    };
+    let a1 = output(format!("{p}a-001.out"));
+    let a2 = output(format!("{p}a-002.out"));
+    let c1 = output(format!("{p}c-001.out"));
+    assert_eq!(a2.instance(), (format!("{p}a"), 2));
+
+    // 1. default key, pattern n: a#2 → b#2 (direct); unknown fields kept; nextDeviceName set.
+    a2.send(&kanban(
+        json!({"connectionKey": "default", "processNumber": 2, "metadata": {"id": 1}, "custom": 5}),
+    ))
+    .await
+    .unwrap();
+    // 2. unknown key falls back to default: a#1 → b#1 (direct).
+    a1.send(&kanban(
+        json!({"connectionKey": "nokey", "processNumber": 1, "metadata": {"id": 2}}),
+    ))
+    .await
+    .unwrap();
+    // 3. several targets, pattern "0" → instance 1 and n → same number (direct).
+    a2.send(&kanban(
+        json!({"connectionKey": "split", "processNumber": 2, "metadata": {"id": 3}}),
+    ))
+    .await
+    .unwrap();
+    // 4. any other pattern → instance 1 (direct).
+    c1.send(&kanban(
+        json!({"connectionKey": "status", "processNumber": 2, "metadata": {"id": 4}}),
+    ))
+    .await
+    .unwrap();
+    // 5. no entry and no default → via the router, not routed.
+    c1.send(&kanban(
+        json!({"connectionKey": "nothing", "metadata": {"id": 5}}),
+    ))
+    .await
+    .unwrap();
+    // 6. terminate kanban → via the router, not routed.
+    a1.send(&kanban(
+        json!({"connectionKey": "service-broker", "metadata": {"type": "terminate", "id": 6}}),
+    ))
+    .await
+    .unwrap();
+    // 7. the entry's device is another device → via the router, forwarded to its broker.
+    a1.send(&kanban(
+        json!({"connectionKey": "far", "metadata": {"id": 7}}),
+    ))
+    .await
+    .unwrap();
+    // 8. the kanban's nextDeviceName names another device → via the router, forwarded.
+    a1.send(&kanban(
+        json!({"connectionKey": "cee", "nextDeviceName": "other", "metadata": {"id": 8}}),
+    ))
+    .await
+    .unwrap();
+    // 9. a target that is not a microservice → via the router, dead-lettered.
+    a1.send(&kanban(
+        json!({"connectionKey": "ghost", "metadata": {"id": 9}}),
+    ))
+    .await
+    .unwrap();
+    // 10. an instance beyond scale → via the router, dead-lettered.
+    a1.send(&kanban(
+        json!({"connectionKey": "default", "processNumber": 5, "metadata": {"id": 10}}),
+    ))
+    .await
+    .unwrap();
+
+    let b2 = amqp::take(&ch, &format!("{p}b-002.in"), 2, WAIT).await;
+    assert_eq!(ids(&b2), vec![1, 3]);
+    let first = b2
+        .iter()
+        .map(|(b, p)| (json_of(b), p))
+        .find(|(v, _)| v["metadata"]["id"] == 1)
+        .unwrap();
+    assert_eq!(first.0["custom"], 5, "unknown fields are kept");
+    assert_eq!(first.0["nextDeviceName"], "self");
+    assert_eq!(first.0["processNumber"], 2);
+    assert_eq!(
+        first.1.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(*first.1.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        ids(&amqp::take(&ch, &format!("{p}b-001.in"), 2, WAIT).await),
+        vec![2, 4]
+    );
+    assert_eq!(
+        ids(&amqp::take(&ch, &format!("{p}c-001.in"), 1, WAIT).await),
+        vec![3]
+    );
+    let far = amqp::take(&ch_b, &format!("{p}c-001.in"), 2, WAIT).await;
+    assert_eq!(
+        ids(&far),
+        vec![7, 8],
+        "forwarded to the other device's broker"
+    );
+    assert!(
+        far.iter()
+            .all(|(b, _)| json_of(b)["nextDeviceName"] == "other")
+    );
+    let dlq = amqp::take(&ch, &format!("{p}a.dlq"), 2, WAIT).await;
+    assert_eq!(ids(&dlq), vec![9, 10]);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for q in ["b-001.in", "b-002.in", "c-001.in", "a-001.in", "a-002.in"] {
+        let q = format!("{p}{q}");
+        assert_eq!(
+            amqp::queue_len(&conn, &q).await,
+            Some(0),
+            "{q} should be empty"
+        );
+    }
+    // Records are published after the hops confirmed, in the background: give the runtime a
+    // moment to consume them before stopping it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.stop().await;
+    rb.stop().await;
+
+    // Every kanban is in the replicator: the direct ones through the record copy, the others
+    // as the router handled them.
+    let rows = replicator::query(
+        &db,
+        &replicator::Query {
+            source: Some(p.clone()),
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let by_id: HashMap<i64, (String, String, String)> = rows
+        .iter()
+        .map(|(_, r)| {
+            (
+                json_of(r.kanban.as_bytes())["metadata"]["id"]
+                    .as_i64()
+                    .unwrap(),
+                (r.source_queue.clone(), r.outcome.clone(), r.detail.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(by_id.len(), 10, "{rows:?}");
+    for id in [1, 2, 3, 4] {
+        assert_eq!(
+            by_id[&id].0, RECORDS_QUEUE,
+            "id {id} came as a client record"
+        );
+        assert_eq!(by_id[&id].1, "routed");
+    }
+    assert_eq!(by_id[&3].2, format!("{p}c-001.in, {p}b-002.in"));
+    assert_eq!(by_id[&1].2, format!("{p}b-002.in"));
+    let a2_row = rows
+        .iter()
+        .find(|(_, r)| r.detail == format!("{p}b-002.in"))
+        .unwrap();
+    assert_eq!(a2_row.1.source, format!("{p}a#2"));
+    assert_eq!(
+        by_id[&5],
+        (format!("{p}c-001.out"), "no-route".into(), String::new())
+    );
+    assert_eq!(by_id[&6].1, "terminate");
+    assert_eq!(by_id[&7].2, format!("other:{p}c#1"));
+    assert_eq!(by_id[&8].2, format!("other:{p}c#1"));
+    assert!(by_id[&9].2.starts_with("dead-lettered"), "{:?}", by_id[&9]);
+    amqp::delete(&ch, &all_queues(&cfg)).await;
+    amqp::delete(&ch_b, &all_queues(&cfg_other)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_target_is_declared_and_reload_uses_new_routes() {
+    let Some(b) = rabbitmq::require() else { return };
+    let p = rabbitmq::unique("cn");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yml");
+    let v1 = format!(
+        "microservices:\n  {p}a:\n    nextService: {{default: [{{name: {p}b}}]}}\n  {p}b: {{}}\n"
+    );
+    let v2 = format!(
+        "microservices:\n  {p}a:\n    nextService: {{default: [{{name: {p}z, pattern: \"0\"}}]}}\n  {p}z: {{scale: 3}}\n"
+    );
+    std::fs::write(&file, &v1).unwrap();
+    // No runtime here: the client declares the queues it publishes to.
+    let out = Output::new(OutputOptions {
+        url: b.url.clone(),
+        services: ServicesSource::File(file.clone()),
+        device: Some("self".into()),
+        queue_to: format!("{p}a-001.out"),
+        durable: true,
+    })
+    .unwrap();
+    let (conn, ch) = amqp::connect(&b.url).await;
+    assert_eq!(amqp::queue_len(&conn, &format!("{p}b-001.in")).await, None);
+    out.send(&kanban(json!({"processNumber": 1, "metadata": {"id": 1}})))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&amqp::take(&ch, &format!("{p}b-001.in"), 1, WAIT).await),
+        vec![1]
+    );
+
+    std::fs::write(&file, &v2).unwrap();
+    out.send(&kanban(json!({"metadata": {"id": 2}})))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&amqp::take(&ch, &format!("{p}b-001.in"), 1, WAIT).await),
+        vec![2],
+        "routes change only on reload"
+    );
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let out = Arc::new(out);
+    let watcher = out.reload_on(notify.clone());
+    notify.notify_one();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    let mut id = 3;
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        out.send(&kanban(json!({"processNumber": 2, "metadata": {"id": id}})))
+            .await
+            .unwrap();
+        id += 1;
+        // z-001.in exists once the client routed to it (it declares what it publishes to).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if amqp::queue_len(&conn, &format!("{p}z-001.in"))
+            .await
+            .is_some()
+        {
+            got = amqp::take(&ch, &format!("{p}z-001.in"), 1, Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        got.len(),
+        1,
+        "the reloaded route (z, pattern 0) was never used"
+    );
+    watcher.abort();
+    // A bad file keeps the last good routes.
+    std::fs::write(&file, "microservices: [").unwrap();
+    assert!(out.reload().is_err());
+    let before = amqp::queue_len(&conn, &format!("{p}z-001.in"))
+        .await
+        .unwrap();
+    out.send(&kanban(json!({"metadata": {"id": 99}})))
+        .await
+        .unwrap();
+    let after = amqp::take(&ch, &format!("{p}z-001.in"), (before + 1) as usize, WAIT).await;
+    assert_eq!(
+        after
+            .last()
+            .map(|(b, _)| json_of(b)["metadata"]["id"].clone()),
+        Some(json!(99))
+    );
+
+    let mut queues = all_queues(&services(&v1));
+    queues.extend(all_queues(&services(&v2)));
+    amqp::delete(&ch, &queues).await;
+}
