@@ -2,11 +2,15 @@
 //! one run:
 //! * `raw lapin`: each stage consumes its queue and publishes straight to the next stage's queue
 //!   (default exchange, routing key = queue name) — what broker-side routing costs at best;
-//! * `aion-kanban`: each stage publishes to its own output queue and the aion-kanban router
-//!   (in this process) routes it by `nextService` to the next stage's input queue, with
-//!   publisher confirms and ack-after-confirm.
+//! * `aion-kanban router`: each stage publishes to its own output queue and the aion-kanban
+//!   router (in this process) routes it by `nextService` to the next stage's input queue, with
+//!   publisher confirms and ack-after-confirm (the path of upstream's clients);
+//! * `aion-kanban client`: each stage routes producer-side with the client library
+//!   (`aion_kanban::output::Output`: `nextService` from the same services.yml, publish straight
+//!   to the next stage's input queue, a record copy in batches to `aion-kanban.records`, which
+//!   the router in this process consumes as the runtime would).
 //!
-//! The stage code is the same in both. Hop latency = time from a stage's publish to the next
+//! The stage code is the same in all three but for the publish call. Hop latency = time from a stage's publish to the next
 //! stage's receipt (same process, monotonic clock). Two durability settings, the same for both:
 //! `durable` (durable queues, persistent messages, publisher confirms at every publish) and
 //! `transient` (non-persistent messages, no confirms at the stages; the router always confirms).
@@ -22,6 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use aion_kanban::Kanban;
+use aion_kanban::output::{Output, OutputOptions};
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
 use anyhow::{Context, bail};
 use futures::StreamExt;
@@ -43,6 +49,25 @@ enum Durability {
 enum Variant {
     Raw,
     Routed,
+    Client,
+}
+
+/// Where a stage's result goes.
+#[derive(Clone)]
+enum Out {
+    /// basic.publish to this queue.
+    Queue(String),
+    /// Producer-side routing by the client library.
+    Client(Arc<Output>),
+    /// End of the chain.
+    Sink,
+}
+
+/// What the ack task waits for before acking a stage's input.
+enum Confirm {
+    None,
+    Broker(lapin::PublisherConfirm),
+    Client(aion_kanban::output::Pending),
 }
 
 struct Result_ {
@@ -86,11 +111,23 @@ fn restamp(data: &[u8]) -> anyhow::Result<(u64, Vec<u8>)> {
     Ok((t, serde_json::to_vec(&v)?))
 }
 
-/// One stage: consume `input`, record the hop latency, publish to `output` (or sink).
+/// Kanban variant of [`restamp`] (what a microservice using the client library does).
+fn restamp_kanban(data: &[u8]) -> anyhow::Result<(u64, Kanban)> {
+    let mut k = Kanban::decode(data)?;
+    let t = k
+        .metadata
+        .get("t")
+        .and_then(|v| v.as_u64())
+        .context("no t")?;
+    k.metadata.insert("t".into(), now_ns().into());
+    Ok((t, k))
+}
+
+/// One stage: consume `input`, record the hop latency, send the result on (or sink).
 async fn stage(
     conn: Arc<Connection>,
     input: String,
-    output: Option<String>,
+    output: Out,
     d: Durability,
     lat: Arc<Mutex<Vec<u64>>>,
     done: mpsc::UnboundedSender<()>,
@@ -107,22 +144,29 @@ async fn stage(
         )
         .await?;
     // Confirms are awaited off the consume loop (ack after confirm), as a real service would.
-    let (ack_tx, mut ack_rx) =
-        mpsc::unbounded_channel::<(lapin::Acker, Option<lapin::PublisherConfirm>)>();
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(lapin::Acker, Confirm)>();
     tokio::spawn(async move {
         while let Some((acker, confirm)) = ack_rx.recv().await {
-            if let Some(c) = confirm {
-                let _ = c.await;
+            match confirm {
+                Confirm::None => {}
+                Confirm::Broker(c) => {
+                    let _ = c.await;
+                }
+                Confirm::Client(p) => {
+                    if let Err(e) = p.confirmed().await {
+                        eprintln!("kanban_chain: {e}");
+                    }
+                }
             }
             let _ = acker.ack(BasicAckOptions::default()).await;
         }
     });
     while let Some(dl) = c.next().await {
         let dl = dl?;
-        let (t, out) = restamp(&dl.data)?;
-        lat.lock().await.push(now_ns().saturating_sub(t));
         let confirm = match &output {
-            Some(q) => {
+            Out::Queue(q) => {
+                let (t, out) = restamp(&dl.data)?;
+                lat.lock().await.push(now_ns().saturating_sub(t));
                 let pc = publ
                     .basic_publish(
                         "".into(),
@@ -132,14 +176,36 @@ async fn stage(
                         props(d),
                     )
                     .await?;
-                (d == Durability::Durable).then_some(pc)
+                if d == Durability::Durable {
+                    Confirm::Broker(pc)
+                } else {
+                    Confirm::None
+                }
             }
-            None => {
+            Out::Client(o) => {
+                let (t, k) = restamp_kanban(&dl.data)?;
+                lat.lock().await.push(now_ns().saturating_sub(t));
+                Confirm::Client(o.publish(&k).await?)
+            }
+            Out::Sink => {
+                let (t, _) = restamp(&dl.data)?;
+                lat.lock().await.push(now_ns().saturating_sub(t));
                 let _ = done.send(());
-                None
+                Confirm::None
             }
         };
         let _ = ack_tx.send((dl.acker, confirm));
+    }
+    Ok(())
+}
+
+async fn settle(c: Confirm) -> anyhow::Result<()> {
+    match c {
+        Confirm::None => {}
+        Confirm::Broker(c) => {
+            c.await?;
+        }
+        Confirm::Client(p) => p.confirmed().await?,
     }
     Ok(())
 }
@@ -155,9 +221,9 @@ fn pct(v: &mut [u64], p: f64) -> f64 {
 
 struct Setup {
     /// Where the driver publishes.
-    entry: String,
+    entry: Out,
     /// (input, output) per stage A, B, C.
-    stages: Vec<(String, Option<String>)>,
+    stages: Vec<(String, Out)>,
     queues: Vec<String>,
     router: Option<(
         tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -165,7 +231,13 @@ struct Setup {
     )>,
 }
 
-async fn setup(url: &str, ctl: &Channel, v: Variant, tag: &str) -> anyhow::Result<Setup> {
+async fn setup(
+    url: &str,
+    ctl: &Channel,
+    v: Variant,
+    d: Durability,
+    tag: &str,
+) -> anyhow::Result<Setup> {
     match v {
         Variant::Raw => {
             let q: Vec<String> = ["a", "b", "c"]
@@ -186,17 +258,17 @@ async fn setup(url: &str, ctl: &Channel, v: Variant, tag: &str) -> anyhow::Resul
                 .await?;
             }
             Ok(Setup {
-                entry: q[0].clone(),
+                entry: Out::Queue(q[0].clone()),
                 stages: vec![
-                    (q[0].clone(), Some(q[1].clone())),
-                    (q[1].clone(), Some(q[2].clone())),
-                    (q[2].clone(), None),
+                    (q[0].clone(), Out::Queue(q[1].clone())),
+                    (q[1].clone(), Out::Queue(q[2].clone())),
+                    (q[2].clone(), Out::Sink),
                 ],
                 queues: q,
                 router: None,
             })
         }
-        Variant::Routed => {
+        Variant::Routed | Variant::Client => {
             let p = format!("bench-{tag}-");
             let yaml = format!(
                 "microservices:\n  {p}src:\n    nextService: {{default: [{{name: {p}a}}]}}\n  {p}a:\n    nextService: {{default: [{{name: {p}b}}]}}\n  {p}b:\n    nextService: {{default: [{{name: {p}c}}]}}\n  {p}c: {{}}\n"
@@ -214,7 +286,8 @@ async fn setup(url: &str, ctl: &Channel, v: Variant, tag: &str) -> anyhow::Resul
                 ctl.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
                     .await?;
             }
-            let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(cfg)), url);
+            let cfg = Arc::new(cfg);
+            let mut opts = RouterOptions::new(ServicesSource::Value(cfg.clone()), url);
             opts.prefetch = 200;
             opts.device = Some("bench".into());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -247,12 +320,25 @@ async fn setup(url: &str, ctl: &Channel, v: Variant, tag: &str) -> anyhow::Resul
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let _ = probe_conn.close(200, "".into()).await;
+            let out = |name: &str| -> anyhow::Result<Out> {
+                let queue = format!("{p}{name}-001.out");
+                Ok(match v {
+                    Variant::Client => Out::Client(Arc::new(Output::new(OutputOptions {
+                        url: url.to_string(),
+                        services: ServicesSource::Value(cfg.clone()),
+                        device: Some("bench".into()),
+                        queue_to: queue,
+                        durable: d == Durability::Durable,
+                    })?)),
+                    _ => Out::Queue(queue),
+                })
+            };
             Ok(Setup {
-                entry: format!("{p}src-001.out"),
+                entry: out("src")?,
                 stages: vec![
-                    (format!("{p}a-001.in"), Some(format!("{p}a-001.out"))),
-                    (format!("{p}b-001.in"), Some(format!("{p}b-001.out"))),
-                    (format!("{p}c-001.in"), None),
+                    (format!("{p}a-001.in"), out("a")?),
+                    (format!("{p}b-001.in"), out("b")?),
+                    (format!("{p}c-001.in"), Out::Sink),
                 ],
                 queues,
                 router: Some((task, stop)),
@@ -273,7 +359,7 @@ async fn run_one(
 ) -> anyhow::Result<(Result_, f64)> {
     let conn = Arc::new(Connection::connect(url, ConnectionProperties::default()).await?);
     let ctl = channel(&conn, false).await?;
-    let s = setup(url, &ctl, v, tag).await?;
+    let s = setup(url, &ctl, v, d, tag).await?;
     let lat = Arc::new(Mutex::new(Vec::with_capacity(n as usize * 3)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let stage_conn = Arc::new(Connection::connect(url, ConnectionProperties::default()).await?);
@@ -304,26 +390,36 @@ async fn run_one(
                     let due = start + Duration::from_nanos(seq * step);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let pc = publ
-                    .basic_publish(
-                        "".into(),
-                        entry.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body(seq),
-                        props(d),
-                    )
-                    .await?;
+                let c = match &entry {
+                    Out::Queue(q) => Confirm::Broker(
+                        publ.basic_publish(
+                            "".into(),
+                            q.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body(seq),
+                            props(d),
+                        )
+                        .await?,
+                    ),
+                    Out::Client(o) => {
+                        Confirm::Client(o.publish(&Kanban::decode(&body(seq))?).await?)
+                    }
+                    Out::Sink => Confirm::None,
+                };
                 if d == Durability::Durable {
-                    pending.push(pc);
+                    pending.push(c);
                     if pending.len() >= 256 {
                         for c in pending.drain(..) {
-                            c.await?;
+                            settle(c).await?;
                         }
                     }
+                } else if let Confirm::Client(p) = c {
+                    // Transient: nothing to wait for; this only queues the record copy.
+                    p.confirmed().await?;
                 }
             }
             for c in pending {
-                c.await?;
+                settle(c).await?;
             }
             anyhow::Ok(())
         })
@@ -398,11 +494,11 @@ async fn main() -> anyhow::Result<()> {
             "transient"
         };
         let mut rows = Vec::new();
-        for v in [Variant::Raw, Variant::Routed] {
-            let vn = if v == Variant::Raw {
-                "raw lapin"
-            } else {
-                "aion-kanban"
+        for v in [Variant::Raw, Variant::Routed, Variant::Client] {
+            let vn = match v {
+                Variant::Raw => "raw lapin",
+                Variant::Routed => "aion-kanban router",
+                Variant::Client => "aion-kanban client",
             };
             let (paced, _) =
                 run_one(&url, v, d, paced_secs * 1000, 1000, &format!("{dn}-p")).await?;
@@ -415,15 +511,18 @@ async fn main() -> anyhow::Result<()> {
                 tput,
                 bl.p99_us / 1000.0
             );
-            rows.push((paced, tput));
+            rows.push((vn, paced, tput));
         }
-        let (raw, ours) = (&rows[0], &rows[1]);
-        println!(
-            "| {dn} | **routing cost** | {:+.3} ms | {:+.3} ms per hop | | {:.0}% of raw | |",
-            (ours.0.p50_us - raw.0.p50_us) / 1000.0,
-            (ours.0.p99_us - raw.0.p99_us) / 1000.0,
-            100.0 * ours.1 / raw.1
-        );
+        let raw = &rows[0];
+        for ours in &rows[1..] {
+            println!(
+                "| {dn} | cost of {} | {:+.3} ms | {:+.3} ms per hop | | {:.0}% of raw | |",
+                ours.0,
+                (ours.1.p50_us - raw.1.p50_us) / 1000.0,
+                (ours.1.p99_us - raw.1.p99_us) / 1000.0,
+                100.0 * ours.2 / raw.2
+            );
+        }
     }
     Ok(())
 }
