@@ -3,6 +3,7 @@
 # brokers for aion-kanban's tests and benchmarks.
 #
 #   scripts/rabbitmq.sh start|stop|status|env
+#   scripts/rabbitmq.sh restart [a|b]     # stop and start again (both, or one), same state
 #
 # Instance A: node aion-kanban-a@localhost, AMQP 127.0.0.1:5672, Erlang distribution port 25672.
 # Instance B: node aion-kanban-b@localhost, AMQP 127.0.0.1:5673, Erlang distribution port 25673.
@@ -107,6 +108,21 @@ case "$cmd" in
   stop)
     for i in "${INSTANCES[@]}"; do stop_one $i; done
     ;;
+  restart)
+    # A broker restart for fault tests: the node stops (connections drop) and starts again on
+    # the same state (durable queues and persistent messages survive).
+    which=${2:-}
+    found=0
+    for i in "${INSTANCES[@]}"; do
+      set -- $i
+      if [ -z "$which" ] || [ "$which" = "$1" ]; then
+        found=1
+        stop_one "$@"
+        start_one "$@"
+      fi
+    done
+    [ "$found" = 1 ] || die "no instance named '$which' (a or b)"
+    ;;
   status)
     rc=0
     for i in "${INSTANCES[@]}"; do
@@ -120,6 +136,6 @@ case "$cmd" in
     echo "export AION_RABBITMQ_URL_B=amqp://guest:guest@127.0.0.1:5673/%2f"
     ;;
   *)
-    die "usage: $0 start|stop|status|env"
+    die "usage: $0 start|stop|status|env|restart [a|b]"
     ;;
 esac

@@ -75,7 +75,11 @@ pub fn require() -> Option<Brokers> {
 /// then start on the same state: durable queues and persistent messages survive). Returns the
 /// script's output, or an error naming what failed.
 pub fn restart(which: &str) -> Result<String, String> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq.sh");
+    // At run time (cargo sets it when running tests): a binary built from another checkout
+    // sharing the target directory must still use this checkout's script.
+    let manifest_dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let script = std::path::Path::new(&manifest_dir).join("../scripts/rabbitmq.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
         .args(["restart", which])

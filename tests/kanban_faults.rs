@@ -1,0 +1,430 @@
+//! aion-kanban under faults, against real RabbitMQ brokers (`scripts/rabbitmq.sh start`):
+//! * the broker restarted mid-stream (`scripts/rabbitmq.sh restart b`): the router, the client
+//!   library's receivers and producer-side outputs reconnect and resume; nothing is lost
+//!   (at-least-once: every id arrives, duplicates allowed);
+//! * SIGHUP: a router process and a microservice process (client library, producer-side routing)
+//!   re-read services.yml; the router re-declares the topology and both use the new routes.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aion_integration_tests::rabbitmq::kanban::{all_queues, json_of, services, start_router};
+use aion_integration_tests::rabbitmq::{self, amqp};
+use aion_kanban::client::{Client, Receiver};
+use aion_kanban::output::{Output, OutputOptions};
+use aion_kanban::router::{self, RouterOptions, ServicesSource};
+use lapin::options::BasicPublishOptions;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A microservice instance: receive on `input`, send each kanban on through producer-side
+/// routing, ack only after the next hop confirmed (requeue otherwise).
+fn spawn_service(url: &str, cfg: &aion_model::ServicesFile, input: String, queue_to: String) {
+    let out = Output::new(OutputOptions {
+        url: url.to_string(),
+        services: ServicesSource::Value(Arc::new(cfg.clone())),
+        device: None,
+        queue_to,
+        durable: true,
+    })
+    .expect("output");
+    let mut rx = Receiver::start(url, &[input], 32);
+    tokio::spawn(async move {
+        while let Some(m) = rx.next().await {
+            let Ok(k) = m.kanban() else {
+                let _ = m.fail().await;
+                continue;
+            };
+            match out.send(&k).await {
+                Ok(()) => {
+                    let _ = m.success().await;
+                }
+                Err(_) => {
+                    let _ = m.requeue().await;
+                }
+            }
+        }
+    });
+}
+
+/// Collect the distinct `metadata.seq` values arriving on `queue` (acking each).
+fn spawn_collector(
+    url: &str,
+    queue: String,
+    seen: Arc<Mutex<HashSet<u64>>>,
+    total: Arc<AtomicUsize>,
+) {
+    let mut rx = Receiver::start(url, &[queue], 64);
+    tokio::spawn(async move {
+        while let Some(m) = rx.next().await {
+            if let Some(seq) = json_of(m.data())["metadata"]["seq"].as_u64() {
+                seen.lock().await.insert(seq);
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = m.success().await;
+        }
+    });
+}
+
+/// Publish to `queue` like an upstream client (persistent, confirmed), reconnecting and
+/// retrying until the broker confirmed.
+async fn publish_retrying(
+    url: &str,
+    link: &mut Option<(lapin::Connection, lapin::Channel)>,
+    queue: &str,
+    body: &[u8],
+) {
+    loop {
+        if link.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
+            *link = match lapin::Connection::connect(url, Default::default()).await {
+                Ok(c) => match c.create_channel().await {
+                    Ok(ch) if ch.confirm_select(Default::default()).await.is_ok() => Some((c, ch)),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+        }
+        if let Some((_, ch)) = link.as_ref() {
+            let r = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    aion_kanban::amqp::json_props(),
+                )
+                .await;
+            if let Ok(c) = r
+                && matches!(c.await, Ok(c) if c.is_ack())
+            {
+                return;
+            }
+            *link = None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let Some(b) = rabbitmq::require() else { return };
+    // The broker this test restarts must be the script's instance b.
+    if !b.url_b.contains("127.0.0.1:5673") {
+        let msg = format!(
+            "broker restart needs scripts/rabbitmq.sh's instance b (127.0.0.1:5673), not {}",
+            aion_kanban::amqp::redact(&b.url_b)
+        );
+        if std::env::var(rabbitmq::REQUIRE_ENV).is_ok_and(|v| v == "1") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let url = b.url_b.clone();
+    let p = rabbitmq::unique("br");
+    let cfg = services(&format!(
+        r#"
+microservices:
+  {p}a:
+    scale: 2
+    nextService: {{default: [{{name: {p}b, pattern: n}}]}}
+  {p}b:
+    scale: 2
+    nextService: {{default: [{{name: {p}c, pattern: n}}]}}
+  {p}c:
+    scale: 2
+"#
+    ));
+    let r = start_router(
+        RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), url.clone()),
+        None,
+    );
+    let (conn, _) = amqp::connect(&url).await;
+    assert!(amqp::wait_declared(&conn, &format!("{p}c-002.in"), WAIT).await);
+    let _ = conn.close(200, "".into()).await;
+
+    // b#1 and b#2 route producer-side to c#1 / c#2; collectors at the end of both paths.
+    for n in 1..=2 {
+        spawn_service(
+            &url,
+            &cfg,
+            format!("{p}b-00{n}.in"),
+            format!("{p}b-00{n}.out"),
+        );
+    }
+    let seen: Vec<Arc<Mutex<HashSet<u64>>>> = (0..2).map(|_| Arc::default()).collect();
+    let total = Arc::new(AtomicUsize::new(0));
+    for n in 1..=2 {
+        spawn_collector(
+            &url,
+            format!("{p}c-00{n}.in"),
+            seen[n - 1].clone(),
+            total.clone(),
+        );
+    }
+
+    const N: u64 = 1500;
+    let sent = Arc::new(AtomicUsize::new(0));
+    // Path 1: a#1 routes producer-side (client library) → b-001.in → b#1 → c-001.in.
+    let p1 = {
+        let (url, cfg, p, sent) = (url.clone(), cfg.clone(), p.clone(), sent.clone());
+        tokio::spawn(async move {
+            let out = Output::new(OutputOptions {
+                url,
+                services: ServicesSource::Value(Arc::new(cfg)),
+                device: None,
+                queue_to: format!("{p}a-001.out"),
+                durable: true,
+            })
+            .expect("output");
+            for seq in 0..N {
+                let k = aion_kanban::Kanban::decode(
+                    json!({"metadata": {"seq": seq}}).to_string().as_bytes(),
+                )
+                .unwrap();
+                while out.send(&k).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        })
+    };
+    // Path 2: an upstream-style client publishes to a-002.out → router → b-002.in → b#2 → c-002.in.
+    let p2 = {
+        let (url, p, sent) = (url.clone(), p.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut link = None;
+            for seq in 0..N {
+                let body = json!({"processNumber": 2, "metadata": {"seq": seq}}).to_string();
+                publish_retrying(&url, &mut link, &format!("{p}a-002.out"), body.as_bytes()).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        })
+    };
+
+    // Restart the broker once kanbans flow through both paths.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (a, b) = (seen[0].lock().await.len(), seen[1].lock().await.len());
+        if a >= 100 && b >= 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kanbans did not flow ({a}, {b})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = sent.load(Ordering::Relaxed);
+    let out = tokio::task::spawn_blocking(|| rabbitmq::restart("b"))
+        .await
+        .unwrap();
+    let during = sent.load(Ordering::Relaxed);
+    out.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        during < 2 * N as usize,
+        "the producers finished before the broker went down; raise N"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (a, b) = (seen[0].lock().await.len(), seen[1].lock().await.len());
+        if a as u64 == N && b as u64 == N {
+            break;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<Vec<u64>> = seen
+                .iter()
+                .map(|s| {
+                    let s = s.try_lock().map(|s| s.clone()).unwrap_or_default();
+                    (0..N).filter(|i| !s.contains(i)).take(20).collect()
+                })
+                .collect();
+            panic!(
+                "after the broker restart: {a} and {b} of {N} arrived; first missing {missing:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p1.await.unwrap();
+    p2.await.unwrap();
+    // Late duplicates are fine; count them for the log.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!(
+        "broker restarted after {before} of {} kanbans were sent ({during} when it was up again); \
+         all {} arrived on both paths, {} deliveries in all ({} duplicates)",
+        2 * N,
+        N,
+        total.load(Ordering::Relaxed),
+        total.load(Ordering::Relaxed) - 2 * N as usize
+    );
+    r.stop().await;
+    let (_, ch) = amqp::connect(&url).await;
+    amqp::delete(&ch, &all_queues(&cfg)).await;
+}
+
+/// Not a test on its own: the process `sighup_reloads_router_and_client` starts (this test
+/// binary re-executed) as the router (`AION_KANBAN_FAULTS_CHILD=router`) or as a microservice
+/// using the client library from its environment (`=client`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of sighup_reloads_router_and_client"]
+async fn faults_child_process() {
+    match std::env::var("AION_KANBAN_FAULTS_CHILD").as_deref() {
+        Ok("router") => {
+            let file = std::env::var("AION_SERVICES").expect("AION_SERVICES");
+            let url = std::env::var("RABBITMQ_URL").expect("RABBITMQ_URL");
+            let mut opts = RouterOptions::new(ServicesSource::File(PathBuf::from(file)), url);
+            // Only SIGHUP may trigger the reload in this test.
+            opts.watch_interval = Duration::from_secs(3600);
+            aion_kanban::config::notify_on_sighup(opts.reload.clone()).expect("SIGHUP handler");
+            router::run(opts, std::future::pending())
+                .await
+                .expect("router");
+        }
+        Ok("client") => {
+            // What a microservice does (see kanban/examples/echo_service.rs).
+            let mut client = Client::from_env().expect("client from env");
+            while let Some(m) = client.receiver.next().await {
+                match m.kanban() {
+                    Ok(k) => {
+                        let _ = client.forward(m, &k).await;
+                    }
+                    Err(_) => {
+                        let _ = m.fail().await;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn spawn_child(role: &str, envs: &[(&str, String)]) -> std::process::Child {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "faults_child_process",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env("AION_KANBAN_FAULTS_CHILD", role)
+    .stdout(std::process::Stdio::null());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn child")
+}
+
+fn sighup(child: &std::process::Child) {
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(st.success(), "kill -HUP {}", child.id());
+}
+
+/// Write `text` to `file` keeping its size and modification time (so that only SIGHUP, not the
+/// file watch, can notice the change).
+fn rewrite_unnoticeably(file: &Path, text: &str) {
+    let meta = std::fs::metadata(file).unwrap();
+    assert_eq!(meta.len(), text.len() as u64, "same size for the test");
+    std::fs::write(file, text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_modified(meta.modified().unwrap())
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_router_and_client() {
+    let Some(b) = rabbitmq::require() else { return };
+    let p = rabbitmq::unique("hu");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yml");
+    let v1 = format!(
+        "microservices:\n  {p}a:\n    nextService: {{default: [{{name: {p}b}}]}}\n  {p}b: {{}}\n"
+    );
+    let v2 = v1.replace(&format!("{p}b"), &format!("{p}z"));
+    std::fs::write(&file, &v1).unwrap();
+    let (conn, ch) = amqp::connect(&b.url).await;
+
+    let env = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("AION_SERVICES", file.to_string_lossy().into_owned()),
+            ("RABBITMQ_URL", b.url.clone()),
+        ];
+        v.extend(extra.iter().cloned());
+        v
+    };
+    let mut router = spawn_child("router", &env(&[]));
+    assert!(
+        amqp::wait_declared(&conn, &format!("{p}b-001.in"), WAIT).await,
+        "router child did not start"
+    );
+    let mut client = spawn_child(
+        "client",
+        &env(&[
+            ("QUEUE_ORIGIN", format!("{p}a-001.in")),
+            ("QUEUE_TO", format!("{p}a-001.out")),
+        ]),
+    );
+    let ids = |v: Vec<(Vec<u8>, lapin::BasicProperties)>| -> Vec<i64> {
+        v.iter()
+            .map(|(b, _)| json_of(b)["metadata"]["id"].as_i64().unwrap())
+            .collect()
+    };
+    // The client routes producer-side with the first configuration.
+    amqp::publish(&ch, &format!("{p}a-001.in"), br#"{"metadata":{"id":1}}"#).await;
+    assert_eq!(
+        ids(amqp::take(&ch, &format!("{p}b-001.in"), 1, WAIT).await),
+        vec![1]
+    );
+    // A change nobody signalled is not picked up.
+    rewrite_unnoticeably(&file, &v2);
+    amqp::publish(&ch, &format!("{p}a-001.in"), br#"{"metadata":{"id":2}}"#).await;
+    assert_eq!(
+        ids(amqp::take(&ch, &format!("{p}b-001.in"), 1, WAIT).await),
+        vec![2]
+    );
+    assert_eq!(amqp::queue_len(&conn, &format!("{p}z-001.out")).await, None);
+
+    sighup(&router);
+    sighup(&client);
+    assert!(
+        amqp::wait_declared(&conn, &format!("{p}z-001.out"), WAIT).await,
+        "router did not re-declare the topology after SIGHUP"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New routes: producer-side in the client, and in the router for upstream-style clients.
+    amqp::publish(&ch, &format!("{p}a-001.in"), br#"{"metadata":{"id":3}}"#).await;
+    amqp::publish(&ch, &format!("{p}a-001.out"), br#"{"metadata":{"id":4}}"#).await;
+    let mut got = ids(amqp::take(&ch, &format!("{p}z-001.in"), 2, WAIT).await);
+    got.sort();
+    assert_eq!(got, vec![3, 4]);
+    assert_eq!(
+        amqp::queue_len(&conn, &format!("{p}b-001.in")).await,
+        Some(0),
+        "nothing took the old route"
+    );
+    assert!(
+        router.try_wait().unwrap().is_none(),
+        "SIGHUP ended the router"
+    );
+    assert!(
+        client.try_wait().unwrap().is_none(),
+        "SIGHUP ended the client"
+    );
+    router.kill().unwrap();
+    client.kill().unwrap();
+    router.wait().unwrap();
+    client.wait().unwrap();
+    let mut queues = all_queues(&services(&v1));
+    queues.extend(all_queues(&services(&v2)));
+    amqp::delete(&ch, &queues).await;
+}
