@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use aion_integration_tests::k8s;
 use aion_integration_tests::testbed::{self, Testbed, TestbedHost};
+use aion_reconcile::commands::apply::Outcome;
 use aion_reconcile::commands::plan::{Common, Format, close, prepare};
-use aion_reconcile::execute;
+use aion_reconcile::execute::{self, HostOutcome};
 use aion_reconcile::plan::Plan;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
@@ -64,12 +65,28 @@ fn plan(inventory: &Path) -> Plan {
     })
 }
 
-fn apply(inventory: &Path) -> u8 {
-    let args = aion_reconcile::commands::apply::Args {
+fn apply_args(inventory: &Path) -> aion_reconcile::commands::apply::Args {
+    aion_reconcile::commands::apply::Args {
         common: common(inventory),
         lock_stale_after: 7200,
-    };
-    aion_reconcile::commands::apply::run(&args).unwrap()
+    }
+}
+
+/// `apply` as the CLI runs it (prints the plan, progress and summary); the exit code.
+fn apply(inventory: &Path) -> u8 {
+    aion_reconcile::commands::apply::run(&apply_args(inventory)).unwrap()
+}
+
+/// `apply`, returning how it ended (the summary is printed too, for the test log).
+fn apply_outcome(inventory: &Path) -> Outcome {
+    let o = aion_reconcile::commands::apply::run_blocking(&apply_args(inventory)).unwrap();
+    print!("{}", o.summary());
+    o
+}
+
+/// `stat` of a path on a host with nanosecond mtime (empty when missing).
+fn mtime(tb: &Testbed, h: &TestbedHost, path: &str) -> String {
+    tb.run_as_root(h, &format!("stat -c '%y' {path} 2>/dev/null || true"))
 }
 
 fn last_octet(h: &TestbedHost) -> u32 {
@@ -345,7 +362,7 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
         );
     });
 
-    // --- second apply: 0 changes, no command with side effects -------------------------------
+    // --- second apply: 0 changes, no command with side effects, no lock taken ----------------
     let before: Vec<usize> = tb.hosts.iter().map(|h| tb.standin_calls(h).len()).collect();
     let p = plan(&inv);
     assert!(
@@ -353,7 +370,34 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
         "converged hosts still have changes:\n{}",
         aion_reconcile::plan::render_text(&p, aion_reconcile::plan::Style { color: false })
     );
-    assert_eq!(apply(&inv), 0);
+    // The remote lock is a directory made (and removed) in /var/lib/aion on the master, the
+    // local one a file in <inventory dir>/.aion: either would change its parent's mtime.
+    let state = dir.path().join(".aion");
+    let local_mtime = || std::fs::metadata(&state).unwrap().modified().unwrap();
+    let (master_before, local_before) = (mtime(&tb, &master, "/var/lib/aion"), local_mtime());
+    assert!(!master_before.is_empty(), "/var/lib/aion on the master");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let o = apply_outcome(&inv);
+    assert!(o.ok(), "converged apply failed:\n{}", o.summary());
+    assert!(!o.locked, "a converged apply took the lock");
+    assert!(
+        o.log.is_none(),
+        "a converged apply ran something (log {:?})",
+        o.log
+    );
+    assert_eq!(o.report.changed, 0);
+    assert!(o.summary().contains("nothing to change"), "{}", o.summary());
+    assert_eq!(
+        mtime(&tb, &master, "/var/lib/aion"),
+        master_before,
+        "the converged apply touched /var/lib/aion on the master (lock directory)"
+    );
+    assert_eq!(
+        local_mtime(),
+        local_before,
+        "the converged apply touched {} (lock file)",
+        state.display()
+    );
     for (h, n) in tb.hosts.iter().zip(&before) {
         let calls = calls_since(&tb, h, *n);
         let effects: Vec<&String> = calls
@@ -421,37 +465,165 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
         "{diff}"
     );
 
-    // --- a host down during apply fails alone; the next apply converges it -------------------
+    // --- a host cut off in the middle of its apply fails alone; the next apply converges it ---
+    // Both workers fresh again; the victim's link goes down once its stand-ins show that
+    // its changes have started (docker being installed: hostname and directories done).
     let victim = workers.last().unwrap().clone();
-    reset(&tb, &victim);
+    let others: Vec<TestbedHost> = workers
+        .iter()
+        .filter(|w| w.name != victim.name)
+        .cloned()
+        .collect();
+    for h in workers.iter() {
+        reset(&tb, h);
+    }
     if let Some(cluster) = k8s::require() {
         rt().block_on(async {
-            let _ = Api::<Node>::all(cluster.client().await)
-                .delete(&victim.name, &Default::default())
-                .await;
+            let nodes = Api::<Node>::all(cluster.client().await);
+            for h in workers.iter() {
+                let _ = nodes.delete(&h.name, &Default::default()).await;
+            }
         });
     }
     let inv = inventory_copy(&tb, dir.path(), |t| t);
-    set_link(&tb, &victim, false);
-    let code = apply(&inv);
-    set_link(&tb, &victim, true);
-    assert_eq!(code, 1, "apply with {} unreachable must fail", victim.name);
-    let p = plan(&inv);
-    for hp in &p.hosts {
-        if hp.host == victim.name {
-            assert!(hp.changes.len() > 10, "{} still needs its changes", hp.host);
-        } else {
-            assert!(
-                hp.changes.is_empty(),
-                "{} converged although {} was down: {:?}",
-                hp.host,
-                victim.name,
-                hp.changes
-            );
+    let fresh_changes = plan(&inv).host(&victim.name).unwrap().changes.len();
+    let calls_before = tb.standin_calls(&victim).len();
+    let running = {
+        let inv = inv.clone();
+        std::thread::spawn(move || {
+            aion_reconcile::commands::apply::run_blocking(&apply_args(&inv)).unwrap()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let trigger = loop {
+        let calls = calls_since(&tb, &victim, calls_before);
+        if let Some(c) = calls
+            .iter()
+            .find(|l| l.contains(" apt-get ") && l.contains("install") && l.contains("docker.io"))
+        {
+            break c.clone();
         }
+        assert!(
+            !running.is_finished(),
+            "apply ended before {} started its changes; its calls: {calls:?}",
+            victim.name
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never started installing docker",
+            victim.name
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    set_link(&tb, &victim, false);
+    eprintln!("cut {} after its stand-ins logged: {trigger}", victim.name);
+    let o = running.join().unwrap();
+    set_link(&tb, &victim, true);
+    print!("{}", o.summary());
+    assert!(!o.ok(), "apply with {} cut off must fail", victim.name);
+    match o.report.outcome(&victim.name) {
+        Some(HostOutcome::Failed { .. } | HostOutcome::Unreachable { .. }) => {}
+        other => panic!("{}: {other:?}\n{}", victim.name, o.summary()),
     }
-    assert_eq!(apply(&inv), 0, "apply after {} is back", victim.name);
+    assert!(
+        o.summary().lines().any(|l| l
+            .trim_start()
+            .starts_with(&format!("{}: failed", victim.name))),
+        "the summary names the failed host:\n{}",
+        o.summary()
+    );
+    assert!(
+        o.summary().contains("1 failed"),
+        "counts in the summary:\n{}",
+        o.summary()
+    );
+    for h in std::iter::once(&master).chain(&others) {
+        assert!(
+            matches!(
+                o.report.outcome(&h.name),
+                Some(HostOutcome::Converged { .. })
+            ),
+            "{} must converge although {} was cut off: {:?}",
+            h.name,
+            victim.name,
+            o.report.outcome(&h.name)
+        );
+    }
+    for h in &others {
+        assert!(
+            matches!(o.report.outcome(&h.name), Some(HostOutcome::Converged { changed }) if *changed > 0),
+            "{} (fresh) converged in the same phase",
+            h.name
+        );
+    }
+    // What depends on every host converging (the per-node manifests) is skipped, with why.
+    let skipped = o.cluster.as_ref().unwrap_err();
+    assert!(
+        skipped.contains("skipped") && skipped.contains(&victim.name),
+        "{skipped}"
+    );
+    // No half-written files: each file the roles write is absent or whole.
+    let local_services_sha = {
+        let o = std::process::Command::new("sha256sum")
+            .arg(tb.dir().join("services.yml"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let ns = &victim.name;
+    let files = tb.run_as_root(
+        &victim,
+        &format!(
+            r#"f=/var/lib/aion/{ns}/config/services.yml; if [ -f $f ]; then echo "services $(sha256sum < $f | cut -d' ' -f1)"; else echo "services absent"; fi
+f=/etc/docker/daemon.json; if [ -f $f ]; then python3 -c 'import json,sys; json.load(open(sys.argv[1])); print("daemon.json valid")' $f; else echo "daemon.json absent"; fi
+echo "hostname $(cat /etc/hostname)"
+"#
+        ),
+    );
+    eprintln!("{} after the cut:\n{files}", victim.name);
+    assert!(
+        files.contains("services absent")
+            || files.contains(&format!("services {local_services_sha}")),
+        "{files}"
+    );
+    assert!(
+        files.contains("daemon.json absent") || files.contains("daemon.json valid"),
+        "{files}"
+    );
+    assert!(
+        files.contains(&format!("hostname {}\n", victim.name))
+            || files.contains("hostname tb-host-"),
+        "{files}"
+    );
+    // Mid-way: some of its changes are done, some are left.
+    let left = plan(&inv).host(&victim.name).unwrap().changes.len();
+    eprintln!(
+        "{}: {left} of {fresh_changes} changes left after the cut",
+        victim.name
+    );
+    assert!(
+        left < fresh_changes,
+        "{} was cut before any change ({left} of {fresh_changes} left)",
+        victim.name
+    );
+    let o = apply_outcome(&inv);
+    assert!(
+        o.ok(),
+        "apply after {} is back:\n{}",
+        victim.name,
+        o.summary()
+    );
     assert!(!plan(&inv).has_changes());
+    let o = apply_outcome(&inv);
+    assert!(
+        o.ok() && !o.locked,
+        "then nothing to change:\n{}",
+        o.summary()
+    );
 
     // --- single mode: the master untainted (both taints) -------------------------------------
     let first_worker = format!("  - name: {}\n", workers[0].name);

@@ -32,7 +32,9 @@ pub trait ClusterOps: Send + Sync {
 /// Gather one host's facts (one script, one round trip).
 pub async fn gather<H: Host>(host: &H, spec: &HostSpec) -> Result<HostFacts, String> {
     let req = plan::fact_request(spec);
-    let out = host.run(&req.script()).await.map_err(|e| e.to_string())?;
+    let script = req.script();
+    tracing::trace!(host = %host.name(), "facts script:\n{script}");
+    let out = host.run(&script).await.map_err(|e| e.to_string())?;
     if !out.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!(
@@ -99,10 +101,12 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
                 Some(Err(e)) => return unreachable(e.clone()),
                 None => return unreachable("not connected".into()),
             };
+            let t = std::time::Instant::now();
             let facts = match gather(host.as_ref(), spec).await {
                 Ok(f) => f,
                 Err(e) => return unreachable(e),
             };
+            tracing::debug!(host = %spec.host.name, ms = t.elapsed().as_millis() as u64, "facts gathered");
             // Cluster steps can be checked only once the host side is done (kubeconfig
             // fetched); otherwise they are "known after apply".
             let host_only = plan::plan_host(
@@ -115,11 +119,11 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
                 &[],
             );
             let checks = match &host_only {
+                // Read-only checks: all of a host's steps at once.
                 Ok(hp) if hp.changes.is_empty() => {
-                    let mut v = Vec::new();
-                    for step in &spec.cluster {
-                        v.push(cluster.check(step).await);
-                    }
+                    let t = std::time::Instant::now();
+                    let v = join_all(spec.cluster.iter().map(|step| cluster.check(step))).await;
+                    tracing::debug!(host = %spec.host.name, ms = t.elapsed().as_millis() as u64, "cluster steps checked");
                     v
                 }
                 _ => spec
@@ -298,7 +302,23 @@ async fn run_host<H: Host, C: ClusterOps>(
         if batch.len() > 1 {
             let label = format!("{} … {}", batch[0].id, batch[batch.len() - 1].id);
             cx.progress.step(&hp.host, i, total, &label);
-            let results = run_batch(&hp.user, &batch, host.as_ref()).await;
+            let results = match run_batch(&hp.user, &batch, host.as_ref()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The transport broke mid-script: which of these steps ran on the host
+                    // is unknown here (files are written atomically, so each is either done
+                    // or not); the next plan shows what is left.
+                    let step = label.clone();
+                    let error = format!(
+                        "{e} (during these steps; some may have been applied, the next plan shows what is left)"
+                    );
+                    cx.log
+                        .write(&hp.host, &format!("{step} FAILED: {error}"), "");
+                    cx.progress
+                        .host_done(&hp.host, &format!("failed at {step}: {error}"), false);
+                    return HostOutcome::Failed { step, error };
+                }
+            };
             for (change, result) in batch.iter().zip(&results) {
                 if let Some(outcome) = record(hp, change, result.clone(), cx) {
                     return outcome;
@@ -376,7 +396,12 @@ const MARK: &str = "@@AION-STEP";
 /// Several script steps in one round trip: each in a `set -e` subshell between markers on
 /// stdout and stderr; the first failing step ends the script. Returns one result per step
 /// that ran (fewer than `batch` when the transport broke or a step failed).
-async fn run_batch<H: Host>(user: &str, batch: &[&Change], host: &H) -> Vec<StepResult> {
+/// Err: the transport broke (the script's fate on the host is unknown).
+async fn run_batch<H: Host>(
+    user: &str,
+    batch: &[&Change],
+    host: &H,
+) -> Result<Vec<StepResult>, String> {
     let mut script = prelude(user);
     for (n, c) in batch.iter().enumerate() {
         let Action::Script { script: body, .. } = &c.action else {
@@ -389,10 +414,7 @@ async fn run_batch<H: Host>(user: &str, batch: &[&Change], host: &H) -> Vec<Step
              [ \"$rc\" -eq 0 ] || exit \"$rc\"\n"
         ));
     }
-    let out = match host.run(&script).await {
-        Ok(o) => o,
-        Err(e) => return vec![Err((e.to_string(), String::new()))],
-    };
+    let out = host.run(&script).await.map_err(|e| e.to_string())?;
     let stdout = split_marked(&out.stdout_str());
     let stderr = split_marked(&String::from_utf8_lossy(&out.stderr));
     let mut results = Vec::new();
@@ -424,7 +446,7 @@ async fn run_batch<H: Host>(user: &str, batch: &[&Change], host: &H) -> Vec<Step
             }
         }
     }
-    results
+    Ok(results)
 }
 
 /// Split marked output into step number → (text, exit status if the end marker was seen).
@@ -653,50 +675,70 @@ pub mod kube_steps {
         ) -> Result<(Api<DynamicObject>, String), String> {
             let api_version = obj["apiVersion"].as_str().unwrap_or_default();
             let kind = obj["kind"].as_str().unwrap_or_default();
-            let name = obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
             let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
             let gvk = GroupVersionKind::gvk(group, version, kind);
             let (ar, caps) = pinned_kind(client, &gvk)
                 .await
                 .map_err(|e| format!("{kind}: {e}"))?;
-            let api = match (caps.scope, obj["metadata"]["namespace"].as_str()) {
-                (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
-                (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &ar),
-                (Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
-            };
-            Ok((api, format!("{kind}/{name}")))
+            Ok(api_with(client, obj, &ar, &caps))
         }
 
-        /// Objects of a template that a server-side apply would change (by name).
+        /// Objects of a template that a server-side apply would change (by name). Every
+        /// object is checked at once (a GET and a server-side dry-run apply, concurrently),
+        /// after the distinct kinds are resolved once each.
         async fn manifest_drift(&self, name: &str) -> Result<Vec<String>, String> {
             let client = self.client().await?;
-            let mut drift = Vec::new();
-            for obj in self.objects(name)? {
-                let (api, label) = self.api_for(&client, obj).await?;
-                let oname = obj["metadata"]["name"].as_str().unwrap_or_default();
-                let live = api
-                    .get_opt(oname)
-                    .await
-                    .map_err(|e| format!("{label}: {e}"))?;
-                let Some(live) = live else {
-                    drift.push(format!("+{label}"));
-                    continue;
-                };
-                let pp = PatchParams::apply(MANAGER).force().dry_run();
-                let dry = api
-                    .patch(oname, &pp, &Patch::Apply(obj))
-                    .await
-                    .map_err(|e| format!("{label}: {e}"))?;
-                if strip(serde_json::to_value(&dry).unwrap_or_default())
-                    != strip(serde_json::to_value(&live).unwrap_or_default())
-                {
-                    drift.push(format!("~{label}"));
+            let objects = self.objects(name)?;
+            let mut kinds: Vec<(&str, &str)> = objects
+                .iter()
+                .map(|o| {
+                    (
+                        o["apiVersion"].as_str().unwrap_or_default(),
+                        o["kind"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            let resolved = futures::future::try_join_all(kinds.iter().map(|(av, kind)| {
+                let client = &client;
+                async move {
+                    let (group, version) = av.split_once('/').unwrap_or(("", av));
+                    pinned_kind(client, &GroupVersionKind::gvk(group, version, kind))
+                        .await
+                        .map(|r| ((*av, *kind), r))
+                        .map_err(|e| format!("{kind}: {e}"))
                 }
-            }
-            Ok(drift)
+            }))
+            .await?;
+            let resolved: std::collections::HashMap<_, _> = resolved.into_iter().collect();
+            let checks = objects.iter().map(|obj| {
+                let (client, resolved) = (&client, &resolved);
+                async move {
+                    let key = (
+                        obj["apiVersion"].as_str().unwrap_or_default(),
+                        obj["kind"].as_str().unwrap_or_default(),
+                    );
+                    let (ar, caps) = &resolved[&key];
+                    let (api, label) = api_with(client, obj, ar, caps);
+                    let oname = obj["metadata"]["name"].as_str().unwrap_or_default();
+                    let pp = PatchParams::apply(MANAGER).force().dry_run();
+                    let patch = Patch::Apply(obj);
+                    let (live, dry) =
+                        tokio::join!(api.get_opt(oname), api.patch(oname, &pp, &patch));
+                    let live = live.map_err(|e| format!("{label}: {e}"))?;
+                    let Some(live) = live else {
+                        // (the dry run may fail, e.g. in a namespace that does not exist yet)
+                        return Ok(Some(format!("+{label}")));
+                    };
+                    let dry = dry.map_err(|e| format!("{label}: {e}"))?;
+                    let changed = strip(serde_json::to_value(&dry).unwrap_or_default())
+                        != strip(serde_json::to_value(&live).unwrap_or_default());
+                    Ok::<_, String>(changed.then(|| format!("~{label}")))
+                }
+            });
+            let drift = futures::future::try_join_all(checks).await?;
+            Ok(drift.into_iter().flatten().collect())
         }
 
         async fn node(
@@ -710,6 +752,23 @@ pub mod kube_steps {
                 .await
                 .map_err(|e| format!("node {node}: {e}"))
         }
+    }
+
+    /// The API for `obj` (its namespace when namespaced) and a `Kind/name` label.
+    fn api_with(
+        client: &kube::Client,
+        obj: &Value,
+        ar: &kube::discovery::ApiResource,
+        caps: &kube::discovery::ApiCapabilities,
+    ) -> (Api<DynamicObject>, String) {
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let api = match (&caps.scope, obj["metadata"]["namespace"].as_str()) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+            (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), ar),
+            (Scope::Cluster, _) => Api::all_with(client.clone(), ar),
+        };
+        (api, format!("{kind}/{name}"))
     }
 
     fn strip(mut v: Value) -> Value {

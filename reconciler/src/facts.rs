@@ -136,23 +136,47 @@ impl FactRequest {
             r#"printf 'HOSTNAME\t%s\n' "$(hostname 2>/dev/null)"
 printf 'HOME\t%s\n' "$UH"
 if [ -d /run/systemd/system ]; then printf 'SYSTEMD\t1\n'; fi
-f() {
-  if [ -d "$1" ]; then printf 'D\t%s\t' "$2"; stat --printf '%a\t%U\t%G\n' "$1"
-  elif [ -f "$1" ]; then
-    printf 'F\t%s\t' "$2"; stat --printf '%a\t%U\t%G\t' "$1"; sha256sum < "$1" | cut -d' ' -f1 | tr -d '\n'
-    if [ "$3" = 1 ]; then printf '\t'; base64 -w0 < "$1"; fi; echo
-  elif [ -e "$1" ] || [ -L "$1" ]; then printf 'O\t%s\n' "$2"
-  else printf 'M\t%s\n' "$2"; fi
+k() {
+  if [ -d "$1" ]; then printf 'K\t%s\tD\t%s\n' "$2" "$1"
+  elif [ -f "$1" ]; then printf 'K\t%s\tF\t%s\n' "$2" "$1"
+  elif [ -e "$1" ] || [ -L "$1" ]; then printf 'K\t%s\tO\t%s\n' "$2" "$1"
+  else printf 'K\t%s\tM\t%s\n' "$2" "$1"; fi
 }
 "#,
         );
-        for (path, content) in &self.paths {
-            s.push_str(&format!(
-                "f {} {} {}\n",
-                path_expr(path),
-                sh_quote(path),
-                if *content { 1 } else { 0 }
-            ));
+        // Paths: kinds with shell builtins, then ONE `stat` over every directory and file, ONE
+        // `sha256sum` over every file, and the content (base64) of the files whose content
+        // the checks compare. Few processes per host: the facts of a whole inventory are
+        // gathered at once, so every fork counts.
+        for path in self.paths.keys() {
+            s.push_str(&format!("k {} {}\n", path_expr(path), sh_quote(path)));
+        }
+        if !self.paths.is_empty() {
+            s.push_str("set --\n");
+            for path in self.paths.keys() {
+                let e = path_expr(path);
+                s.push_str(&format!(
+                    "if [ -d {e} ] || [ -f {e} ]; then set -- \"$@\" {e}; fi\n"
+                ));
+            }
+            s.push_str(
+                "[ $# -eq 0 ] || stat --printf 'T\\t%n\\t%a\\t%U\\t%G\\n' -- \"$@\" 2>/dev/null\nset --\n",
+            );
+            for path in self.paths.keys() {
+                let e = path_expr(path);
+                s.push_str(&format!("if [ -f {e} ]; then set -- \"$@\" {e}; fi\n"));
+            }
+            s.push_str(
+                "[ $# -eq 0 ] || sha256sum -- \"$@\" 2>/dev/null | while read -r h n; do printf 'H\\t%s\\t%s\\n' \"$n\" \"$h\"; done\n",
+            );
+            for (path, content) in &self.paths {
+                if *content {
+                    let e = path_expr(path);
+                    s.push_str(&format!(
+                        "if [ -f {e} ]; then printf 'B\\t%s\\t' {e}; base64 -w0 < {e}; echo; fi\n"
+                    ));
+                }
+            }
         }
         if !self.packages.is_empty() {
             let names: Vec<String> = self.packages.iter().map(|p| sh_quote(p)).collect();
@@ -161,11 +185,19 @@ f() {
                 names.join(" ")
             ));
         }
-        for svc in &self.services {
-            let q = sh_quote(svc);
+        if !self.services.is_empty() {
+            // `is-active` prints one line per unit, in order (unknown units: `inactive`), so
+            // one call serves every service; `is-enabled` stops at an unknown unit, so one each.
+            let names: Vec<String> = self.services.iter().map(|x| sh_quote(x)).collect();
             s.push_str(&format!(
-                "printf 'S\\t%s\\t%s\\t%s\\n' {q} \"$(systemctl is-enabled {q} 2>/dev/null)\" \"$(systemctl is-active {q} 2>/dev/null)\"\n"
+                "set -- $(systemctl is-active {} 2>/dev/null)\n",
+                names.join(" ")
             ));
+            for q in &names {
+                s.push_str(&format!(
+                    "printf 'S\\t%s\\t%s\\t%s\\n' {q} \"$(systemctl is-enabled {q} 2>/dev/null)\" \"${{1:-}}\"; [ $# -eq 0 ] || shift\n"
+                ));
+            }
         }
         for user in &self.users {
             let q = sh_quote(user);
@@ -188,6 +220,12 @@ f() {
 pub fn parse(host: &str, stdout: &str, stderr: &str) -> Result<HostFacts, FactsError> {
     let mut facts = HostFacts::default();
     let mut ended = false;
+    // Paths come in parts keyed by the expanded path: the kind (with the path as written),
+    // then `stat`, `sha256sum` and content records; joined at the end.
+    let mut kinds: Vec<(String, char, String)> = Vec::new();
+    let mut stats: BTreeMap<String, (u32, String, String)> = BTreeMap::new();
+    let mut hashes: BTreeMap<String, String> = BTreeMap::new();
+    let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (i, line) in stdout.lines().enumerate() {
         let bad = |message: &str| FactsError::Malformed {
             host: host.to_string(),
@@ -200,38 +238,31 @@ pub fn parse(host: &str, stdout: &str, stderr: &str) -> Result<HostFacts, FactsE
             ["HOSTNAME", h] => facts.hostname = h.to_string(),
             ["HOME", h] => facts.home = h.to_string(),
             ["SYSTEMD", _] => facts.systemd = true,
-            ["M", p] => {
-                facts.paths.insert(p.to_string(), PathFact::Missing);
+            ["K", key, kind, expanded] => kinds.push((
+                key.to_string(),
+                match *kind {
+                    "D" => 'D',
+                    "F" => 'F',
+                    "O" => 'O',
+                    "M" => 'M',
+                    _ => return Err(bad("unknown path kind")),
+                },
+                expanded.to_string(),
+            )),
+            ["T", expanded, m, o, g] => {
+                stats.insert(
+                    expanded.to_string(),
+                    (mode(m)?, o.to_string(), g.to_string()),
+                );
             }
-            ["O", p] => {
-                facts.paths.insert(p.to_string(), PathFact::Other);
+            ["H", expanded, sha] => {
+                hashes.insert(expanded.to_string(), sha.to_string());
             }
-            ["D", p, m, o, g] => {
-                let f = PathFact::Dir {
-                    mode: mode(m)?,
-                    owner: o.to_string(),
-                    group: g.to_string(),
-                };
-                facts.paths.insert(p.to_string(), f);
-            }
-            ["F", p, m, o, g, sha, rest @ ..] => {
-                let content = match rest {
-                    [] => None,
-                    [b64] => Some(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(b64)
-                            .map_err(|_| bad("bad base64 content"))?,
-                    ),
-                    _ => return Err(bad("too many fields")),
-                };
-                let f = PathFact::File {
-                    mode: mode(m)?,
-                    owner: o.to_string(),
-                    group: g.to_string(),
-                    sha256: sha.to_string(),
-                    content,
-                };
-                facts.paths.insert(p.to_string(), f);
+            ["B", expanded, b64] => {
+                let content = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| bad("bad base64 content"))?;
+                contents.insert(expanded.to_string(), content);
             }
             ["P", name, version, status] => {
                 facts.packages.insert(
@@ -271,6 +302,24 @@ pub fn parse(host: &str, stdout: &str, stderr: &str) -> Result<HostFacts, FactsE
             stderr: stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | "),
         });
     }
+    for (key, kind, expanded) in kinds {
+        let stat = stats.remove(&expanded);
+        let fact = match (kind, stat) {
+            ('D', Some((mode, owner, group))) => PathFact::Dir { mode, owner, group },
+            ('F', Some((mode, owner, group))) => PathFact::File {
+                mode,
+                owner,
+                group,
+                // (empty when unreadable: never equal to a desired hash)
+                sha256: hashes.remove(&expanded).unwrap_or_default(),
+                content: contents.remove(&expanded),
+            },
+            ('O', _) => PathFact::Other,
+            // Missing, or gone between the kind test and `stat`.
+            _ => PathFact::Missing,
+        };
+        facts.paths.insert(key, fact);
+    }
     Ok(facts)
 }
 
@@ -281,9 +330,16 @@ mod tests {
     #[test]
     fn parses_every_record_kind() {
         let out = "HOSTNAME\ttb-host-0\nHOME\t/home/aion\nSYSTEMD\t1\n\
-                   M\t/etc/docker/daemon.json\nD\t/var/lib/aion\t755\troot\troot\n\
-                   F\t~/.profile\t644\taion\taion\tabc\taGVsbG8K\n\
-                   F\t/etc/kubernetes/admin.conf\t600\troot\troot\tdef\n\
+                   K\t/etc/docker/daemon.json\tM\t/etc/docker/daemon.json\n\
+                   K\t/var/lib/aion\tD\t/var/lib/aion\n\
+                   K\t~/.profile\tF\t/home/aion/.profile\n\
+                   K\t/etc/kubernetes/admin.conf\tF\t/etc/kubernetes/admin.conf\n\
+                   K\t/etc/gone\tF\t/etc/gone\nK\t/dev/fifo\tO\t/dev/fifo\n\
+                   T\t/var/lib/aion\t755\troot\troot\n\
+                   T\t/home/aion/.profile\t644\taion\taion\n\
+                   T\t/etc/kubernetes/admin.conf\t600\troot\troot\n\
+                   H\t/home/aion/.profile\tabc\nH\t/etc/kubernetes/admin.conf\tdef\n\
+                   B\t/home/aion/.profile\taGVsbG8K\n\
                    P\tdocker.io\t26.1.5\tii \nP\tkubelet\t1.37.2-1.1\thi \n\
                    S\tdocker\tenabled\tactive\nG\taion\taion sudo\nG\tghost\nC\tswap\t0\nC\tinit\t1\nEND\n";
         let f = parse("h", out, "").unwrap();
@@ -309,8 +365,11 @@ mod tests {
         }
         assert!(matches!(
             f.path("/etc/kubernetes/admin.conf"),
-            PathFact::File { content: None, .. }
+            PathFact::File { content: None, sha256, mode: 0o600, .. } if sha256 == "def"
         ));
+        // gone between the kind test and `stat`: missing
+        assert_eq!(f.path("/etc/gone"), &PathFact::Missing);
+        assert_eq!(f.path("/dev/fifo"), &PathFact::Other);
         assert!(f.packages["docker.io"].installed() && !f.packages["docker.io"].held());
         assert!(f.packages["kubelet"].held());
         assert_eq!(f.services["docker"].active, "active");

@@ -1,15 +1,20 @@
-//! `aion-reconcile apply`: lock, gather facts, plan, then execute that same plan — masters,
-//! their cluster steps, workers in parallel — and print a summary. Re-running resumes: facts
-//! show what is already done.
+//! `aion-reconcile apply`: plan first (read-only, no lock); when nothing would change, say so
+//! and stop — no lock taken, no command with side effects run. Otherwise take the locks,
+//! plan again under them (someone may have changed the hosts meanwhile) and execute that same
+//! plan — masters, their cluster steps, workers in parallel — then the cluster part, and print
+//! a summary. Re-running resumes: facts show what is already done.
 
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::commands::plan::{
-    ClusterPart, Common, Format, close, plan_cluster, prepare, print_plan,
+    ClusterPart, Common, Format, Prepared, close, nothing_to_do, plan_both, plan_cluster, prepare,
+    print_plan,
 };
-use crate::execute::{self, Context};
+use crate::execute::{self, ApplyReport, Context, HostOutcome};
 use crate::lock::{self, LocalLock};
+use crate::plan::Plan;
 use crate::progress::{Log, Progress};
 
 #[derive(Debug, clap::Args)]
@@ -21,20 +26,124 @@ pub struct Args {
     pub lock_stale_after: u64,
 }
 
+/// How an `apply` ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The plan that was executed (or, when nothing had to change, the plan that showed it).
+    pub plan: Plan,
+    pub report: ApplyReport,
+    /// The cluster part: a summary line, or why it failed or was skipped.
+    pub cluster: Result<String, String>,
+    /// The full log (none when nothing had to change: nothing ran).
+    pub log: Option<PathBuf>,
+    /// Whether the locks were taken (false when nothing had to change).
+    pub locked: bool,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.report.ok() && self.cluster.is_ok()
+    }
+
+    /// The closing text: counts, the cluster part, one line per host that did not converge
+    /// (with its failed step, error or skip reason), the log's path.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        if self.locked {
+            out.push_str(&self.report.summary());
+        } else {
+            out.push_str(&format!(
+                "Apply: nothing to change; {} host(s) already converged (no lock taken, no command run)",
+                self.report.hosts.len()
+            ));
+        }
+        out.push('\n');
+        match &self.cluster {
+            Ok(s) => out.push_str(s),
+            Err(e) => out.push_str(&format!("cluster: {e}")),
+        }
+        out.push('\n');
+        for (h, o) in &self.report.hosts {
+            if !o.ok() {
+                out.push_str(&format!("  {h}: {}\n", describe(o)));
+            }
+        }
+        if let Some(log) = &self.log {
+            out.push_str(&format!("Full log: {}\n", log.display()));
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "plan": self.plan,
+            "report": self.report,
+            "cluster": self.cluster.as_ref().map_err(|e| e.clone()),
+            "log": self.log,
+            "locked": self.locked,
+        })
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<u8> {
+    let outcome = run_blocking(args)?;
+    match args.common.output {
+        Format::Text => print!("{}", outcome.summary()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&outcome.to_json())?),
+    }
+    Ok(if outcome.ok() { 0 } else { 1 })
+}
+
+/// [`apply`] on its own runtime (what `run` does, without printing the summary).
+pub fn run_blocking(args: &Args) -> anyhow::Result<Outcome> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run_async(args))
+    rt.block_on(apply(args))
 }
 
-async fn run_async(args: &Args) -> anyhow::Result<u8> {
+/// Plan, and if anything would change: lock, re-plan, execute. Prints the plan (text mode)
+/// and the progress; the summary is the caller's.
+pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
+    let c = &args.common;
+    let p = prepare(c).await?;
+    let (plan, cluster) = plan_both(c, &p).await;
+    if nothing_to_do(&plan, &cluster) {
+        if c.output == Format::Text {
+            print_plan(&plan, c.output)?;
+        }
+        let cluster = match cluster {
+            Ok(ClusterPart::Planned(cp)) => Ok(cp.summary()),
+            _ => unreachable!("nothing_to_do checked the cluster part"),
+        };
+        let report = ApplyReport {
+            hosts: plan
+                .hosts
+                .iter()
+                .map(|h| (h.host.clone(), HostOutcome::Converged { changed: 0 }))
+                .collect(),
+            changed: 0,
+        };
+        close(p.hosts).await;
+        return Ok(Outcome {
+            plan,
+            report,
+            cluster,
+            log: None,
+            locked: false,
+        });
+    }
+    let result = locked_apply(args, &p).await;
+    close(p.hosts).await;
+    result
+}
+
+/// Take the local lock and the one on the master, plan again under them and execute.
+async fn locked_apply(args: &Args, p: &Prepared) -> anyhow::Result<Outcome> {
     let c = &args.common;
     let holder = lock::holder_id();
-    let state = crate::commands::plan::state_dir(&c.inventory);
-    let _local = LocalLock::acquire(&state.join("reconcile.lock"), &holder)?;
-    let p = prepare(c).await?;
+    let _local = LocalLock::acquire(&p.state_dir.join("reconcile.lock"), &holder)?;
     let master = p
         .inventory
         .masters()
@@ -47,10 +156,7 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
     if let Some((name, user)) = &master
         && let Some(Ok(h)) = p.hosts.get(name)
     {
-        if let Err(e) = lock::acquire_remote(h.as_ref(), user, &holder, stale).await {
-            close(p.hosts).await;
-            return Err(e.into());
-        }
+        lock::acquire_remote(h.as_ref(), user, &holder, stale).await?;
         locked = Some((h.clone(), user.clone()));
     }
     let result = async {
@@ -76,7 +182,13 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
             match plan_cluster(&c.inventory, &p.inventory.kubeconfig).await {
                 Ok(ClusterPart::Planned(cp)) if cp.has_changes() => {
                     let client = crate::kubeclient::client_from(&p.inventory.kubeconfig).await?;
-                    match crate::cluster::execute(&client, &cp, &crate::cluster::ExecuteOptions::default()).await {
+                    match crate::cluster::execute(
+                        &client,
+                        &cp,
+                        &crate::cluster::ExecuteOptions::default(),
+                    )
+                    .await
+                    {
                         Ok(r) => Ok(r.summary()),
                         Err(e) => Err(format!("{e:#}")),
                     }
@@ -86,58 +198,42 @@ async fn run_async(args: &Args) -> anyhow::Result<u8> {
                 Err(e) => Err(format!("{e:#}")),
             }
         } else {
-            Err("skipped: not every host converged".to_string())
+            let failed: Vec<&str> = report
+                .hosts
+                .iter()
+                .filter(|(_, o)| !o.ok())
+                .map(|(h, _)| h.as_str())
+                .collect();
+            Err(format!(
+                "skipped: not every host converged ({})",
+                failed.join(", ")
+            ))
         };
         if let Err(e) = &cluster {
             log.write("cluster", "FAILED", e);
         }
-        match c.output {
-            Format::Text => {
-                println!("{}", report.summary());
-                match &cluster {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => println!("cluster: {e}"),
-                }
-                for (h, o) in &report.hosts {
-                    if !o.ok() {
-                        println!(
-                            "  {h}: {}",
-                            serde_json::to_value(o)
-                                .map(|v| describe(&v))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
-                println!("Full log: {}", log.path().display());
-            }
-            Format::Json => println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"plan": plan, "report": report, "cluster": cluster.as_ref().map_err(|e| e.clone()), "log": log.path()})
-                )?
-            ),
-        }
-        anyhow::Ok(if report.ok() && cluster.is_ok() { 0 } else { 1 })
+        anyhow::Ok(Outcome {
+            plan,
+            report,
+            cluster,
+            log: Some(log.path().to_owned()),
+            locked: true,
+        })
     }
     .await;
     if let Some((h, user)) = locked {
         lock::release_remote(h.as_ref(), &user, &holder).await;
     }
-    close(p.hosts).await;
     result
 }
 
-fn describe(v: &serde_json::Value) -> String {
-    let obj = v.as_object().cloned().unwrap_or_default();
-    obj.iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}: {}",
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// One line for a host that did not converge: the failed step and error, or why it was
+/// unreachable or skipped.
+fn describe(o: &HostOutcome) -> String {
+    match o {
+        HostOutcome::Converged { changed } => format!("converged ({changed} change(s))"),
+        HostOutcome::Failed { step, error } => format!("failed at {step}: {error}"),
+        HostOutcome::Unreachable { error } => format!("unreachable: {error}"),
+        HostOutcome::Skipped { reason } => format!("skipped: {reason}"),
+    }
 }

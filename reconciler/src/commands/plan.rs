@@ -99,12 +99,12 @@ pub async fn prepare(c: &Common) -> anyhow::Result<Prepared> {
         let (sem, opts) = (&sem, &opts);
         async move {
             let _p = sem.acquire().await;
+            let t = std::time::Instant::now();
+            let conn = SshHost::connect(h, opts).await;
+            tracing::debug!(host = %h.name, ms = t.elapsed().as_millis() as u64, "connected");
             (
                 h.name.clone(),
-                SshHost::connect(h, opts)
-                    .await
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string()),
+                conn.map(Arc::new).map_err(|e| e.to_string()),
             )
         }
     }))
@@ -165,10 +165,29 @@ pub async fn plan_cluster(inventory: &Path, kubeconfig: &Path) -> anyhow::Result
     if !kubeconfig.exists() {
         return Ok(ClusterPart::NotYet);
     }
+    let t = std::time::Instant::now();
     let (inv, manifests) = crate::commands::render::load_and_render(inventory)?;
     let client = crate::kubeclient::client_from(kubeconfig).await?;
     let plan = crate::cluster::plan(&client, &manifests, &inv).await?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "cluster part planned");
     Ok(ClusterPart::Planned(Box::new(plan)))
+}
+
+/// The host plan and the cluster part, planned at the same time (both are read-only; the
+/// cluster part needs only the kubeconfig, not the host facts).
+pub async fn plan_both(c: &Common, p: &Prepared) -> (Plan, anyhow::Result<ClusterPart>) {
+    tokio::join!(
+        execute::plan_all(&p.specs, &p.hosts, &p.cluster, c.parallel as usize),
+        plan_cluster(&c.inventory, &p.inventory.kubeconfig)
+    )
+}
+
+/// Nothing for `apply` to do: every host planned without changes and the cluster part
+/// planned without changes.
+pub fn nothing_to_do(plan: &Plan, cluster: &anyhow::Result<ClusterPart>) -> bool {
+    !plan.has_changes()
+        && plan.counts.failed_hosts == 0
+        && matches!(cluster, Ok(ClusterPart::Planned(c)) if !c.has_changes())
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
@@ -178,15 +197,8 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         .build()?;
     rt.block_on(async {
         let p = prepare(&args.common).await?;
-        let plan = execute::plan_all(
-            &p.specs,
-            &p.hosts,
-            &p.cluster,
-            args.common.parallel as usize,
-        )
-        .await;
+        let (plan, cluster) = plan_both(&args.common, &p).await;
         close(p.hosts).await;
-        let cluster = plan_cluster(&args.common.inventory, &p.inventory.kubeconfig).await;
         let cluster_changes = matches!(&cluster, Ok(ClusterPart::Planned(c)) if c.has_changes());
         match args.common.output {
             Format::Text => {
