@@ -114,9 +114,14 @@ impl Receiver {
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
+                let began = tokio::time::Instant::now();
                 match consume_once(&url, &queues, prefetch, &tx).await {
                     Ok(()) => return, // receiver dropped
                     Err(e) => {
+                        if began.elapsed() > Duration::from_secs(30) {
+                            // It ran for a while: this is a new outage, start over quickly.
+                            backoff = Duration::from_millis(200);
+                        }
                         tracing::warn!("kanban receiver: {e}; reconnecting in {backoff:?}");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
