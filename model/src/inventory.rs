@@ -201,6 +201,7 @@ pub fn load_str(text: &str, file: &Path) -> Result<Loaded<Inventory>, LoadError>
         let l = l.trim();
         l.starts_with('[') && l.ends_with(']') && !l.contains([',', ' ', '"', '\''])
     });
+    let file_arc = std::sync::Arc::new(file.to_path_buf());
     let root = match crate::yaml::parse_str(text, file) {
         Ok(root) => root,
         Err(e) if looks_ini => {
@@ -223,7 +224,7 @@ pub fn load_str(text: &str, file: &Path) -> Result<Loaded<Inventory>, LoadError>
         let mut d = Diagnostic::error(
             "inventory-shape",
             format!("an inventory is a YAML mapping, found {}", root.describe()),
-            root.span.clone(),
+            root.span(&file_arc),
             "",
         );
         d = if looks_ini {
@@ -240,7 +241,7 @@ pub fn load_str(text: &str, file: &Path) -> Result<Loaded<Inventory>, LoadError>
     } else {
         from_native(&root, file, &dir)
     };
-    let schema_diags = crate::schema::check(crate::schema::Kind::Inventory, &root);
+    let schema_diags = crate::schema::check(crate::schema::Kind::Inventory, &root, &file_arc);
     crate::schema::merge(&mut loaded.diagnostics, schema_diags);
     check_at(&loaded.value, &pointers, &mut loaded.diagnostics);
     crate::diag::sort(&mut loaded.diagnostics);
@@ -335,7 +336,7 @@ fn read_port(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<u16> {
                 Diagnostic::error(
                     "invalid-value",
                     format!("`{field}` must be a TCP port (1–65535), found {v}"),
-                    n.span.clone(),
+                    r.span(n),
                     p,
                 )
                 .with_hint("the SSH port is usually 22"),
@@ -379,7 +380,7 @@ fn read_choice<T: Copy>(
         Diagnostic::error(
             "invalid-value",
             format!("`{field}` is `{a}` or `{b}`, found {s:?}"),
-            n.span.clone(),
+            r.span(n),
             p,
         )
         .with_hint(hint),
@@ -537,7 +538,7 @@ fn finish(
                 .map(|s| resolve_path(dir, &s))
                 .unwrap_or_else(|| dir.join(".aion").join("kubeconfig")),
             hosts,
-            span: root.span.clone(),
+            span: r.span(root),
         },
         diagnostics: r.diags,
     };
@@ -545,7 +546,7 @@ fn finish(
 }
 
 fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<String>) {
-    let mut r = Reader::new();
+    let mut r = Reader::new(std::sync::Arc::new(file.to_path_buf()));
     let mut name = None;
     let mut mode = None;
     let mut known_hosts = None;
@@ -579,7 +580,7 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<
         }
         match f.get("hosts") {
             None => r.diags.push(
-                Diagnostic::error("no-hosts", "the inventory has no `hosts:` list", root.span.clone(), "")
+                Diagnostic::error("no-hosts", "the inventory has no `hosts:` list", r.span(root), "")
                     .with_hint("add `hosts:` with at least the master: `- {name: edge-master, address: 10.0.0.2, role: master}`"),
             ),
             Some((n, p)) => match n.as_seq() {
@@ -597,21 +598,21 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<
                         match hf.get("name") {
                             Some((n, p)) => host_name = r.string(n, &p, "name").unwrap_or_default(),
                             None => r.diags.push(
-                                Diagnostic::error("missing-key", "a host needs `name:`", item.span.clone(), hp.clone())
+                                Diagnostic::error("missing-key", "a host needs `name:`", r.span(item), hp.clone())
                                     .with_hint("the name is the device's hostname and Kubernetes node name"),
                             ),
                         }
                         match hf.get("address") {
                             Some((n, p)) => own.address = r.string(n, &p, "address"),
                             None => r.diags.push(
-                                Diagnostic::error("missing-key", format!("host `{host_name}` needs `address:`"), item.span.clone(), hp.clone())
+                                Diagnostic::error("missing-key", format!("host `{host_name}` needs `address:`"), r.span(item), hp.clone())
                                     .with_hint("the IP address or DNS name to reach it over SSH"),
                             ),
                         }
                         match hf.get("role") {
                             Some((n, p)) => own.role = read_role(&mut r, n, &p, "role"),
                             None => r.diags.push(
-                                Diagnostic::error("missing-key", format!("host `{host_name}` needs `role:` (master or worker)"), item.span.clone(), hp.clone())
+                                Diagnostic::error("missing-key", format!("host `{host_name}` needs `role:` (master or worker)"), r.span(item), hp.clone())
                                     .with_hint("exactly one host is `role: master`"),
                             ),
                         }
@@ -632,7 +633,7 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<
                             pointer: hp.clone(),
                             name: host_name,
                             partial,
-                            span: item.span.clone(),
+                            span: r.span(item),
                         });
                     }
                 }
@@ -677,7 +678,7 @@ fn ansible_var(r: &mut Reader, key: &str, n: &Node, p: &str, into: &mut Partial,
                 Diagnostic::warning(
                     "unsupported-var",
                     format!("`{key}` is ignored: aion-reconcile logs in with SSH keys only"),
-                    n.span.clone(),
+                    r.span(n),
                     p,
                 )
                 .with_hint(
@@ -691,7 +692,7 @@ fn ansible_var(r: &mut Reader, key: &str, n: &Node, p: &str, into: &mut Partial,
             let mut d = Diagnostic::warning(
                 "unknown-key",
                 format!("unknown AION variable `{k}` (ignored)"),
-                n.span.clone(),
+                r.span(n),
                 p,
             );
             d = match suggest(k, &all) {
@@ -768,7 +769,7 @@ impl<'a> AnsibleWalk<'a> {
                     }
                     None => self
                         .hosts
-                        .push((host, own, key.span.clone(), p.clone(), master)),
+                        .push((host, own, self.r.span(key), p.clone(), master)),
                 }
             }
         }
@@ -785,7 +786,7 @@ impl<'a> AnsibleWalk<'a> {
 
 fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<String>) {
     let mut w = AnsibleWalk {
-        r: Reader::new(),
+        r: Reader::new(std::sync::Arc::new(file.to_path_buf())),
         hosts: Vec::new(),
         globals: Vec::new(),
     };
@@ -798,7 +799,7 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec
             if let Some(vars) = all.get("vars")
                 && let Some(pairs) = vars.as_map()
             {
-                let mut scratch = Reader::new();
+                let mut scratch = Reader::new(std::sync::Arc::new(file.to_path_buf()));
                 for pair in pairs {
                     if let Some(k) = pair.key.text() {
                         ansible_var(&mut scratch, k, &pair.value, "", &mut v, true);
@@ -845,7 +846,7 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec
         .collect();
     if drafts.is_empty() {
         w.r.diags.push(
-            Diagnostic::error("no-hosts", "the Ansible inventory names no hosts", root.span.clone(), "")
+            Diagnostic::error("no-hosts", "the Ansible inventory names no hosts", w.r.span(root), "")
                 .with_hint("put hosts under `all: {children: {masters: {hosts: {...}}, workers: {hosts: {...}}}}`"),
         );
     }

@@ -4,6 +4,8 @@
 //! `duplicate-key`, `unknown-key`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::diag::Diagnostic;
 use crate::span::Span;
@@ -32,20 +34,9 @@ impl<'n> Fields<'n> {
             .find(|(k, _)| *k == key)
             .map(|(k, n)| (*n, join_pointer(&self.ptr, k)))
     }
-    /// Record every present field's value position under its pointer.
-    pub fn record(&self, into: &mut HashMap<String, Span>) {
-        for (k, n) in &self.entries {
-            into.insert(join_pointer(&self.ptr, k), n.span.clone());
-        }
-    }
-    #[allow(dead_code)]
-    pub fn spans(&self) -> FieldSpans {
-        FieldSpans(
-            self.entries
-                .iter()
-                .map(|(k, n)| (*k, n.span.clone()))
-                .collect(),
-        )
+    /// Every present field with its value node.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &'n Node)> + '_ {
+        self.entries.iter().map(|(k, n)| (*k, *n))
     }
 }
 
@@ -70,11 +61,21 @@ pub fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
 
 pub(crate) struct Reader {
     pub diags: Vec<Diagnostic>,
+    /// The file the nodes came from (named in every diagnostic's span).
+    pub file: Arc<PathBuf>,
 }
 
 impl Reader {
-    pub fn new() -> Self {
-        Reader { diags: Vec::new() }
+    pub fn new(file: Arc<PathBuf>) -> Self {
+        Reader {
+            diags: Vec::new(),
+            file,
+        }
+    }
+
+    /// Where `node` was written, as a diagnostic span.
+    pub fn span(&self, node: &Node) -> Span {
+        node.span(&self.file)
     }
 
     pub fn type_error(&mut self, node: &Node, ptr: &str, field: &str, expected: &str) {
@@ -82,7 +83,7 @@ impl Reader {
             Diagnostic::error(
                 "type",
                 format!("`{field}` expects {expected}, found {}", node.describe()),
-                node.span.clone(),
+                self.span(node),
                 ptr,
             )
             .with_hint(format!(
@@ -113,7 +114,7 @@ impl Reader {
                 return None;
             }
         };
-        let mut seen: Vec<(usize, bool, usize)> = Vec::new(); // (known idx, merged, line)
+        let mut seen: Vec<(usize, bool, u32)> = Vec::new(); // (known idx, merged, line)
         for pair in pairs {
             let Some(key) = pair.key.text() else {
                 self.diags.push(
@@ -123,7 +124,7 @@ impl Reader {
                             "a {} used as a key in `{what}` is ignored",
                             pair.key.describe()
                         ),
-                        pair.key.span.clone(),
+                        self.span(&pair.key),
                         ptr,
                     )
                     .with_hint("keys are plain names"),
@@ -136,7 +137,7 @@ impl Reader {
                         if !pair.merged && !slot.1 {
                             self.duplicate(&pair.key, &join_pointer(ptr, key), key, slot.2);
                         }
-                        *slot = (idx, pair.merged, pair.key.span.line);
+                        *slot = (idx, pair.merged, pair.key.pos.line);
                         let e = out
                             .entries
                             .iter_mut()
@@ -144,7 +145,7 @@ impl Reader {
                             .expect("seen implies entry");
                         e.1 = &pair.value;
                     } else {
-                        seen.push((idx, pair.merged, pair.key.span.line));
+                        seen.push((idx, pair.merged, pair.key.pos.line));
                         out.entries.push((known[idx], &pair.value));
                     }
                 }
@@ -152,7 +153,7 @@ impl Reader {
                     let mut d = Diagnostic::warning(
                         "unknown-key",
                         format!("unknown key `{key}` in {what}; upstream aion-core ignores it"),
-                        pair.key.span.clone(),
+                        self.span(&pair.key),
                         join_pointer(ptr, key),
                     );
                     d = match suggest(key, known) {
@@ -169,12 +170,12 @@ impl Reader {
         Some(out)
     }
 
-    fn duplicate(&mut self, key: &Node, ptr: &str, name: &str, first_line: usize) {
+    fn duplicate(&mut self, key: &Node, ptr: &str, name: &str, first_line: u32) {
         self.diags.push(
             Diagnostic::warning(
                 "duplicate-key",
                 format!("duplicate key `{name}` (first at line {first_line}); the last one wins"),
-                key.span.clone(),
+                self.span(key),
                 ptr,
             )
             .with_hint("remove one of the two entries (go-yaml v2 keeps the last, strict parsers reject the file)"),
@@ -189,6 +190,24 @@ impl Reader {
         ptr: &str,
         what: &str,
     ) -> Option<Vec<(String, &'n Node, &'n Node)>> {
+        let entries = self.map_entry_indices(node, ptr, what)?;
+        let pairs = node.as_map().unwrap_or_default();
+        Some(
+            entries
+                .into_iter()
+                .map(|(k, i)| (k, &pairs[i].key, &pairs[i].value))
+                .collect(),
+        )
+    }
+
+    /// Like [`Reader::map_entries`], with the index of each entry's winning pair in the
+    /// mapping instead of references (so the caller may take the values out).
+    pub fn map_entry_indices(
+        &mut self,
+        node: &Node,
+        ptr: &str,
+        what: &str,
+    ) -> Option<Vec<(String, usize)>> {
         let pairs = match &node.value {
             Value::Map(p) => p,
             _ if node.is_null() => return Some(Vec::new()),
@@ -197,34 +216,30 @@ impl Reader {
                 return None;
             }
         };
-        let mut out: Vec<(String, &Node, &Node)> = Vec::with_capacity(pairs.len());
-        let mut index: HashMap<String, (usize, bool)> = HashMap::with_capacity(pairs.len());
-        for pair in pairs {
-            let key = match &pair.key.value {
-                Value::Scalar(s) if pair.key.is_null() => {
-                    let _ = s;
-                    String::new()
-                }
-                Value::Scalar(s) => s.text.clone(),
+        let mut out: Vec<(String, usize)> = Vec::with_capacity(pairs.len());
+        let mut index: HashMap<&str, (usize, bool)> = HashMap::with_capacity(pairs.len());
+        for (pi, pair) in pairs.iter().enumerate() {
+            let key: &str = match &pair.key.value {
+                Value::Scalar(_) if pair.key.is_null() => "",
+                Value::Scalar(s) => &s.text,
                 _ => {
                     self.type_error(&pair.key, ptr, what, "plain keys");
                     continue;
                 }
             };
-            match index.get_mut(&key) {
+            match index.get_mut(key) {
                 Some((i, merged)) => {
                     if !pair.merged && !*merged {
-                        let first = out[*i].1.span.line;
-                        let p = join_pointer(ptr, &key);
-                        self.duplicate(&pair.key, &p, &key, first);
+                        let first = pairs[out[*i].1].key.pos.line;
+                        let p = join_pointer(ptr, key);
+                        self.duplicate(&pair.key, &p, key, first);
                     }
                     *merged = pair.merged;
-                    out[*i].1 = &pair.key;
-                    out[*i].2 = &pair.value;
+                    out[*i].1 = pi;
                 }
                 None => {
-                    index.insert(key.clone(), (out.len(), pair.merged));
-                    out.push((key, &pair.key, &pair.value));
+                    index.insert(key, (out.len(), pair.merged));
+                    out.push((key.to_owned(), pi));
                 }
             }
         }
@@ -248,7 +263,7 @@ impl Reader {
                             "`{field}` expects a boolean, found the quoted string {:?}",
                             s.text
                         ),
-                        node.span.clone(),
+                        self.span(node),
                         ptr,
                     )
                     .with_hint(format!(
@@ -276,7 +291,7 @@ impl Reader {
                 Diagnostic::error(
                     "int-overflow",
                     format!("`{field}` is a 32-bit integer; `{}` does not fit", s.text),
-                    node.span.clone(),
+                    r.span(node),
                     ptr,
                 )
                 .with_hint("use a value between -2147483648 and 2147483647"),
@@ -301,7 +316,7 @@ impl Reader {
                                     "`{field}` is an integer; `{}` is truncated to {v}",
                                     s.text
                                 ),
-                                node.span.clone(),
+                                self.span(node),
                                 ptr,
                             )
                             .with_hint(format!("write `{v}`")),
@@ -323,7 +338,7 @@ impl Reader {
                             "`{field}` expects an integer, found the quoted string {:?}",
                             s.text
                         ),
-                        node.span.clone(),
+                        self.span(node),
                         ptr,
                     )
                     .with_hint(format!(
@@ -344,7 +359,7 @@ impl Reader {
     pub fn string(&mut self, node: &Node, ptr: &str, field: &str) -> Option<String> {
         match node.as_scalar() {
             Some(_) if node.is_null() => Some(String::new()),
-            Some(s) => Some(s.text.clone()),
+            Some(s) => Some(s.text.to_string()),
             None => {
                 self.type_error(node, ptr, field, "a string");
                 None

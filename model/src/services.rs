@@ -4,9 +4,12 @@
 //! upstream applies in `setInitializeValue` are applied by the loader, so every consumer sees
 //! the same effective values the broker would have used.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::span::Span;
+use crate::yaml::Pos;
 
 /// A whole `services.yml`. Maps keep file order (Vec of pairs) because the order is what the
 /// operator wrote and what renders deterministically; duplicate keys are already resolved
@@ -25,18 +28,101 @@ pub struct ServicesFile {
     pub source_info: SourceInfo,
 }
 
-/// Side table filled by the loader: where fields were written, keyed by JSON pointer
+/// Side table filled by the loader: where fields were written, looked up by JSON pointer
 /// (e.g. `/microservices/foo/ports/0/nodePort`), and texts the typed model normalises away
 /// (`volumeMountPathList` entries as written).
+///
+/// Stored compactly (a 10,000-microservice file records ~180,000 positions): one group per
+/// microservice pointer, keys relative to it and shared between groups, positions as
+/// line/column with the file kept once.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceInfo {
-    pub spans: std::collections::HashMap<String, Span>,
-    pub raw: std::collections::HashMap<String, String>,
+    file: Arc<PathBuf>,
+    groups: HashMap<Box<str>, SourceGroup>,
+    /// Relative keys (`tag`, `ports/0/nodePort`, ...), each stored once.
+    keys: HashSet<Arc<str>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SourceGroup {
+    spans: Vec<(Arc<str>, Pos)>,
+    raw: Vec<(Arc<str>, Box<str>)>,
 }
 
 impl SourceInfo {
-    pub fn span(&self, pointer: &str) -> Option<&Span> {
-        self.spans.get(pointer)
+    /// An empty table for a file loaded from `file`.
+    pub fn new(file: Arc<PathBuf>) -> Self {
+        SourceInfo {
+            file,
+            ..Default::default()
+        }
+    }
+
+    /// The group and the relative key `pointer` falls in, if any.
+    fn find<'p>(&self, pointer: &'p str) -> Option<(&SourceGroup, &'p str)> {
+        pointer
+            .char_indices()
+            .skip(1)
+            .filter(|&(_, c)| c == '/')
+            .find_map(|(i, _)| {
+                let g = self.groups.get(&pointer[..i])?;
+                Some((g, &pointer[i + 1..]))
+            })
+    }
+
+    /// Where the value at `pointer` was written, if the loader recorded it.
+    pub fn span(&self, pointer: &str) -> Option<Span> {
+        let (g, rest) = self.find(pointer)?;
+        let (_, pos) = g.spans.iter().rev().find(|(k, _)| &**k == rest)?;
+        Some(pos.span(&self.file))
+    }
+
+    /// The text of the scalar at `pointer` as written, if the loader kept it.
+    pub fn raw(&self, pointer: &str) -> Option<&str> {
+        let (g, rest) = self.find(pointer)?;
+        g.raw
+            .iter()
+            .rev()
+            .find(|(k, _)| &**k == rest)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Start recording under `prefix` (a microservice's pointer).
+    pub(crate) fn group(&mut self, prefix: &str) -> GroupWriter<'_> {
+        let group = self.groups.entry(prefix.into()).or_default();
+        GroupWriter {
+            keys: &mut self.keys,
+            group,
+        }
+    }
+}
+
+/// Records positions and texts under one pointer prefix.
+pub(crate) struct GroupWriter<'a> {
+    keys: &'a mut HashSet<Arc<str>>,
+    group: &'a mut SourceGroup,
+}
+
+impl GroupWriter<'_> {
+    fn key(&mut self, rest: &str) -> Arc<str> {
+        if let Some(k) = self.keys.get(rest) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(rest);
+        self.keys.insert(k.clone());
+        k
+    }
+    pub fn span(&mut self, rest: &str, pos: Pos) {
+        let k = self.key(rest);
+        self.group.spans.push((k, pos));
+    }
+    pub fn raw(&mut self, rest: &str, text: &str) {
+        let k = self.key(rest);
+        self.group.raw.push((k, text.into()));
+    }
+    pub fn finish(self) {
+        self.group.spans.shrink_to_fit();
+        self.group.raw.shrink_to_fit();
     }
 }
 
@@ -180,7 +266,7 @@ use std::path::Path;
 
 use crate::diag::{Diagnostic, LoadError, Loaded};
 use crate::read::Reader;
-use crate::yaml::{Node, join_pointer};
+use crate::yaml::{Document, Node, Value, join_pointer};
 
 pub const TOP_KEYS: &[&str] = &["microservices", "devices", "deviceName", "debug"];
 pub const MICROSERVICE_KEYS: &[&str] = &[
@@ -216,18 +302,29 @@ pub fn load(path: &Path) -> Result<Loaded<ServicesFile>, LoadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    load_str(&text, path)
+    let doc = crate::yaml::parse_document(&text, path)?;
+    drop(text);
+    Ok(from_document(doc))
 }
 
 /// Load a `services.yml` from text; `file` names it in diagnostics.
 pub fn load_str(text: &str, file: &Path) -> Result<Loaded<ServicesFile>, LoadError> {
     let doc = crate::yaml::parse_document(text, file)?;
-    let root = doc
+    Ok(from_document(doc))
+}
+
+/// Schema check, decoding and defaults of a parsed document (what [`load_str`] does after
+/// parsing). The tree is consumed: each microservice's subtree is freed as soon as it is
+/// decoded, and the schema sees one microservice's JSON at a time, so the tree, its JSON
+/// copy and the typed model never exist whole at once.
+pub fn from_document(doc: Document) -> Loaded<ServicesFile> {
+    let file = doc.file;
+    let mut root = doc
         .root
-        .unwrap_or_else(|| crate::yaml::parse_str("", file).expect("empty"));
-    // Schema first, so its JSON copy is freed before the typed model is built.
-    let schema_diags = crate::schema::check(crate::schema::Kind::Services, &root);
-    let mut loaded = from_node(&root);
+        .unwrap_or_else(|| Node::null_at(crate::yaml::Pos { line: 1, column: 1 }));
+    let schema_diags = crate::schema::check_services(&root, &file);
+    let detached = detach_microservices(&mut root);
+    let mut loaded = decode(&root, &file, detached);
     drop(root);
     if let Some(span) = doc.extra_document {
         loaded.diagnostics.push(
@@ -242,27 +339,87 @@ pub fn load_str(text: &str, file: &Path) -> Result<Loaded<ServicesFile>, LoadErr
     }
     crate::schema::merge(&mut loaded.diagnostics, schema_diags);
     crate::diag::sort(&mut loaded.diagnostics);
-    Ok(loaded)
+    loaded
 }
 
-/// Decode a parsed tree (no schema check).
-pub fn from_node(root: &Node) -> Loaded<ServicesFile> {
-    let mut r = Reader::new();
+/// Decode a parsed tree from `file` (no schema check).
+pub fn from_node(root: &Node, file: &Arc<PathBuf>) -> Loaded<ServicesFile> {
+    decode(root, file, None)
+}
+
+/// Take the `microservices` mapping (the last `microservices:` key wins, as in decoding) out
+/// of `root`, leaving an empty mapping at its position, so it can be decoded and freed
+/// entry by entry. None when there is no such key or its value is not a mapping.
+fn detach_microservices(root: &mut Node) -> Option<Node> {
+    let Value::Map(pairs) = &mut root.value else {
+        return None;
+    };
+    let pair = pairs
+        .iter_mut()
+        .rev()
+        .find(|p| p.key.text() == Some("microservices"))?;
+    if !matches!(pair.value.value, Value::Map(_)) {
+        return None;
+    }
+    let empty = Node {
+        value: Value::Map(Vec::new()),
+        pos: pair.value.pos,
+    };
+    Some(std::mem::replace(&mut pair.value, empty))
+}
+
+/// Decode `root`; `detached` is its `microservices` mapping when [`detach_microservices`]
+/// took it out (then decoded from there and freed entry by entry).
+fn decode(root: &Node, path: &Arc<PathBuf>, detached: Option<Node>) -> Loaded<ServicesFile> {
+    let mut r = Reader::new(path.clone());
     let mut file = ServicesFile {
-        span: root.span.clone(),
+        span: r.span(root),
+        source_info: SourceInfo::new(path.clone()),
         ..Default::default()
     };
     if let Some(f) = r.fields(root, "", "the top level", TOP_KEYS) {
-        if let Some((n, p)) = f.get("microservices")
-            && let Some(entries) = r.map_entries(n, &p, "microservices")
-        {
-            file.microservices.reserve(entries.len());
-            for (name, key, body) in entries {
-                let ptr = join_pointer(&p, &name);
-                if let Some(ms) =
-                    read_microservice(&mut r, &mut file.source_info, name, key, body, &ptr)
-                {
-                    file.microservices.push(ms);
+        if let Some((n, p)) = f.get("microservices") {
+            match detached {
+                Some(mut node) => {
+                    if let Some(entries) = r.map_entry_indices(&node, &p, "microservices")
+                        && let Value::Map(pairs) = &mut node.value
+                    {
+                        file.microservices.reserve_exact(entries.len());
+                        for (name, i) in entries {
+                            let ptr = join_pointer(&p, &name);
+                            let pair = &mut pairs[i];
+                            let at = pair.value.pos;
+                            let body = std::mem::replace(&mut pair.value, Node::null_at(at));
+                            if let Some(ms) = read_microservice(
+                                &mut r,
+                                &mut file.source_info,
+                                name,
+                                &pair.key,
+                                &body,
+                                &ptr,
+                            ) {
+                                file.microservices.push(ms);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    if let Some(entries) = r.map_entries(n, &p, "microservices") {
+                        file.microservices.reserve_exact(entries.len());
+                        for (name, key, body) in entries {
+                            let ptr = join_pointer(&p, &name);
+                            if let Some(ms) = read_microservice(
+                                &mut r,
+                                &mut file.source_info,
+                                name,
+                                key,
+                                body,
+                                &ptr,
+                            ) {
+                                file.microservices.push(ms);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -319,7 +476,7 @@ fn misplaced_microservices(r: &mut Reader, root: &Node) {
                 format!(
                     "`{key}` looks like a microservice but is not under `microservices:`; upstream aion-core ignores it and runs nothing"
                 ),
-                pair.key.span.clone(),
+                r.span(&pair.key),
                 ptr.clone(),
             )
             .with_hint(format!(
@@ -345,7 +502,7 @@ fn read_device(r: &mut Reader, name: String, key: &Node, body: &Node, ptr: &str)
             Diagnostic::error(
                 "null-body",
                 format!("device `{name}` has an empty body"),
-                key.span.clone(),
+                r.span(key),
                 ptr,
             )
             .with_hint("give it at least `addr:` (upstream dereferences the empty entry)"),
@@ -360,7 +517,7 @@ fn read_device(r: &mut Reader, name: String, key: &Node, body: &Node, ptr: &str)
         username: String::new(),
         password: String::new(),
         aion_home: String::new(),
-        span: key.span.clone(),
+        span: r.span(key),
     };
     if let Some((n, p)) = f.get("addr") {
         d.addr = r.string(n, &p, "addr").unwrap_or_default();
@@ -406,7 +563,7 @@ fn read_microservice(
             Diagnostic::error(
                 "null-body",
                 format!("microservice `{name}` has an empty body"),
-                key.span.clone(),
+                r.span(key),
                 ptr,
             )
             .with_hint(format!(
@@ -438,9 +595,12 @@ fn read_microservice(
         without_kanban: false,
         target_node: String::new(),
         resources: None,
-        span: key.span.clone(),
+        span: r.span(key),
     };
-    f.record(&mut info.spans);
+    let mut info = info.group(ptr);
+    for (k, n) in f.entries() {
+        info.span(k, n.pos);
+    }
     let mut scale_written = None;
     macro_rules! field {
         ($key:literal, $m:ident, $dst:expr) => {
@@ -475,6 +635,7 @@ fn read_microservice(
     if let Some((n, p)) = f.get("env")
         && let Some(entries) = r.map_entries(n, &p, "env")
     {
+        ms.env.reserve_exact(entries.len());
         for (k, _, v) in entries {
             let vp = join_pointer(&p, &k);
             let field = format!("env.{k}");
@@ -511,7 +672,7 @@ fn read_microservice(
                     name: String::new(),
                     pattern: String::new(),
                     device: String::new(),
-                    span: item.span.clone(),
+                    span: r.span(item),
                 };
                 if let Some((n, p)) = nf.get("name") {
                     t.name = r.string(n, &p, "name").unwrap_or_default();
@@ -536,6 +697,7 @@ fn read_microservice(
         match n.as_seq() {
             None => r.type_error(n, &p, "ports", "a list of {name, protocol, port, nodePort}"),
             Some(items) => {
+                ms.ports.reserve_exact(items.len());
                 for (i, item) in items.iter().enumerate() {
                     let ip = format!("{p}/{i}");
                     let Some(pf) = r.fields(item, &ip, "a port", PORT_KEYS) else {
@@ -546,9 +708,11 @@ fn read_microservice(
                         protocol: String::new(),
                         port: 0,
                         node_port: 0,
-                        span: item.span.clone(),
+                        span: r.span(item),
                     };
-                    pf.record(&mut info.spans);
+                    for (k, n) in pf.entries() {
+                        info.span(&format!("ports/{i}/{k}"), n.pos);
+                    }
                     if let Some((n, p)) = pf.get("name") {
                         port.name = r.string(n, &p, "name").unwrap_or_default();
                     }
@@ -572,14 +736,16 @@ fn read_microservice(
         match n.as_seq() {
             None => r.type_error(n, &p, "volumeMountPathList", "a list of strings"),
             Some(items) => {
+                ms.volume_mount_path_list.reserve_exact(items.len());
                 for (i, item) in items.iter().enumerate() {
                     let ip = format!("{p}/{i}");
                     let Some(raw) = r.string(item, &ip, "volumeMountPathList") else {
                         continue;
                     };
                     // Upstream: strings.Split(v, ":"), [0] = container path, [1] = host path.
-                    info.spans.insert(ip.clone(), item.span.clone());
-                    info.raw.insert(ip.clone(), raw.clone());
+                    let rest = format!("volumeMountPathList/{i}");
+                    info.span(&rest, item.pos);
+                    info.raw(&rest, &raw);
                     let mut parts = raw.split(':');
                     let container_path = parts.next().unwrap_or_default().to_owned();
                     let host_path = parts.next().unwrap_or_default().to_owned();
@@ -588,7 +754,7 @@ fn read_microservice(
                         container_path,
                         host_path,
                         bidirectional,
-                        span: item.span.clone(),
+                        span: r.span(item),
                     });
                 }
             }
@@ -609,7 +775,7 @@ fn read_microservice(
                 if let Some((qn, qp)) = qf.get(q)
                     && let Some(v) = r.string(qn, &qp, q)
                 {
-                    info.spans.insert(qp.clone(), qn.span.clone());
+                    info.span(&format!("resources/{kind}/{q}"), qn.pos);
                     let map = if kind == "requests" {
                         &mut res.requests
                     } else {
@@ -628,7 +794,7 @@ fn read_microservice(
                 Diagnostic::warning(
                     "scale-nonpositive",
                     format!("`scale: {}` is not positive; upstream uses 1", ms.scale),
-                    n.span.clone(),
+                    r.span(n),
                     p,
                 )
                 .with_hint("write `scale: 1` (or remove the key)"),
@@ -648,5 +814,56 @@ fn read_microservice(
     if ms.position.is_empty() {
         ms.position = "Runtime".into();
     }
+    info.finish();
     Some(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decoding while freeing the tree (what `load` does) gives what decoding a borrowed tree
+    /// gives: same values, same diagnostics in the same order.
+    #[test]
+    fn consuming_decode_equals_borrowed_decode() {
+        let text = "x-t: &t {scale: 2, ports: [{name: http, port: 80}]}\nmicroservices:\n  \
+                    a: {<<: *t, env: {A: 1, A: 2}}\n  b: *t\n  a: {tag: v1, scale: \"3\"}\n  \
+                    ~: {}\n  null: {network: NodePort}\n  ? [1]\n  : {}\n  c:\n  d: 4\n  \
+                    e: {resources: {requests: {cpu: 1}}, volumeMountPathList: [/a:/b]}\n\
+                    other: {scale: 1, always: yes}\n";
+        let doc = crate::yaml::parse_document(text, Path::new("t.yml")).unwrap();
+        let borrowed = from_node(doc.root.as_ref().unwrap(), &doc.file);
+        let mut root = doc.root.clone().unwrap();
+        let detached = detach_microservices(&mut root);
+        assert!(detached.is_some());
+        let consumed = decode(&root, &doc.file, detached);
+        assert!(
+            borrowed.diagnostics.len() >= 4,
+            "{:#?}",
+            borrowed.diagnostics
+        );
+        assert_eq!(borrowed.diagnostics, consumed.diagnostics);
+        assert_eq!(borrowed.value, consumed.value);
+        let e = consumed.value.microservice("e").unwrap();
+        assert_eq!(
+            consumed
+                .value
+                .source_info
+                .span("/microservices/e/resources/requests/cpu")
+                .map(|s| (s.line, s.column)),
+            Some((12, 35))
+        );
+        assert_eq!(
+            consumed
+                .value
+                .source_info
+                .raw("/microservices/e/volumeMountPathList/0"),
+            Some("/a:/b")
+        );
+        assert_eq!(e.volume_mount_path_list.len(), 1);
+        assert_eq!(
+            consumed.value.source_info.span("/microservices/e/nope"),
+            None
+        );
+    }
 }

@@ -32,7 +32,6 @@ impl Ctx<'_> {
         self.file
             .source_info
             .span(pointer)
-            .cloned()
             .unwrap_or_else(|| fallback.clone())
     }
 }
@@ -44,7 +43,8 @@ pub fn services(file: &ServicesFile, inventory: Option<&Inventory>) -> Vec<Diagn
         out: Vec::new(),
     };
     let mut node_ports: HashMap<i32, (String, usize)> = HashMap::new();
-    let names: HashSet<&str> = file.microservices.iter().map(|m| m.name.as_str()).collect();
+    let ordered: Vec<&str> = file.microservices.iter().map(|m| m.name.as_str()).collect();
+    let names: HashSet<&str> = ordered.iter().copied().collect();
     let devices: Vec<&str> = file.devices.iter().map(|d| d.name.as_str()).collect();
     for ms in &file.microservices {
         let ptr = join_pointer("/microservices", &ms.name);
@@ -54,7 +54,7 @@ pub fn services(file: &ServicesFile, inventory: Option<&Inventory>) -> Vec<Diagn
         check_resources(&mut cx, ms, &ptr);
         check_volumes(&mut cx, ms, &ptr);
         check_ports(&mut cx, ms, &ptr, &mut node_ports);
-        check_next(&mut cx, ms, &ptr, &names, &devices);
+        check_next(&mut cx, ms, &ptr, (&names, &ordered), &devices);
         if let Some(inv) = inventory {
             check_target_node(&mut cx, ms, &ptr, inv);
         }
@@ -210,13 +210,18 @@ fn check_volumes(cx: &mut Ctx, ms: &Microservice, ptr: &str) {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, v) in ms.volume_mount_path_list.iter().enumerate() {
         let p = format!("{base}/{i}");
-        let raw = cx.file.source_info.raw.get(&p).cloned().unwrap_or_else(|| {
-            let mut s = format!("{}:{}", v.container_path, v.host_path);
-            if v.bidirectional {
-                s.push_str(":Bidirectional");
-            }
-            s
-        });
+        let raw = cx
+            .file
+            .source_info
+            .raw(&p)
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                let mut s = format!("{}:{}", v.container_path, v.host_path);
+                if v.bidirectional {
+                    s.push_str(":Bidirectional");
+                }
+                s
+            });
         let parts: Vec<&str> = raw.split(':').collect();
         let problem = if parts.len() < 2 {
             Some("has no `:` (the upstream broker panics on it)".to_owned())
@@ -453,7 +458,13 @@ fn check_ports(
     }
 }
 
-fn check_next(cx: &mut Ctx, ms: &Microservice, ptr: &str, names: &HashSet<&str>, devices: &[&str]) {
+fn check_next(
+    cx: &mut Ctx,
+    ms: &Microservice,
+    ptr: &str,
+    (names, ordered): (&HashSet<&str>, &[&str]),
+    devices: &[&str],
+) {
     let base = join_pointer(ptr, "nextService");
     for (key, targets) in &ms.next_service {
         let kp = join_pointer(&base, key);
@@ -498,7 +509,8 @@ fn check_next(cx: &mut Ctx, ms: &Microservice, ptr: &str, names: &HashSet<&str>,
                     t.span.clone(),
                     format!("{p}/name"),
                 );
-                d = match suggest(&t.name, &names.iter().copied().collect::<Vec<_>>()) {
+                // Suggestions from the names in file order (deterministic among equals).
+                d = match suggest(&t.name, ordered) {
                     Some(s) if !t.name.is_empty() => d.with_hint(format!("did you mean `{s}`?")),
                     _ => d.with_hint(
                         "define that microservice, or add `device:` naming the device that runs it",
@@ -553,7 +565,6 @@ pub fn node_ports_across(files: &[&ServicesFile]) -> Vec<Diagnostic> {
                 let span = file
                     .source_info
                     .span(&p)
-                    .cloned()
                     .unwrap_or_else(|| port.span.clone());
                 match seen.get(&port.node_port) {
                     Some((ofi, other, ospan)) if *ofi != fi => out.push(

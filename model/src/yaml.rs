@@ -1,6 +1,9 @@
 //! A spanned YAML tree built from `saphyr-parser` events, with go-yaml v2 scalar semantics.
 //!
-//! * Every node keeps the line and column of its first character.
+//! * Every node keeps the line and column of its first character ([`Pos`], 8 bytes); the file
+//!   path is kept once per document ([`Document::file`]) and joined in by [`Pos::span`].
+//! * Scalar texts are shared (`Arc<str>`, interned per document: a key or value written
+//!   10,000 times is stored once).
 //! * Scalars keep their original text and style; [`Scalar::resolve`] applies go-yaml v2's
 //!   YAML 1.1 resolution (`yes`/`on`/`y` are booleans, `0x1F` and `017` are ints, ...).
 //! * Aliases are expanded (copied) under a budget, so a "billion laughs" document is
@@ -9,7 +12,7 @@
 //! * Mappings keep every pair, duplicates included; the typed loaders decide (last wins).
 //! * Only the first document of a stream is returned (go-yaml v2 `Unmarshal` reads one).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,10 +77,10 @@ impl Style {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scalar {
     /// The scalar's text after YAML unescaping/folding (what go-yaml v2 puts in a string field).
-    pub text: String,
-    pub style: Style,
+    pub text: Arc<str>,
     /// Explicit tag, e.g. `!!str` (core tags are written with the `!!` handle).
-    pub tag: Option<Box<str>>,
+    pub tag: Option<Arc<str>>,
+    pub style: Style,
 }
 
 /// What a scalar resolves to under go-yaml v2 (YAML 1.1) rules.
@@ -267,7 +270,7 @@ impl Scalar {
 
     /// A plain `<<` (or `!!merge`): a merge key.
     pub fn is_merge_key(&self) -> bool {
-        (self.style == Style::Plain && self.text == "<<" && self.tag.is_none())
+        (self.style == Style::Plain && &*self.text == "<<" && self.tag.is_none())
             || self.tag.as_deref() == Some("!!merge")
     }
 }
@@ -289,13 +292,48 @@ pub enum Value {
     Map(Vec<Pair>),
 }
 
+/// Where a node starts: 1-based line and column (0 when unknown). The file is the document's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: u32,
+    pub column: u32,
+}
+
+impl Pos {
+    fn from_marker(m: saphyr_parser::Marker) -> Self {
+        Pos {
+            line: u32::try_from(m.line()).unwrap_or(u32::MAX),
+            column: u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
+        }
+    }
+    /// This position in `file`, as a diagnostic span.
+    pub fn span(self, file: &Arc<PathBuf>) -> Span {
+        Span::new(file.clone(), self.line as usize, self.column as usize)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub value: Value,
-    pub span: Span,
+    pub pos: Pos,
 }
 
 impl Node {
+    /// The node's position in `file` (the file it was parsed from), as a diagnostic span.
+    pub fn span(&self, file: &Arc<PathBuf>) -> Span {
+        self.pos.span(file)
+    }
+    /// An empty plain scalar (null) at `pos`.
+    pub fn null_at(pos: Pos) -> Node {
+        Node {
+            value: Value::Scalar(Scalar {
+                text: Arc::from(""),
+                style: Style::Plain,
+                tag: None,
+            }),
+            pos,
+        }
+    }
     pub fn as_scalar(&self) -> Option<&Scalar> {
         match &self.value {
             Value::Scalar(s) => Some(s),
@@ -316,7 +354,7 @@ impl Node {
     }
     /// Scalar text (any style), None for collections.
     pub fn text(&self) -> Option<&str> {
-        self.as_scalar().map(|s| s.text.as_str())
+        self.as_scalar().map(|s| &*s.text)
     }
     /// Whether this is a null (`~`, `null`, empty) scalar.
     pub fn is_null(&self) -> bool {
@@ -396,8 +434,8 @@ impl Node {
                 Resolved::UInt(u) => J::from(u),
                 Resolved::Float(f) => serde_json::Number::from_f64(f)
                     .map(J::Number)
-                    .unwrap_or_else(|| J::String(s.text.clone())),
-                Resolved::Str => J::String(s.text.clone()),
+                    .unwrap_or_else(|| J::String(s.text.to_string())),
+                Resolved::Str => J::String(s.text.to_string()),
             },
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
             Value::Map(pairs) => {
@@ -448,6 +486,8 @@ pub fn join_pointer(parent: &str, seg: &str) -> String {
 /// A parsed document: its root (None for an empty stream) and whether more documents followed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
+    /// The file named in spans (shared by every diagnostic about this document).
+    pub file: Arc<PathBuf>,
     pub root: Option<Node>,
     /// Position of a second document, if the stream had one (ignored, like go-yaml v2).
     pub extra_document: Option<Span>,
@@ -456,13 +496,13 @@ pub struct Document {
 enum Frame {
     Seq {
         items: Vec<Node>,
-        span: Span,
+        pos: Pos,
         anchor: usize,
     },
     Map {
         pairs: Vec<Pair>,
         pending_key: Option<Node>,
-        span: Span,
+        pos: Pos,
         anchor: usize,
     },
 }
@@ -476,6 +516,8 @@ struct Builder {
     alias_budget: usize,
     alias_used: usize,
     events: usize,
+    /// Every distinct scalar text seen so far (a text written many times is stored once).
+    texts: HashSet<Arc<str>>,
 }
 
 fn convert_tag(tag: Option<std::borrow::Cow<'_, saphyr_parser::Tag>>) -> Option<Box<str>> {
@@ -490,16 +532,21 @@ fn convert_tag(tag: Option<std::borrow::Cow<'_, saphyr_parser::Tag>>) -> Option<
 }
 
 impl Builder {
-    fn span(&self, m: saphyr_parser::Marker) -> Span {
-        Span::new(self.file.clone(), m.line(), m.col() + 1)
-    }
-
-    fn err(&self, kind: YamlErrorKind, span: Span, message: impl Into<String>) -> YamlError {
+    fn err(&self, kind: YamlErrorKind, at: Pos, message: impl Into<String>) -> YamlError {
         YamlError {
             kind,
             message: message.into(),
-            span,
+            span: at.span(&self.file),
         }
+    }
+
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(t) = self.texts.get(text) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(text);
+        self.texts.insert(t.clone());
+        t
     }
 
     /// Attach a finished node to its parent; returns it when it is the document root.
@@ -528,7 +575,7 @@ impl Builder {
                                     "a merge key `<<` needs a mapping or a sequence of mappings, found {}",
                                     node.describe()
                                 ),
-                                span: node.span.clone(),
+                                span: node.span(&self.file),
                             })?;
                             pairs.extend(merged);
                         } else {
@@ -545,7 +592,7 @@ impl Builder {
         }
     }
 
-    fn open(&mut self, frame: Frame, at: Span) -> Result<(), YamlError> {
+    fn open(&mut self, frame: Frame, at: Pos) -> Result<(), YamlError> {
         if self.stack.len() >= MAX_DEPTH {
             return Err(self.err(
                 YamlErrorKind::Budget,
@@ -605,6 +652,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
         alias_budget: MIN_ALIAS_BUDGET,
         alias_used: 0,
         events: 0,
+        texts: HashSet::new(),
     };
     let mut root: Option<Node> = None;
     let mut docs = 0usize;
@@ -614,9 +662,9 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
         let (event, span) = ev.map_err(|e| YamlError {
             kind: YamlErrorKind::Syntax,
             message: e.info().to_owned(),
-            span: Span::new(b.file.clone(), e.marker().line(), e.marker().col() + 1),
+            span: Pos::from_marker(*e.marker()).span(&b.file),
         })?;
-        let at = b.span(span.start);
+        let at = Pos::from_marker(span.start);
         b.events += 1;
         b.alias_budget = b.alias_budget.max(b.events);
         match event {
@@ -625,7 +673,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
             Event::DocumentStart(_) => {
                 docs += 1;
                 if docs > 1 {
-                    extra_document = Some(at);
+                    extra_document = Some(at.span(&b.file));
                     break;
                 }
             }
@@ -636,13 +684,14 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
                     ScalarStyle::DoubleQuoted => Style::DoubleQuoted,
                     ScalarStyle::Literal | ScalarStyle::Folded => Style::Block,
                 };
+                let tag = convert_tag(tag).map(|t| b.intern(&t));
                 let node = Node {
                     value: Value::Scalar(Scalar {
-                        text: text.into_owned(),
+                        text: b.intern(&text),
                         style,
-                        tag: convert_tag(tag),
+                        tag,
                     }),
-                    span: at,
+                    pos: at,
                 };
                 if let Some(r) = b.attach(node, anchor)? {
                     root = Some(r);
@@ -652,7 +701,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
                 b.open(
                     Frame::Seq {
                         items: Vec::new(),
-                        span: at.clone(),
+                        pos: at,
                         anchor,
                     },
                     at,
@@ -663,7 +712,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
                     Frame::Map {
                         pairs: Vec::new(),
                         pending_key: None,
-                        span: at.clone(),
+                        pos: at,
                         anchor,
                     },
                     at,
@@ -673,21 +722,21 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
                 let (node, anchor) = match b.stack.pop() {
                     Some(Frame::Seq {
                         mut items,
-                        span,
+                        pos,
                         anchor,
                     }) => {
                         items.shrink_to_fit();
                         (
                             Node {
                                 value: Value::Seq(items),
-                                span,
+                                pos,
                             },
                             anchor,
                         )
                     }
                     Some(Frame::Map {
                         mut pairs,
-                        span,
+                        pos,
                         anchor,
                         ..
                     }) => {
@@ -695,7 +744,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
                         (
                             Node {
                                 value: Value::Map(pairs),
-                                span,
+                                pos,
                             },
                             anchor,
                         )
@@ -733,7 +782,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
                     ));
                 }
                 let mut copy = target.clone();
-                copy.span = at;
+                copy.pos = at;
                 if let Some(r) = b.attach(copy, 0)? {
                     root = Some(r);
                 }
@@ -741,6 +790,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
         }
     }
     Ok(Document {
+        file: b.file,
         root,
         extra_document,
     })
@@ -750,14 +800,9 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
 /// (go-yaml v2 treats it like null).
 pub fn parse_str(text: &str, file: &Path) -> Result<Node, YamlError> {
     let doc = parse_document(text, file)?;
-    Ok(doc.root.unwrap_or_else(|| Node {
-        value: Value::Scalar(Scalar {
-            text: String::new(),
-            style: Style::Plain,
-            tag: None,
-        }),
-        span: Span::new(Arc::new(file.to_path_buf()), 1, 1),
-    }))
+    Ok(doc
+        .root
+        .unwrap_or_else(|| Node::null_at(Pos { line: 1, column: 1 })))
 }
 
 #[cfg(test)]
@@ -816,7 +861,7 @@ mod tests {
     fn spans_are_one_based() {
         let n = p("a:\n  b: 1\n");
         let b = n.pointer("/a/b").unwrap();
-        assert_eq!((b.span.line, b.span.column), (2, 6));
+        assert_eq!((b.pos.line, b.pos.column), (2, 6));
     }
 
     #[test]

@@ -455,8 +455,11 @@ fn schema_errors_map_to_lines() {
     assert!(d.iter().all(|x| x.code != "schema"), "{d:?}");
     let root =
         aion_model::yaml::parse_str("devices:\n  d:\n    sshPort: [1]\n", Path::new("s")).unwrap();
-    let s = aion_model::schema::check(aion_model::schema::Kind::Services, &root);
+    let file = std::sync::Arc::new(std::path::PathBuf::from("s"));
+    let s = aion_model::schema::check(aion_model::schema::Kind::Services, &root, &file);
     assert_eq!(s.len(), 1);
+    // The per-microservice check (what the loader runs) reports the same.
+    assert_eq!(s, aion_model::schema::check_services(&root, &file));
     assert_eq!(
         (s[0].span.line, s[0].pointer.as_str()),
         (3, "/devices/d/sshPort")

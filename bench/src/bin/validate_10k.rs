@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release -p aion-bench --bin validate_10k -- [--count 10000] [--runs 5] [--no-peer]
+//! cargo run --release -p aion-bench --bin validate_10k -- --count 10000 --generate FILE  # file only
 //! ```
 //! Every measurement runs in a fresh child process, so peak memory (VmHWM of ours,
 //! ru_maxrss of the peer) is that of the validation alone (plus the process's baseline).
@@ -111,6 +112,13 @@ fn main() -> anyhow::Result<()> {
                 i += 1;
             }
             "--no-peer" => peer = false,
+            "--generate" => {
+                // Write the generated file and stop (for the per-phase profile example).
+                let path = args.get(i + 1).context("--generate FILE")?;
+                std::fs::write(path, generate(count))?;
+                println!("wrote {path} ({count} microservices)");
+                return Ok(());
+            }
             other => bail!("unknown argument {other}"),
         }
         i += 1;
