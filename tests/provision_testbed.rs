@@ -44,6 +44,8 @@ fn common(inventory: &Path) -> Common {
         parallel: 16,
         accept_new_host_keys: false,
         connect_timeout: 3,
+        // (reuse the SSH connections between the steps of the test, as consecutive runs do)
+        ssh_persist: 60,
         output: Format::Text,
     }
 }

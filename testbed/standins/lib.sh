@@ -8,12 +8,14 @@ STANDIN_LIB=/usr/local/lib/aion-testbed
 CURL=$STANDIN_LIB/curl.real
 
 # standin_log NAME ARGS... : "<UTC time> uid=<uid> <name> <args shell-quoted>"
+# Bash builtins only (no date/id/subshell forks): every stand-in call logs, and the facts of a
+# whole inventory are gathered at once.
 standin_log() {
   local name=$1; shift
-  local line
-  line="$(date -u +%Y-%m-%dT%H:%M:%SZ) uid=$(id -u) $name"
-  local a
-  for a in "$@"; do line+=" $(printf '%q' "$a")"; done
+  local line ts q a
+  TZ=UTC0 printf -v ts '%(%Y-%m-%dT%H:%M:%SZ)T' -1
+  line="$ts uid=$EUID $name"
+  for a in "$@"; do printf -v q '%q' "$a"; line+=" $q"; done
   printf '%s\n' "$line" >> "$STANDIN_LOG" 2>/dev/null || true
 }
 

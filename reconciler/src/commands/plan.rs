@@ -36,6 +36,10 @@ pub struct Common {
     /// SSH connect timeout in seconds.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Keep each host's SSH connection open this many idle seconds after the run, for the
+    /// next `plan`/`apply` to reuse (0: close at the end).
+    #[arg(long, default_value_t = 60)]
+    pub ssh_persist: u64,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
@@ -93,6 +97,7 @@ pub async fn prepare(c: &Common) -> anyhow::Result<Prepared> {
         accept_new: c.accept_new_host_keys,
         connect_timeout: Duration::from_secs(c.connect_timeout),
         control_dir: state_dir.join("ssh"),
+        persist: (c.ssh_persist > 0).then(|| Duration::from_secs(c.ssh_persist)),
     };
     let sem = Semaphore::new(c.parallel as usize);
     let conns = join_all(inventory.hosts.iter().map(|h| {

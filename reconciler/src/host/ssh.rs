@@ -6,10 +6,11 @@
 //! (`UserKnownHostsFile`, `StrictHostKeyChecking=yes`); `accept_new` switches to
 //! `accept-new`, which records unknown keys in that same file but still refuses changed ones.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 
 use super::{Host, HostError, Output};
@@ -24,6 +25,9 @@ pub struct SshOptions {
     pub connect_timeout: Duration,
     /// Directory for control sockets and the generated ssh config.
     pub control_dir: PathBuf,
+    /// Keep each master connection open this long after the run (idle), for the next run to
+    /// reuse (as Ansible's ControlPersist does); None: close it at the end.
+    pub persist: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -31,6 +35,86 @@ pub struct SshHost {
     name: String,
     sudo: bool,
     session: Session,
+    /// Where the control socket's path is recorded for the next run (when persisting).
+    record: Option<PathBuf>,
+}
+
+/// The file recording a persisted master connection for `host` with these options. Its name
+/// changes with everything that decides how the connection was made (address, port, user,
+/// key, known_hosts file and content, accept-new), so a changed inventory never reuses a
+/// connection made under other settings.
+fn record_path(host: &aion_model::inventory::Host, opts: &SshOptions) -> PathBuf {
+    let known_hosts = opts
+        .known_hosts
+        .as_ref()
+        .map(|kh| std::fs::read(kh).unwrap_or_default())
+        .unwrap_or_default();
+    let key = reuse_key(
+        &[
+            &host.name,
+            &host.address,
+            &host.ssh.port.to_string(),
+            &host.ssh.user,
+            &format!("{:?}", host.ssh.key),
+            &format!("{:?}", opts.known_hosts),
+            if opts.accept_new {
+                "accept-new"
+            } else {
+                "strict"
+            },
+        ],
+        &known_hosts,
+    );
+    opts.control_dir.join(format!("{}-{key}.ctl", host.name))
+}
+
+/// 16 hex digits of SHA-256 over the settings and the known_hosts content.
+fn reuse_key(settings: &[&str], known_hosts: &[u8]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in settings {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(known_hosts);
+    hex::encode(h.finalize())[..16].to_string()
+}
+
+/// A master connection an earlier run left open, if it is still alive.
+async fn resume(record: &std::path::Path) -> Option<Session> {
+    let ctl = std::fs::read_to_string(record).ok()?;
+    let ctl = PathBuf::from(ctl.trim());
+    if !ctl.exists() {
+        return None;
+    }
+    let session = Session::resume_mux(ctl.into_boxed_path(), None);
+    // (a resumed session is not shut down when dropped)
+    session.check().await.ok().map(|()| session)
+}
+
+/// Remove control directories of master connections that have ended: no socket, and not
+/// just made (a master being launched right now, by this run or another, has no socket yet).
+fn clean_dead_masters(control_dir: &std::path::Path) {
+    let old = |e: &std::fs::DirEntry| {
+        e.metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(120))
+    };
+    let Ok(entries) = std::fs::read_dir(control_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with(".ssh-connection")
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && !e.path().join("master").exists()
+            && old(&e)
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 impl SshHost {
@@ -46,6 +130,20 @@ impl SshHost {
             message,
         };
         std::fs::create_dir_all(&opts.control_dir).map_err(|e| err(e.to_string()))?;
+        let record = opts.persist.map(|_| record_path(host, opts));
+        if let Some(record) = &record {
+            if let Some(session) = resume(record).await {
+                tracing::debug!(host = %host.name, "reusing the master connection of an earlier run");
+                return Ok(SshHost {
+                    name: host.name.clone(),
+                    sudo: host.ssh.user != "root",
+                    session,
+                    record: Some(record.clone()),
+                });
+            }
+            let _ = std::fs::remove_file(record);
+            clean_dead_masters(&opts.control_dir);
+        }
         // A generated config replaces ~/.ssh/config so runs are reproducible; it only sets
         // what the builder cannot: batch mode and a faster key exchange first.
         let config = opts.control_dir.join("ssh_config");
@@ -61,6 +159,15 @@ impl SshHost {
             .control_directory(&opts.control_dir)
             .connect_timeout(opts.connect_timeout)
             .server_alive_interval(Duration::from_secs(10))
+            .control_persist(
+                match opts
+                    .persist
+                    .and_then(|d| NonZeroUsize::new(d.as_secs() as usize))
+                {
+                    Some(secs) => ControlPersist::IdleFor(secs),
+                    None => ControlPersist::Forever,
+                },
+            )
             .known_hosts_check(if opts.accept_new {
                 KnownHosts::Add
             } else {
@@ -80,12 +187,29 @@ impl SshHost {
             name: host.name.clone(),
             sudo: host.ssh.user != "root",
             session,
+            record,
         })
     }
 
-    /// Close the master connection.
+    /// Close the master connection, or (when persisting) leave it open for the next run,
+    /// recording its control socket; it ends by itself after the idle time.
     pub async fn close(self) {
-        let _ = self.session.close().await;
+        match self.record {
+            Some(record) => {
+                let (ctl, _log) = self.session.detach();
+                let tmp = record.with_extension("ctl.tmp");
+                let written = std::fs::write(&tmp, ctl.to_string_lossy().as_bytes())
+                    .and_then(|()| std::fs::rename(&tmp, &record));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                    // Unrecorded, it cannot be reused: end it now.
+                    let _ = Session::resume_mux(ctl, None).close().await;
+                }
+            }
+            None => {
+                let _ = self.session.close().await;
+            }
+        }
     }
 }
 
@@ -151,5 +275,38 @@ impl Host for SshHost {
             stdout: out.stdout,
             stderr: out.stderr,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reuse_key;
+
+    #[test]
+    fn reuse_key_changes_with_every_setting_and_the_known_hosts() {
+        let base = reuse_key(&["h", "10.0.0.1", "22", "root", "strict"], b"k1");
+        assert_eq!(
+            base,
+            reuse_key(&["h", "10.0.0.1", "22", "root", "strict"], b"k1")
+        );
+        assert_ne!(
+            base,
+            reuse_key(&["h", "10.0.0.1", "22", "aion", "strict"], b"k1")
+        );
+        assert_ne!(
+            base,
+            reuse_key(&["h", "10.0.0.1", "2222", "root", "strict"], b"k1")
+        );
+        assert_ne!(
+            base,
+            reuse_key(&["h", "10.0.0.1", "22", "root", "accept-new"], b"k1")
+        );
+        assert_ne!(
+            base,
+            reuse_key(&["h", "10.0.0.1", "22", "root", "strict"], b"k2")
+        );
+        // parts are delimited: "ab"+"c" is not "a"+"bc"
+        assert_ne!(reuse_key(&["ab", "c"], b""), reuse_key(&["a", "bc"], b""));
+        assert_eq!(base.len(), 16);
     }
 }
