@@ -14,7 +14,11 @@
 //!   microservice sets `targetNode`.
 //! * **cluster** mode: per host, its namespace (workers: their name) holding that host's core
 //!   (Redis, aion-kanban, RBAC) and microservices, pinned with `kubernetes.io/hostname`;
-//!   RabbitMQ once, in the master's namespace.
+//!   RabbitMQ once, in the master's namespace. A microservice with `targetNode` is rendered in
+//!   the namespace of every host whose services.yml lists it, pinned to the target node (as
+//!   upstream; that namespace's aion-kanban runtime starts it there).
+
+mod subset;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -311,10 +315,11 @@ impl Renderer {
         }
     }
 
-    fn render<C: Serialize>(
+    /// Render `template` with `ctx` (see [`context`]) and parse each document it produced.
+    fn render(
         &self,
         template: &str,
-        ctx: &C,
+        ctx: &minijinja::Value,
         node: &str,
         owner: &str,
         what: &str,
@@ -328,20 +333,20 @@ impl Renderer {
                 object: what.to_owned(),
                 source: e,
             })?;
-        let text =
-            tmpl.render(minijinja::value::Serde(ctx))
-                .map_err(|e| RenderError::Template {
-                    template: template.to_owned(),
-                    object: what.to_owned(),
-                    source: e,
-                })?;
+        let text = tmpl.render(ctx).map_err(|e| RenderError::Template {
+            template: template.to_owned(),
+            object: what.to_owned(),
+            source: e,
+        })?;
         for doc in split_documents(&text) {
-            let value: serde_json::Value =
-                serde_saphyr::from_str(&doc).map_err(|e| RenderError::Output {
+            let value = match subset::parse(&doc) {
+                Some(value) => value,
+                None => serde_saphyr::from_str(&doc).map_err(|e| RenderError::Output {
                     template: template.to_owned(),
                     object: what.to_owned(),
                     message: e.to_string(),
-                })?;
+                })?,
+            };
             let key = ObjectKey::of(&value).ok_or_else(|| RenderError::Output {
                 template: template.to_owned(),
                 object: what.to_owned(),
@@ -367,6 +372,11 @@ impl Renderer {
             (LABEL_NAME.into(), name.into()),
         ]
     }
+}
+
+/// A template context: converted once, shared by every template rendered with it.
+fn context<C: Serialize>(ctx: &C) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(ctx))
 }
 
 /// Split rendered text into YAML documents on `---` lines; comment-only or blank docs dropped.
@@ -481,31 +491,28 @@ pub fn render(
     }
     let mut seen_ns = BTreeMap::new();
     for p in &placements {
-        if !is_dns1123_label(&p.namespace) {
+        let problem = if !is_dns1123_label(&p.namespace) {
+            Some(format!(
+                "namespace {:?} is not a valid Kubernetes namespace (lowercase letters, digits and '-', ≤ 63)",
+                p.namespace
+            ))
+        } else if !is_label_value(&p.host.name) {
+            Some("host name is not a valid Kubernetes label value".to_owned())
+        } else {
+            seen_ns
+                .insert(p.namespace.clone(), p.host.name.clone())
+                .map(|other| {
+                    format!(
+                        "namespace {:?} is already used by host {other}",
+                        p.namespace
+                    )
+                })
+        };
+        if let Some(message) = problem {
             return Err(invalid(
                 &p.host.span,
                 format!("host {}", p.host.name),
-                format!(
-                    "namespace {:?} is not a valid Kubernetes namespace (lowercase letters, digits and '-', ≤ 63)",
-                    p.namespace
-                ),
-            ));
-        }
-        if !is_label_value(&p.host.name) {
-            return Err(invalid(
-                &p.host.span,
-                format!("host {}", p.host.name),
-                "host name is not a valid Kubernetes label value",
-            ));
-        }
-        if let Some(other) = seen_ns.insert(p.namespace.clone(), p.host.name.clone()) {
-            return Err(invalid(
-                &p.host.span,
-                format!("host {}", p.host.name),
-                format!(
-                    "namespace {:?} is already used by host {other}",
-                    p.namespace
-                ),
+                message,
             ));
         }
     }
@@ -546,7 +553,7 @@ pub fn render(
         if !namespace_exists_already(ns) {
             renderer.render(
                 "core/namespace.yaml.j2",
-                &core("namespace"),
+                &context(&core("namespace")),
                 node,
                 "core/namespace",
                 ns,
@@ -555,7 +562,7 @@ pub fn render(
         }
         renderer.render(
             "core/rbac.yaml.j2",
-            &core("aion-kanban"),
+            &context(&core("aion-kanban")),
             node,
             "core/rbac",
             "aion-kanban RBAC",
@@ -564,7 +571,7 @@ pub fn render(
         if p.host.role == Role::Master {
             renderer.render(
                 "core/rabbitmq.yaml.j2",
-                &core("rabbitmq"),
+                &context(&core("rabbitmq")),
                 node,
                 "core/rabbitmq",
                 "rabbitmq",
@@ -573,7 +580,7 @@ pub fn render(
         }
         renderer.render(
             "core/redis.yaml.j2",
-            &core("redis"),
+            &context(&core("redis")),
             node,
             "core/redis",
             "redis",
@@ -581,7 +588,7 @@ pub fn render(
         )?;
         renderer.render(
             "core/kanban.yaml.j2",
-            &core("aion-kanban"),
+            &context(&core("aion-kanban")),
             node,
             "core/aion-kanban",
             "aion-kanban",
@@ -641,9 +648,10 @@ pub fn render(
                             ));
                         }
                     }
+                    let value = context(&ctx);
                     renderer.render(
                         "microservice/workload.yaml.j2",
-                        &ctx,
+                        &value,
                         node,
                         &ms.name,
                         &ctx.name,
@@ -652,7 +660,7 @@ pub fn render(
                     if !ctx.ports.is_empty() {
                         renderer.render(
                             "microservice/service.yaml.j2",
-                            &ctx,
+                            &value,
                             node,
                             &ms.name,
                             &ctx.name,
@@ -1185,6 +1193,47 @@ microservices:
         );
     }
 
+    /// One services.yml shared by every host in cluster mode: a `targetNode` microservice is
+    /// rendered in every host's namespace (each namespace's aion-kanban runtime starts the
+    /// microservices of its own services.yml there), every copy pinned to the target node —
+    /// as upstream, whose master sends the whole setting to every worker.
+    #[test]
+    fn cluster_mode_shared_file_target_node_in_every_namespace() {
+        let svc = services(
+            "microservices:\n  pinned:\n    always: yes\n    targetNode: edge-worker-1\n  free:\n    always: yes\n",
+        );
+        let shared = vec![
+            ("edge-master".to_owned(), svc.clone()),
+            ("edge-worker-1".to_owned(), svc),
+        ];
+        let m = render(&cluster(), &shared).unwrap();
+        let selector = |o: &Object| o.value["spec"]["template"]["spec"]["nodeSelector"].clone();
+        let pinned: Vec<&Object> = m
+            .objects()
+            .filter(|o| o.key.kind == "Deployment" && o.key.name == "pinned-001")
+            .collect();
+        let namespaces: Vec<_> = pinned.iter().map(|o| o.key.namespace.as_deref()).collect();
+        assert_eq!(namespaces, [Some("default"), Some("edge-worker-1")]);
+        for o in &pinned {
+            assert_eq!(
+                selector(o),
+                json!({"kubernetes.io/hostname": "edge-worker-1"})
+            );
+        }
+        // Without targetNode each copy stays on its own host.
+        for (node, ns) in [
+            ("edge-master", "default"),
+            ("edge-worker-1", "edge-worker-1"),
+        ] {
+            let free = m
+                .objects()
+                .find(|o| o.key.name == "free-001" && o.node == node)
+                .unwrap();
+            assert_eq!(free.key.namespace.as_deref(), Some(ns));
+            assert_eq!(selector(free), json!({"kubernetes.io/hostname": node}));
+        }
+    }
+
     fn render_err(text: &str) -> String {
         render(
             &single("default"),
@@ -1224,6 +1273,108 @@ microservices:
         inv.name = "my lab".into();
         let e = render(&inv, &[]).unwrap_err().to_string();
         assert!(e.contains("not a valid Kubernetes label value"), "{e}");
+    }
+
+    /// Every rendered document, parsed by the fast path and by serde-saphyr.
+    fn check_parse_paths(m: &Manifests, must_be_fast: bool) -> usize {
+        let mut fast = 0;
+        for o in m.objects() {
+            let full: serde_json::Value = serde_saphyr::from_str(&o.text).unwrap();
+            assert_eq!(o.value, full, "{}", o.key);
+            match subset::parse(&o.text) {
+                Some(v) => {
+                    assert_eq!(v, full, "{}:\n{}", o.key, o.text);
+                    fast += 1;
+                }
+                None => assert!(!must_be_fast, "{} left the fast path:\n{}", o.key, o.text),
+            }
+        }
+        fast
+    }
+
+    /// The fast parse path covers every template's output (so render never pays for the full
+    /// YAML parser on ordinary input) and gives the same JSON as serde-saphyr, on the sample,
+    /// on the real examples (single and cluster mode) and on values that look like YAML syntax.
+    #[test]
+    fn fast_parse_path_agrees_with_the_yaml_parser() {
+        let m = render(
+            &single("prj"),
+            &[("edge-master".to_owned(), services(SAMPLE))],
+        )
+        .unwrap();
+        assert!(check_parse_paths(&m, true) > 10);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/inputs");
+        let mut rendered = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let file = aion_model::services::load_str(&text, &path).unwrap().value;
+            for (inv, host) in [
+                (single("default"), "edge-master"),
+                (cluster(), "edge-worker-1"),
+            ] {
+                // Upstream's own test file is rejected by render (see the golden tests).
+                if let Ok(m) = render(&inv, &[(host.to_owned(), file.clone())]) {
+                    check_parse_paths(&m, true);
+                    rendered += 1;
+                }
+            }
+        }
+        assert!(rendered >= 8, "{rendered} example renders");
+
+        let tricky = [
+            "yes",
+            "No",
+            "True",
+            "null",
+            "~",
+            "",
+            " padded ",
+            "a: b",
+            "# no comment",
+            "- item",
+            "[1, 2]",
+            "{a: 1}",
+            "*alias",
+            "&anchor",
+            "!tag",
+            "%YAML",
+            "---",
+            "...",
+            "0x1F",
+            "1e3",
+            "010",
+            "-0",
+            ".inf",
+            "multi\nline",
+            "tab\there",
+            "cr\rlf",
+            "quote \" and \\",
+            "<b>&'",
+            "é 日本 😀",
+            "\u{2028}ls",
+            "\u{85}nel",
+            "\u{feff}bom",
+            "\u{a0}nbsp",
+            "\u{1}ctl",
+            "{{ not jinja }}",
+            "{% raw %}",
+        ];
+        let mut file = services("microservices:\n  t:\n    always: yes\n");
+        file.microservices[0].env = tricky
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("V{i}"), (*v).to_owned()))
+            .collect();
+        file.microservices[0].command = Some(tricky.iter().map(|v| (*v).to_owned()).collect());
+        let m = render(&cluster(), &[("edge-worker-1".to_owned(), file)]).unwrap();
+        check_parse_paths(&m, false);
+        let t = &find(&m, "Deployment", "t-001").value;
+        let c = &t["spec"]["template"]["spec"]["containers"][0];
+        for (i, v) in tricky.iter().enumerate() {
+            assert_eq!(c["env"][i + 1]["value"], *v);
+            assert_eq!(c["command"][i], *v);
+        }
     }
 
     #[test]

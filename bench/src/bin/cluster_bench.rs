@@ -6,6 +6,7 @@
 //!   eval "$(scripts/k8s-testenv.sh env)"
 //!   cargo build --release -p aion-reconcile -p aion-bench --bin aion-reconcile --bin cluster_bench
 //!   target/release/cluster_bench [--count 1000] [--runs 3]
+//!   target/release/cluster_bench --render-only [--count 1000] [--runs 15]   # no cluster needed
 //! Wall time and peak RSS of every step come from `/usr/bin/time -f '%e %M'` on a child process.
 
 use std::path::{Path, PathBuf};
@@ -114,6 +115,9 @@ fn main() -> anyhow::Result<()> {
     };
     let count = opt("--count", 1000);
     let runs = opt("--runs", 3).max(1);
+    if args.iter().any(|a| a == "--render-only") {
+        return render_only(count, runs);
+    }
     let kubeconfig = PathBuf::from(
         std::env::var("AION_TEST_KUBECONFIG")
             .context("AION_TEST_KUBECONFIG unset: eval \"$(scripts/k8s-testenv.sh env)\"")?,
@@ -132,28 +136,9 @@ fn main() -> anyhow::Result<()> {
     let inv = write_inputs(&dir, &id, count)?;
     let out = dir.join("rendered");
 
-    // In-process render (library call, no file I/O), median of `runs`.
-    let loaded_inv = aion_model::inventory::load(&inv)?.value;
-    let services: Vec<_> = loaded_inv
-        .hosts
-        .iter()
-        .map(|h| {
-            let p = h.services.clone().expect("bench hosts have services");
-            (
-                h.name.clone(),
-                aion_model::services::load(&p).unwrap().value,
-            )
-        })
-        .collect();
-    let mut lib = Vec::new();
-    let mut objects = 0;
-    for _ in 0..runs {
-        let t = Instant::now();
-        let m = aion_reconcile::render::render(&loaded_inv, &services)?;
-        lib.push(t.elapsed().as_secs_f64());
-        objects = m.objects().count();
-    }
-    lib.sort_by(f64::total_cmp);
+    // In-process render (library call, no file I/O).
+    let lib = render_in_process(&inv, runs)?;
+    let (loaded_inv, objects) = (&lib.inputs.0, lib.objects);
 
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
     let render = median(
@@ -275,8 +260,8 @@ fn main() -> anyhow::Result<()> {
     ));
 
     println!(
-        "{count} microservices, 3 nodes, {objects} objects; median of {runs} run(s); in-process render {:.1} ms (median)\n",
-        lib[lib.len() / 2] * 1000.0
+        "{count} microservices, 3 nodes, {objects} objects; median of {runs} run(s); in-process render {}\n",
+        lib.summary()
     );
     println!("| step | wall time (s) | peak RSS (MiB) |\n|---|---:|---:|");
     for (name, secs, mib) in &rows {
@@ -292,6 +277,77 @@ fn main() -> anyhow::Result<()> {
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// `--render-only`: the in-process render alone (no cluster needed), median of `runs`;
+/// for profiling (`perf record target/release/cluster_bench --render-only --runs 50`).
+fn render_only(count: usize, runs: usize) -> anyhow::Result<()> {
+    let id = format!("{:x}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("aion-cluster-bench-{id}"));
+    let inv = write_inputs(&dir, &id, count)?;
+    let lib = render_in_process(&inv, runs)?;
+    println!(
+        "{count} microservices, 3 nodes, {} objects; in-process render {}",
+        lib.objects,
+        lib.summary()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+struct RenderTimes {
+    inputs: Inputs,
+    /// Seconds per run, sorted.
+    secs: Vec<f64>,
+    objects: usize,
+}
+
+impl RenderTimes {
+    fn summary(&self) -> String {
+        let ms = |s: f64| s * 1000.0;
+        format!(
+            "median of {}: {:.1} ms (min {:.1}, max {:.1})",
+            self.secs.len(),
+            ms(self.secs[self.secs.len() / 2]),
+            ms(self.secs[0]),
+            ms(self.secs[self.secs.len() - 1])
+        )
+    }
+}
+
+/// Load the inputs once, then time `runs` library renders (no file I/O).
+fn render_in_process(inv: &Path, runs: usize) -> anyhow::Result<RenderTimes> {
+    let inputs = load_inputs(inv)?;
+    let mut secs = Vec::new();
+    let mut objects = 0;
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let m = aion_reconcile::render::render(&inputs.0, &inputs.1)?;
+        secs.push(t.elapsed().as_secs_f64());
+        objects = m.objects().count();
+    }
+    secs.sort_by(f64::total_cmp);
+    Ok(RenderTimes {
+        inputs,
+        secs,
+        objects,
+    })
+}
+
+type Inputs = (
+    aion_model::inventory::Inventory,
+    Vec<(String, aion_model::services::ServicesFile)>,
+);
+
+/// The bench inventory and its hosts' `services.yml`, loaded as the CLI would.
+fn load_inputs(inv: &Path) -> anyhow::Result<Inputs> {
+    let loaded_inv = aion_model::inventory::load(inv)?.value;
+    let mut services = Vec::new();
+    for h in &loaded_inv.hosts {
+        let p = h.services.clone().context("bench hosts have services")?;
+        services.push((h.name.clone(), aion_model::services::load(&p)?.value));
+    }
+    Ok((loaded_inv, services))
 }
 
 /// The cluster part of `apply`: load, render, plan (dry-run + prune listing), execute.
