@@ -95,6 +95,7 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
                 changes: Vec::new(),
                 unchanged: 0,
                 error: Some(error),
+                warnings: Vec::new(),
             };
             let host = match hosts.get(&spec.host.name) {
                 Some(Ok(h)) => h.clone(),
@@ -741,6 +742,20 @@ pub mod kube_steps {
             Ok(drift.into_iter().flatten().collect())
         }
 
+        /// kubeadm's `ClusterConfiguration` (kube-system/kubeadm-config), if there is one.
+        async fn kubeadm_cluster_configuration(&self) -> Result<Option<String>, String> {
+            let client = self.client().await?;
+            let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(client, "kube-system");
+            let cm = cms
+                .get_opt("kubeadm-config")
+                .await
+                .map_err(|e| format!("kube-system/kubeadm-config: {e}"))?;
+            Ok(cm
+                .and_then(|c| c.data)
+                .and_then(|mut d| d.remove("ClusterConfiguration")))
+        }
+
         async fn node(
             &self,
             node: &str,
@@ -814,12 +829,36 @@ pub mod kube_steps {
                     Ok(None) => ClusterCheck::Unknown(format!("node {node} not registered yet")),
                     Err(e) => ClusterCheck::Unknown(e),
                 },
+                ClusterStep::InitSettings {
+                    host,
+                    pod_cidr,
+                    extra_sans,
+                    kubernetes_version,
+                } => match self.kubeadm_cluster_configuration().await {
+                    Ok(Some(cc)) => match crate::plan::init_settings_warnings(
+                        host,
+                        pod_cidr,
+                        extra_sans,
+                        kubernetes_version,
+                        &cc,
+                    ) {
+                        Ok(w) if w.is_empty() => ClusterCheck::Unchanged,
+                        Ok(w) => ClusterCheck::Warnings(w),
+                        Err(e) => ClusterCheck::Warnings(vec![format!(
+                            "{host}: cannot compare the init settings: {e}"
+                        )]),
+                    },
+                    Ok(None) => ClusterCheck::Unknown("no kubeadm-config yet".into()),
+                    Err(e) => ClusterCheck::Unknown(e),
+                },
             }
         }
 
         async fn run(&self, step: &ClusterStep) -> Result<String, String> {
             let client = self.client().await?;
             match step {
+                // read-only (the planner never makes a change of it)
+                ClusterStep::InitSettings { .. } => Ok("nothing to do (read-only)".into()),
                 ClusterStep::ApplyManifest(name) => {
                     let mut done = Vec::new();
                     for obj in self.objects(name)? {

@@ -38,6 +38,9 @@ pub enum ClusterCheck {
     Needed(String),
     /// Cannot be checked yet (no cluster yet, or the API is unreachable): why.
     Unknown(String),
+    /// Nothing `apply` can do, but the person should know (e.g. a setting that cannot change
+    /// after `kubeadm init`): one message each.
+    Warnings(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,6 +69,9 @@ pub struct HostPlan {
     /// Facts could not be gathered (unreachable, sudo refused, ...): nothing planned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the plan cannot do and the person should know (each names the setting).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Counts over the whole plan.
@@ -75,6 +81,7 @@ pub struct Counts {
     pub change: usize,
     pub unchanged: usize,
     pub failed_hosts: usize,
+    pub warnings: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +95,7 @@ impl Plan {
         let mut counts = Counts::default();
         for h in &hosts {
             counts.unchanged += h.unchanged;
+            counts.warnings += h.warnings.len();
             if h.error.is_some() {
                 counts.failed_hosts += 1;
             }
@@ -167,14 +175,26 @@ pub fn plan_host(
             },
         });
     }
+    let mut warnings = Vec::new();
     for (i, step) in spec.cluster.iter().enumerate() {
         let check = cluster
             .get(i)
             .cloned()
             .unwrap_or(ClusterCheck::Unknown("not checked".into()));
+        if matches!(step, ClusterStep::InitSettings { .. }) {
+            // read-only: never a change; unknown before init (nothing to compare with yet)
+            if let ClusterCheck::Warnings(w) = check {
+                warnings.extend(w);
+            }
+            continue;
+        }
         let (kind, summary) = match check {
             ClusterCheck::Unchanged => {
                 unchanged += 1;
+                continue;
+            }
+            ClusterCheck::Warnings(w) => {
+                warnings.extend(w);
                 continue;
             }
             ClusterCheck::Needed(what) => (
@@ -203,7 +223,75 @@ pub fn plan_host(
         changes,
         unchanged,
         error: None,
+        warnings,
     })
+}
+
+/// The settings `kubeadm init` fixed, from kubeadm's `ClusterConfiguration` (the
+/// `kube-system/kubeadm-config` ConfigMap), against the inventory's: one warning per setting
+/// that differs, naming the host and the inventory variable. Pure.
+pub fn init_settings_warnings(
+    host: &str,
+    pod_cidr: &str,
+    extra_sans: &[String],
+    kubernetes_version: &str,
+    cluster_configuration: &str,
+) -> Result<Vec<String>, String> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    struct ClusterConfiguration {
+        networking: Networking,
+        api_server: ApiServer,
+        kubernetes_version: String,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    struct Networking {
+        pod_subnet: String,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    struct ApiServer {
+        #[serde(rename = "certSANs")]
+        cert_sans: Vec<String>,
+    }
+    let cc: ClusterConfiguration = serde_saphyr::from_str(cluster_configuration)
+        .map_err(|e| format!("kube-system/kubeadm-config ClusterConfiguration: {e}"))?;
+    let fixed = |var: &str, was: &str, now: &str| {
+        format!(
+            "{host}: {var} cannot change after `kubeadm init`: the cluster was initialised with {was}, the inventory now says {now}; nothing will change it (to apply it: `kubeadm reset` on {host}, then apply again)"
+        )
+    };
+    let mut w = Vec::new();
+    if !cc.networking.pod_subnet.is_empty() && cc.networking.pod_subnet != pod_cidr {
+        w.push(format!(
+            "{}; until then set it back: Flannel's network follows podCidr and would move away from the cluster's pod range",
+            fixed("podCidr", &cc.networking.pod_subnet, pod_cidr)
+        ));
+    }
+    let mut was: Vec<&str> = cc.api_server.cert_sans.iter().map(String::as_str).collect();
+    let mut now: Vec<&str> = extra_sans.iter().map(String::as_str).collect();
+    was.sort_unstable();
+    now.sort_unstable();
+    if was != now {
+        let list = |v: &[&str]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        w.push(fixed("extraSans", &list(&was), &list(&now)));
+    }
+    let bare = |v: &str| v.trim_start_matches('v').to_string();
+    if !cc.kubernetes_version.is_empty() && bare(&cc.kubernetes_version) != bare(kubernetes_version)
+    {
+        w.push(format!(
+            "{host}: kubernetesVersion: the control plane runs {} and the inventory now says {kubernetes_version}; apply pins the packages only — upgrading the control plane is `kubeadm upgrade`, not done by apply",
+            cc.kubernetes_version
+        ));
+    }
+    Ok(w)
 }
 
 /// Colours for the text rendering (none under NO_COLOR / not a terminal).
@@ -236,6 +324,9 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
         if let Some(e) = &h.error {
             let _ = writeln!(out, "  {} {e}", style.paint("31", "!"));
             continue;
+        }
+        for w in &h.warnings {
+            let _ = writeln!(out, "  {} warning: {w}", style.paint("33", "!"));
         }
         for c in &h.changes {
             let sign = match c.kind {
@@ -272,6 +363,9 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
     if c.failed_hosts > 0 {
         let _ = write!(out, ", {} host(s) could not be planned", c.failed_hosts);
     }
+    if c.warnings > 0 {
+        let _ = write!(out, ", {} warning(s)", c.warnings);
+    }
     out.push('\n');
     out
 }
@@ -282,6 +376,7 @@ pub fn step_key(s: &ClusterStep) -> String {
         ClusterStep::ApplyManifest(t) => format!("apply:{t}"),
         ClusterStep::Untaint { node } => format!("untaint:{node}"),
         ClusterStep::WaitNodeReady { node, .. } => format!("node-ready:{node}"),
+        ClusterStep::InitSettings { host, .. } => format!("init-settings:{host}"),
     }
 }
 
@@ -295,6 +390,9 @@ pub fn describe_step(s: &ClusterStep) -> String {
             node,
             timeout_seconds,
         } => format!("wait until node {node} is Ready (≤ {timeout_seconds} s)"),
+        ClusterStep::InitSettings { host, .. } => {
+            format!("compare the settings `kubeadm init` fixed on {host} with the inventory")
+        }
     }
 }
 
@@ -329,6 +427,7 @@ mod tests {
             user: "aion".into(),
             unchanged: 3,
             error: None,
+            warnings: vec![],
         };
         let bad = HostPlan {
             host: "w".into(),
@@ -344,7 +443,8 @@ mod tests {
                 create: 1,
                 change: 1,
                 unchanged: 3,
-                failed_hosts: 1
+                failed_hosts: 1,
+                warnings: 0,
             }
         );
         let t = render_text(&p, Style { color: false });
@@ -360,5 +460,124 @@ mod tests {
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["counts"]["create"], 1);
         assert!(json["hosts"][0]["changes"][0].get("action").is_none());
+    }
+
+    fn test_host(name: &str) -> aion_model::inventory::Host {
+        use aion_model::inventory::{Host, HostVars, Role, SshSettings};
+        Host {
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            role: Role::Master,
+            ssh: SshSettings {
+                user: "root".into(),
+                port: 22,
+                key: None,
+            },
+            vars: HostVars {
+                gpu: false,
+                kubernetes_version: "1.37.2".into(),
+                pod_cidr: "10.245.0.0/16".into(),
+                extra_sans: vec![],
+                registry_prefix: "latonaio".into(),
+                namespace: "default".into(),
+            },
+            services: None,
+            data_sweeper: None,
+            span: Default::default(),
+        }
+    }
+
+    const CC: &str = "apiServer:\n  certSANs: [edge.example.org]\napiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.37.2\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 10.244.10.0/16\n  serviceSubnet: 10.96.0.0/12\n";
+
+    #[test]
+    fn init_settings_equal_give_no_warning() {
+        let w = init_settings_warnings(
+            "m",
+            "10.244.10.0/16",
+            &["edge.example.org".into()],
+            "1.37.2",
+            CC,
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn changed_pod_cidr_after_init_is_a_warning_naming_host_and_var_never_a_change() {
+        let w = init_settings_warnings(
+            "edge-master",
+            "10.245.0.0/16",
+            &["edge.example.org".into()],
+            "1.37.2",
+            CC,
+        )
+        .unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("edge-master: podCidr cannot change after `kubeadm init`")
+                && w[0].contains("10.244.10.0/16")
+                && w[0].contains("10.245.0.0/16"),
+            "{}",
+            w[0]
+        );
+        // extra SANs and the version too (order of SANs does not matter)
+        let w = init_settings_warnings(
+            "edge-master",
+            "10.244.10.0/16",
+            &["other.example.org".into()],
+            "1.38.0",
+            CC,
+        )
+        .unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("extraSans") && w[0].contains("other.example.org"));
+        assert!(w[1].contains("kubernetesVersion") && w[1].contains("kubeadm upgrade"));
+        assert!(init_settings_warnings("m", "x", &[], "1", "{not: [yaml").is_err());
+
+        // In the plan: a warning on the master, no change, counted and shown.
+        let spec = HostSpec {
+            host: test_host("edge-master"),
+            items: Vec::new(),
+            cluster: vec![
+                ClusterStep::InitSettings {
+                    host: "edge-master".into(),
+                    pod_cidr: "10.245.0.0/16".into(),
+                    extra_sans: vec![],
+                    kubernetes_version: "1.37.2".into(),
+                },
+                ClusterStep::ApplyManifest("flannel.yaml".into()),
+            ],
+        };
+        let checks = [ClusterCheck::Warnings(w.clone()), ClusterCheck::Unchanged];
+        let hp = plan_host(
+            &spec,
+            &HostFacts::default(),
+            &LocalFacts::default(),
+            &checks,
+        )
+        .unwrap();
+        assert!(hp.changes.is_empty(), "{:?}", hp.changes);
+        assert_eq!(hp.warnings, w);
+        let p = Plan::new(vec![hp]);
+        assert!(!p.has_changes());
+        assert_eq!(p.counts.warnings, 2);
+        let t = render_text(&p, Style { color: false });
+        assert!(
+            t.contains("  ! warning: edge-master: extraSans cannot change"),
+            "{t}"
+        );
+        assert!(t.trim_end().ends_with(", 2 warning(s)"), "{t}");
+        // before init (no kubeadm-config): nothing, and never a change
+        let hp = plan_host(
+            &spec,
+            &HostFacts::default(),
+            &LocalFacts::default(),
+            &[
+                ClusterCheck::Unknown("no kubeadm-config yet".into()),
+                ClusterCheck::Unchanged,
+            ],
+        )
+        .unwrap();
+        assert!(hp.changes.is_empty() && hp.warnings.is_empty());
     }
 }

@@ -61,6 +61,15 @@ pub enum ClusterStep {
     Untaint { node: String },
     /// Wait until the node reports Ready.
     WaitNodeReady { node: String, timeout_seconds: u64 },
+    /// Read-only: the settings `kubeadm init` fixed (kube-system/kubeadm-config) against the
+    /// inventory's. They cannot change after init, so a difference is a warning in the plan,
+    /// never a change.
+    InitSettings {
+        host: String,
+        pod_cidr: String,
+        extra_sans: Vec<String>,
+        kubernetes_version: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
