@@ -217,7 +217,8 @@ impl Reader {
             }
         };
         let mut out: Vec<(String, usize)> = Vec::with_capacity(pairs.len());
-        let mut index: HashMap<&str, (usize, bool)> = HashMap::with_capacity(pairs.len());
+        let mut index: HashMap<&str, (usize, bool), crate::yaml::FxBuild> =
+            HashMap::with_capacity_and_hasher(pairs.len(), Default::default());
         for (pi, pair) in pairs.iter().enumerate() {
             let key: &str = match &pair.key.value {
                 Value::Scalar(_) if pair.key.is_null() => "",

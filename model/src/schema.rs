@@ -138,8 +138,8 @@ pub fn check_services(root: &Node, file: &Arc<PathBuf>) -> Vec<Diagnostic> {
     report(kind, validator(kind), &top, "", root, file, &mut skeleton);
     // Each microservice: keys as `to_json` names them, last wins, first position kept.
     let mut order: Vec<(&str, usize)> = Vec::with_capacity(entries.len());
-    let mut index: std::collections::HashMap<&str, usize> =
-        std::collections::HashMap::with_capacity(entries.len());
+    let mut index: std::collections::HashMap<&str, usize, crate::yaml::FxBuild> =
+        std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
     for (i, p) in entries.iter().enumerate() {
         let k = p.key.text().unwrap_or("");
         match index.get(k) {

@@ -38,9 +38,9 @@ pub struct ServicesFile {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceInfo {
     file: Arc<PathBuf>,
-    groups: HashMap<Box<str>, SourceGroup>,
+    groups: HashMap<Box<str>, SourceGroup, crate::yaml::FxBuild>,
     /// Relative keys (`tag`, `ports/0/nodePort`, ...), each stored once.
-    keys: HashSet<Arc<str>>,
+    keys: HashSet<Arc<str>, crate::yaml::FxBuild>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -99,7 +99,7 @@ impl SourceInfo {
 
 /// Records positions and texts under one pointer prefix.
 pub(crate) struct GroupWriter<'a> {
-    keys: &'a mut HashSet<Arc<str>>,
+    keys: &'a mut HashSet<Arc<str>, crate::yaml::FxBuild>,
     group: &'a mut SourceGroup,
 }
 

@@ -147,17 +147,18 @@ pub fn parse_go_int(s: &str) -> Option<i64> {
 
 /// Go `strconv.ParseUint(s, 0, 64)` (no sign).
 pub fn parse_go_uint(s: &str) -> Option<u64> {
-    let lower = s.to_ascii_lowercase();
-    let (radix, digits) = if let Some(r) = lower.strip_prefix("0x") {
-        (16, r)
-    } else if let Some(r) = lower.strip_prefix("0o") {
-        (8, r)
-    } else if let Some(r) = lower.strip_prefix("0b") {
-        (2, r)
-    } else if lower.len() > 1 && lower.starts_with('0') {
-        (8, &lower[1..])
+    let b = s.as_bytes();
+    let prefix = if b.len() >= 2 && b[0] == b'0' {
+        Some(b[1].to_ascii_lowercase())
     } else {
-        (10, lower.as_str())
+        None
+    };
+    let (radix, digits) = match prefix {
+        Some(b'x') => (16, &s[2..]),
+        Some(b'o') => (8, &s[2..]),
+        Some(b'b') => (2, &s[2..]),
+        Some(_) => (8, &s[1..]),
+        None => (10, s),
     };
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return None;
@@ -224,7 +225,14 @@ fn resolve_plain(text: &str) -> Resolved {
     if !(first.is_ascii_digit() || first == b'-' || first == b'+' || first == b'.') {
         return Resolved::Str;
     }
-    let plain: String = text.chars().filter(|&c| c != '_').collect();
+    let plain: std::borrow::Cow<'_, str> = if text.contains('_') {
+        text.chars()
+            .filter(|&c| c != '_')
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    };
     if let Some(i) = parse_go_int(&plain) {
         return Resolved::Int(i);
     }
@@ -265,6 +273,15 @@ impl Scalar {
         match self.style {
             Style::Plain => resolve_plain(&self.text),
             _ => Resolved::Str,
+        }
+    }
+
+    /// Whether [`Scalar::resolve`] gives null (without resolving numbers).
+    pub fn is_null(&self) -> bool {
+        match self.tag.as_deref() {
+            Some("!!null") => true,
+            Some("!!str" | "!!binary" | "!!bool" | "!!int" | "!!float") => false,
+            _ => self.style == Style::Plain && is_null_text(&self.text),
         }
     }
 
@@ -358,7 +375,7 @@ impl Node {
     }
     /// Whether this is a null (`~`, `null`, empty) scalar.
     pub fn is_null(&self) -> bool {
-        matches!(self.as_scalar().map(Scalar::resolve), Some(Resolved::Null))
+        self.as_scalar().is_some_and(Scalar::is_null)
     }
     /// The value of `key` in a mapping, last occurrence winning (go-yaml v2 semantics).
     pub fn get(&self, key: &str) -> Option<&Node> {
@@ -493,14 +510,16 @@ pub struct Document {
     pub extra_document: Option<Span>,
 }
 
+/// An open collection. Its children so far sit at the end of the builder's shared `items` /
+/// `pairs` stacks from `start` on, and move into one exactly-sized vector when it closes.
 enum Frame {
     Seq {
-        items: Vec<Node>,
+        start: usize,
         pos: Pos,
         anchor: usize,
     },
     Map {
-        pairs: Vec<Pair>,
+        start: usize,
         pending_key: Option<Node>,
         pos: Pos,
         anchor: usize,
@@ -510,6 +529,10 @@ enum Frame {
 struct Builder {
     file: Arc<PathBuf>,
     stack: Vec<Frame>,
+    /// Children of the open sequences (see [`Frame`]).
+    items: Vec<Node>,
+    /// Pairs of the open mappings (see [`Frame`]).
+    pairs: Vec<Pair>,
     anchors: HashMap<usize, Node>,
     /// Sizes (node counts) of anchored nodes, so alias copies can be charged up front.
     anchor_sizes: HashMap<usize, usize>,
@@ -517,8 +540,38 @@ struct Builder {
     alias_used: usize,
     events: usize,
     /// Every distinct scalar text seen so far (a text written many times is stored once).
-    texts: HashSet<Arc<str>>,
+    texts: HashSet<Arc<str>, FxBuild>,
 }
+
+/// A fast non-cryptographic hash (the Fx/rustc mix) for interning scalar texts: keys come
+/// from the document being parsed, and a pathological collision set only costs time.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write(&[i]);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write(&i.to_le_bytes());
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 
 fn convert_tag(tag: Option<std::borrow::Cow<'_, saphyr_parser::Tag>>) -> Option<Box<str>> {
     let tag = tag?;
@@ -557,13 +610,12 @@ impl Builder {
         }
         match self.stack.last_mut() {
             None => Ok(Some(node)),
-            Some(Frame::Seq { items, .. }) => {
-                items.push(node);
+            Some(Frame::Seq { .. }) => {
+                self.items.push(node);
                 Ok(None)
             }
-            Some(Frame::Map {
-                pairs, pending_key, ..
-            }) => {
+            Some(Frame::Map { pending_key, .. }) => {
+                let pairs = &mut self.pairs;
                 match pending_key.take() {
                     None => *pending_key = Some(node),
                     Some(key) => {
@@ -647,12 +699,14 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
     let mut b = Builder {
         file,
         stack: Vec::new(),
+        items: Vec::new(),
+        pairs: Vec::new(),
         anchors: HashMap::new(),
         anchor_sizes: HashMap::new(),
         alias_budget: MIN_ALIAS_BUDGET,
         alias_used: 0,
         events: 0,
-        texts: HashSet::new(),
+        texts: HashSet::default(),
     };
     let mut root: Option<Node> = None;
     let mut docs = 0usize;
@@ -700,7 +754,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
             Event::SequenceStart(anchor, _tag) => {
                 b.open(
                     Frame::Seq {
-                        items: Vec::new(),
+                        start: b.items.len(),
                         pos: at,
                         anchor,
                     },
@@ -710,7 +764,7 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
             Event::MappingStart(anchor, _tag) => {
                 b.open(
                     Frame::Map {
-                        pairs: Vec::new(),
+                        start: b.pairs.len(),
                         pending_key: None,
                         pos: at,
                         anchor,
@@ -720,12 +774,8 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match b.stack.pop() {
-                    Some(Frame::Seq {
-                        mut items,
-                        pos,
-                        anchor,
-                    }) => {
-                        items.shrink_to_fit();
+                    Some(Frame::Seq { start, pos, anchor }) => {
+                        let items: Vec<Node> = b.items.drain(start..).collect();
                         (
                             Node {
                                 value: Value::Seq(items),
@@ -735,12 +785,9 @@ pub fn parse_document(text: &str, file: &Path) -> Result<Document, YamlError> {
                         )
                     }
                     Some(Frame::Map {
-                        mut pairs,
-                        pos,
-                        anchor,
-                        ..
+                        start, pos, anchor, ..
                     }) => {
-                        pairs.shrink_to_fit();
+                        let pairs: Vec<Pair> = b.pairs.drain(start..).collect();
                         (
                             Node {
                                 value: Value::Map(pairs),
