@@ -24,19 +24,20 @@ impl FieldSpans {
 /// The fields of a struct-like mapping, deduplicated (last wins).
 pub(crate) struct Fields<'n> {
     pub ptr: String,
-    entries: Vec<(&'static str, &'n Node)>,
+    /// (key, winning value, winning pair came from a merge, line of the winning key).
+    entries: Vec<(&'static str, &'n Node, bool, u32)>,
 }
 
 impl<'n> Fields<'n> {
     pub fn get(&self, key: &str) -> Option<(&'n Node, String)> {
         self.entries
             .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(k, n)| (*n, join_pointer(&self.ptr, k)))
+            .find(|e| e.0 == key)
+            .map(|e| (e.1, join_pointer(&self.ptr, e.0)))
     }
     /// Every present field with its value node.
     pub fn entries(&self) -> impl Iterator<Item = (&'static str, &'n Node)> + '_ {
-        self.entries.iter().map(|(k, n)| (*k, *n))
+        self.entries.iter().map(|e| (e.0, e.1))
     }
 }
 
@@ -114,7 +115,7 @@ impl Reader {
                 return None;
             }
         };
-        let mut seen: Vec<(usize, bool, u32)> = Vec::new(); // (known idx, merged, line)
+        out.entries.reserve_exact(pairs.len().min(known.len()));
         for pair in pairs {
             let Some(key) = pair.key.text() else {
                 self.diags.push(
@@ -133,20 +134,15 @@ impl Reader {
             };
             match known.iter().position(|k| *k == key) {
                 Some(idx) => {
-                    if let Some(slot) = seen.iter_mut().find(|(i, _, _)| *i == idx) {
-                        if !pair.merged && !slot.1 {
-                            self.duplicate(&pair.key, &join_pointer(ptr, key), key, slot.2);
+                    let name = known[idx];
+                    let entry = (name, &pair.value, pair.merged, pair.key.pos.line);
+                    if let Some(slot) = out.entries.iter_mut().find(|e| e.0 == name) {
+                        if !pair.merged && !slot.2 {
+                            self.duplicate(&pair.key, &join_pointer(ptr, key), key, slot.3);
                         }
-                        *slot = (idx, pair.merged, pair.key.pos.line);
-                        let e = out
-                            .entries
-                            .iter_mut()
-                            .find(|(k, _)| *k == known[idx])
-                            .expect("seen implies entry");
-                        e.1 = &pair.value;
+                        *slot = entry;
                     } else {
-                        seen.push((idx, pair.merged, pair.key.pos.line));
-                        out.entries.push((known[idx], &pair.value));
+                        out.entries.push(entry);
                     }
                 }
                 None => {
@@ -217,8 +213,15 @@ impl Reader {
             }
         };
         let mut out: Vec<(String, usize)> = Vec::with_capacity(pairs.len());
-        let mut index: HashMap<&str, (usize, bool), crate::yaml::FxBuild> =
-            HashMap::with_capacity_and_hasher(pairs.len(), Default::default());
+        // (entry, merged) by key; small mappings are searched linearly instead.
+        const LINEAR: usize = 16;
+        let mut index: HashMap<&str, (usize, bool), crate::yaml::FxBuild> = if pairs.len() > LINEAR
+        {
+            HashMap::with_capacity_and_hasher(pairs.len(), Default::default())
+        } else {
+            HashMap::default()
+        };
+        let mut merged_flags: Vec<bool> = Vec::new();
         for (pi, pair) in pairs.iter().enumerate() {
             let key: &str = match &pair.key.value {
                 Value::Scalar(_) if pair.key.is_null() => "",
@@ -228,18 +231,29 @@ impl Reader {
                     continue;
                 }
             };
-            match index.get_mut(key) {
+            let found = if pairs.len() > LINEAR {
+                index.get_mut(key).map(|(i, m)| (*i, m))
+            } else {
+                out.iter()
+                    .position(|(k, _)| k == key)
+                    .map(|i| (i, &mut merged_flags[i]))
+            };
+            match found {
                 Some((i, merged)) => {
                     if !pair.merged && !*merged {
-                        let first = pairs[out[*i].1].key.pos.line;
+                        let first = pairs[out[i].1].key.pos.line;
                         let p = join_pointer(ptr, key);
                         self.duplicate(&pair.key, &p, key, first);
                     }
                     *merged = pair.merged;
-                    out[*i].1 = pi;
+                    out[i].1 = pi;
                 }
                 None => {
-                    index.insert(key, (out.len(), pair.merged));
+                    if pairs.len() > LINEAR {
+                        index.insert(key, (out.len(), pair.merged));
+                    } else {
+                        merged_flags.push(pair.merged);
+                    }
                     out.push((key.to_owned(), pi));
                 }
             }
