@@ -18,7 +18,8 @@
 //!
 //! ```sh
 //! scripts/rabbitmq.sh start
-//! cargo run --release -p aion-bench --bin kanban_chain -- [--paced-secs 5] [--burst 20000]
+//! cargo run --release -p aion-bench --bin kanban_chain -- [--paced-secs 5] [--burst 20000] \
+//!     [--only transient|durable]
 //! ```
 //! Bounded: at most `paced-secs` × 1,000 + `burst` messages per variant, 120 s timeout each.
 
@@ -465,12 +466,16 @@ async fn run_one(
 async fn main() -> anyhow::Result<()> {
     let mut paced_secs = 5u64;
     let mut burst = 20_000u64;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--paced-secs" => paced_secs = args.next().context("--paced-secs N")?.parse()?,
             "--burst" => burst = args.next().context("--burst N")?.parse()?,
-            other => bail!("unknown argument {other} (use --paced-secs N, --burst N)"),
+            "--only" => only = Some(args.next().context("--only transient|durable")?),
+            other => bail!(
+                "unknown argument {other} (use --paced-secs N, --burst N, --only transient|durable)"
+            ),
         }
     }
     let url = std::env::var("AION_RABBITMQ_URL")
@@ -493,6 +498,9 @@ async fn main() -> anyhow::Result<()> {
         } else {
             "transient"
         };
+        if only.as_ref().is_some_and(|o| o != dn) {
+            continue;
+        }
         let mut rows = Vec::new();
         for v in [Variant::Raw, Variant::Routed, Variant::Client] {
             let vn = match v {
