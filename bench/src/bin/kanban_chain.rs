@@ -19,7 +19,7 @@
 //! ```sh
 //! scripts/rabbitmq.sh start
 //! cargo run --release -p aion-bench --bin kanban_chain -- [--paced-secs 5] [--burst 20000] \
-//!     [--only transient|durable]
+//!     [--only transient|durable] [--conn-per-stage]
 //! ```
 //! Bounded: at most `paced-secs` × 1,000 + `burst` messages per variant, 120 s timeout each.
 
@@ -76,6 +76,10 @@ struct Result_ {
     p99_us: f64,
     n: usize,
 }
+
+/// `--conn-per-stage`: each stage consumes (and, raw, publishes) on its own connection, as
+/// separate microservice processes would; default: one connection shared by the stages.
+static CONN_PER_STAGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 fn now_ns() -> u64 {
@@ -366,8 +370,13 @@ async fn run_one(
     let stage_conn = Arc::new(Connection::connect(url, ConnectionProperties::default()).await?);
     let mut tasks = Vec::new();
     for (i, o) in &s.stages {
+        let conn = if CONN_PER_STAGE.load(Ordering::Relaxed) {
+            Arc::new(Connection::connect(url, ConnectionProperties::default()).await?)
+        } else {
+            stage_conn.clone()
+        };
         tasks.push(tokio::spawn(stage(
-            stage_conn.clone(),
+            conn,
             i.clone(),
             o.clone(),
             d,
@@ -473,8 +482,9 @@ async fn main() -> anyhow::Result<()> {
             "--paced-secs" => paced_secs = args.next().context("--paced-secs N")?.parse()?,
             "--burst" => burst = args.next().context("--burst N")?.parse()?,
             "--only" => only = Some(args.next().context("--only transient|durable")?),
+            "--conn-per-stage" => CONN_PER_STAGE.store(true, Ordering::Relaxed),
             other => bail!(
-                "unknown argument {other} (use --paced-secs N, --burst N, --only transient|durable)"
+                "unknown argument {other} (use --paced-secs N, --burst N, --only transient|durable, --conn-per-stage)"
             ),
         }
     }
