@@ -299,14 +299,41 @@ struct RenderTimes {
     inputs: Inputs,
     /// Seconds per run, sorted.
     secs: Vec<f64>,
+    /// CPU seconds (user + system) of the whole loop divided by the runs: unlike wall time,
+    /// hardly affected by other processes on a loaded machine.
+    cpu_per_run: Option<f64>,
     objects: usize,
+}
+
+/// CPU time (user + system) this process has used so far, in clock ticks, from `/proc/self/stat`.
+fn cpu_ticks() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux if that fails).
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0)
 }
 
 impl RenderTimes {
     fn summary(&self) -> String {
         let ms = |s: f64| s * 1000.0;
+        let cpu = self
+            .cpu_per_run
+            .map(|c| format!("; CPU time {:.1} ms per run", ms(c)))
+            .unwrap_or_default();
         format!(
-            "median of {}: {:.1} ms (min {:.1}, max {:.1})",
+            "median of {}: {:.1} ms (min {:.1}, max {:.1}){cpu}",
             self.secs.len(),
             ms(self.secs[self.secs.len() / 2]),
             ms(self.secs[0]),
@@ -320,16 +347,23 @@ fn render_in_process(inv: &Path, runs: usize) -> anyhow::Result<RenderTimes> {
     let inputs = load_inputs(inv)?;
     let mut secs = Vec::new();
     let mut objects = 0;
+    let mut cpu = 0.0;
     for _ in 0..runs.max(1) {
+        let before = cpu_ticks();
         let t = Instant::now();
         let m = aion_reconcile::render::render(&inputs.0, &inputs.1)?;
         secs.push(t.elapsed().as_secs_f64());
+        cpu += cpu_ticks()
+            .zip(before)
+            .map_or(f64::NAN, |(after, before)| after - before);
         objects = m.objects().count();
     }
+    let cpu_per_run = Some(cpu / ticks_per_second() / secs.len() as f64).filter(|c| c.is_finite());
     secs.sort_by(f64::total_cmp);
     Ok(RenderTimes {
         inputs,
         secs,
+        cpu_per_run,
         objects,
     })
 }
