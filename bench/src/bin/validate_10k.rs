@@ -9,7 +9,8 @@
 //! ```
 //! Every measurement runs in a fresh child process, so peak memory (VmHWM of ours,
 //! ru_maxrss of the peer) is that of the validation alone (plus the process's baseline).
-//! Prints one line per run and a summary table (median time, max peak RSS).
+//! Prints one line per run and a summary table (median wall time, median CPU time of the
+//! work — user + system, steadier than wall time on a shared machine — and max peak RSS).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,14 +54,25 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// Child mode: validate FILE once; print `secs peak_kb diagnostics microservices`.
+/// CPU time this process has used so far (user + system, from /proc/self/schedstat), seconds.
+fn cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0) as f64
+        / 1e9
+}
+
+/// Child mode: validate FILE once; print `secs peak_kb cpu_secs diagnostics microservices`.
 fn child(file: &Path) -> anyhow::Result<()> {
+    let c0 = cpu_secs();
     let t0 = Instant::now();
     let loaded = aion_model::services::load(file)?;
     let diags = aion_model::validate::loaded_services(&loaded, None);
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - c0;
     println!(
-        "{secs:.4} {} {} {}",
+        "{secs:.4} {} {cpu:.4} {} {}",
         peak_rss_kb(),
         diags.len(),
         loaded.value.microservices.len()
@@ -71,6 +83,8 @@ fn child(file: &Path) -> anyhow::Result<()> {
 struct Sample {
     secs: f64,
     peak_kb: u64,
+    /// CPU time of the work (user + system): less sensitive to other load than `secs`.
+    cpu: f64,
     detail: String,
 }
 
@@ -80,9 +94,11 @@ fn parse_sample(out: &[u8]) -> anyhow::Result<Sample> {
     let mut it = line.split_whitespace();
     let secs = it.next().context("secs")?.parse()?;
     let peak_kb = it.next().context("peak")?.parse()?;
+    let cpu = it.next().context("cpu")?.parse()?;
     Ok(Sample {
         secs,
         peak_kb,
+        cpu,
         detail: it.collect::<Vec<_>>().join(" "),
     })
 }
@@ -148,8 +164,9 @@ fn main() -> anyhow::Result<()> {
         }
         let s = parse_sample(&out.stdout)?;
         println!(
-            "run {run}: aion-model   {:.3} s, peak {:.1} MiB (diagnostics, microservices: {})",
+            "run {run}: aion-model   {:.3} s (CPU {:.3} s), peak {:.1} MiB (diagnostics, microservices: {})",
             s.secs,
+            s.cpu,
             s.peak_kb as f64 / 1024.0,
             s.detail
         );
@@ -168,8 +185,9 @@ fn main() -> anyhow::Result<()> {
             }
             let s = parse_sample(&out.stdout)?;
             println!(
-                "run {run}: PyYAML+jsonschema {:.3} s, peak {:.1} MiB (schema errors, microservices: {})",
+                "run {run}: PyYAML+jsonschema {:.3} s (CPU {:.3} s), peak {:.1} MiB (schema errors, microservices: {})",
                 s.secs,
+                s.cpu,
                 s.peak_kb as f64 / 1024.0,
                 s.detail
             );
@@ -179,20 +197,31 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let summarize = |v: &[Sample]| {
         let mut t: Vec<f64> = v.iter().map(|s| s.secs).collect();
+        let mut c: Vec<f64> = v.iter().map(|s| s.cpu).collect();
         (
             median(&mut t),
+            median(&mut c),
             v.iter().map(|s| s.peak_kb).max().unwrap_or(0) as f64 / 1024.0,
         )
     };
-    let (ot, om) = summarize(&ours);
+    let (ot, oc, om) = summarize(&ours);
     println!();
-    println!("| tool | median time ({runs} runs) | peak RSS |");
-    println!("|---|---|---|");
-    println!("| aion-model (parse + typed + schema + rules) | {ot:.3} s | {om:.1} MiB |");
+    println!("| tool | median time ({runs} runs) | median CPU time | peak RSS |");
+    println!("|---|---|---|---|");
+    println!(
+        "| aion-model (parse + typed + schema + rules) | {ot:.3} s | {oc:.3} s | {om:.1} MiB |"
+    );
     if peer {
-        let (pt, pm) = summarize(&theirs);
-        println!("| PyYAML CSafeLoader + jsonschema (parse + schema) | {pt:.3} s | {pm:.1} MiB |");
-        println!("| ratio peer / ours | {:.1}× | {:.1}× |", pt / ot, pm / om);
+        let (pt, pc, pm) = summarize(&theirs);
+        println!(
+            "| PyYAML CSafeLoader + jsonschema (parse + schema) | {pt:.3} s | {pc:.3} s | {pm:.1} MiB |"
+        );
+        println!(
+            "| ratio peer / ours | {:.1}× | {:.1}× | {:.1}× |",
+            pt / ot,
+            pc / oc,
+            pm / om
+        );
     }
     println!(
         "targets: < 1 s and < 100 MiB: {}",
