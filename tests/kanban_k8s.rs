@@ -18,6 +18,10 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The tests here each run a router on the same broker; routers share `aion-kanban.records` (one
+/// runtime per device broker), so one test's router could take another's client records.
+static ONE_ROUTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn deployment(name: &str) -> Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -72,6 +76,7 @@ async fn services_start_at_boot_and_on_demand() {
     let Some(cluster) = k8s::require() else {
         return;
     };
+    let _one = ONE_ROUTER.lock().await;
     let Some(b) = rabbitmq::require() else { return };
     let ns = cluster.fresh_namespace().await;
     let client = cluster.client().await;
@@ -191,6 +196,61 @@ microservices:
         1
     );
 
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    let queues: Vec<String> = aion_kanban::topology::plan(&cfg)
+        .into_iter()
+        .map(|q| q.name)
+        .filter(|n| !n.starts_with("aion-kanban."))
+        .collect();
+    amqp::delete(&ch, &queues).await;
+    cluster.delete_namespace(&ns).await;
+}
+
+/// The backstop for a lost client record: a kanban waiting in an instance's input queue with no
+/// consumer gets the instance started at the next check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_kanban_starts_its_instance() {
+    let Some(cluster) = k8s::require() else {
+        return;
+    };
+    let _one = ONE_ROUTER.lock().await;
+    let Some(b) = rabbitmq::require() else { return };
+    let ns = cluster.fresh_namespace().await;
+    let client = cluster.client().await;
+    let p = rabbitmq::unique("wk");
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    deps.create(&PostParams::default(), &deployment(&format!("{p}lone-001")))
+        .await
+        .unwrap();
+    let yaml = format!("microservices:\n  {p}lone: {{always: yes}}\n");
+    let cfg = aion_model::services::load_str(&yaml, std::path::Path::new("t.yml"))
+        .unwrap()
+        .value;
+    let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), b.url.clone());
+    opts.lifecycle = Some(Arc::new(KubeLifecycle::new(client.clone(), ns.clone())));
+    opts.check_interval = Duration::from_secs(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(router::run(opts, async move {
+        let _ = stopped.await;
+    }));
+    let (conn, ch) = amqp::connect(&b.url).await;
+    let input = format!("{p}lone-001.in");
+    assert!(amqp::wait_declared(&conn, &input, WAIT).await);
+    let replicas = || {
+        let deps = deps.clone();
+        let name = format!("{p}lone-001");
+        async move { deps.get(&name).await.unwrap().spec.replicas.unwrap_or(0) }
+    };
+    // Give the checks a couple of rounds with an empty queue: nothing starts.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(replicas().await, 0, "started with no kanban waiting");
+    // A kanban published straight to the input queue, as a client whose record was lost.
+    amqp::publish(&ch, &input, br#"{"metadata":{"id":1}}"#).await;
+    wait_until("Deployment scaled from 0 for a waiting kanban", || async {
+        replicas().await == 1
+    })
+    .await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();
     let queues: Vec<String> = aion_kanban::topology::plan(&cfg)

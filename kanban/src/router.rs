@@ -47,6 +47,10 @@ pub struct RouterOptions {
     pub lifecycle: Option<Arc<KubeLifecycle>>,
     /// How often to check the services file for changes.
     pub watch_interval: Duration,
+    /// How often to check instances (lifecycle only): `always` instances kept running, and any
+    /// instance whose input queue holds kanbans but has no consumer started (the backstop for
+    /// a client's record lost in a crash).
+    pub check_interval: Duration,
     /// Triggered externally to reload (SIGHUP handler, tests).
     pub reload: Arc<Notify>,
 }
@@ -64,6 +68,7 @@ impl RouterOptions {
             replicator: None,
             lifecycle: None,
             watch_interval: Duration::from_secs(2),
+            check_interval: Duration::from_secs(30),
             reload: Arc::new(Notify::new()),
         }
     }
@@ -231,7 +236,7 @@ async fn session(
         remotes: HashMap::new(),
     };
     let inflight = Inflight::start();
-    let every = Duration::from_secs(30);
+    let every = opts.check_interval;
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let end = loop {
         tokio::select! {
@@ -247,7 +252,10 @@ async fn session(
                     }
                 }
             },
-            _ = keepalive.tick() => s.keep_always_running().await,
+            _ = keepalive.tick() => {
+                s.keep_always_running().await;
+                s.start_waited_for(&conn).await;
+            }
         }
     };
     // Let confirmations that are on their way finish, so their messages get acked.
@@ -286,6 +294,49 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Start every instance whose input queue holds kanbans that no consumer takes: kanbans
+    /// routed by a client whose record never reached us (crash, broker restart) still get their
+    /// instance started, at the latest one check interval later.
+    async fn start_waited_for(&self, conn: &Connection) {
+        let Some(lc) = &self.opts.lifecycle else {
+            return;
+        };
+        let Ok(ch) = conn.create_channel().await else {
+            return;
+        };
+        for ms in &self.services.microservices {
+            for n in 1..=ms.scale.max(1) {
+                let queue = topology::input_queue(ms, n);
+                let passive = lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                let q = match ch
+                    .queue_declare(queue.as_str().into(), passive, Default::default())
+                    .await
+                {
+                    Ok(q) => q,
+                    Err(e) => {
+                        // A failed passive declare closes the channel: stop this round.
+                        tracing::warn!("checking {queue}: {e}");
+                        return;
+                    }
+                };
+                if q.message_count() > 0 && q.consumer_count() == 0 {
+                    tracing::info!(
+                        "{queue}: {} kanban(s) waiting and no consumer: starting {}",
+                        q.message_count(),
+                        ms.instance_name(n)
+                    );
+                    if let Err(e) = lc.ensure_running(ms, n).await {
+                        tracing::warn!("on-demand start of {}: {e}", ms.instance_name(n));
+                    }
+                }
+            }
+        }
+        let _ = ch.close(200, "checked".into()).await;
     }
 
     /// Dead-letter `body` into `dlq` with a reason; confirmed.
