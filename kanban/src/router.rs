@@ -545,16 +545,7 @@ impl Session {
                     rep.record(rec);
                 }
                 if let Some(lc) = lifecycle {
-                    // Off the confirm/ack pipeline: an apiserver round trip must not delay acks.
-                    tokio::spawn(async move {
-                        for (svc, n) in starts {
-                            if let Some(ms) = services.microservice(&svc)
-                                && let Err(e) = lc.ensure_running(ms, n).await
-                            {
-                                tracing::warn!("on-demand start of {}: {e}", ms.instance_name(n));
-                            }
-                        }
-                    });
+                    spawn_starts(lc, services, starts);
                 }
             }
         });
@@ -583,16 +574,7 @@ impl Session {
             self.record(r.record);
         }
         if let Some(lc) = self.opts.lifecycle.clone() {
-            let services = self.services.clone();
-            tokio::spawn(async move {
-                for (svc, n) in starts {
-                    if let Some(ms) = services.microservice(&svc)
-                        && let Err(e) = lc.ensure_running(ms, n).await
-                    {
-                        tracing::warn!("on-demand start of {}: {e}", ms.instance_name(n));
-                    }
-                }
-            });
+            spawn_starts(lc, self.services.clone(), starts);
         }
         ack(&d).await
     }
@@ -726,6 +708,7 @@ impl Session {
         rec.kanban = String::from_utf8_lossy(&k.encode()).into_owned();
         let replicator = self.opts.replicator.clone();
         let lifecycle = self.opts.lifecycle.clone();
+        let services = self.services.clone();
         inflight.spawn(async move {
             let ok = amqp::check_confirm(&queue, c.await)
                 .inspect_err(|e| tracing::warn!("{e}"))
@@ -736,19 +719,26 @@ impl Session {
                     rep.record(rec);
                 }
                 if let Some(lc) = lifecycle {
-                    tokio::spawn(async move {
-                        if let Err(e) = lc.ensure_running(&ms, f.number).await {
-                            tracing::warn!(
-                                "on-demand start of {}: {e}",
-                                ms.instance_name(f.number)
-                            );
-                        }
-                    });
+                    spawn_starts(lc, services, vec![(ms.name.clone(), f.number)]);
                 }
             }
         });
         Ok(())
     }
+}
+
+/// Start instances `(service, number)` on demand, off the routing and ack path (an apiserver
+/// round trip must not delay acks).
+fn spawn_starts(lc: Arc<KubeLifecycle>, services: Arc<ServicesFile>, starts: Vec<(String, i32)>) {
+    tokio::spawn(async move {
+        for (svc, n) in starts {
+            if let Some(ms) = services.microservice(&svc)
+                && let Err(e) = lc.ensure_running(ms, n).await
+            {
+                tracing::warn!("on-demand start of {}: {e}", ms.instance_name(n));
+            }
+        }
+    });
 }
 
 type Job = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
