@@ -75,7 +75,9 @@ struct RunArgs {
     /// Keep at most this many records.
     #[arg(long, default_value_t = 1_000_000)]
     max_records: u64,
-    /// Kubeconfig for on-demand starts (default: in-cluster / KUBECONFIG); `none` to disable.
+    /// Kubeconfig for on-demand starts: a file, `in-cluster` (the pod's service account; an
+    /// error when not in a pod), `none` to disable; unset: KUBECONFIG / ~/.kube/config /
+    /// in-cluster, whichever works (warning and no on-demand start when none does).
     #[arg(long, env = "AION_KUBECONFIG")]
     kubeconfig: Option<String>,
     /// Namespace of the microservice workloads.
@@ -84,6 +86,10 @@ struct RunArgs {
     /// Also run the data sweeper with this data-sweeper.yml (its sweepSettings schedule).
     #[arg(long)]
     sweeper_config: Option<PathBuf>,
+    /// Print the resolved configuration (flags + env + services.yml) as JSON and exit without
+    /// connecting to anything.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Args)]
@@ -152,10 +158,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `run` resolved from flags, env and services.yml (`run --print-config`).
+fn resolved_config(a: &RunArgs, services: &aion_model::ServicesFile) -> serde_json::Value {
+    let device = a
+        .device
+        .clone()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| services.device_name.clone());
+    serde_json::json!({
+        "services": a.services,
+        "microservices": services.microservices.len(),
+        "device": device,
+        "amqp": aion_kanban::amqp::redact(&a.amqp),
+        "device_amqp": a.device_amqp.iter().map(|s| aion_kanban::amqp::redact(s)).collect::<Vec<_>>(),
+        "remote_amqp_template": aion_kanban::amqp::redact(&a.remote_amqp_template),
+        "data_dir": a.data_dir,
+        "db": if a.db == "none" { serde_json::Value::Null } else { a.db.clone().into() },
+        "max_records": a.max_records,
+        "kubeconfig": match a.kubeconfig.as_deref() {
+            None => "default",
+            Some(k) => k,
+        },
+        "namespace": a.namespace,
+        "prefetch": a.prefetch,
+        "sweeper_config": a.sweeper_config,
+    })
+}
+
 async fn run(a: RunArgs) -> anyhow::Result<()> {
-    let mut opts = RouterOptions::new(ServicesSource::File(a.services.clone()), a.amqp.clone());
     // Fail early on a bad file; later reloads keep the last good configuration.
-    router::load_services(&a.services)?;
+    let services = router::load_services(&a.services)?;
+    if a.print_config {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resolved_config(&a, &services))?
+        );
+        return Ok(());
+    }
+    let mut opts = RouterOptions::new(ServicesSource::File(a.services.clone()), a.amqp.clone());
     opts.device = a.device;
     opts.device_amqp = a
         .device_amqp
@@ -177,6 +217,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if a.kubeconfig.as_deref() != Some("none") {
         let client = match &a.kubeconfig {
+            Some(k) if k == "in-cluster" => {
+                let cfg = kube::Config::incluster()
+                    .context("in-cluster Kubernetes config (AION_KUBECONFIG=in-cluster)")?;
+                Some(kube::Client::try_from(cfg)?)
+            }
             Some(path) => {
                 let kc = kube::config::Kubeconfig::read_from(path)
                     .with_context(|| format!("kubeconfig {path}"))?;

@@ -48,6 +48,11 @@ pub const RABBITMQ_IMAGE: &str = "rabbitmq:3.13-management-alpine";
 pub const REDIS_IMAGE: &str = "redis:7.2-alpine";
 /// Upstream's `AION_HOME` inside containers.
 pub const AION_HOME: &str = "/var/lib/aion";
+/// Where the namespace's config directory (`services.yml`, written by host provisioning to
+/// `$AION_HOME/<namespace>/config`) is mounted read-only in aion-kanban and microservice pods.
+pub const CONFIG_MOUNT: &str = "/var/lib/aion/config";
+/// `services.yml` inside those pods (`AION_SERVICES`).
+pub const SERVICES_IN_POD: &str = "/var/lib/aion/config/services.yml";
 
 const TEMPLATES: &[(&str, &str)] = &[
     (
@@ -273,12 +278,16 @@ struct MicroserviceCtx {
     volumes: Vec<VolumeCtx>,
     resources: Option<ResourcesCtx>,
     data_host_path: String,
+    config_host_path: String,
+    config_mount: &'static str,
 }
 
 #[derive(Serialize)]
 struct CoreCtx {
     ns: String,
     node: String,
+    /// This device's name for aion-kanban (`AION_DEVICE`): as the microservices' `DEVICE_NAME`.
+    device: String,
     labels: Vec<(String, String)>,
     node_selector: String,
     rabbitmq_image: String,
@@ -532,11 +541,30 @@ pub fn render(
         let node = p.host.name.as_str();
         let ns = p.namespace.as_str();
         let mut objects = Vec::new();
+        // Microservices: in single mode every services file lands on the master.
+        let files: Vec<&(HostName, ServicesFile)> = services
+            .iter()
+            .filter(|(h, _)| match inv.mode {
+                Mode::Single => true,
+                Mode::Cluster => h == node,
+            })
+            .collect();
+        let device_of = |file: &ServicesFile| {
+            if file.device_name.is_empty() {
+                node.to_owned()
+            } else {
+                file.device_name.clone()
+            }
+        };
+        let core_device = files
+            .first()
+            .map_or_else(|| node.to_owned(), |(_, f)| device_of(f));
 
         // Core.
         let core = |part: &str| CoreCtx {
             ns: ns.to_owned(),
             node: node.to_owned(),
+            device: core_device.clone(),
             labels: renderer.base_labels(node, "core", part),
             node_selector: p.pin.clone(),
             rabbitmq_image: RABBITMQ_IMAGE.into(),
@@ -595,21 +623,9 @@ pub fn render(
             &mut objects,
         )?;
 
-        // Microservices: in single mode every services file lands on the master.
-        let files: Vec<&(HostName, ServicesFile)> = services
-            .iter()
-            .filter(|(h, _)| match inv.mode {
-                Mode::Single => true,
-                Mode::Cluster => h == node,
-            })
-            .collect();
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (_, file) in files {
-            let device_name = if file.device_name.is_empty() {
-                node.to_owned()
-            } else {
-                file.device_name.clone()
-            };
+            let device_name = device_of(file);
             for ms in &file.microservices {
                 for i in 1..=ms.scale.max(1) {
                     let ctx = microservice_ctx(
@@ -622,6 +638,7 @@ pub fn render(
                         &p.host.vars.registry_prefix,
                         &device_name,
                         &file.debug,
+                        &rabbitmq_url,
                     )?;
                     if let Some(prev) = names.insert(ctx.name.clone(), ms.name.clone()) {
                         return Err(invalid(
@@ -686,11 +703,17 @@ pub fn render(
 /// Env vars in upstream's order, made deterministic: `SERVICE_NAME` first (a user value
 /// replaces it in place), then `env` in file order, then `AION_HOME`, `DEVICE_NAME`, `DEBUG`,
 /// `MS_NUMBER`, which override same-named user entries (as upstream's map overwrite did).
+/// Then what the kanban client library needs ([`CLIENT_DEFAULTS`] order), each only when the
+/// user's `env` does not set it (upstream files set their own `RABBITMQ_URL`/`QUEUE_*`):
+/// `RABBITMQ_URL` (this inventory's broker), `QUEUE_ORIGIN=<base>-NNN.in`,
+/// `QUEUE_TO=<base>-NNN.out`, `AION_SERVICES` (services.yml, mounted read-only) and
+/// `AION_DEVICE` (= `DEVICE_NAME`).
 fn env_list(
     ms: &Microservice,
     instance: i32,
     device_name: &str,
     debug: &str,
+    rabbitmq_url: &str,
 ) -> Vec<(String, String)> {
     const INJECTED: [&str; 4] = ["AION_HOME", "DEVICE_NAME", "DEBUG", "MS_NUMBER"];
     let mut env = vec![("SERVICE_NAME".to_owned(), ms.name.clone())];
@@ -709,8 +732,31 @@ fn env_list(
     env.push(("DEVICE_NAME".into(), device_name.into()));
     env.push(("DEBUG".into(), debug.into()));
     env.push(("MS_NUMBER".into(), instance.to_string()));
+    let name = ms.instance_name(instance);
+    for key in CLIENT_DEFAULTS {
+        if ms.env.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        let value = match key {
+            "RABBITMQ_URL" => rabbitmq_url.to_owned(),
+            "QUEUE_ORIGIN" => format!("{name}.in"),
+            "QUEUE_TO" => format!("{name}.out"),
+            "AION_SERVICES" => SERVICES_IN_POD.to_owned(),
+            _ => device_name.to_owned(), // AION_DEVICE
+        };
+        env.push((key.to_owned(), value));
+    }
     env
 }
+
+/// Env vars injected for the kanban client library when `env` does not set them, in this order.
+pub const CLIENT_DEFAULTS: [&str; 5] = [
+    "RABBITMQ_URL",
+    "QUEUE_ORIGIN",
+    "QUEUE_TO",
+    "AION_SERVICES",
+    "AION_DEVICE",
+];
 
 #[allow(clippy::too_many_arguments)]
 fn microservice_ctx(
@@ -723,6 +769,7 @@ fn microservice_ctx(
     registry_prefix: &str,
     device_name: &str,
     debug: &str,
+    rabbitmq_url: &str,
 ) -> Result<MicroserviceCtx, RenderError> {
     let name = ms.instance_name(instance);
     let at = &ms.span;
@@ -839,7 +886,7 @@ fn microservice_ctx(
         });
     }
     let mut volumes = Vec::new();
-    let mut mounts = BTreeSet::from(["/var/lib/aion/Data".to_owned()]);
+    let mut mounts = BTreeSet::from(["/var/lib/aion/Data".to_owned(), CONFIG_MOUNT.to_owned()]);
     for (k, v) in ms.volume_mount_path_list.iter().enumerate() {
         let at = &v.span;
         if !v.container_path.starts_with('/') || !v.host_path.starts_with('/') {
@@ -880,7 +927,7 @@ fn microservice_ctx(
             },
         });
     }
-    let env = env_list(ms, instance, device_name, debug);
+    let env = env_list(ms, instance, device_name, debug, rabbitmq_url);
     for (k, _) in &env {
         if k.is_empty() || k.contains('=') || !k.bytes().all(|b| (0x21..0x7f).contains(&b)) {
             return Err(invalid(
@@ -929,6 +976,8 @@ fn microservice_ctx(
             }
         }),
         data_host_path: data_host_path(ns),
+        config_host_path: format!("{AION_HOME}/{ns}/config"),
+        config_mount: CONFIG_MOUNT,
         name,
     })
 }
@@ -1039,11 +1088,20 @@ microservices:
                 {"name": "DEVICE_NAME", "value": "edge-master"},
                 {"name": "DEBUG", "value": "false"},
                 {"name": "MS_NUMBER", "value": "1"},
+                {"name": "RABBITMQ_URL", "value": "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/%2f"},
+                {"name": "QUEUE_ORIGIN", "value": "sample-job-001.in"},
+                {"name": "QUEUE_TO", "value": "sample-job-001.out"},
+                {"name": "AION_SERVICES", "value": "/var/lib/aion/config/services.yml"},
+                {"name": "AION_DEVICE", "value": "edge-master"},
             ])
         );
         assert_eq!(
             pod["volumes"][0],
             json!({"name": "aion-data", "hostPath": {"path": "/var/lib/aion/default/Data/"}})
+        );
+        assert_eq!(
+            pod["volumes"][1],
+            json!({"name": "aion-config", "hostPath": {"path": "/var/lib/aion/default/config", "type": "DirectoryOrCreate"}})
         );
         // No ports: no Service (nothing to expose without upstream's envoy sidecar).
         assert!(m.objects().all(|o| o.key.name != "sample-job-001-srv"));
@@ -1075,20 +1133,72 @@ microservices:
                 c["volumeMounts"],
                 json!([
                     {"name": "aion-data", "mountPath": "/var/lib/aion/Data"},
+                    {"name": "aion-config", "mountPath": "/var/lib/aion/config", "readOnly": true},
                     {"name": "data-0", "mountPath": "/media", "mountPropagation": "Bidirectional"},
                     {"name": "data-1", "mountPath": "/var/run/docker.sock", "mountPropagation": "None"},
                 ])
             );
-            let ms_number = c["env"].as_array().unwrap().last().unwrap().clone();
+            let env = c["env"].as_array().unwrap();
+            let ms_number = env.iter().find(|e| e["name"] == "MS_NUMBER").unwrap();
             assert_eq!(
                 ms_number,
-                json!({"name": "MS_NUMBER", "value": i.trim_start_matches('0')})
+                &json!({"name": "MS_NUMBER", "value": i.trim_start_matches('0')})
             );
+            let origin = env.iter().find(|e| e["name"] == "QUEUE_ORIGIN").unwrap();
+            assert_eq!(origin["value"], format!("web-{i}.in"));
             let s = &find(&m, "Service", &format!("web-{i}-srv")).value;
             assert_eq!(s["spec"]["type"], "NodePort");
             assert_eq!(s["spec"]["selector"], json!({"run": format!("web-{i}")}));
             assert!(s["spec"].get("topologyKeys").is_none());
         }
+    }
+
+    /// The client defaults come after upstream's injected vars and never replace a user's value.
+    #[test]
+    fn client_env_defaults_do_not_override_the_users_env() {
+        let mut ms = services(SAMPLE).microservices.remove(0);
+        ms.env = vec![
+            ("QUEUE_ORIGIN".into(), "mine-queue".into()),
+            ("RABBITMQ_URL".into(), "amqp://u:p@rabbitmq:5672/v".into()),
+            ("MS_NUMBER".into(), "9".into()),
+        ];
+        let env = env_list(&ms, 2, "dev", "", "amqp://x@broker/%2f");
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "SERVICE_NAME",
+                "QUEUE_ORIGIN",
+                "RABBITMQ_URL",
+                "AION_HOME",
+                "DEVICE_NAME",
+                "DEBUG",
+                "MS_NUMBER",
+                "QUEUE_TO",
+                "AION_SERVICES",
+                "AION_DEVICE"
+            ]
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("QUEUE_ORIGIN"), Some("mine-queue"));
+        assert_eq!(get("RABBITMQ_URL"), Some("amqp://u:p@rabbitmq:5672/v"));
+        assert_eq!(get("MS_NUMBER"), Some("2"));
+        assert_eq!(
+            get("QUEUE_TO"),
+            Some(format!("{}.out", ms.instance_name(2)).as_str())
+        );
+        assert_eq!(get("AION_DEVICE"), Some("dev"));
+    }
+
+    #[test]
+    fn config_mount_path_is_reserved() {
+        let err = render_err(
+            "microservices:\n  a:\n    volumeMountPathList: [\"/var/lib/aion/config:/tmp/x\"]\n",
+        );
+        assert!(
+            err.contains("mount path /var/lib/aion/config is used twice"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1145,15 +1255,27 @@ microservices:
             role["rules"],
             json!([
                 {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "verbs": ["get", "list", "watch", "patch"]},
-                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "delete"]},
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "patch", "delete"]},
             ])
         );
         assert!(m.objects().all(|o| !o.key.kind.starts_with("Cluster")));
         let kanban = &find(&m, "Deployment", "aion-kanban").value;
         let c = &kanban["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["args"], json!(["run"]));
+        let env = c["env"].as_array().unwrap();
+        let get = |k: &str| {
+            env.iter()
+                .find(|e| e["name"] == k)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(get("AION_SERVICES"), Some(json!(SERVICES_IN_POD)));
+        assert_eq!(get("AION_DEVICE"), Some(json!("edge-master")));
+        assert_eq!(get("AION_KUBECONFIG"), Some(json!("in-cluster")));
+        // The record store is on the mounted data volume (the contract with the binary itself
+        // is checked by tests/kanban_wiring.rs).
         assert_eq!(
-            c["args"],
-            json!(["run", "--services", "/var/lib/aion/config/services.yml"])
+            get("AION_KANBAN_DB"),
+            Some(json!("/var/lib/aion/Data/aion-kanban/kanban.db"))
         );
     }
 
