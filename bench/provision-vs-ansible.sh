@@ -23,11 +23,16 @@ if [ ! -x "$VENV/bin/ansible-playbook" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q 'ansible-core==2.19.*'
 fi
+# Ours is always the release build: built here unless AION_RECONCILE_BIN names one (e.g. a
+# copy, so a concurrent build cannot replace it mid-run). The copy's path and hash are logged.
 BIN=${AION_RECONCILE_BIN:-}
 if [ -z "$BIN" ]; then
   cargo build -q --release -p aion-reconcile
-  BIN=$ROOT/target/release/aion-reconcile
+  BIN=$OUT/aion-reconcile
+  cp "$ROOT/target/release/aion-reconcile" "$BIN"
 fi
+log "ours: $BIN (sha256 $(sha256sum < "$BIN" | cut -c1-16)); commit $(git -C "$ROOT" rev-parse --short HEAD)"
+PLAN_RUNS=${PLAN_RUNS:-5}
 eval "$(scripts/k8s-testenv.sh env)"
 
 now() { date +%s.%N; }
@@ -84,6 +89,10 @@ ROWS=()
 for n in "${COUNTS[@]}"; do
   workers=$((n - 1))
   log "testbed with $n hosts"
+  # Objects an earlier run left in the (shared) cluster would show as deletions in the
+  # no-change plan: remove them and wait until their namespaces are gone.
+  if [ -f "$TB/inventory.yml" ] && [ -f "$TB/.aion/kubeconfig" ]; then "$BIN" down -i "$TB/inventory.yml" >/dev/null 2>&1 || true; fi
+  "$AION_KUBECTL" --kubeconfig "$AION_TEST_KUBECONFIG" wait --for=delete ns -l "aion.latona.io/inventory=$AION_TESTBED_NAME" --timeout=180s >/dev/null 2>&1 || true
   scripts/testbed down >&2 || true
   # (a loaded machine can make a host's sshd slow to answer: one retry)
   scripts/testbed up --workers "$workers" >&2 || { scripts/testbed down >&2 || true; scripts/testbed up --workers "$workers" >&2; }
@@ -94,13 +103,21 @@ for n in "${COUNTS[@]}"; do
 
   log "[$n] aion-reconcile apply (fresh hosts)"
   t0=$(now); "$BIN" apply -i "$inv" --parallel 16 > "$d/ours-first.log" 2>&1 || { tail -30 "$d/ours-first.log" >&2; exit 1; }; t1=$(now)
-  log "[$n] aion-reconcile plan (no changes)"
-  t2=$(now); "$BIN" plan -i "$inv" --parallel 16 --detailed-exitcode > "$d/ours-plan.log" 2>&1 || { echo "plan found changes or failed, see $d/ours-plan.log" >&2; exit 1; }; t3=$(now)
+  log "[$n] aion-reconcile plan (no changes) x $PLAN_RUNS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  plans=()
+  for _ in $(seq "$PLAN_RUNS"); do
+    t2=$(now); "$BIN" plan -i "$inv" --parallel 16 --detailed-exitcode > "$d/ours-plan.log" 2>&1 || { echo "plan found changes or failed, see $d/ours-plan.log" >&2; exit 1; }; t3=$(now)
+    plans+=("$(secs "$t2" "$t3")")
+  done
+  log "[$n] plan runs: ${plans[*]}"
   log "[$n] aion-reconcile apply (no changes)"
   t4=$(now); "$BIN" apply -i "$inv" --parallel 16 > "$d/ours-second.log" 2>&1; t5=$(now)
-  ours_first=$(secs "$t0" "$t1"); ours_plan=$(secs "$t2" "$t3"); ours_second=$(secs "$t4" "$t5")
+  grep -q '^Apply: nothing to change' "$d/ours-second.log" || { echo "no-change apply changed something, see $d/ours-second.log" >&2; exit 1; }
+  ours_first=$(secs "$t0" "$t1"); ours_second=$(secs "$t4" "$t5")
+  ours_plan=$(printf '%s\n' "${plans[@]}" | sort -n | awk '{v[NR]=$1} END{printf "%.2f", v[int((NR+1)/2)]}')
+  plan_range=$(printf '%s\n' "${plans[@]}" | sort -n | awk 'NR==1{a=$1} {b=$1} END{printf "%s–%s", a, b}')
 
-  log "[$n] resetting hosts for Ansible"
+  log "[$n] resetting hosts for Ansible; load: $(cut -d' ' -f1-3 /proc/loadavg)"
   reset_hosts "$inv"
   sed 's|{{ pod_cidr }}|10.244.0.0/16|' templates/flannel.yaml > "$d/flannel.yaml"
   ansible_inventory "$inv" "$d"
@@ -113,13 +130,15 @@ for n in "${COUNTS[@]}"; do
   t4=$(now); "$VENV/bin/ansible-playbook" -i "$d/hosts.ini" bench/ansible/playbook.yml > "$d/ansible-second.log" 2>&1; t5=$(now)
   an_first=$(secs "$t0" "$t1"); an_check=$(secs "$t2" "$t3"); an_second=$(secs "$t4" "$t5")
   grep -E 'changed=' "$d/ansible-second.log" | sed 's/^/    ansible no-change run: /' >&2 || true
-  ROWS+=("| $n | $ours_first | $an_first | $ours_plan | $an_check | $(awk -v a="$an_check" -v b="$ours_plan" 'BEGIN{printf "%.0f×", a/b}') | $ours_second | $an_second |")
+  ROWS+=("| $n | $ours_first | $an_first | $ours_plan ($plan_range) | $an_check | $(awk -v a="$an_check" -v b="$ours_plan" 'BEGIN{printf "%.0f×", a/b}') | $ours_second | $an_second |")
+  log "[$n] row: ${ROWS[-1]}"
 done
 
 log "removing the benchmark testbed"
 scripts/testbed down >&2 || true
 
-echo "| hosts | first run: ours \`apply\` (s) | first run: \`ansible-playbook\` (s) | no-change: ours \`plan\` (s) | no-change: \`ansible-playbook --check\` (s) | plan speed-up | no-change: ours \`apply\` (s) | no-change: \`ansible-playbook\` (s) |"
+log "done; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "| hosts | first run: ours \`apply\` (s) | first run: \`ansible-playbook\` (s) | no-change: ours \`plan\` (s, median of $PLAN_RUNS (range)) | no-change: \`ansible-playbook --check\` (s) | plan speed-up | no-change: ours \`apply\` (s) | no-change: \`ansible-playbook\` (s) |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 echo "logs: $OUT" >&2
