@@ -109,14 +109,11 @@ pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
     let c = &args.common;
     let p = prepare(c).await?;
     let (plan, cluster) = plan_both(c, &p).await;
-    if nothing_to_do(&plan, &cluster) {
+    if let Some(cluster_summary) = nothing_to_do(&plan, &cluster) {
         if c.output == Format::Text {
             print_plan(&plan, c.output)?;
         }
-        let cluster = match cluster {
-            Ok(ClusterPart::Planned(cp)) => Ok(cp.summary()),
-            _ => unreachable!("nothing_to_do checked the cluster part"),
-        };
+        let cluster = Ok(cluster_summary);
         let report = ApplyReport {
             hosts: plan
                 .hosts

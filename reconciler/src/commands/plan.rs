@@ -188,11 +188,16 @@ pub async fn plan_both(c: &Common, p: &Prepared) -> (Plan, anyhow::Result<Cluste
 }
 
 /// Nothing for `apply` to do: every host planned without changes and the cluster part
-/// planned without changes.
-pub fn nothing_to_do(plan: &Plan, cluster: &anyhow::Result<ClusterPart>) -> bool {
-    !plan.has_changes()
-        && plan.counts.failed_hosts == 0
-        && matches!(cluster, Ok(ClusterPart::Planned(c)) if !c.has_changes())
+/// planned without changes. Then: the cluster part's summary line.
+pub fn nothing_to_do(plan: &Plan, cluster: &anyhow::Result<ClusterPart>) -> Option<String> {
+    match cluster {
+        Ok(ClusterPart::Planned(c))
+            if !plan.has_changes() && plan.counts.failed_hosts == 0 && !c.has_changes() =>
+        {
+            Some(c.summary())
+        }
+        _ => None,
+    }
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
