@@ -113,6 +113,62 @@ pub async fn declare<'a>(
     Ok(())
 }
 
+/// Declare queues that others may have declared already with other arguments (queues named in
+/// a services.yml's env, upstream style). Each is declared durable with its arguments; when the
+/// broker refuses that (an existing queue with other arguments, PRECONDITION_FAILED), a passive
+/// check confirms the queue exists, a warning names it, and the rest carry on. Returns the
+/// names of the queues kept as they were.
+///
+/// # Errors
+/// [`AmqpError::Declare`] when a queue can be neither declared nor found.
+pub async fn declare_compatible<'a>(
+    conn: &Connection,
+    url: &str,
+    specs: impl IntoIterator<Item = &'a QueueSpec>,
+) -> Result<Vec<String>, AmqpError> {
+    let mut ch = channel(conn, url, false).await?;
+    let mut kept = Vec::new();
+    for spec in specs {
+        let declared = ch
+            .queue_declare(
+                spec.name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                queue_args(spec),
+            )
+            .await;
+        let Err(source) = declared else { continue };
+        // The broker closed the channel with the refusal: check on a new one.
+        ch = channel(conn, url, false).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .queue_declare(spec.name.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(
+                    "queue `{}` exists with other settings than this declaration ({source}); kept as it is",
+                    spec.name
+                );
+                kept.push(spec.name.clone());
+            }
+            Err(_) => {
+                return Err(AmqpError::Declare {
+                    queue: spec.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(kept)
+}
+
 /// Properties upstream's clients use: JSON, persistent.
 pub fn json_props() -> BasicProperties {
     BasicProperties::default()

@@ -34,6 +34,8 @@ pub enum ClientError {
     Amqp(#[from] AmqpError),
     #[error("environment variable {0} is not set")]
     Env(&'static str),
+    #[error("environment variable {0} is empty")]
+    EnvEmpty(&'static str),
     #[error("acknowledging message from `{queue}`: {source}")]
     Ack { queue: String, source: lapin::Error },
     #[error(transparent)]
@@ -244,16 +246,74 @@ impl Drop for Client {
     }
 }
 
-impl Client {
-    pub fn from_env() -> Result<Client, ClientError> {
-        let url = std::env::var("RABBITMQ_URL").map_err(|_| ClientError::Env("RABBITMQ_URL"))?;
-        let origin = std::env::var("QUEUE_ORIGIN").map_err(|_| ClientError::Env("QUEUE_ORIGIN"))?;
-        let queue_to = std::env::var("QUEUE_TO").map_err(|_| ClientError::Env("QUEUE_TO"))?;
-        let queues: Vec<String> = origin
+/// What [`Client::from_env`] reads from the environment (resolved without any I/O).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// `RABBITMQ_URL`.
+    pub url: String,
+    /// `QUEUE_ORIGIN`, split at commas.
+    pub queues: Vec<String>,
+    /// `QUEUE_TO`.
+    pub queue_to: String,
+    /// `AION_SERVICES`: producer-side routing with this services.yml.
+    pub services: Option<PathBuf>,
+    /// `AION_DEVICE` (`None` when unset or empty: `deviceName` from services.yml).
+    pub device: Option<String>,
+}
+
+impl ClientConfig {
+    /// Resolve from a lookup of environment variables (`get(name)` → value).
+    ///
+    /// # Errors
+    /// [`ClientError::Env`] / [`ClientError::EnvEmpty`] naming a required variable
+    /// (`RABBITMQ_URL`, `QUEUE_ORIGIN`, `QUEUE_TO`) that is missing or empty.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<ClientConfig, ClientError> {
+        let required = |name: &'static str| match get(name) {
+            None => Err(ClientError::Env(name)),
+            Some(v) if v.trim().is_empty() => Err(ClientError::EnvEmpty(name)),
+            Some(v) => Ok(v),
+        };
+        let url = required("RABBITMQ_URL")?;
+        let queues: Vec<String> = required("QUEUE_ORIGIN")?
             .split(',')
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
+        if queues.is_empty() {
+            return Err(ClientError::EnvEmpty("QUEUE_ORIGIN"));
+        }
+        Ok(ClientConfig {
+            url,
+            queues,
+            queue_to: required("QUEUE_TO")?,
+            services: get("AION_SERVICES")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            device: get("AION_DEVICE").filter(|d| !d.is_empty()),
+        })
+    }
+
+    /// Resolve from this process's environment.
+    pub fn from_env() -> Result<ClientConfig, ClientError> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+}
+
+impl Client {
+    /// A client configured from the environment ([`ClientConfig::from_env`]).
+    pub fn from_env() -> Result<Client, ClientError> {
+        Self::new(ClientConfig::from_env()?)
+    }
+
+    /// A client for `cfg` (starts receiving from `cfg.queues` with prefetch 1).
+    pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let ClientConfig {
+            url,
+            queues,
+            queue_to,
+            services,
+            device,
+        } = cfg;
         let mut client = Client {
             receiver: Receiver::start(&url, &queues, 1),
             sender: Sender::new(&url),
@@ -261,11 +321,11 @@ impl Client {
             output: None,
             watch: Vec::new(),
         };
-        if let Some(path) = std::env::var_os("AION_SERVICES").map(PathBuf::from) {
+        if let Some(path) = services {
             let output = Arc::new(Output::new(OutputOptions {
                 url,
                 services: ServicesSource::File(path.clone()),
-                device: std::env::var("AION_DEVICE").ok().filter(|d| !d.is_empty()),
+                device,
                 queue_to,
                 durable: true,
             })?);
@@ -304,5 +364,62 @@ impl Client {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(vars: &[(&str, &str)]) -> Result<ClientConfig, ClientError> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ClientConfig::from_vars(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn resolves_required_and_optional_vars() {
+        let c = resolve(&[
+            ("RABBITMQ_URL", "amqp://u:p@h:5672/%2f"),
+            ("QUEUE_ORIGIN", "a-001.in, extra-queue"),
+            ("QUEUE_TO", "a-001.out"),
+            ("AION_SERVICES", "/var/lib/aion/config/services.yml"),
+            ("AION_DEVICE", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.queues, ["a-001.in", "extra-queue"]);
+        assert_eq!(c.queue_to, "a-001.out");
+        assert_eq!(
+            c.services.as_deref(),
+            Some(std::path::Path::new("/var/lib/aion/config/services.yml"))
+        );
+        assert_eq!(c.device, None);
+    }
+
+    #[test]
+    fn missing_or_empty_required_vars_are_named() {
+        let err = resolve(&[("RABBITMQ_URL", "amqp://h"), ("QUEUE_TO", "x")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable QUEUE_ORIGIN is not set"
+        );
+        let err = resolve(&[
+            ("RABBITMQ_URL", "amqp://h"),
+            ("QUEUE_ORIGIN", " , "),
+            ("QUEUE_TO", "x"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable QUEUE_ORIGIN is empty"
+        );
+        let err = resolve(&[("QUEUE_ORIGIN", "a"), ("QUEUE_TO", "x")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable RABBITMQ_URL is not set"
+        );
     }
 }

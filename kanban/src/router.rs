@@ -186,6 +186,13 @@ async fn session(
     let conn = amqp::connect(url, "aion-kanban-router").await?;
     let ctl = amqp::channel(&conn, url, false).await?;
     amqp::declare(&ctl, &topology::plan(&services)).await?;
+    // Queues upstream-style files name in env: durable, no arguments; existing ones with other
+    // arguments are kept (warning), not a reason to stop.
+    let (named, problems) = topology::env_named(&services);
+    for p in &problems {
+        tracing::warn!("{p}");
+    }
+    amqp::declare_compatible(&conn, url, &named).await?;
     // Publishing on its own connection keeps confirms and deliveries off each other's socket.
     let pub_conn = amqp::connect(url, "aion-kanban-router-publish").await?;
     let publish = amqp::channel(&pub_conn, url, true).await?;

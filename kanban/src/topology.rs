@@ -12,6 +12,11 @@
 //! Per device: [`INBOUND_QUEUE`], where other devices' routers deliver forwarded kanbans, and
 //! [`RECORDS_QUEUE`], where clients that route producer-side send a record of each kanban they
 //! routed (for the replicator and on-demand start).
+//!
+//! Upstream's RabbitMQ-era files name their queues in `env` instead (`QUEUE_ORIGIN`,
+//! `QUEUE_TO`, `QUEUE_TO_*`), pre-declared by an operator script (`rabbitmqadmin declare queue
+//! durable=true`): [`env_named`] lists those, to be declared the same way (durable, no
+//! arguments) and tolerated when they already exist with other arguments.
 
 use aion_model::{Microservice, ServicesFile};
 
@@ -37,11 +42,24 @@ pub fn dead_letter_queue(ms: &Microservice) -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueRole {
-    Input { service: String, number: i32 },
-    Output { service: String, number: i32 },
-    DeadLetter { service: String },
+    Input {
+        service: String,
+        number: i32,
+    },
+    Output {
+        service: String,
+        number: i32,
+    },
+    DeadLetter {
+        service: String,
+    },
     Inbound,
     Records,
+    /// Named in a microservice's env (`var` = `QUEUE_ORIGIN`, `QUEUE_TO`, `QUEUE_TO_*`).
+    EnvNamed {
+        service: String,
+        var: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +138,74 @@ pub fn input_queue_spec(ms: &Microservice, number: i32) -> QueueSpec {
         dead_letter_to: Some(dead_letter_queue(ms)),
         max_length: None,
     }
+}
+
+/// Whether an env var of a microservice names a queue (upstream's RabbitMQ-era convention).
+pub fn is_queue_var(key: &str) -> bool {
+    key == "QUEUE_ORIGIN" || key == "QUEUE_TO" || key.starts_with("QUEUE_TO_")
+}
+
+/// A queue name from env that cannot be declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvQueueProblem {
+    pub service: String,
+    pub var: String,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for EnvQueueProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "microservice {} env {}: queue {:?} {}; not declared",
+            self.service, self.var, self.value, self.reason
+        )
+    }
+}
+
+/// Queues named by the microservices' `QUEUE_ORIGIN` / `QUEUE_TO` / `QUEUE_TO_*` env values
+/// (comma-separated lists allowed, as [`crate::client::ClientConfig`] reads `QUEUE_ORIGIN`),
+/// in file order, each once, leaving out those [`plan`] declares already (with its own
+/// arguments). Each is durable without arguments, like upstream's
+/// `rabbitmqadmin declare queue durable=true`. Names RabbitMQ would refuse (longer than 255
+/// bytes, `amq.` prefix) are returned as problems instead.
+pub fn env_named(cfg: &ServicesFile) -> (Vec<QueueSpec>, Vec<EnvQueueProblem>) {
+    let mut seen: std::collections::HashSet<String> =
+        plan(cfg).into_iter().map(|q| q.name).collect();
+    let (mut specs, mut problems) = (Vec::new(), Vec::new());
+    for ms in &cfg.microservices {
+        for (var, value) in ms.env.iter().filter(|(k, _)| is_queue_var(k)) {
+            for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let reason = if name.len() > 255 {
+                    Some("is longer than 255 bytes")
+                } else if name.starts_with("amq.") {
+                    Some("starts with the reserved prefix `amq.`")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    problems.push(EnvQueueProblem {
+                        service: ms.name.clone(),
+                        var: var.clone(),
+                        value: name.to_string(),
+                        reason,
+                    });
+                } else if seen.insert(name.to_string()) {
+                    specs.push(QueueSpec {
+                        name: name.to_string(),
+                        role: QueueRole::EnvNamed {
+                            service: ms.name.clone(),
+                            var: var.clone(),
+                        },
+                        dead_letter_to: None,
+                        max_length: None,
+                    });
+                }
+            }
+        }
+    }
+    (specs, problems)
 }
 
 /// Output queues the router consumes: (queue, service, instance number).
@@ -230,6 +316,67 @@ mod tests {
         let q = plan(&c).into_iter().find(|q| q.name == "a-002.in").unwrap();
         assert_eq!(q.dead_letter_to.as_deref(), Some("a.dlq"));
         assert_eq!(router_sources(&c).len(), 3);
+    }
+
+    #[test]
+    fn env_named_queues_durable_without_arguments_once_each() {
+        let mut a = ms("a", 1, &[]);
+        a.env = vec![
+            ("RABBITMQ_URL".into(), "amqp://u:p@rabbitmq:5672/v".into()),
+            ("QUEUE_ORIGIN".into(), "a-queue".into()),
+            ("QUEUE_TO".into(), "b-queue".into()),
+            ("QUEUE_TO_FOR_LOG".into(), "log-queue, b-queue".into()),
+            ("QUEUE_TOO".into(), "not-a-queue-var".into()),
+            ("QUEUE_FROM".into(), "not-either".into()),
+        ];
+        let mut b = ms("b", 1, &[]);
+        b.env = vec![
+            ("QUEUE_ORIGIN".into(), "b-queue".into()),
+            // Our own naming: declared by `plan` with its arguments, not again here.
+            ("QUEUE_TO".into(), "b-001.out".into()),
+            ("QUEUE_TO_EMPTY".into(), "".into()),
+        ];
+        let (specs, problems) = env_named(&cfg("d", vec![a, b]));
+        assert!(problems.is_empty(), "{problems:?}");
+        let got: Vec<(&str, &QueueRole)> =
+            specs.iter().map(|q| (q.name.as_str(), &q.role)).collect();
+        let role = |s: &str, v: &str| QueueRole::EnvNamed {
+            service: s.into(),
+            var: v.into(),
+        };
+        assert_eq!(
+            got,
+            vec![
+                ("a-queue", &role("a", "QUEUE_ORIGIN")),
+                ("b-queue", &role("a", "QUEUE_TO")),
+                ("log-queue", &role("a", "QUEUE_TO_FOR_LOG")),
+            ]
+        );
+        assert!(
+            specs
+                .iter()
+                .all(|q| q.dead_letter_to.is_none() && q.max_length.is_none())
+        );
+        // Not part of the strictly declared plan (a conflicting existing queue must not fail it).
+        assert!(plan(&cfg("d", vec![])).iter().all(|q| q.name != "a-queue"));
+    }
+
+    #[test]
+    fn env_named_queues_refused_by_rabbitmq_are_problems() {
+        let mut a = ms("a", 1, &[]);
+        let long = "q".repeat(256);
+        a.env = vec![
+            ("QUEUE_ORIGIN".into(), "amq.mine".into()),
+            ("QUEUE_TO".into(), long.clone()),
+        ];
+        let (specs, problems) = env_named(&cfg("d", vec![a]));
+        assert!(specs.is_empty());
+        assert_eq!(problems.len(), 2);
+        assert_eq!(
+            problems[0].to_string(),
+            "microservice a env QUEUE_ORIGIN: queue \"amq.mine\" starts with the reserved prefix `amq.`; not declared"
+        );
+        assert_eq!(problems[1].value, long);
     }
 
     #[test]

@@ -279,7 +279,9 @@ struct MicroserviceCtx {
     resources: Option<ResourcesCtx>,
     data_host_path: String,
     config_host_path: String,
-    config_mount: &'static str,
+    /// Where the config directory is mounted read-only; `None` when the user's
+    /// `volumeMountPathList` mounts that path itself (upstream's data-sweeper does).
+    config_mount: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -707,13 +709,15 @@ pub fn render(
 /// user's `env` does not set it (upstream files set their own `RABBITMQ_URL`/`QUEUE_*`):
 /// `RABBITMQ_URL` (this inventory's broker), `QUEUE_ORIGIN=<base>-NNN.in`,
 /// `QUEUE_TO=<base>-NNN.out`, `AION_SERVICES` (services.yml, mounted read-only) and
-/// `AION_DEVICE` (= `DEVICE_NAME`).
+/// `AION_DEVICE` (= `DEVICE_NAME`). `AION_SERVICES` only when `services_mounted` (the
+/// namespace's config directory is at [`CONFIG_MOUNT`] in the pod).
 fn env_list(
     ms: &Microservice,
     instance: i32,
     device_name: &str,
     debug: &str,
     rabbitmq_url: &str,
+    services_mounted: bool,
 ) -> Vec<(String, String)> {
     const INJECTED: [&str; 4] = ["AION_HOME", "DEVICE_NAME", "DEBUG", "MS_NUMBER"];
     let mut env = vec![("SERVICE_NAME".to_owned(), ms.name.clone())];
@@ -734,7 +738,7 @@ fn env_list(
     env.push(("MS_NUMBER".into(), instance.to_string()));
     let name = ms.instance_name(instance);
     for key in CLIENT_DEFAULTS {
-        if ms.env.iter().any(|(k, _)| k == key) {
+        if ms.env.iter().any(|(k, _)| k == key) || (key == "AION_SERVICES" && !services_mounted) {
             continue;
         }
         let value = match key {
@@ -886,7 +890,20 @@ fn microservice_ctx(
         });
     }
     let mut volumes = Vec::new();
-    let mut mounts = BTreeSet::from(["/var/lib/aion/Data".to_owned(), CONFIG_MOUNT.to_owned()]);
+    let config_host_path = format!("{AION_HOME}/{ns}/config");
+    // Upstream's convention for a service that reads the config directory (data-sweeper):
+    // `/var/lib/aion/config:<host config dir>` in its own list. Then that mount is used as it
+    // is, and AION_SERVICES is set only when it is this namespace's config directory.
+    let user_config = ms
+        .volume_mount_path_list
+        .iter()
+        .find(|v| v.container_path.trim_end_matches('/') == CONFIG_MOUNT);
+    let config_mount = user_config.is_none().then_some(CONFIG_MOUNT);
+    let services_mounted = user_config.is_none_or(|v| {
+        v.host_path.trim_end_matches('/') == config_host_path.trim_end_matches('/')
+    });
+    let mut mounts = BTreeSet::from(["/var/lib/aion/Data".to_owned()]);
+    mounts.extend(config_mount.map(str::to_owned));
     for (k, v) in ms.volume_mount_path_list.iter().enumerate() {
         let at = &v.span;
         if !v.container_path.starts_with('/') || !v.host_path.starts_with('/') {
@@ -927,7 +944,14 @@ fn microservice_ctx(
             },
         });
     }
-    let env = env_list(ms, instance, device_name, debug, rabbitmq_url);
+    let env = env_list(
+        ms,
+        instance,
+        device_name,
+        debug,
+        rabbitmq_url,
+        services_mounted,
+    );
     for (k, _) in &env {
         if k.is_empty() || k.contains('=') || !k.bytes().all(|b| (0x21..0x7f).contains(&b)) {
             return Err(invalid(
@@ -976,8 +1000,8 @@ fn microservice_ctx(
             }
         }),
         data_host_path: data_host_path(ns),
-        config_host_path: format!("{AION_HOME}/{ns}/config"),
-        config_mount: CONFIG_MOUNT,
+        config_host_path,
+        config_mount,
         name,
     })
 }
@@ -1162,7 +1186,7 @@ microservices:
             ("RABBITMQ_URL".into(), "amqp://u:p@rabbitmq:5672/v".into()),
             ("MS_NUMBER".into(), "9".into()),
         ];
-        let env = env_list(&ms, 2, "dev", "", "amqp://x@broker/%2f");
+        let env = env_list(&ms, 2, "dev", "", "amqp://x@broker/%2f", true);
         let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             names,
@@ -1190,15 +1214,41 @@ microservices:
         assert_eq!(get("AION_DEVICE"), Some("dev"));
     }
 
+    /// A user's own mount of /var/lib/aion/config (upstream's data-sweeper) is kept as it is;
+    /// AION_SERVICES only when it is this namespace's config directory.
     #[test]
-    fn config_mount_path_is_reserved() {
-        let err = render_err(
-            "microservices:\n  a:\n    volumeMountPathList: [\"/var/lib/aion/config:/tmp/x\"]\n",
-        );
-        assert!(
-            err.contains("mount path /var/lib/aion/config is used twice"),
-            "{err}"
-        );
+    fn users_config_mount_is_kept() {
+        for (host, services_mounted) in [
+            ("/var/lib/aion/default/config", true),
+            ("/var/lib/aion/default/config/", true),
+            ("/srv/elsewhere", false),
+        ] {
+            let text = format!(
+                "microservices:\n  a:\n    volumeMountPathList: [\"/var/lib/aion/config:{host}\"]\n"
+            );
+            let m = render(
+                &single("default"),
+                &[("edge-master".to_owned(), services(&text))],
+            )
+            .unwrap();
+            let job = &find(&m, "Job", "a-001").value;
+            let pod = &job["spec"]["template"]["spec"];
+            let c = &pod["containers"][0];
+            assert_eq!(
+                c["volumeMounts"],
+                json!([
+                    {"name": "aion-data", "mountPath": "/var/lib/aion/Data"},
+                    {"name": "data-0", "mountPath": "/var/lib/aion/config", "mountPropagation": "None"},
+                ]),
+                "{host}"
+            );
+            let has = c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "AION_SERVICES");
+            assert_eq!(has, services_mounted, "{host}");
+        }
     }
 
     #[test]
