@@ -368,7 +368,7 @@ fn microservice_pods_satisfy_the_client() {
             let ms = services
                 .microservices
                 .iter()
-                .find(|ms| name.starts_with(&format!("{}-", ms.label_base())))
+                .find(|ms| (1..=ms.scale.max(1)).any(|n| ms.instance_name(n) == name))
                 .unwrap();
             let user = |k: &str| ms.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
             assert_eq!(
@@ -392,7 +392,17 @@ fn microservice_pods_satisfy_the_client() {
                 cfg.device.as_deref(),
                 env.get("DEVICE_NAME").map(|s| s.as_str())
             );
-            let services_path = cfg.services.expect("AION_SERVICES");
+            let Some(services_path) = cfg.services else {
+                // Only a file with its own QUEUE_TO goes without producer-side routing.
+                assert!(user("QUEUE_TO").is_some(), "{name}: no AION_SERVICES");
+                continue;
+            };
+            // What `Output::new` needs: its instance found by QUEUE_TO in services.yml.
+            assert_eq!(
+                aion_kanban::output::instance_of_output(&services, &cfg.queue_to),
+                Some((ms.name.clone(), env["MS_NUMBER"].parse().unwrap())),
+                "{name}"
+            );
             let mounts = mounts(pod, c);
             let (_, (_, read_only, host_path)) = mount_of(&mounts, services_path.to_str().unwrap())
                 .unwrap_or_else(|| panic!("{name}: services.yml is not mounted"));

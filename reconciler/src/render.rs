@@ -710,7 +710,7 @@ pub fn render(
 /// `RABBITMQ_URL` (this inventory's broker), `QUEUE_ORIGIN=<base>-NNN.in`,
 /// `QUEUE_TO=<base>-NNN.out`, `AION_SERVICES` (services.yml, mounted read-only) and
 /// `AION_DEVICE` (= `DEVICE_NAME`). `AION_SERVICES` only when `services_mounted` (the
-/// namespace's config directory is at [`CONFIG_MOUNT`] in the pod).
+/// namespace's config directory is at [`CONFIG_MOUNT`] in the pod and `QUEUE_TO` is ours).
 fn env_list(
     ms: &Microservice,
     instance: i32,
@@ -891,17 +891,24 @@ fn microservice_ctx(
     }
     let mut volumes = Vec::new();
     let config_host_path = format!("{AION_HOME}/{ns}/config");
-    // Upstream's convention for a service that reads the config directory (data-sweeper):
-    // `/var/lib/aion/config:<host config dir>` in its own list. Then that mount is used as it
-    // is, and AION_SERVICES is set only when it is this namespace's config directory.
+    // AION_SERVICES (producer-side routing in the Rust client) finds the instance by its
+    // QUEUE_TO, so it is set only when QUEUE_TO is ours (`<name>-NNN.out`) and the user did not
+    // set AION_SERVICES: a file with its own queue names keeps working as it did.
+    // Upstream's convention for a service that reads the config directory (data-sweeper) is
+    // `/var/lib/aion/config:<host config dir>` in its own list: that mount is kept as it is,
+    // and AION_SERVICES is set only when it is this namespace's config directory.
+    let user_env = |key: &str| ms.env.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let queue_to_ours = user_env("QUEUE_TO").is_none_or(|v| *v == format!("{name}.out"));
     let user_config = ms
         .volume_mount_path_list
         .iter()
         .find(|v| v.container_path.trim_end_matches('/') == CONFIG_MOUNT);
-    let config_mount = user_config.is_none().then_some(CONFIG_MOUNT);
-    let services_mounted = user_config.is_none_or(|v| {
-        v.host_path.trim_end_matches('/') == config_host_path.trim_end_matches('/')
-    });
+    let services_mounted = queue_to_ours
+        && user_env("AION_SERVICES").is_none()
+        && user_config.is_none_or(|v| {
+            v.host_path.trim_end_matches('/') == config_host_path.trim_end_matches('/')
+        });
+    let config_mount = (services_mounted && user_config.is_none()).then_some(CONFIG_MOUNT);
     let mut mounts = BTreeSet::from(["/var/lib/aion/Data".to_owned()]);
     mounts.extend(config_mount.map(str::to_owned));
     for (k, v) in ms.volume_mount_path_list.iter().enumerate() {
@@ -1212,6 +1219,37 @@ microservices:
             Some(format!("{}.out", ms.instance_name(2)).as_str())
         );
         assert_eq!(get("AION_DEVICE"), Some("dev"));
+    }
+
+    /// A file with its own QUEUE_TO (upstream style) gets no AION_SERVICES (the client would not
+    /// find its instance by that queue) and no config mount; the rest of the defaults it does.
+    #[test]
+    fn own_queue_to_gets_no_services_file() {
+        let text = "microservices:\n  a:\n    env: {QUEUE_TO: next-queue}\n  b:\n    env: {QUEUE_TO: b-001.out}\n";
+        let m = render(
+            &single("default"),
+            &[("edge-master".to_owned(), services(text))],
+        )
+        .unwrap();
+        for (job, queue_to, ours) in [("a-001", "next-queue", false), ("b-001", "b-001.out", true)]
+        {
+            let pod = &find(&m, "Job", job).value["spec"]["template"]["spec"];
+            let env = pod["containers"][0]["env"].as_array().unwrap();
+            let get = |k: &str| {
+                env.iter()
+                    .find(|e| e["name"] == k)
+                    .map(|e| e["value"].clone())
+            };
+            assert_eq!(get("QUEUE_TO"), Some(json!(queue_to)));
+            assert_eq!(get("QUEUE_ORIGIN"), Some(json!(format!("{job}.in"))));
+            assert_eq!(get("AION_SERVICES").is_some(), ours, "{job}");
+            let mounted = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == "aion-config");
+            assert_eq!(mounted, ours, "{job}");
+        }
     }
 
     /// A user's own mount of /var/lib/aion/config (upstream's data-sweeper) is kept as it is;
