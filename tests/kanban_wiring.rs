@@ -9,8 +9,8 @@
 //!   with other arguments), and an upstream-style client can publish to and consume from them
 //!   (real RabbitMQ: `eval "$(scripts/rabbitmq.sh env)"`).
 //!
-//! The binary is `target/debug/aion-kanban` next to this test (or `AION_KANBAN_BIN`): build it
-//! first with `cargo build -p aion-kanban`. A missing or stale binary fails the test.
+//! The binary is `target/<profile>/aion-kanban` next to this test, built by the test when it is
+//! missing or older than its sources, or `AION_KANBAN_BIN` (then a stale binary fails the test).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -47,33 +47,44 @@ fn newest_source(dir: &Path) -> SystemTime {
     newest
 }
 
-/// The built `aion-kanban` binary; panics when it is missing or older than its sources.
+/// The built `aion-kanban` binary. Without `AION_KANBAN_BIN`, a missing or stale
+/// `target/<profile>/aion-kanban` is built first (`cargo build -p aion-kanban --bin aion-kanban`,
+/// `cargo test` builds no binaries of other packages); panics when it is still missing or older
+/// than its sources.
 fn kanban_binary() -> PathBuf {
-    let bin = std::env::var_os("AION_KANBAN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // target/<profile>/deps/kanban_wiring-<hash> → target/<profile>/aion-kanban
-            let exe = std::env::current_exe().unwrap();
-            exe.parent()
-                .and_then(Path::parent)
-                .unwrap()
-                .join("aion-kanban")
-        });
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; build it first: cargo build -p aion-kanban",
-                bin.display()
-            )
-        });
-    for src in ["kanban/src", "model/src"] {
-        assert!(
-            built >= newest_source(&repo().join(src)),
-            "{} is older than {src}; rebuild it: cargo build -p aion-kanban",
-            bin.display()
-        );
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let explicit = std::env::var_os("AION_KANBAN_BIN").map(PathBuf::from);
+    // target/<profile>/deps/kanban_wiring-<hash> → target/<profile>/aion-kanban
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let bin = explicit
+        .clone()
+        .unwrap_or_else(|| profile_dir.join("aion-kanban"));
+    let sources = ["kanban/src", "model/src"].map(|s| newest_source(&repo().join(s)));
+    let fresh = |bin: &Path| {
+        std::fs::metadata(bin)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| sources.iter().all(|s| t >= *s))
+    };
+    if explicit.is_none() && !fresh(&bin) {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.current_dir(repo())
+            .args(["build", "-p", "aion-kanban", "--bin", "aion-kanban"])
+            // The same target directory as this test binary.
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("running cargo build");
+        assert!(st.success(), "cargo build -p aion-kanban: {st}");
     }
+    assert!(
+        fresh(&bin),
+        "{} is missing or older than kanban/src or model/src; build it: cargo build -p aion-kanban",
+        bin.display()
+    );
     bin
 }
 
