@@ -359,3 +359,52 @@ async fn invalid_values_fail_before_anything_is_sent() {
     );
     tc.delete_namespace(&ns).await;
 }
+
+/// `--wait` against the real apiserver: Services and the Namespace are ready at once; workloads
+/// whose pods never run (this control plane has no scheduler and no kubelet runs pods) time out
+/// with `NotReady`, naming every such object and what it is still waiting for.
+#[tokio::test]
+async fn wait_names_what_is_not_ready() {
+    let Some(tc) = k8s::require() else { return };
+    aion_reconcile::kubeclient::install_crypto_provider();
+    let client = tc.client().await;
+    let ns = tc.fresh_namespace().await;
+    let inv = inventory(&ns, &ns);
+    let m = rendered(&inv, SERVICES);
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    let opts = ExecuteOptions::default();
+    cluster::execute(&client, &plan, &opts).await.unwrap();
+    let of_kind = |kinds: &[&str]| -> Vec<ObjectKey> {
+        m.objects()
+            .map(|o| o.key.clone())
+            .filter(|k| kinds.contains(&k.kind.as_str()))
+            .collect()
+    };
+
+    let quick = of_kind(&["Service", "Namespace"]);
+    assert!(quick.len() >= 2, "{quick:?}");
+    cluster::wait_ready(&client, &quick, std::time::Duration::from_secs(30), &opts)
+        .await
+        .unwrap();
+
+    let workloads = of_kind(&["Deployment", "Job"]);
+    let err = cluster::wait_ready(
+        &client,
+        &workloads,
+        std::time::Duration::from_secs(3),
+        &opts,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        ClusterError::NotReady { count, .. } => assert_eq!(*count, workloads.len(), "{msg}"),
+        other => panic!("expected NotReady, got {other}"),
+    }
+    for k in &workloads {
+        assert!(msg.contains(&k.to_string()), "{k} missing from: {msg}");
+    }
+    assert!(msg.contains(&format!("Job/{ns}/once-001: ")), "{msg}");
+    assert!(msg.contains("not complete"), "{msg}");
+    tc.delete_namespace(&ns).await;
+}
