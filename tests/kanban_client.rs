@@ -13,7 +13,7 @@ use aion_kanban::Kanban;
 use aion_kanban::output::{Output, OutputOptions};
 use aion_kanban::replicator;
 use aion_kanban::router::{RouterOptions, ServicesSource};
-use aion_kanban::topology::RECORDS_QUEUE;
+use aion_kanban::topology::{RECORDS_QUEUE, records_queue_name};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -343,4 +343,105 @@ async fn undeclared_target_is_declared_and_reload_uses_new_routes() {
     let mut queues = all_queues(&services(&v1));
     queues.extend(all_queues(&services(&v2)));
     amqp::delete(&ch, &queues).await;
+}
+
+/// Cluster mode: every node's namespace runs its own runtime on the master's one broker. A
+/// client's records go to its namespace's records queue, so only that namespace's runtime
+/// writes them (and starts instances in its own namespace); the other runtime, consuming at
+/// the same time with the same services.yml, gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_reach_only_the_runtime_of_the_clients_namespace() {
+    let Some(b) = rabbitmq::require() else { return };
+    let p = rabbitmq::unique("nsr");
+    let cfg = services(&format!(
+        "deviceName: self\nmicroservices:\n  {p}a:\n    nextService:\n      default: [{{name: {p}b}}]\n  {p}b: {{}}\n"
+    ));
+    let (ns_a, ns_b) = (format!("{p}ns-a"), format!("{p}ns-b"));
+    let (records_a, records_b) = (
+        records_queue_name(Some(&ns_a)),
+        records_queue_name(Some(&ns_b)),
+    );
+    assert_ne!(records_a, records_b);
+    let dir = tempfile::tempdir().unwrap();
+    let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let runtime = |ns: &str, data: &str| {
+        // No kubeconfig (`--kubeconfig none`): no lifecycle.
+        let mut o = RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), b.url.clone());
+        o.namespace = Some(ns.to_string());
+        o.data_dir = dir.path().join(data);
+        o
+    };
+    let ra = start_router(runtime(&ns_a, "DataA"), Some(&db_a));
+    let rb = start_router(runtime(&ns_b, "DataB"), Some(&db_b));
+    let (conn, ch) = amqp::connect(&b.url).await;
+    assert!(amqp::wait_declared(&conn, &records_a, WAIT).await);
+    assert!(amqp::wait_declared(&conn, &records_b, WAIT).await);
+    assert!(amqp::wait_declared(&conn, &format!("{p}b-001.in"), WAIT).await);
+
+    let out = Output::new_in(
+        OutputOptions {
+            url: b.url.clone(),
+            services: ServicesSource::Value(Arc::new(cfg.clone())),
+            device: None,
+            queue_to: format!("{p}a-001.out"),
+            durable: true,
+        },
+        Some(&ns_a),
+    )
+    .unwrap();
+    const N: i64 = 20;
+    for id in 1..=N {
+        out.send(&kanban(json!({"metadata": {"id": id}})))
+            .await
+            .unwrap();
+    }
+    let got = amqp::take(&ch, &format!("{p}b-001.in"), N as usize, WAIT).await;
+    assert_eq!(ids(&got), (1..=N).collect::<Vec<_>>());
+
+    // Wait until runtime A consumed every record batch (records go out in the background).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let rows_of = |db: &std::path::Path| {
+        replicator::query(
+            db,
+            &replicator::Query {
+                source: Some(p.clone()),
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    while rows_of(&db_a).len() < N as usize && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give runtime B the same chance to take a batch it should not see.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(out);
+    ra.stop().await;
+    rb.stop().await;
+
+    let rows_a = rows_of(&db_a);
+    let mut a_ids: Vec<i64> = rows_a
+        .iter()
+        .map(|(_, r)| {
+            assert_eq!(r.source_queue, records_a, "{r:?}");
+            assert_eq!(r.outcome, "routed");
+            assert_eq!(r.detail, format!("{p}b-001.in"));
+            json_of(r.kanban.as_bytes())["metadata"]["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    a_ids.sort();
+    a_ids.dedup();
+    assert_eq!(a_ids, (1..=N).collect::<Vec<_>>(), "runtime A's records");
+    assert_eq!(
+        rows_of(&db_b),
+        Vec::new(),
+        "runtime B got records of namespace A"
+    );
+    assert_eq!(amqp::queue_len(&conn, &records_a).await, Some(0));
+    assert_eq!(amqp::queue_len(&conn, &records_b).await, Some(0));
+    amqp::delete(&ch, &all_queues(&cfg)).await;
+    amqp::delete(&ch, &[records_a, records_b]).await;
 }

@@ -3,7 +3,9 @@
 //!   (`run --print-config`), resolve to the broker, namespace, device, record DB on the mounted
 //!   data volume, services.yml on the mounted config volume and in-cluster kube config;
 //! * every rendered microservice pod's env satisfies the client library
-//!   ([`ClientConfig::from_vars`]), with services.yml mounted read-only;
+//!   ([`ClientConfig::from_vars`]), with services.yml mounted read-only, and the client of a
+//!   pod and the runtime of the same namespace resolve the same records queue
+//!   (`aion-kanban.records.<namespace>`);
 //! * queues upstream-style files name in env (`QUEUE_ORIGIN`, `QUEUE_TO*`) exist after the
 //!   runtime declared its topology (also after a reload, and when one of them exists already
 //!   with other arguments), and an upstream-style client can publish to and consume from them
@@ -180,6 +182,7 @@ fn check_core(
     let m = render::render(inv, services).unwrap_or_else(|e| panic!("{rel}: {e}"));
     let master_ns = &m.nodes[0].namespace;
     let mut checked = 0;
+    let mut clients = 0;
     for node in &m.nodes {
         let ns = &node.namespace;
         let d = &node
@@ -323,9 +326,57 @@ fn check_core(
         assert_eq!(host_path, &format!("/var/lib/aion/{ns}/Data"), "{rel}");
         assert_ne!(&db_in_pod, data_mount, "{rel}: the DB is the mount itself");
         assert_eq!(unmap(&got["data_dir"]), *data_mount, "{rel}");
+
+        // The runtime consumes its namespace's records queue, and every producer-side client
+        // of this namespace (rendered pod env → ClientConfig) publishes its records there.
+        let records = format!("aion-kanban.records.{ns}");
+        assert_eq!(
+            got["records_queue"],
+            json!(records),
+            "{rel}: runtime of {ns}"
+        );
+        for o in &node.objects {
+            let w = &o.value;
+            if !matches!(o.key.kind.as_str(), "Deployment" | "Job")
+                || w["metadata"]["labels"]["app.kubernetes.io/component"] != "microservice"
+            {
+                continue;
+            }
+            assert_eq!(
+                w["metadata"]["namespace"],
+                json!(ns),
+                "{rel}: {}",
+                o.key.name
+            );
+            let env: HashMap<String, String> =
+                w["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| {
+                        let v = e["value"].as_str().unwrap_or_else(|| {
+                            panic!("{rel}: {}: env {e} is not a plain value", o.key.name)
+                        });
+                        (e["name"].as_str().unwrap().to_string(), v.to_string())
+                    })
+                    .collect();
+            let cfg = ClientConfig::from_vars(|k| env.get(k).cloned())
+                .unwrap_or_else(|e| panic!("{rel}: {}: {e}", o.key.name));
+            if cfg.services.is_none() {
+                continue; // routes via the router: publishes no records
+            }
+            assert_eq!(
+                aion_kanban::topology::records_queue_name(cfg.namespace.as_deref()),
+                records,
+                "{rel}: client {} in {ns}",
+                o.key.name
+            );
+            clients += 1;
+        }
         checked += 1;
     }
     assert_eq!(checked, m.nodes.len());
+    assert!(clients > 0, "{rel}: no producer-side client pod checked");
 }
 
 #[test]

@@ -227,8 +227,9 @@ impl Sender {
 
 /// A microservice's client configured the AION way: `RABBITMQ_URL`, `QUEUE_ORIGIN` (input
 /// queues, comma-separated), `QUEUE_TO` (default output queue); optional `AION_SERVICES`
-/// (services.yml: route producer-side, reloaded on SIGHUP and when the file changes) and
-/// `AION_DEVICE` (this device's name, default `deviceName`).
+/// (services.yml: route producer-side, reloaded on SIGHUP and when the file changes),
+/// `AION_DEVICE` (this device's name, default `deviceName`) and `AION_NAMESPACE` (the pod's
+/// namespace: records go to that namespace's runtime, `aion-kanban.records.<namespace>`).
 pub struct Client {
     pub receiver: Receiver,
     pub sender: Sender,
@@ -259,6 +260,9 @@ pub struct ClientConfig {
     pub services: Option<PathBuf>,
     /// `AION_DEVICE` (`None` when unset or empty: `deviceName` from services.yml).
     pub device: Option<String>,
+    /// `AION_NAMESPACE` (`None` when unset or empty): scopes the records queue of producer-side
+    /// routing ([`crate::topology::records_queue_name`]) to the runtime of this namespace.
+    pub namespace: Option<String>,
 }
 
 impl ClientConfig {
@@ -290,6 +294,7 @@ impl ClientConfig {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
             device: get("AION_DEVICE").filter(|d| !d.is_empty()),
+            namespace: get("AION_NAMESPACE").filter(|n| !n.trim().is_empty()),
         })
     }
 
@@ -313,6 +318,7 @@ impl Client {
             queue_to,
             services,
             device,
+            namespace,
         } = cfg;
         let mut client = Client {
             receiver: Receiver::start(&url, &queues, 1),
@@ -322,13 +328,16 @@ impl Client {
             watch: Vec::new(),
         };
         if let Some(path) = services {
-            let output = Arc::new(Output::new(OutputOptions {
-                url,
-                services: ServicesSource::File(path.clone()),
-                device,
-                queue_to,
-                durable: true,
-            })?);
+            let output = Arc::new(Output::new_in(
+                OutputOptions {
+                    url,
+                    services: ServicesSource::File(path.clone()),
+                    device,
+                    queue_to,
+                    durable: true,
+                },
+                namespace.as_deref(),
+            )?);
             let reload = Arc::new(Notify::new());
             if let Ok(h) = crate::config::notify_on_sighup(reload.clone()) {
                 client.watch.push(h);
@@ -397,6 +406,19 @@ mod tests {
             Some(std::path::Path::new("/var/lib/aion/config/services.yml"))
         );
         assert_eq!(c.device, None);
+        assert_eq!(c.namespace, None);
+        let c = resolve(&[
+            ("RABBITMQ_URL", "amqp://h"),
+            ("QUEUE_ORIGIN", "a-001.in"),
+            ("QUEUE_TO", "a-001.out"),
+            ("AION_NAMESPACE", "aion-worker-1"),
+        ])
+        .unwrap();
+        assert_eq!(c.namespace.as_deref(), Some("aion-worker-1"));
+        assert_eq!(
+            crate::topology::records_queue_name(c.namespace.as_deref()),
+            "aion-kanban.records.aion-worker-1"
+        );
     }
 
     #[test]

@@ -80,9 +80,11 @@ struct RunArgs {
     /// in-cluster, whichever works (warning and no on-demand start when none does).
     #[arg(long, env = "AION_KUBECONFIG")]
     kubeconfig: Option<String>,
-    /// Namespace of the microservice workloads.
-    #[arg(long, env = "AION_NAMESPACE", default_value = "default")]
-    namespace: String,
+    /// Namespace of the microservice workloads (default `default`). When set, the records
+    /// queue is `aion-kanban.records.<namespace>` (the clients of that namespace get the same
+    /// `AION_NAMESPACE`); unset, `aion-kanban.records`.
+    #[arg(long, env = "AION_NAMESPACE")]
+    namespace: Option<String>,
     /// Also run the data sweeper with this data-sweeper.yml (its sweepSettings schedule).
     #[arg(long)]
     sweeper_config: Option<PathBuf>,
@@ -158,6 +160,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The namespace of the microservice workloads: `--namespace`/`AION_NAMESPACE`, else `default`.
+fn workload_namespace(namespace: Option<&str>) -> String {
+    namespace
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or("default")
+        .to_string()
+}
+
 /// What `run` resolved from flags, env and services.yml (`run --print-config`).
 fn resolved_config(a: &RunArgs, services: &aion_model::ServicesFile) -> serde_json::Value {
     let device = a
@@ -179,7 +189,8 @@ fn resolved_config(a: &RunArgs, services: &aion_model::ServicesFile) -> serde_js
             None => "default",
             Some(k) => k,
         },
-        "namespace": a.namespace,
+        "namespace": workload_namespace(a.namespace.as_deref()),
+        "records_queue": aion_kanban::topology::records_queue_name(a.namespace.as_deref()),
         "prefetch": a.prefetch,
         "sweeper_config": a.sweeper_config,
     })
@@ -197,6 +208,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let mut opts = RouterOptions::new(ServicesSource::File(a.services.clone()), a.amqp.clone());
     opts.device = a.device;
+    opts.namespace = a.namespace.clone().filter(|n| !n.trim().is_empty());
     opts.device_amqp = a
         .device_amqp
         .iter()
@@ -238,7 +250,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 }
             },
         };
-        opts.lifecycle = client.map(|c| Arc::new(KubeLifecycle::new(c, a.namespace.clone())));
+        opts.lifecycle = client.map(|c| {
+            Arc::new(KubeLifecycle::new(
+                c,
+                workload_namespace(a.namespace.as_deref()),
+            ))
+        });
     }
     aion_kanban::config::notify_on_sighup(opts.reload.clone())
         .context("installing the SIGHUP handler")?;

@@ -13,8 +13,10 @@
 //!   before, and the router forwards, dead-letters or records it.
 //! * For each kanban routed directly, once its hops confirmed, a record (the replicator's
 //!   [`Record`] plus the instances to start) is queued to a background task that publishes
-//!   records in batches to [`RECORDS_QUEUE`]; the runtime consumes them, writes the replicator
-//!   rows and starts the target instances on demand. The record is off the hop's critical path:
+//!   records in batches to the records queue of its namespace
+//!   ([`topology::records_queue_name`]: `aion-kanban.records.<namespace>`,
+//!   [`topology::RECORDS_QUEUE`] without a namespace); the runtime of that namespace consumes
+//!   them, writes the replicator rows and starts the target instances on demand. The record is off the hop's critical path:
 //!   nothing waits for it. Records are at-least-once like kanbans (a redelivered input routed
 //!   again is recorded again); a client that crashes can lose its last unsent batch of records
 //!   (never a kanban).
@@ -37,7 +39,7 @@ use crate::config::ServicesSource;
 use crate::message::Kanban;
 use crate::replicator::Record;
 use crate::routing::{self, Decision, Hop};
-use crate::topology::{self, RECORDS_QUEUE};
+use crate::topology::{self, QueueSpec};
 
 /// Errors of producer-side routing.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +93,8 @@ pub fn instance_of_output(cfg: &ServicesFile, queue_to: &str) -> Option<(String,
         .map(|(_, s, n)| (s, n))
 }
 
-/// A record of a kanban routed producer-side, as published (in JSON arrays) to [`RECORDS_QUEUE`].
+/// A record of a kanban routed producer-side, as published (in JSON arrays) to the records queue
+/// ([`topology::records_queue_name`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientRecord {
     #[serde(flatten)]
@@ -149,6 +152,8 @@ type SharedLink = Arc<Mutex<Option<Link>>>;
 /// A microservice instance's output with producer-side routing. Cheap to share (`Arc`).
 pub struct Output {
     url: String,
+    /// The records queue of this instance's namespace.
+    records_queue: QueueSpec,
     durable: bool,
     queue_to: String,
     services: ServicesSource,
@@ -189,19 +194,30 @@ impl Drop for Output {
 
 impl Output {
     /// Load the configuration and find this instance by its `QUEUE_TO`. Connects lazily.
+    /// Records go to [`topology::RECORDS_QUEUE`] (no namespace); see [`Output::new_in`].
     pub fn new(opts: OutputOptions) -> Result<Output, OutputError> {
+        Self::new_in(opts, None)
+    }
+
+    /// Like [`Output::new`] for an instance in Kubernetes namespace `namespace` (the client's
+    /// `AION_NAMESPACE`): records go to that namespace's records queue
+    /// ([`topology::records_queue_name`]), the one its runtime consumes.
+    pub fn new_in(opts: OutputOptions, namespace: Option<&str>) -> Result<Output, OutputError> {
+        let records_queue = topology::records_queue(namespace);
         let cfg = opts.services.load()?;
         let routes = resolve(cfg, opts.device.as_deref(), &opts.queue_to)?;
         let link: SharedLink = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel(65_536);
         let record_task = tokio::spawn(record_loop(
             opts.url.clone(),
+            records_queue.clone(),
             opts.durable,
             link.clone(),
             rx,
         ));
         Ok(Output {
             url: opts.url,
+            records_queue,
             durable: opts.durable,
             queue_to: opts.queue_to,
             services: opts.services,
@@ -300,7 +316,7 @@ impl Output {
                 ClientRecord {
                     record: Record {
                         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                        source_queue: RECORDS_QUEUE.into(),
+                        source_queue: self.records_queue.name.clone(),
                         source: format!("{}#{}", routes.service, routes.number),
                         connection_key: k.connection_key.clone(),
                         process_number: k.process_number.into(),
@@ -333,7 +349,7 @@ impl Output {
         targets: &[(String, String, i32)],
         body: &[u8],
     ) -> Result<Vec<(String, PublisherConfirm)>, AmqpError> {
-        let l = ensure_link(link, &self.url, self.durable).await?;
+        let l = ensure_link(link, &self.url, &self.records_queue, self.durable).await?;
         let mut confirms = Vec::with_capacity(targets.len());
         for (queue, _, _) in targets {
             if !l.declared.contains(queue) {
@@ -373,6 +389,7 @@ impl Output {
 async fn ensure_link<'a>(
     link: &'a mut Option<Link>,
     url: &str,
+    records_queue: &QueueSpec,
     confirms: bool,
 ) -> Result<&'a mut Link, AmqpError> {
     if link
@@ -382,7 +399,7 @@ async fn ensure_link<'a>(
         *link = None;
         let conn = amqp::connect(url, "aion-kanban-client-output").await?;
         let ch = amqp::channel(&conn, url, confirms).await?;
-        amqp::declare(&ch, [&topology::records_queue()]).await?;
+        amqp::declare(&ch, [records_queue]).await?;
         *link = Some(Link {
             conn,
             ch,
@@ -409,6 +426,7 @@ const RECORD_LINGER: Duration = Duration::from_millis(5);
 /// batches are retried.
 async fn record_loop(
     url: String,
+    records_queue: QueueSpec,
     durable: bool,
     link: SharedLink,
     mut rx: mpsc::Receiver<ClientRecord>,
@@ -435,7 +453,7 @@ async fn record_loop(
         let body = serde_json::to_vec(&batch).unwrap_or_default();
         let ch = {
             let mut l = link.lock().await;
-            ensure_link(&mut l, &url, durable)
+            ensure_link(&mut l, &url, &records_queue, durable)
                 .await
                 .map(|l| l.ch.clone())
         };
@@ -444,17 +462,17 @@ async fn record_loop(
                 let r = ch
                     .basic_publish(
                         "".into(),
-                        RECORDS_QUEUE.into(),
+                        records_queue.name.as_str().into(),
                         BasicPublishOptions::default(),
                         &body,
                         props.clone(),
                     )
                     .await;
                 match r {
-                    Ok(c) if durable => amqp::check_confirm(RECORDS_QUEUE, c.await),
+                    Ok(c) if durable => amqp::check_confirm(&records_queue.name, c.await),
                     Ok(_) => Ok(()),
                     Err(source) => Err(AmqpError::Publish {
-                        queue: RECORDS_QUEUE.into(),
+                        queue: records_queue.name.clone(),
                         source,
                     }),
                 }
@@ -583,7 +601,7 @@ mod tests {
         let r = ClientRecord {
             record: Record {
                 at: "t".into(),
-                source_queue: RECORDS_QUEUE.into(),
+                source_queue: topology::RECORDS_QUEUE.into(),
                 source: "a#1".into(),
                 connection_key: "default".into(),
                 process_number: 1,

@@ -26,7 +26,7 @@ use crate::message::Kanban;
 use crate::output::ClientRecord;
 use crate::replicator::{Record, Replicator};
 use crate::routing::{self, Decision, Hop};
-use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE, RECORDS_QUEUE};
+use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE};
 
 pub use crate::config::{ConfigError, ServicesSource, load_services};
 
@@ -35,6 +35,10 @@ pub struct RouterOptions {
     /// This device's name; `None` → `deviceName` from services.yml.
     pub device: Option<String>,
     pub amqp_url: String,
+    /// Kubernetes namespace this runtime serves (`AION_NAMESPACE`), `None` when not configured:
+    /// scopes the records queue it consumes ([`topology::records_queue_name`]), so runtimes of
+    /// several namespaces can share one broker (cluster mode).
+    pub namespace: Option<String>,
     /// Broker URL per remote device name; others use `remote_template`.
     pub device_amqp: HashMap<String, String>,
     /// Template for a remote device's broker URL; `{addr}` is replaced by `devices.<name>.addr`.
@@ -61,6 +65,7 @@ impl RouterOptions {
             services,
             device: None,
             amqp_url: amqp_url.into(),
+            namespace: None,
             device_amqp: HashMap::new(),
             remote_template: "amqp://guest:guest@{addr}:5672/%2f".into(),
             data_dir: PathBuf::from("/var/lib/aion/Data"),
@@ -185,7 +190,11 @@ async fn session(
     let url = &opts.amqp_url;
     let conn = amqp::connect(url, "aion-kanban-router").await?;
     let ctl = amqp::channel(&conn, url, false).await?;
-    amqp::declare(&ctl, &topology::plan(&services)).await?;
+    amqp::declare(
+        &ctl,
+        &topology::plan_in(&services, opts.namespace.as_deref()),
+    )
+    .await?;
     // Queues upstream-style files name in env: durable, no arguments; existing ones with other
     // arguments are kept (warning), not a reason to stop.
     let (named, problems) = topology::env_named(&services);
@@ -211,7 +220,10 @@ async fn session(
         })
         .collect();
     sources.push((INBOUND_QUEUE.to_string(), Source::Inbound));
-    sources.push((RECORDS_QUEUE.to_string(), Source::Records));
+    sources.push((
+        topology::records_queue_name(opts.namespace.as_deref()),
+        Source::Records,
+    ));
     let mut streams =
         amqp::consume_all(&consume, url, opts.prefetch, "aion-kanban:", sources).await?;
     let device = opts
@@ -566,7 +578,8 @@ impl Session {
             Ok(b) => b,
             Err(e) => {
                 let reason = format!("not a batch of kanban records: {e}");
-                self.dead_letter(INBOUND_DLQ, &d.data, &reason, RECORDS_QUEUE)
+                let records = topology::records_queue_name(self.opts.namespace.as_deref());
+                self.dead_letter(INBOUND_DLQ, &d.data, &reason, &records)
                     .await?;
                 return ack(&d).await;
             }

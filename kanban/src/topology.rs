@@ -11,7 +11,9 @@
 //!
 //! Per device: [`INBOUND_QUEUE`], where other devices' routers deliver forwarded kanbans, and
 //! [`RECORDS_QUEUE`], where clients that route producer-side send a record of each kanban they
-//! routed (for the replicator and on-demand start).
+//! routed (for the replicator and on-demand start). In cluster mode every node's namespace runs
+//! its own runtime on the master's one broker, so the records queue is scoped by namespace
+//! ([`records_queue_name`]): `aion-kanban.records.<namespace>`.
 //!
 //! Upstream's RabbitMQ-era files name their queues in `env` instead (`QUEUE_ORIGIN`,
 //! `QUEUE_TO`, `QUEUE_TO_*`), pre-declared by an operator script (`rabbitmqadmin declare queue
@@ -25,10 +27,21 @@ pub const INBOUND_QUEUE: &str = "aion-kanban.inbound";
 /// Dead-letter queue for undecodable forwarded messages.
 pub const INBOUND_DLQ: &str = "aion-kanban.inbound.dlq";
 /// Records of kanbans routed producer-side by the client library; the runtime consumes them.
+/// The name used when no namespace is configured; see [`records_queue_name`].
 pub const RECORDS_QUEUE: &str = "aion-kanban.records";
 /// Bound on [`RECORDS_QUEUE`] (messages; each holds a batch of records) while no runtime consumes
 /// it: the oldest are dropped beyond this.
 pub const RECORDS_MAX_LENGTH: i64 = 100_000;
+
+/// The records queue of the runtime of `namespace`: `aion-kanban.records.<namespace>`, or
+/// [`RECORDS_QUEUE`] when no (or an empty) namespace is configured. Client and runtime must
+/// resolve the same name (both read `AION_NAMESPACE`).
+pub fn records_queue_name(namespace: Option<&str>) -> String {
+    match namespace.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(ns) => format!("{RECORDS_QUEUE}.{ns}"),
+        None => RECORDS_QUEUE.to_string(),
+    }
+}
 
 pub fn input_queue(ms: &Microservice, number: i32) -> String {
     format!("{}.in", ms.instance_name(number))
@@ -72,8 +85,15 @@ pub struct QueueSpec {
     pub max_length: Option<i64>,
 }
 
-/// Every queue the runtime declares for this configuration, in a stable order.
+/// Every queue the runtime without a namespace declares for this configuration, in a stable
+/// order ([`plan_in`] with `None`).
 pub fn plan(cfg: &ServicesFile) -> Vec<QueueSpec> {
+    plan_in(cfg, None)
+}
+
+/// Every queue the runtime of `namespace` declares for this configuration, in a stable order
+/// (the records queue named by [`records_queue_name`]).
+pub fn plan_in(cfg: &ServicesFile, namespace: Option<&str>) -> Vec<QueueSpec> {
     let mut out = vec![
         QueueSpec {
             name: INBOUND_DLQ.into(),
@@ -87,7 +107,7 @@ pub fn plan(cfg: &ServicesFile) -> Vec<QueueSpec> {
             dead_letter_to: Some(INBOUND_DLQ.into()),
             max_length: None,
         },
-        records_queue(),
+        records_queue(namespace),
     ];
     for ms in &cfg.microservices {
         let dlq = dead_letter_queue(ms);
@@ -117,10 +137,10 @@ pub fn plan(cfg: &ServicesFile) -> Vec<QueueSpec> {
     out
 }
 
-/// The records queue (declared by the runtime and by every producer-side client).
-pub fn records_queue() -> QueueSpec {
+/// The records queue of `namespace` (declared by the runtime and by every producer-side client).
+pub fn records_queue(namespace: Option<&str>) -> QueueSpec {
     QueueSpec {
-        name: RECORDS_QUEUE.into(),
+        name: records_queue_name(namespace),
         role: QueueRole::Records,
         dead_letter_to: None,
         max_length: Some(RECORDS_MAX_LENGTH),
@@ -316,6 +336,34 @@ mod tests {
         let q = plan(&c).into_iter().find(|q| q.name == "a-002.in").unwrap();
         assert_eq!(q.dead_letter_to.as_deref(), Some("a.dlq"));
         assert_eq!(router_sources(&c).len(), 3);
+    }
+
+    #[test]
+    fn records_queue_is_scoped_by_namespace() {
+        assert_eq!(records_queue_name(None), "aion-kanban.records");
+        assert_eq!(records_queue_name(Some("")), "aion-kanban.records");
+        assert_eq!(records_queue_name(Some(" ")), "aion-kanban.records");
+        assert_eq!(
+            records_queue_name(Some("aion-worker-1")),
+            "aion-kanban.records.aion-worker-1"
+        );
+        let c = cfg("d", vec![ms("a", 1, &[])]);
+        let records: Vec<_> = plan_in(&c, Some("ns-a"))
+            .into_iter()
+            .filter(|q| q.role == QueueRole::Records)
+            .collect();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].name, "aion-kanban.records.ns-a");
+        assert_eq!(records[0].max_length, Some(RECORDS_MAX_LENGTH));
+        // Everything else is the same as without a namespace.
+        let others = |ns| -> Vec<String> {
+            plan_in(&c, ns)
+                .into_iter()
+                .filter(|q| q.role != QueueRole::Records)
+                .map(|q| q.name)
+                .collect()
+        };
+        assert_eq!(others(Some("ns-a")), others(None));
     }
 
     #[test]

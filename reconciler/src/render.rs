@@ -708,9 +708,11 @@ pub fn render(
 /// Then what the kanban client library needs ([`CLIENT_DEFAULTS`] order), each only when the
 /// user's `env` does not set it (upstream files set their own `RABBITMQ_URL`/`QUEUE_*`):
 /// `RABBITMQ_URL` (this inventory's broker), `QUEUE_ORIGIN=<base>-NNN.in`,
-/// `QUEUE_TO=<base>-NNN.out`, `AION_SERVICES` (services.yml, mounted read-only) and
-/// `AION_DEVICE` (= `DEVICE_NAME`). `AION_SERVICES` only when `services_mounted` (the
-/// namespace's config directory is at [`CONFIG_MOUNT`] in the pod and `QUEUE_TO` is ours).
+/// `QUEUE_TO=<base>-NNN.out`, `AION_SERVICES` (services.yml, mounted read-only),
+/// `AION_DEVICE` (= `DEVICE_NAME`) and `AION_NAMESPACE` (= the pod's namespace `ns`: the client
+/// sends its records to that namespace's runtime, `aion-kanban.records.<ns>`). `AION_SERVICES`
+/// only when `services_mounted` (the namespace's config directory is at [`CONFIG_MOUNT`] in the
+/// pod and `QUEUE_TO` is ours).
 fn env_list(
     ms: &Microservice,
     instance: i32,
@@ -718,6 +720,7 @@ fn env_list(
     debug: &str,
     rabbitmq_url: &str,
     services_mounted: bool,
+    ns: &str,
 ) -> Vec<(String, String)> {
     const INJECTED: [&str; 4] = ["AION_HOME", "DEVICE_NAME", "DEBUG", "MS_NUMBER"];
     let mut env = vec![("SERVICE_NAME".to_owned(), ms.name.clone())];
@@ -746,6 +749,7 @@ fn env_list(
             "QUEUE_ORIGIN" => format!("{name}.in"),
             "QUEUE_TO" => format!("{name}.out"),
             "AION_SERVICES" => SERVICES_IN_POD.to_owned(),
+            "AION_NAMESPACE" => ns.to_owned(),
             _ => device_name.to_owned(), // AION_DEVICE
         };
         env.push((key.to_owned(), value));
@@ -754,12 +758,13 @@ fn env_list(
 }
 
 /// Env vars injected for the kanban client library when `env` does not set them, in this order.
-pub const CLIENT_DEFAULTS: [&str; 5] = [
+pub const CLIENT_DEFAULTS: [&str; 6] = [
     "RABBITMQ_URL",
     "QUEUE_ORIGIN",
     "QUEUE_TO",
     "AION_SERVICES",
     "AION_DEVICE",
+    "AION_NAMESPACE",
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -958,6 +963,7 @@ fn microservice_ctx(
         debug,
         rabbitmq_url,
         services_mounted,
+        ns,
     );
     for (k, _) in &env {
         if k.is_empty() || k.contains('=') || !k.bytes().all(|b| (0x21..0x7f).contains(&b)) {
@@ -1124,6 +1130,7 @@ microservices:
                 {"name": "QUEUE_TO", "value": "sample-job-001.out"},
                 {"name": "AION_SERVICES", "value": "/var/lib/aion/config/services.yml"},
                 {"name": "AION_DEVICE", "value": "edge-master"},
+                {"name": "AION_NAMESPACE", "value": "default"},
             ])
         );
         assert_eq!(
@@ -1193,7 +1200,7 @@ microservices:
             ("RABBITMQ_URL".into(), "amqp://u:p@rabbitmq:5672/v".into()),
             ("MS_NUMBER".into(), "9".into()),
         ];
-        let env = env_list(&ms, 2, "dev", "", "amqp://x@broker/%2f", true);
+        let env = env_list(&ms, 2, "dev", "", "amqp://x@broker/%2f", true, "ns-a");
         let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             names,
@@ -1207,7 +1214,8 @@ microservices:
                 "MS_NUMBER",
                 "QUEUE_TO",
                 "AION_SERVICES",
-                "AION_DEVICE"
+                "AION_DEVICE",
+                "AION_NAMESPACE"
             ]
         );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -1219,6 +1227,16 @@ microservices:
             Some(format!("{}.out", ms.instance_name(2)).as_str())
         );
         assert_eq!(get("AION_DEVICE"), Some("dev"));
+        assert_eq!(get("AION_NAMESPACE"), Some("ns-a"));
+        // A user's own AION_NAMESPACE is kept, in its place, and not added again.
+        ms.env.push(("AION_NAMESPACE".into(), "elsewhere".into()));
+        let env = env_list(&ms, 2, "dev", "", "amqp://x@broker/%2f", true, "ns-a");
+        let ns: Vec<&str> = env
+            .iter()
+            .filter(|(k, _)| k == "AION_NAMESPACE")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(ns, ["elsewhere"]);
     }
 
     /// A file with its own QUEUE_TO (upstream style) gets no AION_SERVICES (the client would not
