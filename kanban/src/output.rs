@@ -277,7 +277,7 @@ impl Output {
     }
 
     fn props(&self) -> BasicProperties {
-        amqp::json_props().with_delivery_mode(if self.durable { 2 } else { 1 })
+        delivery_props(self.durable)
     }
 
     /// Route and publish `k`; returns the pending confirmations. One retry on a fresh
@@ -315,7 +315,7 @@ impl Output {
             SendPlan::Direct(hops) => Some((
                 ClientRecord {
                     record: Record {
-                        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        at: crate::replicator::timestamp(),
                         source_queue: self.records_queue.name.clone(),
                         source: format!("{}#{}", routes.service, routes.number),
                         connection_key: k.connection_key.clone(),
@@ -326,7 +326,9 @@ impl Output {
                             .map(|(q, _, _)| q.as_str())
                             .collect::<Vec<_>>()
                             .join(", "),
-                        kanban: String::from_utf8_lossy(&body).into_owned(),
+                        // The body is no longer needed: move it (serde_json wrote UTF-8).
+                        kanban: String::from_utf8(body)
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
                     },
                     starts: hops.into_iter().map(|(_, s, n)| (s, n)).collect(),
                 },
@@ -409,6 +411,11 @@ async fn ensure_link<'a>(
     link.as_mut().ok_or_else(|| unreachable_link(url))
 }
 
+/// JSON properties; persistent (delivery mode 2) when durable, transient (1) otherwise.
+fn delivery_props(durable: bool) -> BasicProperties {
+    amqp::json_props().with_delivery_mode(if durable { 2 } else { 1 })
+}
+
 fn unreachable_link(url: &str) -> AmqpError {
     AmqpError::NotConfirmed {
         queue: amqp::redact(url),
@@ -432,7 +439,7 @@ async fn record_loop(
     mut rx: mpsc::Receiver<ClientRecord>,
 ) {
     const MAX_BATCH: usize = 512;
-    let props = amqp::json_props().with_delivery_mode(if durable { 2 } else { 1 });
+    let props = delivery_props(durable);
     let mut batch: Vec<ClientRecord> = Vec::new();
     let mut backoff = Duration::from_millis(200);
     loop {

@@ -26,6 +26,12 @@ pub enum ReplicatorError {
 }
 
 /// One routed (or rejected) kanban.
+/// The time format of [`Record::at`], shared by the router and the client library's records so
+/// both sort and compare alike in the log.
+pub fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// RFC 3339 UTC time the router handled it.

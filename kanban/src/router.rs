@@ -24,7 +24,7 @@ use crate::amqp::{self, AmqpError};
 use crate::lifecycle::KubeLifecycle;
 use crate::message::Kanban;
 use crate::output::ClientRecord;
-use crate::replicator::{Record, Replicator};
+use crate::replicator::{self, Record, Replicator};
 use crate::routing::{self, Decision, Hop};
 use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE};
 
@@ -291,10 +291,6 @@ async fn session(
     end
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 impl Session {
     fn record(&self, r: Record) {
         if let Some(rep) = &self.opts.replicator {
@@ -407,7 +403,7 @@ impl Session {
             .unwrap_or_else(|| INBOUND_DLQ.to_string());
         let source = format!("{service}#{number}");
         let mut rec = Record {
-            at: now(),
+            at: replicator::timestamp(),
             source_queue: queue.to_string(),
             source: source.clone(),
             connection_key: String::new(),
@@ -644,7 +640,7 @@ impl Session {
 
     async fn handle_inbound(&mut self, d: Delivery, inflight: &Inflight) -> anyhow::Result<()> {
         let mut rec = Record {
-            at: now(),
+            at: replicator::timestamp(),
             source_queue: INBOUND_QUEUE.into(),
             source: "device:?".into(),
             connection_key: String::new(),
