@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aion_integration_tests::rabbitmq::kanban::{all_queues, json_of, services, start_router};
+use aion_integration_tests::rabbitmq::kanban::{all_queues, ids, json_of, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::Kanban;
 use aion_kanban::output::{Output, OutputOptions};
@@ -20,15 +20,6 @@ const WAIT: Duration = Duration::from_secs(15);
 
 fn kanban(v: Value) -> Kanban {
     Kanban::decode(v.to_string().as_bytes()).expect("test kanban")
-}
-
-fn ids(msgs: &[(Vec<u8>, lapin::BasicProperties)]) -> Vec<i64> {
-    let mut v: Vec<i64> = msgs
-        .iter()
-        .map(|(b, _)| json_of(b)["metadata"]["id"].as_i64().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aion_integration_tests::rabbitmq::kanban::{all_queues, json_of, services, start_router};
+use aion_integration_tests::rabbitmq::kanban::{all_queues, ids, json_of, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::replicator;
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
@@ -93,14 +93,6 @@ microservices:
     )
     .await;
 
-    let ids = |msgs: &[(Vec<u8>, lapin::BasicProperties)]| {
-        let mut v: Vec<i64> = msgs
-            .iter()
-            .map(|(b, _)| json_of(b)["metadata"]["id"].as_i64().unwrap())
-            .collect();
-        v.sort();
-        v
-    };
     let b2 = amqp::take(&ch, &format!("{p}b-002.in"), 2, WAIT).await;
     assert_eq!(ids(&b2), vec![1, 3]);
     let first = b2

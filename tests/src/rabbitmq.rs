@@ -249,6 +249,16 @@ pub mod kanban {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
     }
 
+    /// The `metadata.id` of each message, sorted (test kanbans carry an id each).
+    pub fn ids(msgs: &[(Vec<u8>, lapin::BasicProperties)]) -> Vec<i64> {
+        let mut v: Vec<i64> = msgs
+            .iter()
+            .map(|(b, _)| json_of(b)["metadata"]["id"].as_i64().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The queues of a configuration that belong to it alone (not the per-device ones).
     pub fn all_queues(cfg: &ServicesFile) -> Vec<String> {
         aion_kanban::topology::plan(cfg)
