@@ -234,9 +234,10 @@ async fn apply_noop_edit_prune_down() {
     tc.delete_namespace(&ns).await;
 }
 
-#[tokio::test]
-async fn conflicts_with_another_manager_are_reported() {
-    let Some(tc) = k8s::require() else { return };
+/// A fresh namespace (also the inventory's name) with [`SERVICES`] rendered and applied into it.
+async fn applied_in_fresh_namespace(
+    tc: &k8s::TestCluster,
+) -> (kube::Client, String, Inventory, Manifests) {
     aion_reconcile::kubeclient::install_crypto_provider();
     let client = tc.client().await;
     let ns = tc.fresh_namespace().await;
@@ -246,6 +247,13 @@ async fn conflicts_with_another_manager_are_reported() {
     cluster::execute(&client, &plan, &ExecuteOptions::default())
         .await
         .unwrap();
+    (client, ns, inv, m)
+}
+
+#[tokio::test]
+async fn conflicts_with_another_manager_are_reported() {
+    let Some(tc) = k8s::require() else { return };
+    let (client, ns, inv, m) = applied_in_fresh_namespace(&tc).await;
 
     // Someone else takes the image of alpha-001 (forced apply by another field manager).
     let ar = ApiResource::from_gvk_with_plural(
@@ -366,14 +374,8 @@ async fn invalid_values_fail_before_anything_is_sent() {
 #[tokio::test]
 async fn wait_names_what_is_not_ready() {
     let Some(tc) = k8s::require() else { return };
-    aion_reconcile::kubeclient::install_crypto_provider();
-    let client = tc.client().await;
-    let ns = tc.fresh_namespace().await;
-    let inv = inventory(&ns, &ns);
-    let m = rendered(&inv, SERVICES);
-    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    let (client, ns, _, m) = applied_in_fresh_namespace(&tc).await;
     let opts = ExecuteOptions::default();
-    cluster::execute(&client, &plan, &opts).await.unwrap();
     let of_kind = |kinds: &[&str]| -> Vec<ObjectKey> {
         m.objects()
             .map(|o| o.key.clone())
