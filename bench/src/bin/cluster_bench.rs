@@ -94,6 +94,15 @@ fn timed(cmd: &mut Command) -> anyhow::Result<(f64, f64, i32)> {
     Ok((secs, kib / 1024.0, code))
 }
 
+/// Run `cmd` `runs` times: the median wall time and the highest peak RSS.
+fn median_of(runs: usize, cmd: &mut Command) -> anyhow::Result<(f64, f64)> {
+    Ok(median(
+        (0..runs)
+            .map(|_| timed(cmd))
+            .collect::<anyhow::Result<_>>()?,
+    ))
+}
+
 fn median(mut v: Vec<(f64, f64, i32)>) -> (f64, f64) {
     v.sort_by(|a, b| a.0.total_cmp(&b.0));
     let m = v[v.len() / 2];
@@ -141,19 +150,14 @@ fn main() -> anyhow::Result<()> {
     let (loaded_inv, objects) = (&lib.inputs.0, lib.objects);
 
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
-    let render = median(
-        (0..runs)
-            .map(|_| {
-                timed(
-                    Command::new(&ours)
-                        .args(["render", "-i"])
-                        .arg(&inv)
-                        .arg("--out-dir")
-                        .arg(&out),
-                )
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let render = median_of(
+        runs,
+        Command::new(&ours)
+            .args(["render", "-i"])
+            .arg(&inv)
+            .arg("--out-dir")
+            .arg(&out),
+    )?;
     rows.push((
         "aion-reconcile render (CLI: load+validate+render+write)".into(),
         render.0,
@@ -170,18 +174,13 @@ fn main() -> anyhow::Result<()> {
     eprintln!("setup apply (creates {objects} objects): {:.2}s", setup.0);
 
     let kc = kubeconfig.to_str().unwrap();
-    let ours_diff = median(
-        (0..runs)
-            .map(|_| {
-                timed(
-                    Command::new(&ours)
-                        .args(["diff", "-i"])
-                        .arg(&inv)
-                        .args(["--kubeconfig", kc]),
-                )
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let ours_diff = median_of(
+        runs,
+        Command::new(&ours)
+            .args(["diff", "-i"])
+            .arg(&inv)
+            .args(["--kubeconfig", kc]),
+    )?;
     let files: Vec<String> = std::fs::read_dir(&out)?
         .filter_map(|e| e.ok())
         .map(|e| e.path().display().to_string())
@@ -192,52 +191,37 @@ fn main() -> anyhow::Result<()> {
         fargs.push("-f".to_owned());
         fargs.push(f.clone());
     }
-    let kubectl_diff = median(
-        (0..runs)
-            .map(|_| {
-                timed(
-                    Command::new(&kubectl)
-                        .args([
-                            "--kubeconfig",
-                            kc,
-                            "diff",
-                            "--server-side",
-                            "--field-manager=aion-reconcile",
-                        ])
-                        .args(&fargs),
-                )
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
-    let ours_apply = median(
-        (0..runs)
-            .map(|_| {
-                timed(
-                    Command::new(&me)
-                        .arg("--child-apply")
-                        .arg(&inv)
-                        .arg(&kubeconfig),
-                )
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
-    let kubectl_apply = median(
-        (0..runs)
-            .map(|_| {
-                timed(
-                    Command::new(&kubectl)
-                        .args([
-                            "--kubeconfig",
-                            kc,
-                            "apply",
-                            "--server-side",
-                            "--field-manager=aion-reconcile",
-                        ])
-                        .args(&fargs),
-                )
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let kubectl_diff = median_of(
+        runs,
+        Command::new(&kubectl)
+            .args([
+                "--kubeconfig",
+                kc,
+                "diff",
+                "--server-side",
+                "--field-manager=aion-reconcile",
+            ])
+            .args(&fargs),
+    )?;
+    let ours_apply = median_of(
+        runs,
+        Command::new(&me)
+            .arg("--child-apply")
+            .arg(&inv)
+            .arg(&kubeconfig),
+    )?;
+    let kubectl_apply = median_of(
+        runs,
+        Command::new(&kubectl)
+            .args([
+                "--kubeconfig",
+                kc,
+                "apply",
+                "--server-side",
+                "--field-manager=aion-reconcile",
+            ])
+            .args(&fargs),
+    )?;
     rows.push((
         "aion-reconcile diff (no changes)".into(),
         ours_diff.0,
