@@ -1,6 +1,9 @@
 //! Golden tests for `render` on the real upstream services.yml examples
 //! (`/work/shared/aion-examples/services/`, copied into `reconciler/tests/golden/inputs/`),
-//! in single mode on one master. Regenerate with `UPDATE_GOLDEN=1`.
+//! in single mode on one master, and of the cluster-mode example inventory
+//! (`inventories/cluster/`: one broker, a virtual host per namespace, `--device-amqp` per other
+//! device, the data sweeper on the host naming one) into `reconciler/tests/golden/cluster/`.
+//! Regenerate with `UPDATE_GOLDEN=1`.
 
 use std::path::{Path, PathBuf};
 
@@ -45,22 +48,49 @@ fn check(example: &str) {
     assert_eq!(files, again, "{example}: render is not deterministic");
     assert_eq!(files.len(), 1);
     let expected_path = golden_dir().join(format!("{example}.yaml"));
-    let actual = &files[0].1;
+    compare(example, &expected_path, &files[0].1);
+}
+
+/// The cluster-mode example inventory, one golden file per node.
+#[test]
+fn cluster_mode_example_inventory() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../inventories/cluster/inventory.yml");
+    let inv = aion_model::inventory::load(&path).unwrap().value;
+    let services: Vec<(String, aion_model::ServicesFile)> = inv
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let f = h.services.as_ref()?;
+            Some((h.name.clone(), aion_model::services::load(f).unwrap().value))
+        })
+        .collect();
+    let m = render::render(&inv, &services).unwrap();
+    assert_eq!(m.files(), render::render(&inv, &services).unwrap().files());
+    let files = m.files();
+    assert_eq!(files.len(), 3);
+    for (name, content) in &files {
+        compare(name, &golden_dir().join("cluster").join(name), content);
+    }
+}
+
+/// Compare `actual` with the golden file `path` (or write it under `UPDATE_GOLDEN`).
+fn compare(what: &str, path: &Path, actual: &str) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&expected_path, actual).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            expected_path.display()
+            path.display()
         )
     });
-    if &expected != actual {
+    if expected != actual {
         let diff = similar_lines(&expected, actual);
         panic!(
-            "{example}: rendered manifests differ from {} (UPDATE_GOLDEN=1 to accept):\n{diff}",
-            expected_path.display()
+            "{what}: rendered manifests differ from {} (UPDATE_GOLDEN=1 to accept):\n{diff}",
+            path.display()
         );
     }
 }

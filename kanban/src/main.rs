@@ -85,8 +85,9 @@ struct RunArgs {
     /// `AION_NAMESPACE`); unset, `aion-kanban.records`.
     #[arg(long, env = "AION_NAMESPACE")]
     namespace: Option<String>,
-    /// Also run the data sweeper with this data-sweeper.yml (its sweepSettings schedule).
-    #[arg(long)]
+    /// Also run the data sweeper with this data-sweeper.yml (its sweepSettings schedule); the
+    /// reconciler sets `AION_SWEEPER_CONFIG` when the inventory names one for the host.
+    #[arg(long, env = "AION_SWEEPER_CONFIG")]
     sweeper_config: Option<PathBuf>,
     /// Print the resolved configuration (flags + env + services.yml) as JSON and exit without
     /// connecting to anything.

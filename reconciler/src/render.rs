@@ -17,7 +17,12 @@
 //!   RabbitMQ once, in the master's namespace. A microservice with `targetNode` is rendered in
 //!   the namespace of every host whose services.yml lists it, pinned to the target node (as
 //!   upstream; that namespace's aion-kanban runtime starts it there).
+//! * the broker: one virtual host per namespace (cluster mode; `/` in single mode), created with
+//!   the user by a definitions file imported at boot ([`broker`]); every pod's URL names its own
+//!   namespace's virtual host, and each aion-kanban runtime gets `--device-amqp` for every other
+//!   device of the installation.
 
+pub mod broker;
 mod subset;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -296,9 +301,22 @@ struct CoreCtx {
     redis_image: String,
     kanban_image: String,
     rabbitmq_url: String,
+    /// The broker's `conf.d` file, `definitions.json` and their checksum (master only uses them).
+    rabbitmq_conf: String,
+    rabbitmq_definitions: String,
+    rabbitmq_checksum: String,
+    /// `aion-kanban` arguments: `run` and one `--device-amqp NAME=URL` per other device.
+    kanban_args: Vec<String>,
+    /// `AION_SWEEPER_CONFIG` (the built-in data sweeper) when the inventory names a
+    /// data-sweeper.yml for this host.
+    sweeper_config: Option<String>,
     data_host_path: String,
     config_host_path: String,
 }
+
+/// Where `data-sweeper.yml` (written by host provisioning into the config directory) is in the
+/// aion-kanban pod.
+pub const SWEEPER_IN_POD: &str = "/var/lib/aion/config/data-sweeper.yml";
 
 struct Renderer {
     env: Environment<'static>,
@@ -535,13 +553,42 @@ pub fn render(
         }
     }
     let master_ns = placements[0].namespace.clone();
-    let rabbitmq_url = format!("amqp://aion:aion@rabbitmq.{master_ns}.svc.cluster.local:5672/%2f");
+    let cluster = inv.mode == Mode::Cluster;
+    // Each placement's device name (as `AION_DEVICE`) and virtual host.
+    let device_of = |node: &str, file: &ServicesFile| {
+        if file.device_name.is_empty() {
+            node.to_owned()
+        } else {
+            file.device_name.clone()
+        }
+    };
+    let devices: Vec<(String, String)> = placements
+        .iter()
+        .map(|p| {
+            let node = p.host.name.as_str();
+            let device = services
+                .iter()
+                .find(|(h, _)| !cluster || h == node)
+                .map_or_else(|| node.to_owned(), |(_, f)| device_of(node, f));
+            (device, broker::vhost(cluster, &p.namespace))
+        })
+        .collect();
+    let vhosts: Vec<String> = devices.iter().map(|(_, v)| v.clone()).collect();
+    let rabbitmq_conf = broker::config();
+    let rabbitmq_definitions = broker::definitions_json(&vhosts);
+    let rabbitmq_checksum = broker::config_checksum(&rabbitmq_conf, &rabbitmq_definitions);
 
     let mut nodes = Vec::new();
     let mut node_ports: BTreeMap<i32, String> = BTreeMap::new();
-    for p in &placements {
+    for (p, (core_device, vhost)) in placements.iter().zip(&devices) {
         let node = p.host.name.as_str();
         let ns = p.namespace.as_str();
+        let rabbitmq_url = broker::amqp_url(&master_ns, vhost);
+        let mut kanban_args = vec!["run".to_owned()];
+        for d in broker::device_amqp(core_device, &devices, &master_ns) {
+            kanban_args.push("--device-amqp".to_owned());
+            kanban_args.push(d);
+        }
         let mut objects = Vec::new();
         // Microservices: in single mode every services file lands on the master.
         let files: Vec<&(HostName, ServicesFile)> = services
@@ -551,16 +598,6 @@ pub fn render(
                 Mode::Cluster => h == node,
             })
             .collect();
-        let device_of = |file: &ServicesFile| {
-            if file.device_name.is_empty() {
-                node.to_owned()
-            } else {
-                file.device_name.clone()
-            }
-        };
-        let core_device = files
-            .first()
-            .map_or_else(|| node.to_owned(), |(_, f)| device_of(f));
 
         // Core.
         let core = |part: &str| CoreCtx {
@@ -577,6 +614,15 @@ pub fn render(
                 env!("CARGO_PKG_VERSION")
             ),
             rabbitmq_url: rabbitmq_url.clone(),
+            rabbitmq_conf: rabbitmq_conf.clone(),
+            rabbitmq_definitions: rabbitmq_definitions.clone(),
+            rabbitmq_checksum: rabbitmq_checksum.clone(),
+            kanban_args: kanban_args.clone(),
+            sweeper_config: p
+                .host
+                .data_sweeper
+                .as_ref()
+                .map(|_| SWEEPER_IN_POD.to_owned()),
             data_host_path: format!("{AION_HOME}/{ns}/Data"),
             config_host_path: format!("{AION_HOME}/{ns}/config"),
         };
@@ -627,7 +673,7 @@ pub fn render(
 
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (_, file) in files {
-            let device_name = device_of(file);
+            let device_name = device_of(node, file);
             for ms in &file.microservices {
                 for i in 1..=ms.scale.max(1) {
                     let ctx = microservice_ctx(
@@ -1336,6 +1382,7 @@ microservices:
                 "ServiceAccount/default/aion-kanban",
                 "Role/default/aion-kanban",
                 "RoleBinding/default/aion-kanban",
+                "ConfigMap/default/rabbitmq-config",
                 "Deployment/default/rabbitmq",
                 "Deployment/default/redis-cluster",
                 "Deployment/default/aion-kanban",
@@ -1403,9 +1450,12 @@ microservices:
             a.value["spec"]["template"]["spec"]["nodeSelector"],
             json!({"kubernetes.io/hostname": "edge-worker-1"})
         );
-        let rabbit: Vec<_> = m.objects().filter(|o| o.key.name == "rabbitmq").collect();
+        let rabbit: Vec<_> = m
+            .objects()
+            .filter(|o| o.key.name.starts_with("rabbitmq"))
+            .collect();
         assert!(rabbit.iter().all(|o| o.node == "edge-master"));
-        assert_eq!(rabbit.len(), 2);
+        assert_eq!(rabbit.len(), 3);
         let kanban = m
             .objects()
             .find(|o| {
@@ -1417,8 +1467,160 @@ microservices:
         let env = &kanban.value["spec"]["template"]["spec"]["containers"][0]["env"][0];
         assert_eq!(
             env["value"],
-            "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/%2f"
+            "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/edge-worker-1"
         );
+    }
+
+    fn kanban_container<'a>(m: &'a Manifests, node: &str) -> &'a serde_json::Value {
+        let d = m
+            .objects()
+            .find(|o| o.node == node && o.key.kind == "Deployment" && o.key.name == "aion-kanban")
+            .unwrap_or_else(|| panic!("no aion-kanban on {node}"));
+        &d.value["spec"]["template"]["spec"]["containers"][0]
+    }
+
+    fn env_of(c: &serde_json::Value, key: &str) -> Option<String> {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == key)
+            .and_then(|e| e["value"].as_str().map(str::to_owned))
+    }
+
+    fn three_hosts(extra_worker_2: &str) -> Inventory {
+        inventory(&format!(
+            "name: lab\nmode: cluster\nhosts:\n  - name: edge-master\n    address: 10.0.0.2\n    role: master\n  - name: edge-worker-1\n    address: 10.0.0.3\n    role: worker\n  - name: edge-worker-2\n    address: 10.0.0.4\n    role: worker\n{extra_worker_2}"
+        ))
+    }
+
+    /// Cluster mode: one virtual host per namespace in the broker's definitions, every pod's URL
+    /// on its own namespace's virtual host, and each runtime mapped to every other device's.
+    #[test]
+    fn cluster_mode_vhost_per_namespace_and_device_amqp() {
+        let inv = three_hosts("");
+        let shared = "microservices:\n  same-name:\n    always: yes\n";
+        let files = vec![
+            ("edge-master".to_owned(), services(shared)),
+            (
+                "edge-worker-1".to_owned(),
+                services(&format!("deviceName: cam-1\n{shared}")),
+            ),
+            (
+                "edge-worker-2".to_owned(),
+                services(&format!("deviceName: store\n{shared}")),
+            ),
+        ];
+        let m = render(&inv, &files).unwrap();
+        let cm = &find(&m, "ConfigMap", "rabbitmq-config");
+        assert_eq!(cm.node, "edge-master");
+        let defs: serde_json::Value =
+            serde_json::from_str(cm.value["data"]["definitions.json"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            defs,
+            broker::definitions(&[
+                "default".into(),
+                "edge-worker-1".into(),
+                "edge-worker-2".into()
+            ])
+        );
+        assert_eq!(
+            cm.value["data"]["aion.conf"].as_str().unwrap(),
+            broker::config()
+        );
+        let url = |vhost: &str| {
+            format!("amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/{vhost}")
+        };
+        for (node, ns, device) in [
+            ("edge-master", "default", "edge-master"),
+            ("edge-worker-1", "edge-worker-1", "cam-1"),
+            ("edge-worker-2", "edge-worker-2", "store"),
+        ] {
+            let c = kanban_container(&m, node);
+            assert_eq!(env_of(c, "AION_RABBITMQ_URL"), Some(url(ns)), "{node}");
+            assert_eq!(env_of(c, "AION_DEVICE").as_deref(), Some(device));
+            let mut expected = vec![json!("run")];
+            for (d, v) in [
+                ("edge-master", "default"),
+                ("cam-1", "edge-worker-1"),
+                ("store", "edge-worker-2"),
+            ] {
+                if d != device {
+                    expected.push(json!("--device-amqp"));
+                    expected.push(json!(format!("{d}={}", url(v))));
+                }
+            }
+            assert_eq!(c["args"], json!(expected), "{node}");
+            // The microservice of the same name in each namespace: its own virtual host.
+            let ms = m
+                .objects()
+                .find(|o| o.node == node && o.key.name == "same-name-001")
+                .unwrap();
+            let mc = &ms.value["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(env_of(mc, "RABBITMQ_URL"), Some(url(ns)), "{node}");
+        }
+    }
+
+    /// The broker restarts (checksum annotation) when a namespace is added, and only then.
+    #[test]
+    fn broker_checksum_follows_the_definitions() {
+        let checksum = |inv: &Inventory| {
+            let m = render(inv, &[]).unwrap();
+            let d = &find(&m, "Deployment", "rabbitmq").value;
+            let cm = &find(&m, "ConfigMap", "rabbitmq-config").value;
+            let sum =
+                d["spec"]["template"]["metadata"]["annotations"]["aion.latona.io/config-sha256"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            assert_eq!(
+                sum,
+                broker::config_checksum(
+                    cm["data"]["aion.conf"].as_str().unwrap(),
+                    cm["data"]["definitions.json"].as_str().unwrap()
+                )
+            );
+            sum
+        };
+        let two = checksum(&cluster());
+        assert_eq!(two, checksum(&cluster()));
+        assert_ne!(two, checksum(&three_hosts("")));
+        // Single mode: `/` only, the URL upstream used.
+        let m = render(&single("prj"), &[]).unwrap();
+        let cm = &find(&m, "ConfigMap", "rabbitmq-config").value;
+        let defs: serde_json::Value =
+            serde_json::from_str(cm["data"]["definitions.json"].as_str().unwrap()).unwrap();
+        assert_eq!(defs["vhosts"], json!([{"name": "/"}]));
+        let c = kanban_container(&m, "edge-master");
+        assert_eq!(
+            env_of(c, "AION_RABBITMQ_URL").as_deref(),
+            Some("amqp://aion:aion@rabbitmq.prj.svc.cluster.local:5672/%2f")
+        );
+        assert_eq!(c["args"], json!(["run"]));
+    }
+
+    /// AION_SWEEPER_CONFIG only on the runtime of a host whose inventory names a data-sweeper.yml.
+    #[test]
+    fn sweeper_config_only_where_the_inventory_names_one() {
+        let inv = three_hosts("    dataSweeper: data-sweeper.yml\n");
+        let m = render(&inv, &[]).unwrap();
+        for (node, has) in [
+            ("edge-master", false),
+            ("edge-worker-1", false),
+            ("edge-worker-2", true),
+        ] {
+            let c = kanban_container(&m, node);
+            assert_eq!(
+                env_of(c, "AION_SWEEPER_CONFIG").as_deref(),
+                has.then_some(SWEEPER_IN_POD),
+                "{node}"
+            );
+            // The file is on the config volume, which is mounted there.
+            let mounted = c["volumeMounts"].as_array().unwrap().iter().any(|v| {
+                SWEEPER_IN_POD.starts_with(&format!("{}/", v["mountPath"].as_str().unwrap()))
+            });
+            assert!(mounted, "{node}");
+        }
     }
 
     /// One services.yml shared by every host in cluster mode: a `targetNode` microservice is
