@@ -6,6 +6,10 @@
 //!   ([`ClientConfig::from_vars`]), with services.yml mounted read-only, and the client of a
 //!   pod and the runtime of the same namespace resolve the same records queue
 //!   (`aion-kanban.records.<namespace>`);
+//! * the runtime's broker URL names its namespace's virtual host (cluster mode; `/` in single
+//!   mode), its `--device-amqp` maps every other device of the installation to that device's
+//!   virtual host, and `AION_SWEEPER_CONFIG` is the data-sweeper.yml host provisioning writes
+//!   (roles/services.yml) as seen through the config mount, only where the inventory names one;
 //! * queues upstream-style files name in env (`QUEUE_ORIGIN`, `QUEUE_TO*`) exist after the
 //!   runtime declared its topology (also after a reload, and when one of them exists already
 //!   with other arguments), and an upstream-style client can publish to and consume from them
@@ -181,8 +185,44 @@ fn check_core(
     let bin = kanban_binary();
     let m = render::render(inv, services).unwrap_or_else(|e| panic!("{rel}: {e}"));
     let master_ns = &m.nodes[0].namespace;
+    let cluster = inv.mode == aion_model::Mode::Cluster;
+    // Each node's device name (services.yml `deviceName`, else the node name) and vhost.
+    let device_of = |node: &str| {
+        services
+            .iter()
+            .find(|(h, _)| h == node || !cluster)
+            .map(|(_, s)| s.device_name.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| node.to_string())
+    };
+    let vhosts: Vec<(String, String)> = m
+        .nodes
+        .iter()
+        .map(|n| {
+            let v = if cluster {
+                n.namespace.clone()
+            } else {
+                "%2f".into()
+            };
+            (device_of(&n.node), v)
+        })
+        .collect();
+    // Where host provisioning writes each host's data-sweeper.yml (roles/services.yml).
+    let specs = aion_reconcile::roles::load(inv).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let sweeper_on_host = |node: &str| -> Option<String> {
+        let spec = specs.iter().find(|s| s.host.name == node)?;
+        spec.items.iter().find_map(|i| match &i.resource {
+            aion_reconcile::roles::resource::Resource::File { path, .. }
+                if path.ends_with("/data-sweeper.yml") =>
+            {
+                Some(path.clone())
+            }
+            _ => None,
+        })
+    };
     let mut checked = 0;
     let mut clients = 0;
+    let mut sweepers = 0;
     for node in &m.nodes {
         let ns = &node.namespace;
         let d = &node
@@ -291,11 +331,21 @@ fn check_core(
         } else {
             file.device_name.clone()
         };
+        let vhost = if cluster { ns.as_str() } else { "%2f" };
         assert_eq!(
             got["amqp"],
-            format!("amqp://rabbitmq.{master_ns}.svc.cluster.local:5672/%2f"),
+            format!("amqp://rabbitmq.{master_ns}.svc.cluster.local:5672/{vhost}"),
             "{rel}"
         );
+        let others: Vec<String> = vhosts
+            .iter()
+            .filter(|(d, _)| *d != device)
+            .map(|(d, v)| format!("{d}=amqp://rabbitmq.{master_ns}.svc.cluster.local:5672/{v}"))
+            .collect();
+        assert_eq!(got["device_amqp"], json!(others), "{rel}: {}", node.node);
+        if cluster {
+            assert_eq!(others.len(), m.nodes.len() - 1, "{rel}: {}", node.node);
+        }
         assert_eq!(got["namespace"], json!(ns), "{rel}");
         assert_eq!(got["device"], json!(device), "{rel}");
         assert_eq!(got["kubeconfig"], "in-cluster", "{rel}");
@@ -326,6 +376,25 @@ fn check_core(
         assert_eq!(host_path, &format!("/var/lib/aion/{ns}/Data"), "{rel}");
         assert_ne!(&db_in_pod, data_mount, "{rel}: the DB is the mount itself");
         assert_eq!(unmap(&got["data_dir"]), *data_mount, "{rel}");
+
+        // The built-in sweeper reads the file provisioning writes for this host, through the
+        // config mount; no sweeper where the inventory names none.
+        let on_host = if inv.mode == aion_model::Mode::Single && node.node != m.nodes[0].node {
+            None
+        } else {
+            sweeper_on_host(&node.node)
+        };
+        match on_host {
+            Some(host_file) => {
+                let in_pod = unmap(&got["sweeper_config"]);
+                let (_, (mount_path, _, host_dir)) = mount_of(&mounts, &in_pod)
+                    .unwrap_or_else(|| panic!("{rel}: {in_pod} is not on a mounted volume"));
+                let seen = format!("{host_dir}{}", &in_pod[mount_path.len()..]);
+                assert_eq!(seen, host_file, "{rel}: {}", node.node);
+                sweepers += 1;
+            }
+            None => assert_eq!(got["sweeper_config"], Value::Null, "{rel}: {}", node.node),
+        }
 
         // The runtime consumes its namespace's records queue, and every producer-side client
         // of this namespace (rendered pod env → ClientConfig) publishes its records there.
@@ -377,6 +446,14 @@ fn check_core(
     }
     assert_eq!(checked, m.nodes.len());
     assert!(clients > 0, "{rel}: no producer-side client pod checked");
+    let named = inv
+        .hosts
+        .iter()
+        .filter(|h| h.data_sweeper.is_some())
+        .count();
+    if cluster {
+        assert_eq!(sweepers, named, "{rel}: sweepers");
+    }
 }
 
 #[test]
