@@ -4,6 +4,7 @@
 #
 #   scripts/rabbitmq.sh start|stop|status|env
 #   scripts/rabbitmq.sh restart [a|b]     # stop and start again (both, or one), same state
+#   scripts/rabbitmq.sh ctl a|b ARGS...   # rabbitmqctl ARGS on that node (e.g. import_definitions)
 #
 # Instance A: node aion-kanban-a@localhost, AMQP 127.0.0.1:5672, Erlang distribution port 25672.
 # Instance B: node aion-kanban-b@localhost, AMQP 127.0.0.1:5673, Erlang distribution port 25673.
@@ -131,11 +132,25 @@ case "$cmd" in
     done
     exit $rc
     ;;
+  ctl)
+    which=${2:-}
+    shift 2 || die "usage: $0 ctl a|b ARGS..."
+    for i in "${INSTANCES[@]}"; do
+      set -- $i "$@"
+      if [ "$1" = "$which" ]; then
+        inst_env "$1" "$2" "$3"
+        shift 3
+        exec "$RMQ_BIN/rabbitmqctl" -q -n "$RABBITMQ_NODENAME" "$@"
+      fi
+      shift 3
+    done
+    die "no instance named '$which' (a or b)"
+    ;;
   env)
     echo "export AION_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672/%2f"
     echo "export AION_RABBITMQ_URL_B=amqp://guest:guest@127.0.0.1:5673/%2f"
     ;;
   *)
-    die "usage: $0 start|stop|status|env|restart [a|b]"
+    die "usage: $0 start|stop|status|env|restart [a|b]|ctl a|b ARGS..."
     ;;
 esac

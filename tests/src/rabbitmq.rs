@@ -75,6 +75,20 @@ pub fn require() -> Option<Brokers> {
 /// then start on the same state: durable queues and persistent messages survive). Returns the
 /// script's output, or an error naming what failed.
 pub fn restart(which: &str) -> Result<String, String> {
+    script(&["restart", which])
+}
+
+/// `rabbitmqctl ARGS` on broker instance `which` (`"a"` or `"b"`), through
+/// `scripts/rabbitmq.sh ctl` (which knows the node names and the Erlang cookie). Returns its
+/// output, or an error naming what failed.
+pub fn ctl(which: &str, args: &[&str]) -> Result<String, String> {
+    let mut all = vec!["ctl", which];
+    all.extend_from_slice(args);
+    script(&all)
+}
+
+/// Run `scripts/rabbitmq.sh ARGS`: stdout + stderr on success, an error with both otherwise.
+fn script(args: &[&str]) -> Result<String, String> {
     // At run time (cargo sets it when running tests): a binary built from another checkout
     // sharing the target directory must still use this checkout's script.
     let manifest_dir =
@@ -82,7 +96,7 @@ pub fn restart(which: &str) -> Result<String, String> {
     let script = std::path::Path::new(&manifest_dir).join("../scripts/rabbitmq.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
-        .args(["restart", which])
+        .args(args)
         .output()
         .map_err(|e| format!("running {}: {e}", script.display()))?;
     let text = format!(
@@ -94,8 +108,9 @@ pub fn restart(which: &str) -> Result<String, String> {
         Ok(text)
     } else {
         Err(format!(
-            "{} restart {which} failed: {text}",
-            script.display()
+            "{} {} failed: {text}",
+            script.display(),
+            args.join(" ")
         ))
     }
 }
