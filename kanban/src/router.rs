@@ -807,6 +807,10 @@ async fn ack(d: &Delivery) -> anyhow::Result<()> {
 /// (the data directory's parent), as upstream's send-anything did; a path that resolves
 /// (symlinks included) outside the AION home is refused.
 pub fn read_files(data_dir: &Path, list: &[String]) -> Result<Vec<ForwardedFile>, String> {
+    if list.is_empty() {
+        // Nothing to read: a missing data directory is not this kanban's problem.
+        return Ok(Vec::new());
+    }
     let home = data_dir.parent().unwrap_or(data_dir);
     let home_c = home
         .canonicalize()
@@ -905,6 +909,11 @@ mod tests {
                 .contains("outside")
         );
         assert!(read_files(&data, &["Data/missing".into()]).is_err());
+        // No files to send: the data directory need not exist (the kanban is forwarded, not
+        // dead-lettered for a missing directory).
+        let nowhere = home.path().join("no/such/Data");
+        assert_eq!(read_files(&nowhere, &[]).unwrap().len(), 0);
+        assert!(read_files(&nowhere, &["Data/x".into()]).is_err());
 
         let stored = store_files(&data.join("b_2"), &files).unwrap();
         assert_eq!(std::fs::read(&stored[0]).unwrap(), b"jpeg");
