@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use aion_integration_tests::rabbitmq::kanban::{all_queues, ids, json_of, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
+use aion_kanban::amqp::SharedConnection;
 use aion_kanban::client::{Client, Receiver};
 use aion_kanban::output::{Output, OutputOptions};
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
@@ -23,17 +24,23 @@ use tokio::sync::Mutex;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A microservice instance: receive on `input`, send each kanban on through producer-side
-/// routing, ack only after the next hop confirmed (requeue otherwise).
+/// routing, ack only after the next hop confirmed (requeue otherwise). Receiver and output
+/// share one connection, as in [`Client`]: a broker restart must bring both back.
 fn spawn_service(url: &str, cfg: &aion_model::ServicesFile, input: String, queue_to: String) {
-    let out = Output::new(OutputOptions {
-        url: url.to_string(),
-        services: ServicesSource::Value(Arc::new(cfg.clone())),
-        device: None,
-        queue_to,
-        durable: true,
-    })
+    let conn = SharedConnection::new(url, "test-service");
+    let out = Output::on(
+        conn.clone(),
+        OutputOptions {
+            url: url.to_string(),
+            services: ServicesSource::Value(Arc::new(cfg.clone())),
+            device: None,
+            queue_to,
+            durable: true,
+        },
+        None,
+    )
     .expect("output");
-    let mut rx = Receiver::start(url, &[input], 32);
+    let mut rx = Receiver::start_on(conn, &[input], 32);
     tokio::spawn(async move {
         while let Some(m) = rx.next().await {
             let Ok(k) = m.kanban() else {

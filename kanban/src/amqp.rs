@@ -49,6 +49,52 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
         })
 }
 
+/// One AMQP connection shared by the parts of a client (its receiver, its producer-side output,
+/// its sender), re-opened by whichever part first finds it lost. lapin runs one I/O thread per
+/// connection and wakes it for every frame; a microservice with one connection instead of three
+/// leaves that CPU to the broker on a 2-core device (measured: `bench/README.md`, kanban chain).
+/// Each part keeps its own channel, so a channel-level error (a refused declaration) stays in
+/// that part.
+pub struct SharedConnection {
+    url: String,
+    name: String,
+    current: tokio::sync::Mutex<Option<std::sync::Arc<Connection>>>,
+}
+
+impl SharedConnection {
+    /// Nothing is opened until the first [`SharedConnection::get`].
+    pub fn new(url: &str, name: &str) -> std::sync::Arc<SharedConnection> {
+        std::sync::Arc::new(SharedConnection {
+            url: url.to_string(),
+            name: name.to_string(),
+            current: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The open connection, or a new one when there is none or it was lost. Parts that hold
+    /// the old one find it disconnected and come here too, getting the same new connection.
+    pub async fn get(&self) -> Result<std::sync::Arc<Connection>, AmqpError> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let c = std::sync::Arc::new(connect(&self.url, &self.name).await?);
+        *current = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Close the connection (the parts using it see it lost); the next `get` opens a new one.
+    pub async fn close(&self, reason: &str) {
+        if let Some(c) = self.current.lock().await.take() {
+            let _ = c.close(200, reason.into()).await;
+        }
+    }
+}
+
 pub async fn channel(conn: &Connection, url: &str, confirms: bool) -> Result<Channel, AmqpError> {
     let ch = conn
         .create_channel()

@@ -23,7 +23,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Channel, Connection};
 use tokio::sync::{Mutex, Notify, mpsc};
 
-use crate::amqp::{self, AmqpError};
+use crate::amqp::{self, AmqpError, SharedConnection};
 use crate::config::ServicesSource;
 use crate::message::{DecodeError, Kanban};
 use crate::output::{Output, OutputError, OutputOptions};
@@ -111,13 +111,23 @@ pub struct Receiver {
 impl Receiver {
     /// Start consuming `queues` on `url` with QoS `prefetch` (upstream's clients use 1).
     pub fn start(url: &str, queues: &[String], prefetch: u16) -> Receiver {
+        Self::start_on(
+            SharedConnection::new(url, "aion-kanban-client"),
+            queues,
+            prefetch,
+        )
+    }
+
+    /// Like [`Receiver::start`], on a connection shared with other parts of the client (its own
+    /// channel on it).
+    pub fn start_on(conn: Arc<SharedConnection>, queues: &[String], prefetch: u16) -> Receiver {
         let (tx, rx) = mpsc::channel(prefetch.max(1) as usize);
-        let (url, queues) = (url.to_string(), queues.to_vec());
+        let queues = queues.to_vec();
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
                 let began = tokio::time::Instant::now();
-                match consume_once(&url, &queues, prefetch, &tx).await {
+                match consume_once(&conn, &queues, prefetch, &tx).await {
                     Ok(()) => return, // receiver dropped
                     Err(e) => {
                         if began.elapsed() > Duration::from_secs(30) {
@@ -155,12 +165,13 @@ impl Drop for Receiver {
 }
 
 async fn consume_once(
-    url: &str,
+    shared: &SharedConnection,
     queues: &[String],
     prefetch: u16,
     tx: &mpsc::Sender<Message>,
 ) -> Result<(), AmqpError> {
-    let conn = amqp::connect(url, "aion-kanban-client").await?;
+    let url = shared.url();
+    let conn = shared.get().await?;
     let ch = amqp::channel(&conn, url, false).await?;
     let tagged = queues.iter().map(|q| (q.clone(), q.clone())).collect();
     let mut all = amqp::consume_all(&ch, url, prefetch, "", tagged).await?;
@@ -171,7 +182,8 @@ async fn consume_once(
             source,
         })?;
         if tx.send(Message { queue, delivery }).await.is_err() {
-            let _ = conn.close(200, "receiver dropped".into()).await;
+            // Only this receiver's channel: the connection may serve the client's output.
+            let _ = ch.close(200, "receiver dropped".into()).await;
             return Ok(());
         }
     }
@@ -183,14 +195,19 @@ async fn consume_once(
 
 /// Sends kanbans (confirmed), reconnecting once per send if the connection was lost.
 pub struct Sender {
-    url: String,
-    link: Mutex<Option<(Connection, Channel)>>,
+    conn: Arc<SharedConnection>,
+    link: Mutex<Option<(Arc<Connection>, Channel)>>,
 }
 
 impl Sender {
     pub fn new(url: &str) -> Sender {
+        Self::on(SharedConnection::new(url, "aion-kanban-client"))
+    }
+
+    /// A sender with its own channel on a connection shared with other parts of the client.
+    pub fn on(conn: Arc<SharedConnection>) -> Sender {
         Sender {
-            url: url.to_string(),
+            conn,
             link: Mutex::new(None),
         }
     }
@@ -204,9 +221,12 @@ impl Sender {
     pub async fn send_raw(&self, queue: &str, body: &[u8]) -> Result<(), ClientError> {
         let mut link = self.link.lock().await;
         for attempt in 0..2 {
-            if link.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
-                let conn = amqp::connect(&self.url, "aion-kanban-client").await?;
-                let ch = amqp::channel(&conn, &self.url, true).await?;
+            if link
+                .as_ref()
+                .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
+            {
+                let conn = self.conn.get().await?;
+                let ch = amqp::channel(&conn, self.conn.url(), true).await?;
                 *link = Some((conn, ch));
             }
             let Some((_, ch)) = link.as_ref() else {
@@ -320,15 +340,19 @@ impl Client {
             device,
             namespace,
         } = cfg;
+        // One connection for the receiver, the sender and the output (one lapin I/O thread),
+        // named after the instance so an operator can tell connections apart on the broker.
+        let conn = SharedConnection::new(&url, &format!("aion-kanban-client {queue_to}"));
         let mut client = Client {
-            receiver: Receiver::start(&url, &queues, 1),
-            sender: Sender::new(&url),
+            receiver: Receiver::start_on(conn.clone(), &queues, 1),
+            sender: Sender::on(conn.clone()),
             queue_to: queue_to.clone(),
             output: None,
             watch: Vec::new(),
         };
         if let Some(path) = services {
-            let output = Arc::new(Output::new_in(
+            let output = Arc::new(Output::on(
+                conn,
                 OutputOptions {
                     url,
                     services: ServicesSource::File(path.clone()),
