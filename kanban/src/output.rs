@@ -11,9 +11,10 @@
 //! * Anything else — a target on another device, an invalid target, the terminate kanban, no
 //!   route, an unknown source — goes to the instance's `QUEUE_TO` (`<base>-NNN.out`) exactly as
 //!   before, and the router forwards, dead-letters or records it.
-//! * For each kanban routed directly, once its hops confirmed, a record (the replicator's
-//!   [`Record`] plus the instances to start) is queued to a background task that publishes
-//!   records in batches to the records queue of its namespace
+//! * For each kanban routed directly, once its hops confirmed, a record ([`BatchRecord`]: time,
+//!   connection key, process number, the instances it went to, the kanban as raw JSON) is queued
+//!   to a background task that publishes records in batches ([`RecordBatch`]) to the records
+//!   queue of its namespace
 //!   ([`topology::records_queue_name`]: `aion-kanban.records.<namespace>`,
 //!   [`topology::RECORDS_QUEUE`] without a namespace); the runtime of that namespace consumes
 //!   them, writes the replicator rows and starts the target instances on demand. The record is off the hop's critical path:
@@ -32,12 +33,12 @@ use aion_model::ServicesFile;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::amqp::{self, AmqpError};
+use crate::amqp::{self, AmqpError, SharedConnection};
 use crate::config::ServicesSource;
 use crate::message::Kanban;
-use crate::replicator::Record;
 use crate::routing::{self, Decision, Hop};
 use crate::topology::{self, QueueSpec};
 
@@ -93,15 +94,37 @@ pub fn instance_of_output(cfg: &ServicesFile, queue_to: &str) -> Option<(String,
         .map(|(_, s, n)| (s, n))
 }
 
-/// A record of a kanban routed producer-side, as published (in JSON arrays) to the records queue
-/// ([`topology::records_queue_name`]).
+/// One message on the records queue ([`topology::records_queue_name`]): kanbans that one
+/// instance routed producer-side, oldest first. The runtime turns each into a replicator row
+/// and starts the instances they went to.
+///
+/// The format is made to cost little per kanban on a busy device: the source once per batch,
+/// the time as an integer, and the kanban embedded as raw JSON, neither escaped into a string
+/// by the client nor parsed into a tree by the runtime (`K` = `Box<RawValue>` when sending,
+/// `&RawValue` borrowed from the message when reading).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientRecord {
-    #[serde(flatten)]
-    pub record: Record,
-    /// Instances the kanban went to: `(service, number)`, to start on demand.
-    pub starts: Vec<(String, i32)>,
+pub struct RecordBatch<K> {
+    /// `service#number` of the instance that routed them.
+    pub source: String,
+    pub records: Vec<BatchRecord<K>>,
 }
+
+/// A kanban routed producer-side (see [`RecordBatch`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord<K> {
+    /// When its hops were published: microseconds since the Unix epoch.
+    pub at_us: i64,
+    pub connection_key: String,
+    pub process_number: i64,
+    /// The instances it went to, `(service, number)`: the row's detail, and the instances the
+    /// runtime starts on demand.
+    pub to: Vec<(String, i32)>,
+    /// The kanban as published.
+    pub kanban: K,
+}
+
+/// A record as the client queues it for sending: its instance (`service#number`) and the record.
+type Outgoing = (Arc<str>, BatchRecord<Box<RawValue>>);
 
 pub struct OutputOptions {
     pub url: String,
@@ -121,6 +144,8 @@ struct Routes {
     device: String,
     service: String,
     number: i32,
+    /// `service#number`, the records' source.
+    source: Arc<str>,
 }
 
 fn resolve(
@@ -136,13 +161,14 @@ fn resolve(
     Ok(Routes {
         cfg,
         device,
+        source: format!("{service}#{number}").into(),
         service,
         number,
     })
 }
 
 struct Link {
-    conn: Connection,
+    conn: Arc<Connection>,
     ch: Channel,
     declared: HashSet<String>,
 }
@@ -151,7 +177,7 @@ type SharedLink = Arc<Mutex<Option<Link>>>;
 
 /// A microservice instance's output with producer-side routing. Cheap to share (`Arc`).
 pub struct Output {
-    url: String,
+    conn: Arc<SharedConnection>,
     /// The records queue of this instance's namespace.
     records_queue: QueueSpec,
     durable: bool,
@@ -160,14 +186,14 @@ pub struct Output {
     device: Option<String>,
     routes: RwLock<Arc<Routes>>,
     link: SharedLink,
-    records: mpsc::Sender<ClientRecord>,
+    records: mpsc::Sender<Outgoing>,
     record_task: tokio::task::JoinHandle<()>,
 }
 
 /// Confirmations of one routed kanban; await [`Pending::confirmed`] before acking the input.
 pub struct Pending {
     confirms: Vec<(String, PublisherConfirm)>,
-    record: Option<(ClientRecord, mpsc::Sender<ClientRecord>)>,
+    record: Option<(Outgoing, mpsc::Sender<Outgoing>)>,
 }
 
 impl Pending {
@@ -203,20 +229,31 @@ impl Output {
     /// `AION_NAMESPACE`): records go to that namespace's records queue
     /// ([`topology::records_queue_name`]), the one its runtime consumes.
     pub fn new_in(opts: OutputOptions, namespace: Option<&str>) -> Result<Output, OutputError> {
+        let conn = SharedConnection::new(&opts.url, "aion-kanban-client-output");
+        Self::on(conn, opts, namespace)
+    }
+
+    /// Like [`Output::new_in`], publishing on its own channel of `conn`, a connection shared
+    /// with the rest of the client (its receiver): `opts.url` is not used.
+    pub fn on(
+        conn: Arc<SharedConnection>,
+        opts: OutputOptions,
+        namespace: Option<&str>,
+    ) -> Result<Output, OutputError> {
         let records_queue = topology::records_queue(namespace);
         let cfg = opts.services.load()?;
         let routes = resolve(cfg, opts.device.as_deref(), &opts.queue_to)?;
         let link: SharedLink = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel(65_536);
         let record_task = tokio::spawn(record_loop(
-            opts.url.clone(),
+            conn.clone(),
             records_queue.clone(),
             opts.durable,
             link.clone(),
             rx,
         ));
         Ok(Output {
-            url: opts.url,
+            conn,
             records_queue,
             durable: opts.durable,
             queue_to: opts.queue_to,
@@ -286,10 +323,7 @@ impl Output {
         let routes = self.current();
         let plan = plan_send(&routes.cfg, &routes.device, &routes.service, k);
         let (targets, body): (Vec<(String, String, i32)>, Vec<u8>) = match &plan {
-            SendPlan::Direct(hops) => (
-                hops.clone(),
-                routing::for_local_hop(k, &routes.device).encode(),
-            ),
+            SendPlan::Direct(hops) => (hops.clone(), routing::local_hop_body(k, &routes.device)),
             SendPlan::ViaRouter => (
                 vec![(self.queue_to.clone(), routes.service.clone(), 0)],
                 k.encode(),
@@ -303,8 +337,10 @@ impl Output {
                 Ok(c) => break c,
                 Err(e) if attempt == 1 => {
                     tracing::warn!("publishing a kanban: {e}; reconnecting");
+                    // A new channel; and a new connection when this one is lost (the shared
+                    // connection re-opens it for every part of the client).
                     if let Some(l) = link.take() {
-                        let _ = l.conn.close(200, "reconnecting".into()).await;
+                        let _ = l.ch.close(200, "reconnecting".into()).await;
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -312,28 +348,23 @@ impl Output {
         };
         drop(link);
         let record = match plan {
-            SendPlan::Direct(hops) => Some((
-                ClientRecord {
-                    record: Record {
-                        at: crate::replicator::timestamp(),
-                        source_queue: self.records_queue.name.clone(),
-                        source: format!("{}#{}", routes.service, routes.number),
-                        connection_key: k.connection_key.clone(),
-                        process_number: k.process_number.into(),
-                        outcome: "routed".into(),
-                        detail: hops
-                            .iter()
-                            .map(|(q, _, _)| q.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        // The body is no longer needed: move it (serde_json wrote UTF-8).
-                        kanban: String::from_utf8(body)
-                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                    },
-                    starts: hops.into_iter().map(|(_, s, n)| (s, n)).collect(),
-                },
-                self.records.clone(),
-            )),
+            SendPlan::Direct(hops) => {
+                // The body is no longer needed: move it into the record. It is the JSON that
+                // `Kanban::encode` wrote, so it is valid; `None` only if that ever changed.
+                String::from_utf8(body)
+                    .ok()
+                    .and_then(|b| RawValue::from_string(b).ok())
+                    .map(|kanban| {
+                        let r = BatchRecord {
+                            at_us: chrono::Utc::now().timestamp_micros(),
+                            connection_key: k.connection_key.clone(),
+                            process_number: k.process_number.into(),
+                            to: hops.into_iter().map(|(_, s, n)| (s, n)).collect(),
+                            kanban,
+                        };
+                        ((routes.source.clone(), r), self.records.clone())
+                    })
+            }
             SendPlan::ViaRouter => None,
         };
         Ok(Pending { confirms, record })
@@ -351,7 +382,7 @@ impl Output {
         targets: &[(String, String, i32)],
         body: &[u8],
     ) -> Result<Vec<(String, PublisherConfirm)>, AmqpError> {
-        let l = ensure_link(link, &self.url, &self.records_queue, self.durable).await?;
+        let l = ensure_link(link, &self.conn, &self.records_queue, self.durable).await?;
         let mut confirms = Vec::with_capacity(targets.len());
         for (queue, _, _) in targets {
             if !l.declared.contains(queue) {
@@ -390,7 +421,7 @@ impl Output {
 
 async fn ensure_link<'a>(
     link: &'a mut Option<Link>,
-    url: &str,
+    shared: &SharedConnection,
     records_queue: &QueueSpec,
     confirms: bool,
 ) -> Result<&'a mut Link, AmqpError> {
@@ -399,8 +430,8 @@ async fn ensure_link<'a>(
         .is_none_or(|l| !l.conn.status().connected() || !l.ch.status().connected())
     {
         *link = None;
-        let conn = amqp::connect(url, "aion-kanban-client-output").await?;
-        let ch = amqp::channel(&conn, url, confirms).await?;
+        let conn = shared.get().await?;
+        let ch = amqp::channel(&conn, shared.url(), confirms).await?;
         amqp::declare(&ch, [records_queue]).await?;
         *link = Some(Link {
             conn,
@@ -408,7 +439,7 @@ async fn ensure_link<'a>(
             declared: HashSet::new(),
         });
     }
-    link.as_mut().ok_or_else(|| unreachable_link(url))
+    link.as_mut().ok_or_else(|| unreachable_link(shared.url()))
 }
 
 /// JSON properties; persistent (delivery mode 2) when durable, transient (1) otherwise.
@@ -424,43 +455,58 @@ fn unreachable_link(url: &str) -> AmqpError {
 }
 
 /// How long the record task waits after the first record of a batch for more to accumulate.
-/// Records only feed the replicator and on-demand start, so a few ms do not matter there; they
+/// Records only feed the replicator and on-demand start, so 25 ms do not matter there (a start on demand takes seconds); they
 /// cut the broker's message rate for records by the batch size.
-const RECORD_LINGER: Duration = Duration::from_millis(5);
+const RECORD_LINGER: Duration = Duration::from_millis(25);
 
 /// Publish records in batches: whatever queued during [`RECORD_LINGER`] and while the previous
-/// batch was on its way goes in the next one (one message per batch, a JSON array). Failed
-/// batches are retried.
+/// batch was on its way goes in the next one (one message per batch, a [`RecordBatch`]); a
+/// batch holds the records of one source (a reload that changed the instance starts a new
+/// one). Failed batches are retried.
 async fn record_loop(
-    url: String,
+    conn: Arc<SharedConnection>,
     records_queue: QueueSpec,
     durable: bool,
     link: SharedLink,
-    mut rx: mpsc::Receiver<ClientRecord>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) {
     const MAX_BATCH: usize = 512;
     let props = delivery_props(durable);
-    let mut batch: Vec<ClientRecord> = Vec::new();
+    let mut batch = RecordBatch {
+        source: String::new(),
+        records: Vec::new(),
+    };
+    // A record of another source than the batch's, held for the next batch.
+    let mut next: Option<Outgoing> = None;
     let mut backoff = Duration::from_millis(200);
     loop {
-        if batch.is_empty() {
-            match rx.recv().await {
-                Some(r) => batch.push(r),
-                None => return,
-            }
-            // Let a few more accumulate: one broker message per batch, not per kanban.
-            tokio::time::sleep(RECORD_LINGER).await;
+        if batch.records.is_empty() {
+            let first = match next.take() {
+                Some(r) => r,
+                None => match rx.recv().await {
+                    Some(r) => {
+                        // Let a few more accumulate: one broker message per batch, not per kanban.
+                        tokio::time::sleep(RECORD_LINGER).await;
+                        r
+                    }
+                    None => return,
+                },
+            };
+            batch.source.clear();
+            batch.source.push_str(&first.0);
+            batch.records.push(first.1);
         }
-        while batch.len() < MAX_BATCH {
+        while next.is_none() && batch.records.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok((source, r)) if *source == *batch.source => batch.records.push(r),
+                Ok(other) => next = Some(other),
                 Err(_) => break,
             }
         }
         let body = serde_json::to_vec(&batch).unwrap_or_default();
         let ch = {
             let mut l = link.lock().await;
-            ensure_link(&mut l, &url, &records_queue, durable)
+            ensure_link(&mut l, &conn, &records_queue, durable)
                 .await
                 .map(|l| l.ch.clone())
         };
@@ -488,21 +534,21 @@ async fn record_loop(
         };
         match sent {
             Ok(()) => {
-                batch.clear();
+                batch.records.clear();
                 backoff = Duration::from_millis(200);
             }
             Err(e) => {
                 tracing::warn!(
                     "publishing {} kanban record(s): {e}; retrying in {backoff:?}",
-                    batch.len()
+                    batch.records.len()
                 );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 // Keep the memory bounded while the broker is away.
-                if batch.len() > 4 * MAX_BATCH {
-                    let drop_n = batch.len() - 4 * MAX_BATCH;
+                if batch.records.len() > 4 * MAX_BATCH {
+                    let drop_n = batch.records.len() - 4 * MAX_BATCH;
                     tracing::warn!("dropping the {drop_n} oldest kanban record(s)");
-                    batch.drain(..drop_n);
+                    batch.records.drain(..drop_n);
                 }
             }
         }
@@ -604,22 +650,29 @@ mod tests {
     }
 
     #[test]
-    fn record_round_trips_as_json() {
-        let r = ClientRecord {
-            record: Record {
-                at: "t".into(),
-                source_queue: topology::RECORDS_QUEUE.into(),
-                source: "a#1".into(),
+    fn record_batches_embed_the_kanban_as_json_and_read_back_borrowed() {
+        let kanban = k("default", 2).encode();
+        let sent = RecordBatch {
+            source: "a#2".into(),
+            records: vec![BatchRecord {
+                at_us: 1_764_000_000_000_000,
                 connection_key: "default".into(),
-                process_number: 1,
-                outcome: "routed".into(),
-                detail: "b-001.in".into(),
-                kanban: "{}".into(),
-            },
-            starts: vec![("b".into(), 1)],
+                process_number: 2,
+                to: vec![("b".into(), 2)],
+                kanban: RawValue::from_string(String::from_utf8(kanban.clone()).unwrap()).unwrap(),
+            }],
         };
-        let v = serde_json::to_vec(&vec![r.clone()]).unwrap();
-        let back: Vec<ClientRecord> = serde_json::from_slice(&v).unwrap();
-        assert_eq!(back, vec![r]);
+        let wire = serde_json::to_vec(&sent).unwrap();
+        // The kanban is an object inside the batch, not an escaped string.
+        let tree: serde_json::Value = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(tree["records"][0]["kanban"]["connectionKey"], "default");
+        let back: RecordBatch<&RawValue> = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(back.source, "a#2");
+        assert_eq!(back.records[0].to, [("b".to_string(), 2)]);
+        assert_eq!(back.records[0].kanban.get().as_bytes(), kanban.as_slice());
+        assert_eq!(
+            Kanban::decode(back.records[0].kanban.get().as_bytes()).unwrap(),
+            k("default", 2)
+        );
     }
 }

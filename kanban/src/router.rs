@@ -23,10 +23,11 @@ use tokio::sync::Notify;
 use crate::amqp::{self, AmqpError};
 use crate::lifecycle::KubeLifecycle;
 use crate::message::Kanban;
-use crate::output::ClientRecord;
+use crate::output::RecordBatch;
 use crate::replicator::{self, Record, Replicator};
 use crate::routing::{self, Decision, Hop};
 use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE};
+use serde_json::value::RawValue;
 
 pub use crate::config::{ConfigError, ServicesSource, load_services};
 
@@ -464,7 +465,7 @@ impl Session {
 
         // Publish to every hop in order; collect the confirmations and wait for them off the
         // consume loop so the next delivery is handled meanwhile.
-        let local_body = routing::for_local_hop(&k, &self.device).encode();
+        let local_body = routing::local_hop_body(&k, &self.device);
         // Keep the producer's delivery mode (upstream's clients send persistent messages;
         // a transient producer stays transient).
         let hop_props =
@@ -570,29 +571,68 @@ impl Session {
     /// A batch of records of kanbans that clients routed producer-side: replicator rows and
     /// on-demand starts (the kanbans themselves are already in their input queues).
     async fn handle_records(&mut self, d: Delivery) -> anyhow::Result<()> {
-        let batch: Vec<ClientRecord> = match serde_json::from_slice(&d.data) {
+        let records = topology::records_queue_name(self.opts.namespace.as_deref());
+        let batch: RecordBatch<&RawValue> = match serde_json::from_slice(&d.data) {
             Ok(b) => b,
             Err(e) => {
                 let reason = format!("not a batch of kanban records: {e}");
-                let records = topology::records_queue_name(self.opts.namespace.as_deref());
                 self.dead_letter(INBOUND_DLQ, &d.data, &reason, &records)
                     .await?;
                 return ack(&d).await;
             }
         };
         let mut starts: Vec<(String, i32)> = Vec::new();
-        for r in batch {
-            for s in r.starts {
-                if !starts.contains(&s) {
-                    starts.push(s);
+        // Records of a batch mostly went to the same instances: name their queues once.
+        let mut last: Option<(&[(String, i32)], String)> = None;
+        for r in &batch.records {
+            for s in &r.to {
+                if !starts.contains(s) {
+                    starts.push(s.clone());
                 }
             }
-            self.record(r.record);
+            if self.opts.replicator.is_none() {
+                continue;
+            }
+            let detail = match &last {
+                Some((to, detail)) if *to == r.to.as_slice() => detail.clone(),
+                _ => {
+                    let detail = self.input_queues(&r.to);
+                    last = Some((&r.to, detail.clone()));
+                    detail
+                }
+            };
+            self.record(Record {
+                at: replicator::timestamp_of_micros(r.at_us),
+                source_queue: records.clone(),
+                source: batch.source.clone(),
+                connection_key: r.connection_key.clone(),
+                process_number: r.process_number,
+                outcome: "routed".into(),
+                detail,
+                kanban: r.kanban.get().to_owned(),
+            });
         }
         if let Some(lc) = self.opts.lifecycle.clone() {
             spawn_starts(lc, self.services.clone(), starts);
         }
         ack(&d).await
+    }
+
+    /// The input queues of instances `to` (`service#number` for one not in services.yml).
+    fn input_queues(&self, to: &[(String, i32)]) -> String {
+        to.iter()
+            .map(|(service, n)| {
+                self.services
+                    .microservices
+                    .iter()
+                    .find(|m| &m.name == service)
+                    .map_or_else(
+                        || format!("{service}#{n}"),
+                        |m| topology::input_queue(m, *n),
+                    )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     async fn remote_channel(&mut self, device: &str, addr: &str) -> Result<&Channel, AmqpError> {
