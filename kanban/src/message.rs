@@ -10,7 +10,10 @@ use serde_json::{Map, Value};
 /// Connection key of upstream's terminate kanban.
 pub const TERMINATE_KEY: &str = "service-broker";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Serialised through [`KanbanView`] (one field list for [`Kanban::encode`] and
+/// [`Kanban::encode_for_hop`]); decoded by [`Kanban::decode`] (the derived `Deserialize` serves
+/// envelopes that embed a kanban).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Kanban {
     #[serde(default = "default_key")]
@@ -72,19 +75,96 @@ pub enum DecodeError {
     Shape(#[source] serde_json::Error),
 }
 
+/// A kanban as serialised, borrowed, with `nextDeviceName` possibly replaced: a routed
+/// kanban is encoded without cloning it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KanbanView<'a> {
+    connection_key: &'a str,
+    process_number: i32,
+    prior_success: bool,
+    data_path: &'a str,
+    file_list: &'a [String],
+    metadata: &'a Map<String, Value>,
+    next_device_name: &'a str,
+    start_at: &'a str,
+    finish_at: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+impl Serialize for Kanban {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.view(&self.next_device_name).serialize(s)
+    }
+}
+
+/// Take key `key` out of `m` as a `T` (absent or `null` → `None`).
+fn take<T: serde::de::DeserializeOwned>(
+    m: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<T>, serde_json::Error> {
+    match m.shift_remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v).map(Some),
+    }
+}
+
 impl Kanban {
     /// Decode a message body. `null` values count as absent (upstream's protobuf JSON omits
     /// zero values; some clients send `null`).
+    ///
+    /// This is on every hop's path: the body is parsed once into a map and the fields are
+    /// moved out of it (no second copy of `metadata`); what is left is [`Kanban::extra`], in
+    /// its order.
     pub fn decode(body: &[u8]) -> Result<Kanban, DecodeError> {
         let v: Value = serde_json::from_slice(body).map_err(DecodeError::Json)?;
-        let v = match v {
-            Value::Object(mut m) => {
-                m.retain(|_, v| !v.is_null());
-                Value::Object(m)
-            }
-            other => other,
+        let Value::Object(mut m) = v else {
+            return Err(DecodeError::Shape(serde::de::Error::custom(format!(
+                "expected a JSON object, found {}",
+                json_kind(&v)
+            ))));
         };
-        serde_json::from_value(v).map_err(DecodeError::Shape)
+        let shape = DecodeError::Shape;
+        let d = Kanban::default();
+        let mut k = Kanban {
+            connection_key: take(&mut m, "connectionKey")
+                .map_err(shape)?
+                .unwrap_or(d.connection_key),
+            process_number: take(&mut m, "processNumber")
+                .map_err(shape)?
+                .unwrap_or(d.process_number),
+            prior_success: take(&mut m, "priorSuccess")
+                .map_err(shape)?
+                .unwrap_or(d.prior_success),
+            data_path: take(&mut m, "dataPath").map_err(shape)?.unwrap_or_default(),
+            file_list: take(&mut m, "fileList").map_err(shape)?.unwrap_or_default(),
+            metadata: take(&mut m, "metadata").map_err(shape)?.unwrap_or_default(),
+            next_device_name: take(&mut m, "nextDeviceName")
+                .map_err(shape)?
+                .unwrap_or_default(),
+            start_at: take(&mut m, "startAt").map_err(shape)?.unwrap_or_default(),
+            finish_at: take(&mut m, "finishAt").map_err(shape)?.unwrap_or_default(),
+            extra: Map::new(),
+        };
+        m.retain(|_, v| !v.is_null());
+        k.extra = m;
+        Ok(k)
+    }
+
+    fn view<'a>(&'a self, next_device_name: &'a str) -> KanbanView<'a> {
+        KanbanView {
+            connection_key: &self.connection_key,
+            process_number: self.process_number,
+            prior_success: self.prior_success,
+            data_path: &self.data_path,
+            file_list: &self.file_list,
+            metadata: &self.metadata,
+            next_device_name,
+            start_at: &self.start_at,
+            finish_at: &self.finish_at,
+            extra: &self.extra,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -92,8 +172,25 @@ impl Kanban {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// [`Kanban::encode`] with `nextDeviceName` set to `device`: the kanban as delivered to a
+    /// next hop on this device (upstream sets it to this device), without cloning it.
+    pub fn encode_for_hop(&self, device: &str) -> Vec<u8> {
+        serde_json::to_vec(&self.view(device)).unwrap_or_default()
+    }
+
     pub fn is_terminate(&self) -> bool {
         self.connection_key == TERMINATE_KEY
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -123,6 +220,30 @@ mod tests {
     }
 
     #[test]
+    fn decode_matches_the_derived_deserializer_and_encode_for_hop_only_sets_the_device() {
+        let bodies: [&[u8]; 4] = [
+            br#"{"connectionKey":"k","processNumber":3,"metadata":{"b":[1,{"c":null}],"a":"x"},"z":1,"y":{"q":2},"fileList":["f"]}"#,
+            br#"{"x":null,"connectionKey":null,"priorSuccess":false}"#,
+            br#"{}"#,
+            br#"{"nextDeviceName":"d","startAt":"s","finishAt":"f","dataPath":"p"}"#,
+        ];
+        for body in bodies {
+            let fast = Kanban::decode(body).unwrap();
+            let mut v: Value = serde_json::from_slice(body).unwrap();
+            v.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+            let derived: Kanban = serde_json::from_value(v).unwrap();
+            assert_eq!(fast, derived, "{}", String::from_utf8_lossy(body));
+            assert_eq!(fast.encode(), serde_json::to_vec(&fast).unwrap());
+            let mut moved = fast.clone();
+            moved.next_device_name = "here".into();
+            assert_eq!(fast.encode_for_hop("here"), moved.encode());
+        }
+        // Extras keep their order.
+        let k = Kanban::decode(br#"{"z":1,"connectionKey":"k","y":2,"x":3}"#).unwrap();
+        assert_eq!(k.extra.keys().collect::<Vec<_>>(), ["z", "y", "x"]);
+    }
+
+    #[test]
     fn defaults_match_upstream_clients() {
         let k = Kanban::decode(br#"{"metadata":null}"#).unwrap();
         assert_eq!(k.connection_key, "default");
@@ -137,6 +258,10 @@ mod tests {
             Err(DecodeError::Json(_))
         ));
         assert!(matches!(Kanban::decode(b"[1]"), Err(DecodeError::Shape(_))));
+        assert!(matches!(
+            Kanban::decode(br#"{"metadata":[1]}"#),
+            Err(DecodeError::Shape(_))
+        ));
         assert!(matches!(
             Kanban::decode(br#"{"processNumber":"x"}"#),
             Err(DecodeError::Shape(_))

@@ -112,11 +112,10 @@ pub fn route(cfg: &ServicesFile, self_device: &str, from: &str, k: &Kanban) -> D
     Decision::Route(hops)
 }
 
-/// The kanban as delivered to a local next hop: upstream sets `nextDeviceName` to this device.
-pub fn for_local_hop(k: &Kanban, self_device: &str) -> Kanban {
-    let mut k = k.clone();
-    k.next_device_name = self_device.to_string();
-    k
+/// The body of kanban `k` as delivered to a local next hop: upstream sets `nextDeviceName` to
+/// this device.
+pub fn local_hop_body(k: &Kanban, self_device: &str) -> Vec<u8> {
+    k.encode_for_hop(self_device)
 }
 
 #[cfg(test)]
@@ -271,9 +270,7 @@ mod tests {
 
     #[test]
     fn local_hop_sets_next_device_name() {
-        assert_eq!(
-            for_local_hop(&k("default", 1), "self").next_device_name,
-            "self"
-        );
+        let body = local_hop_body(&k("default", 1), "self");
+        assert_eq!(Kanban::decode(&body).unwrap().next_device_name, "self");
     }
 }
