@@ -10,6 +10,7 @@ use std::time::Duration;
 use aion_integration_tests::rabbitmq::kanban::{all_queues, ids, json_of, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::Kanban;
+use aion_kanban::client::{Client, ClientConfig};
 use aion_kanban::output::{Output, OutputOptions};
 use aion_kanban::replicator;
 use aion_kanban::router::{RouterOptions, ServicesSource};
@@ -435,4 +436,77 @@ async fn records_reach_only_the_runtime_of_the_clients_namespace() {
     assert_eq!(amqp::queue_len(&conn, &records_b).await, Some(0));
     amqp::delete(&ch, &all_queues(&cfg)).await;
     amqp::delete(&ch, &[records_a, records_b]).await;
+}
+
+/// A client opens one connection for its receiver, its sender and its producer-side output
+/// (lapin runs an I/O thread per connection; `bench/README.md` shows what more cost on a
+/// 2-core device), as the broker itself reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_receives_sends_and_routes_on_one_connection() {
+    let Some(b) = rabbitmq::require() else { return };
+    let p = rabbitmq::unique("c1");
+    let yaml = format!(
+        "deviceName: self\nmicroservices:\n  {p}a:\n    nextService:\n      default: [{{name: {p}b}}]\n  {p}b: {{}}\n"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("services.yml");
+    std::fs::write(&path, &yaml).expect("services.yml");
+    let cfg = services(&yaml);
+    let (conn, ch) = amqp::connect(&b.url).await;
+    let topology = aion_kanban::topology::plan(&cfg);
+    aion_kanban::amqp::declare(&ch, &topology)
+        .await
+        .expect("declare");
+    let (input, queue_to, next) = (
+        format!("{p}a-001.in"),
+        format!("{p}a-001.out"),
+        format!("{p}b-001.in"),
+    );
+    let client = Client::new(ClientConfig {
+        url: b.url.clone(),
+        queues: vec![input.clone()],
+        queue_to: queue_to.clone(),
+        services: Some(path),
+        device: None,
+        namespace: Some(p.clone()),
+    })
+    .expect("client");
+    let mut client = client;
+    amqp::publish(&ch, &input, &kanban(json!({"metadata": {"n": 1}})).encode()).await;
+    let m = tokio::time::timeout(WAIT, client.receiver.next())
+        .await
+        .expect("a kanban within the wait")
+        .expect("receiver open");
+    let k = m.kanban().expect("kanban");
+    client.forward(m, &k).await.expect("routed and acked");
+    client.sender.send(&queue_to, &k).await.expect("plain send");
+    // Routed producer-side: straight to the next instance's input queue.
+    let got = amqp::take(&ch, &next, 1, WAIT).await;
+    assert_eq!(got.len(), 1, "kanban at {next}");
+    assert_eq!(json_of(&got[0].0)["metadata"]["n"], 1);
+    assert_eq!(amqp::take(&ch, &queue_to, 1, WAIT).await.len(), 1);
+
+    // One connection under the instance's name, carrying the three parts' channels.
+    let listed = rabbitmq::ctl("a", &["list_connections", "channels", "client_properties"])
+        .expect("rabbitmqctl list_connections");
+    let name = format!("aion-kanban-client {queue_to}");
+    let mine: Vec<&str> = listed.lines().filter(|l| l.contains(&name)).collect();
+    assert_eq!(mine.len(), 1, "connections named {name:?}:\n{listed}");
+    let channels: u32 = mine[0]
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("channel count in {:?}", mine[0]));
+    assert_eq!(
+        channels, 3,
+        "receiver, output and sender channels: {}",
+        mine[0]
+    );
+
+    drop(client);
+    let mut queues: Vec<String> = topology.into_iter().map(|q| q.name).collect();
+    queues.retain(|q| q.starts_with(&p));
+    queues.push(records_queue_name(Some(&p)));
+    amqp::delete(&ch, &queues).await;
+    let _ = conn.close(200, "done".into()).await;
 }
