@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aion_kanban::Kanban;
+use aion_kanban::amqp::SharedConnection;
 use aion_kanban::output::{Output, OutputOptions};
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
 use anyhow::{Context, bail};
@@ -100,13 +101,14 @@ async fn channel(conn: &Connection, confirms: bool) -> anyhow::Result<Channel> {
     Ok(ch)
 }
 
-/// A kanban with the publish time of its current hop in `metadata.t` (ns).
+/// A kanban with the publish time of its current hop in `metadata.t` (ns). Every field is
+/// present, as the client library encodes a kanban, so every variant carries messages of the
+/// same size from the first hop on.
 fn body(seq: u64) -> Vec<u8> {
-    format!(
-        r#"{{"connectionKey":"default","processNumber":1,"metadata":{{"seq":{seq},"t":{}}}}}"#,
-        now_ns()
-    )
-    .into_bytes()
+    let mut k = Kanban::default();
+    k.metadata.insert("seq".into(), seq.into());
+    k.metadata.insert("t".into(), now_ns().into());
+    k.encode()
 }
 
 fn restamp(data: &[u8]) -> anyhow::Result<(u64, Vec<u8>)> {
@@ -299,12 +301,17 @@ struct Setup {
     )>,
 }
 
+/// `driver`: the connection the chain's entry publishes on; `stages[i]`: the one stage `i`
+/// consumes on (the same one three times unless `--conn-per-stage`). The client variant's
+/// outputs publish on the connection of their stage, as [`aion_kanban::client::Client`] does.
 async fn setup(
     url: &str,
     ctl: &Channel,
     v: Variant,
     d: Durability,
     tag: &str,
+    driver: &Arc<SharedConnection>,
+    stages: &[Arc<SharedConnection>],
 ) -> anyhow::Result<Setup> {
     match v {
         Variant::Raw => {
@@ -388,24 +395,28 @@ async fn setup(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let _ = probe_conn.close(200, "".into()).await;
-            let out = |name: &str| -> anyhow::Result<Out> {
+            let out = |name: &str, conn: &Arc<SharedConnection>| -> anyhow::Result<Out> {
                 let queue = format!("{p}{name}-001.out");
                 Ok(match v {
-                    Variant::Client => Out::Client(Arc::new(Output::new(OutputOptions {
-                        url: url.to_string(),
-                        services: ServicesSource::Value(cfg.clone()),
-                        device: Some("bench".into()),
-                        queue_to: queue,
-                        durable: d == Durability::Durable,
-                    })?)),
+                    Variant::Client => Out::Client(Arc::new(Output::on(
+                        conn.clone(),
+                        OutputOptions {
+                            url: url.to_string(),
+                            services: ServicesSource::Value(cfg.clone()),
+                            device: Some("bench".into()),
+                            queue_to: queue,
+                            durable: d == Durability::Durable,
+                        },
+                        None,
+                    )?)),
                     _ => Out::Queue(queue),
                 })
             };
             Ok(Setup {
-                entry: out("src")?,
+                entry: out("src", driver)?,
                 stages: vec![
-                    (format!("{p}a-001.in"), out("a")?),
-                    (format!("{p}b-001.in"), out("b")?),
+                    (format!("{p}a-001.in"), out("a", &stages[0])?),
+                    (format!("{p}b-001.in"), out("b", &stages[1])?),
                     (format!("{p}c-001.in"), Out::Sink),
                 ],
                 queues,
@@ -425,19 +436,22 @@ async fn run_one(
     rate: u64,
     tag: &str,
 ) -> anyhow::Result<(Result_, f64)> {
-    let conn = Arc::new(Connection::connect(url, ConnectionProperties::default()).await?);
+    let driver = SharedConnection::new(url, "bench-driver");
+    let conn = driver.get().await?;
     let ctl = channel(&conn, false).await?;
-    let s = setup(url, &ctl, v, d, tag).await?;
+    let stage_conns: Vec<Arc<SharedConnection>> = if CONN_PER_STAGE.load(Ordering::Relaxed) {
+        (0..3)
+            .map(|i| SharedConnection::new(url, &format!("bench-stage-{i}")))
+            .collect()
+    } else {
+        vec![SharedConnection::new(url, "bench-stages"); 3]
+    };
+    let s = setup(url, &ctl, v, d, tag, &driver, &stage_conns).await?;
     let lat = Arc::new(Mutex::new(Vec::with_capacity(n as usize * 3)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let stage_conn = Arc::new(Connection::connect(url, ConnectionProperties::default()).await?);
     let mut tasks = Vec::new();
-    for (i, o) in &s.stages {
-        let conn = if CONN_PER_STAGE.load(Ordering::Relaxed) {
-            Arc::new(Connection::connect(url, ConnectionProperties::default()).await?)
-        } else {
-            stage_conn.clone()
-        };
+    for ((i, o), shared) in s.stages.iter().zip(&stage_conns) {
+        let conn = shared.get().await?;
         tasks.push(tokio::spawn(stage(
             conn,
             i.clone(),
@@ -478,7 +492,9 @@ async fn run_one(
         let _ = stop.send(());
         task.await??;
     }
-    let _ = stage_conn.close(200, "".into()).await;
+    for c in &stage_conns {
+        c.close("").await;
+    }
     for q in &s.queues {
         let _ = ctl
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -499,6 +515,7 @@ async fn main() -> anyhow::Result<()> {
     let mut paced_secs = 5u64;
     let mut burst = 20_000u64;
     let mut only: Option<String> = None;
+    let mut variants: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -506,8 +523,9 @@ async fn main() -> anyhow::Result<()> {
             "--burst" => burst = args.next().context("--burst N")?.parse()?,
             "--only" => only = Some(args.next().context("--only transient|durable")?),
             "--conn-per-stage" => CONN_PER_STAGE.store(true, Ordering::Relaxed),
+            "--variants" => variants = Some(args.next().context("--variants raw,router,client")?),
             other => bail!(
-                "unknown argument {other} (use --paced-secs N, --burst N, --only transient|durable, --conn-per-stage)"
+                "unknown argument {other} (use --paced-secs N, --burst N, --only transient|durable, --variants raw,router,client, --conn-per-stage)"
             ),
         }
     }
@@ -541,6 +559,17 @@ async fn main() -> anyhow::Result<()> {
                 Variant::Routed => "aion-kanban router",
                 Variant::Client => "aion-kanban client",
             };
+            let short = match v {
+                Variant::Raw => "raw",
+                Variant::Routed => "router",
+                Variant::Client => "client",
+            };
+            if variants
+                .as_ref()
+                .is_some_and(|l| !l.split(',').any(|x| x == short))
+            {
+                continue;
+            }
             let (paced, _) =
                 run_one(&url, v, d, paced_secs * 1000, 1000, &format!("{dn}-p")).await?;
             let (bl, tput) = run_one(&url, v, d, burst, 0, &format!("{dn}-b")).await?;
@@ -554,8 +583,11 @@ async fn main() -> anyhow::Result<()> {
             );
             rows.push((vn, paced, tput));
         }
-        let raw = &rows[0];
-        for ours in &rows[1..] {
+        // The cost rows compare with raw lapin, when it ran.
+        let Some((raw, rest)) = rows.split_first().filter(|(r, _)| r.0 == "raw lapin") else {
+            continue;
+        };
+        for ours in rest {
             println!(
                 "| {dn} | cost of {} | {:+.3} ms | {:+.3} ms per hop | | {:.0}% of raw | |",
                 ours.0,
