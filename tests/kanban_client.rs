@@ -14,7 +14,7 @@ use aion_kanban::client::{Client, ClientConfig};
 use aion_kanban::output::{Output, OutputOptions};
 use aion_kanban::replicator;
 use aion_kanban::router::{RouterOptions, ServicesSource};
-use aion_kanban::topology::{RECORDS_QUEUE, records_queue_name};
+use aion_kanban::topology::records_queue_name;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -59,6 +59,10 @@ microservices:
     let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), b.url.clone());
     opts.data_dir = dir.path().join("Data");
     opts.device_amqp.insert("other".into(), b.url_b.clone());
+    // This test's own records queue: records left on the shared test broker by another run
+    // (or taken by another test's runtime) cannot mix with these.
+    opts.namespace = Some(p.clone());
+    let records = records_queue_name(Some(&p));
     let r = start_router(opts, Some(&db));
     let mut ob = RouterOptions::new(
         ServicesSource::Value(Arc::new(cfg_other.clone())),
@@ -72,13 +76,16 @@ microservices:
     assert!(amqp::wait_declared(&conn_b, &format!("{p}c-001.in"), WAIT).await);
 
     let output = |queue_to: String| {
-        Output::new(OutputOptions {
-            url: b.url.clone(),
-            services: ServicesSource::Value(Arc::new(cfg.clone())),
-            device: None,
-            queue_to,
-            durable: true,
-        })
+        Output::new_in(
+            OutputOptions {
+                url: b.url.clone(),
+                services: ServicesSource::Value(Arc::new(cfg.clone())),
+                device: None,
+                queue_to,
+                durable: true,
+            },
+            Some(&p),
+        )
         .expect("output")
     };
     let a1 = output(format!("{p}a-001.out"));
@@ -223,7 +230,7 @@ microservices:
     assert_eq!(by_id.len(), 10, "{rows:?}");
     for id in [1, 2, 3, 4] {
         assert_eq!(
-            by_id[&id].0, RECORDS_QUEUE,
+            by_id[&id].0, records,
             "id {id} came as a client record"
         );
         assert_eq!(by_id[&id].1, "routed");
@@ -244,6 +251,7 @@ microservices:
     assert_eq!(by_id[&8].2, format!("other:{p}c#1"));
     assert!(by_id[&9].2.starts_with("dead-lettered"), "{:?}", by_id[&9]);
     amqp::delete(&ch, &all_queues(&cfg)).await;
+    amqp::delete(&ch, &[records]).await;
     amqp::delete(&ch_b, &all_queues(&cfg_other)).await;
 }
 
@@ -260,14 +268,18 @@ async fn undeclared_target_is_declared_and_reload_uses_new_routes() {
         "microservices:\n  {p}a:\n    nextService: {{default: [{{name: {p}z, pattern: \"0\"}}]}}\n  {p}z: {{scale: 3}}\n"
     );
     std::fs::write(&file, &v1).unwrap();
-    // No runtime here: the client declares the queues it publishes to.
-    let out = Output::new(OutputOptions {
-        url: b.url.clone(),
-        services: ServicesSource::File(file.clone()),
-        device: Some("self".into()),
-        queue_to: format!("{p}a-001.out"),
-        durable: true,
-    })
+    // No runtime here: the client declares the queues it publishes to. Its records go to a
+    // queue of its own, deleted at the end (nothing left for other runtimes on the broker).
+    let out = Output::new_in(
+        OutputOptions {
+            url: b.url.clone(),
+            services: ServicesSource::File(file.clone()),
+            device: Some("self".into()),
+            queue_to: format!("{p}a-001.out"),
+            durable: true,
+        },
+        Some(&p),
+    )
     .unwrap();
     let (conn, ch) = amqp::connect(&b.url).await;
     assert_eq!(amqp::queue_len(&conn, &format!("{p}b-001.in")).await, None);
@@ -334,6 +346,7 @@ async fn undeclared_target_is_declared_and_reload_uses_new_routes() {
 
     let mut queues = all_queues(&services(&v1));
     queues.extend(all_queues(&services(&v2)));
+    queues.push(records_queue_name(Some(&p)));
     amqp::delete(&ch, &queues).await;
 }
 

@@ -352,11 +352,15 @@ async fn setup(
                 aion_model::services::load_str(&yaml, std::path::Path::new("bench-services.yml"))
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .value;
-            let queues: Vec<String> = aion_kanban::topology::plan(&cfg)
+            // The run's own records queue (deleted with the chain's queues at the end), so a run
+            // never leaves records behind for another runtime on the broker.
+            let namespace = format!("bench-{tag}");
+            let mut queues: Vec<String> = aion_kanban::topology::plan(&cfg)
                 .into_iter()
                 .map(|q| q.name)
                 .filter(|n| !n.starts_with("aion-kanban."))
                 .collect();
+            queues.push(aion_kanban::topology::records_queue_name(Some(&namespace)));
             for name in &queues {
                 ctl.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
                     .await?;
@@ -365,6 +369,7 @@ async fn setup(
             let mut opts = RouterOptions::new(ServicesSource::Value(cfg.clone()), url);
             opts.prefetch = 200;
             opts.device = Some("bench".into());
+            opts.namespace = Some(namespace.clone());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(router::run(opts, async move {
                 let _ = stopped.await;
@@ -407,7 +412,7 @@ async fn setup(
                             queue_to: queue,
                             durable: d == Durability::Durable,
                         },
-                        None,
+                        Some(&namespace),
                     )?)),
                     _ => Out::Queue(queue),
                 })
