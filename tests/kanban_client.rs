@@ -229,10 +229,7 @@ microservices:
         .collect();
     assert_eq!(by_id.len(), 10, "{rows:?}");
     for id in [1, 2, 3, 4] {
-        assert_eq!(
-            by_id[&id].0, records,
-            "id {id} came as a client record"
-        );
+        assert_eq!(by_id[&id].0, records, "id {id} came as a client record");
         assert_eq!(by_id[&id].1, "routed");
     }
     assert_eq!(by_id[&3].2, format!("{p}c-001.in, {p}b-002.in"));
