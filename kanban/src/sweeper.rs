@@ -239,6 +239,13 @@ pub struct SweepReport {
     pub errors: Vec<String>,
 }
 
+/// Directories directly under the data directory that hold AION's own state and are never
+/// swept: the broker's database (`rabbitmq/`, the rabbitmq Deployment's hostPath on the master)
+/// and the replicator's SQLite file (`aion-kanban/`, `AION_KANBAN_DB`). Upstream's sweeper
+/// matched extensions anywhere under Data; a rule for `db` or `idx` there would have deleted
+/// them.
+pub const PROTECTED_DIRS: [&str; 2] = ["rabbitmq", "aion-kanban"];
+
 /// Sweep `data_dir` once. With `dry_run`, nothing is removed and `deleted` lists what would be.
 pub fn sweep(
     data_dir: &Path,
@@ -269,7 +276,13 @@ pub fn sweep(
                 continue;
             };
             if meta.is_dir() {
-                stack.push(path);
+                let own_state = dir == root
+                    && path
+                        .file_name()
+                        .is_some_and(|n| PROTECTED_DIRS.iter().any(|p| n == *p));
+                if !own_state {
+                    stack.push(path);
+                }
                 continue;
             }
             let age = meta
@@ -441,6 +454,32 @@ mod tests {
             "the link itself is removed"
         );
         assert!(data.join("link-dir").exists(), "symlinked dir not followed");
+    }
+
+    #[test]
+    fn never_sweeps_the_broker_or_the_replicator_state() {
+        let rules = parse(
+            "sweepTargets: [{fileExtention: [db, idx, txt], interval: 0}]",
+            Path::new("f"),
+        )
+        .unwrap();
+        let top = tempfile::tempdir().unwrap();
+        let data = top.path().join("Data");
+        for d in ["rabbitmq/mnesia/q", "aion-kanban", "svc_1/rabbitmq"] {
+            std::fs::create_dir_all(data.join(d)).unwrap();
+        }
+        std::fs::write(data.join("rabbitmq/mnesia/q/0.idx"), "q").unwrap();
+        std::fs::write(data.join("aion-kanban/kanban.db"), "db").unwrap();
+        // Only the top-level directories are AION's: a service's own `rabbitmq/` is swept.
+        std::fs::write(data.join("svc_1/rabbitmq/old.txt"), "t").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        let done = sweep(&data, &rules, later, false).unwrap();
+        assert_eq!(
+            done.deleted,
+            [data.canonicalize().unwrap().join("svc_1/rabbitmq/old.txt")]
+        );
+        assert!(data.join("rabbitmq/mnesia/q/0.idx").exists());
+        assert!(data.join("aion-kanban/kanban.db").exists());
     }
 
     #[test]
