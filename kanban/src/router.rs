@@ -397,9 +397,11 @@ impl Session {
         d: Delivery,
         inflight: &Inflight,
     ) -> anyhow::Result<()> {
-        let ms = self.services.microservice(service).cloned();
+        // The configuration this kanban is routed by (an `Arc`: a reload meanwhile does not
+        // change it under us, and the microservice is borrowed, not cloned, per kanban).
+        let services = self.services.clone();
+        let ms = services.microservice(service);
         let dlq = ms
-            .as_ref()
             .map(topology::dead_letter_queue)
             .unwrap_or_else(|| INBOUND_DLQ.to_string());
         let source = format!("{service}#{number}");
@@ -434,7 +436,7 @@ impl Session {
         let hops = match decision {
             Decision::Route(h) => h,
             Decision::Terminate => {
-                if let (Some(lc), Some(ms)) = (&self.opts.lifecycle, &ms) {
+                if let (Some(lc), Some(ms)) = (&self.opts.lifecycle, ms) {
                     lc.forget(ms, number);
                 }
                 ack(&d).await?;
