@@ -544,7 +544,6 @@ impl Session {
         rec.detail = details.join(", ");
         let replicator = self.opts.replicator.clone();
         let lifecycle = self.opts.lifecycle.clone();
-        let services = self.services.clone();
         inflight.spawn(async move {
             let mut ok = true;
             for (queue, c) in confirms {
@@ -624,14 +623,10 @@ impl Session {
     fn input_queues(&self, to: &[(String, i32)]) -> String {
         to.iter()
             .map(|(service, n)| {
-                self.services
-                    .microservices
-                    .iter()
-                    .find(|m| &m.name == service)
-                    .map_or_else(
-                        || format!("{service}#{n}"),
-                        |m| topology::input_queue(m, *n),
-                    )
+                self.services.microservice(service).map_or_else(
+                    || format!("{service}#{n}"),
+                    |m| topology::input_queue(m, *n),
+                )
             })
             .collect::<Vec<_>>()
             .join(", ")
