@@ -11,31 +11,20 @@ use serde_json::{Map, Value};
 pub const TERMINATE_KEY: &str = "service-broker";
 
 /// Serialised through [`KanbanView`] (one field list for [`Kanban::encode`] and
-/// [`Kanban::encode_for_hop`]); decoded by [`Kanban::decode`] (the derived `Deserialize` serves
-/// envelopes that embed a kanban).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// [`Kanban::encode_for_hop`]); deserialised in one pass by [`KanbanVisitor`] (which
+/// [`Kanban::decode`] and envelopes that embed a kanban both use).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Kanban {
-    #[serde(default = "default_key")]
     pub connection_key: String,
-    #[serde(default = "one")]
     pub process_number: i32,
-    #[serde(default = "yes")]
     pub prior_success: bool,
-    #[serde(default)]
     pub data_path: String,
-    #[serde(default)]
     pub file_list: Vec<String>,
-    #[serde(default)]
     pub metadata: Map<String, Value>,
-    #[serde(default)]
     pub next_device_name: String,
-    #[serde(default)]
     pub start_at: String,
-    #[serde(default)]
     pub finish_at: String,
     /// Any other keys, kept as they came.
-    #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
@@ -99,57 +88,112 @@ impl Serialize for Kanban {
     }
 }
 
-/// Take key `key` out of `m` as a `T` (absent or `null` → `None`).
-fn take<T: serde::de::DeserializeOwned>(
-    m: &mut Map<String, Value>,
-    key: &str,
-) -> Result<Option<T>, serde_json::Error> {
-    match m.shift_remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v).map(Some),
+/// A top-level key of a kanban.
+enum Field {
+    ConnectionKey,
+    ProcessNumber,
+    PriorSuccess,
+    DataPath,
+    FileList,
+    Metadata,
+    NextDeviceName,
+    StartAt,
+    FinishAt,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+        struct FieldVisitor;
+        impl serde::de::Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a kanban field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Field, E> {
+                Ok(match key {
+                    "connectionKey" => Field::ConnectionKey,
+                    "processNumber" => Field::ProcessNumber,
+                    "priorSuccess" => Field::PriorSuccess,
+                    "dataPath" => Field::DataPath,
+                    "fileList" => Field::FileList,
+                    "metadata" => Field::Metadata,
+                    "nextDeviceName" => Field::NextDeviceName,
+                    "startAt" => Field::StartAt,
+                    "finishAt" => Field::FinishAt,
+                    other => Field::Other(other.to_string()),
+                })
+            }
+        }
+        d.deserialize_identifier(FieldVisitor)
+    }
+}
+
+/// Reads a kanban object straight into [`Kanban`]: every field typed as it is parsed, unknown
+/// keys into [`Kanban::extra`] in their order. This is on every hop's path, so no tree is
+/// built first (and no `#[serde(flatten)]`, which buffers every key). `null` counts as absent
+/// (upstream's protobuf JSON omits zero values; some clients send `null`); a key given twice
+/// keeps its last value, as a JSON object parsed into a map would.
+struct KanbanVisitor;
+
+/// `slot` = the next value, or `default` when it is `null`.
+fn set<'de, A: serde::de::MapAccess<'de>, T: Deserialize<'de>>(
+    m: &mut A,
+    slot: &mut T,
+    default: T,
+) -> Result<(), A::Error> {
+    *slot = m.next_value::<Option<T>>()?.unwrap_or(default);
+    Ok(())
+}
+
+impl<'de> serde::de::Visitor<'de> for KanbanVisitor {
+    type Value = Kanban;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a kanban (a JSON object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Kanban, A::Error> {
+        let mut k = Kanban::default();
+        while let Some(field) = m.next_key::<Field>()? {
+            match field {
+                Field::ConnectionKey => set(&mut m, &mut k.connection_key, default_key())?,
+                Field::ProcessNumber => set(&mut m, &mut k.process_number, one())?,
+                Field::PriorSuccess => set(&mut m, &mut k.prior_success, yes())?,
+                Field::DataPath => set(&mut m, &mut k.data_path, String::new())?,
+                Field::FileList => set(&mut m, &mut k.file_list, Vec::new())?,
+                Field::Metadata => set(&mut m, &mut k.metadata, Map::new())?,
+                Field::NextDeviceName => set(&mut m, &mut k.next_device_name, String::new())?,
+                Field::StartAt => set(&mut m, &mut k.start_at, String::new())?,
+                Field::FinishAt => set(&mut m, &mut k.finish_at, String::new())?,
+                Field::Other(key) => match m.next_value::<Value>()? {
+                    Value::Null => {
+                        k.extra.shift_remove(&key);
+                    }
+                    v => {
+                        k.extra.insert(key, v);
+                    }
+                },
+            }
+        }
+        Ok(k)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kanban {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Kanban, D::Error> {
+        d.deserialize_map(KanbanVisitor)
     }
 }
 
 impl Kanban {
-    /// Decode a message body. `null` values count as absent (upstream's protobuf JSON omits
-    /// zero values; some clients send `null`).
-    ///
-    /// This is on every hop's path: the body is parsed once into a map and the fields are
-    /// moved out of it (no second copy of `metadata`); what is left is [`Kanban::extra`], in
-    /// its order.
+    /// Decode a message body (see [`KanbanVisitor`]).
     pub fn decode(body: &[u8]) -> Result<Kanban, DecodeError> {
-        let v: Value = serde_json::from_slice(body).map_err(DecodeError::Json)?;
-        let Value::Object(mut m) = v else {
-            return Err(DecodeError::Shape(serde::de::Error::custom(format!(
-                "expected a JSON object, found {}",
-                json_kind(&v)
-            ))));
-        };
-        let shape = DecodeError::Shape;
-        let d = Kanban::default();
-        let mut k = Kanban {
-            connection_key: take(&mut m, "connectionKey")
-                .map_err(shape)?
-                .unwrap_or(d.connection_key),
-            process_number: take(&mut m, "processNumber")
-                .map_err(shape)?
-                .unwrap_or(d.process_number),
-            prior_success: take(&mut m, "priorSuccess")
-                .map_err(shape)?
-                .unwrap_or(d.prior_success),
-            data_path: take(&mut m, "dataPath").map_err(shape)?.unwrap_or_default(),
-            file_list: take(&mut m, "fileList").map_err(shape)?.unwrap_or_default(),
-            metadata: take(&mut m, "metadata").map_err(shape)?.unwrap_or_default(),
-            next_device_name: take(&mut m, "nextDeviceName")
-                .map_err(shape)?
-                .unwrap_or_default(),
-            start_at: take(&mut m, "startAt").map_err(shape)?.unwrap_or_default(),
-            finish_at: take(&mut m, "finishAt").map_err(shape)?.unwrap_or_default(),
-            extra: Map::new(),
-        };
-        m.retain(|_, v| !v.is_null());
-        k.extra = m;
-        Ok(k)
+        serde_json::from_slice(body).map_err(|e| match e.classify() {
+            // Valid JSON of the wrong shape (not an object, a field of the wrong type).
+            serde_json::error::Category::Data => DecodeError::Shape(e),
+            _ => DecodeError::Json(e),
+        })
     }
 
     fn view<'a>(&'a self, next_device_name: &'a str) -> KanbanView<'a> {
@@ -183,17 +227,6 @@ impl Kanban {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,28 +252,72 @@ mod tests {
         assert_eq!(back["connectionKey"], "delete");
     }
 
+    /// The two-pass reading the one-pass visitor replaced (parse a map, move the fields out):
+    /// the reference for what a body means.
+    fn reference(body: &[u8]) -> Kanban {
+        fn take<T: serde::de::DeserializeOwned>(
+            m: &mut Map<String, Value>,
+            key: &str,
+        ) -> Option<T> {
+            match m.shift_remove(key) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(serde_json::from_value(v).unwrap()),
+            }
+        }
+        let Value::Object(mut m) = serde_json::from_slice(body).unwrap() else {
+            panic!("not an object")
+        };
+        let d = Kanban::default();
+        let mut k = Kanban {
+            connection_key: take(&mut m, "connectionKey").unwrap_or(d.connection_key),
+            process_number: take(&mut m, "processNumber").unwrap_or(d.process_number),
+            prior_success: take(&mut m, "priorSuccess").unwrap_or(d.prior_success),
+            data_path: take(&mut m, "dataPath").unwrap_or_default(),
+            file_list: take(&mut m, "fileList").unwrap_or_default(),
+            metadata: take(&mut m, "metadata").unwrap_or_default(),
+            next_device_name: take(&mut m, "nextDeviceName").unwrap_or_default(),
+            start_at: take(&mut m, "startAt").unwrap_or_default(),
+            finish_at: take(&mut m, "finishAt").unwrap_or_default(),
+            extra: Map::new(),
+        };
+        m.retain(|_, v| !v.is_null());
+        k.extra = m;
+        k
+    }
+
     #[test]
-    fn decode_matches_the_derived_deserializer_and_encode_for_hop_only_sets_the_device() {
-        let bodies: [&[u8]; 4] = [
+    fn decode_matches_the_two_pass_reading_and_encode_for_hop_only_sets_the_device() {
+        let bodies: [&[u8]; 7] = [
             br#"{"connectionKey":"k","processNumber":3,"metadata":{"b":[1,{"c":null}],"a":"x"},"z":1,"y":{"q":2},"fileList":["f"]}"#,
             br#"{"x":null,"connectionKey":null,"priorSuccess":false}"#,
             br#"{}"#,
             br#"{"nextDeviceName":"d","startAt":"s","finishAt":"f","dataPath":"p"}"#,
+            // Keys given twice: the last value counts, a later null included.
+            br#"{"connectionKey":"a","connectionKey":"b","z":1,"y":2,"z":3,"processNumber":4,"processNumber":null}"#,
+            br#"{"x":1,"x":null,"metadata":{"a":1},"metadata":null,"startAt":"s"}"#,
+            br#"{"con\u006eectionKey":"escaped","\u00e9":"\n"}"#,
         ];
         for body in bodies {
             let fast = Kanban::decode(body).unwrap();
-            let mut v: Value = serde_json::from_slice(body).unwrap();
-            v.as_object_mut().unwrap().retain(|_, v| !v.is_null());
-            let derived: Kanban = serde_json::from_value(v).unwrap();
-            assert_eq!(fast, derived, "{}", String::from_utf8_lossy(body));
+            assert_eq!(fast, reference(body), "{}", String::from_utf8_lossy(body));
             assert_eq!(fast.encode(), serde_json::to_vec(&fast).unwrap());
             let mut moved = fast.clone();
             moved.next_device_name = "here".into();
             assert_eq!(fast.encode_for_hop("here"), moved.encode());
+            // An envelope embedding a kanban reads it the same way.
+            let env = format!(r#"{{"k":{}}}"#, String::from_utf8_lossy(body));
+            let v: std::collections::HashMap<String, Kanban> = serde_json::from_str(&env).unwrap();
+            assert_eq!(v["k"], fast);
         }
         // Extras keep their order.
         let k = Kanban::decode(br#"{"z":1,"connectionKey":"k","y":2,"x":3}"#).unwrap();
         assert_eq!(k.extra.keys().collect::<Vec<_>>(), ["z", "y", "x"]);
+        assert_eq!(
+            Kanban::decode(br#"{"con\u006eectionKey":"escaped"}"#)
+                .unwrap()
+                .connection_key,
+            "escaped"
+        );
     }
 
     #[test]
@@ -258,6 +335,15 @@ mod tests {
             Err(DecodeError::Json(_))
         ));
         assert!(matches!(Kanban::decode(b"[1]"), Err(DecodeError::Shape(_))));
+        assert!(matches!(
+            Kanban::decode(b"\"x\""),
+            Err(DecodeError::Shape(_))
+        ));
+        assert!(matches!(Kanban::decode(b"{} x"), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            Kanban::decode(br#"{"a":"#),
+            Err(DecodeError::Json(_))
+        ));
         assert!(matches!(
             Kanban::decode(br#"{"metadata":[1]}"#),
             Err(DecodeError::Shape(_))

@@ -104,11 +104,16 @@ async fn channel(conn: &Connection, confirms: bool) -> anyhow::Result<Channel> {
 /// A kanban with the publish time of its current hop in `metadata.t` (ns). Every field is
 /// present, as the client library encodes a kanban, so every variant carries messages of the
 /// same size from the first hop on.
-fn body(seq: u64) -> Vec<u8> {
+fn kanban(seq: u64) -> Kanban {
     let mut k = Kanban::default();
     k.metadata.insert("seq".into(), seq.into());
     k.metadata.insert("t".into(), now_ns().into());
-    k.encode()
+    k
+}
+
+/// [`kanban`] as the body raw lapin publishes.
+fn body(seq: u64) -> Vec<u8> {
+    kanban(seq).encode()
 }
 
 fn restamp(data: &[u8]) -> anyhow::Result<(u64, Vec<u8>)> {
@@ -236,7 +241,9 @@ async fn drive(
                 )
                 .await?,
             ),
-            Out::Client(o) => Confirm::Client(o.publish(&Kanban::decode(&body(seq))?).await?),
+            // The same kanban, built and handed to the client library as a service would
+            // (not encoded and decoded first).
+            Out::Client(o) => Confirm::Client(o.publish(&kanban(seq)).await?),
             Out::Sink => Confirm::None,
         };
         if d == Durability::Durable {
