@@ -33,7 +33,6 @@ use aion_model::ServicesFile;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::amqp::{self, AmqpError, SharedConnection};
@@ -123,8 +122,47 @@ pub struct BatchRecord<K> {
     pub kanban: K,
 }
 
+/// A kanban's JSON exactly as [`Kanban::encode_for_hop`] wrote it for publishing: valid by
+/// construction, so a record embeds it without parsing it again to prove it (what
+/// `RawValue::from_string` would do for every kanban).
+pub struct EncodedKanban(Vec<u8>);
+
+impl RecordBatch<EncodedKanban> {
+    /// The batch as [`RecordBatch`]'s derived `Serialize` writes it with a `RawValue` kanban
+    /// (byte for byte; a unit test holds the two together), the kanbans copied in as they are.
+    pub fn encode(&self) -> Vec<u8> {
+        // Strings, integers and (string, integer) pairs always serialise.
+        fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        let size: usize = self.records.iter().map(|r| r.kanban.0.len() + 128).sum();
+        let mut out = Vec::with_capacity(size + 64);
+        out.extend_from_slice(b"{\"source\":");
+        json(&mut out, &self.source);
+        out.extend_from_slice(b",\"records\":[");
+        for (i, r) in self.records.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"at_us\":");
+            json(&mut out, &r.at_us);
+            out.extend_from_slice(b",\"connection_key\":");
+            json(&mut out, &r.connection_key);
+            out.extend_from_slice(b",\"process_number\":");
+            json(&mut out, &r.process_number);
+            out.extend_from_slice(b",\"to\":");
+            json(&mut out, &r.to);
+            out.extend_from_slice(b",\"kanban\":");
+            out.extend_from_slice(&r.kanban.0);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+}
+
 /// A record as the client queues it for sending: its instance (`service#number`) and the record.
-type Outgoing = (Arc<str>, BatchRecord<Box<RawValue>>);
+type Outgoing = (Arc<str>, BatchRecord<EncodedKanban>);
 
 pub struct OutputOptions {
     pub url: String,
@@ -322,18 +360,19 @@ impl Output {
     pub async fn publish(&self, k: &Kanban) -> Result<Pending, OutputError> {
         let routes = self.current();
         let plan = plan_send(&routes.cfg, &routes.device, &routes.service, k);
-        let (targets, body): (Vec<(String, String, i32)>, Vec<u8>) = match &plan {
-            SendPlan::Direct(hops) => (hops.clone(), routing::local_hop_body(k, &routes.device)),
-            SendPlan::ViaRouter => (
-                vec![(self.queue_to.clone(), routes.service.clone(), 0)],
-                k.encode(),
-            ),
+        let via_router;
+        let (targets, body): (&[(String, String, i32)], Vec<u8>) = match &plan {
+            SendPlan::Direct(hops) => (hops, routing::local_hop_body(k, &routes.device)),
+            SendPlan::ViaRouter => {
+                via_router = [(self.queue_to.clone(), routes.service.clone(), 0)];
+                (&via_router, k.encode())
+            }
         };
         let mut link = self.link.lock().await;
         let mut attempt = 0;
         let confirms = loop {
             attempt += 1;
-            match self.publish_on(&mut link, &routes, &targets, &body).await {
+            match self.publish_on(&mut link, &routes, targets, &body).await {
                 Ok(c) => break c,
                 Err(e) if attempt == 1 => {
                     tracing::warn!("publishing a kanban: {e}; reconnecting");
@@ -349,21 +388,15 @@ impl Output {
         drop(link);
         let record = match plan {
             SendPlan::Direct(hops) => {
-                // The body is no longer needed: move it into the record. It is the JSON that
-                // `Kanban::encode` wrote, so it is valid; `None` only if that ever changed.
-                String::from_utf8(body)
-                    .ok()
-                    .and_then(|b| RawValue::from_string(b).ok())
-                    .map(|kanban| {
-                        let r = BatchRecord {
-                            at_us: chrono::Utc::now().timestamp_micros(),
-                            connection_key: k.connection_key.clone(),
-                            process_number: k.process_number.into(),
-                            to: hops.into_iter().map(|(_, s, n)| (s, n)).collect(),
-                            kanban,
-                        };
-                        ((routes.source.clone(), r), self.records.clone())
-                    })
+                // The body is no longer needed: move it into the record.
+                let r = BatchRecord {
+                    at_us: chrono::Utc::now().timestamp_micros(),
+                    connection_key: k.connection_key.clone(),
+                    process_number: k.process_number.into(),
+                    to: hops.into_iter().map(|(_, s, n)| (s, n)).collect(),
+                    kanban: EncodedKanban(body),
+                };
+                Some(((routes.source.clone(), r), self.records.clone()))
             }
             SendPlan::ViaRouter => None,
         };
@@ -503,7 +536,7 @@ async fn record_loop(
                 Err(_) => break,
             }
         }
-        let body = serde_json::to_vec(&batch).unwrap_or_default();
+        let body = batch.encode();
         let ch = {
             let mut l = link.lock().await;
             ensure_link(&mut l, &conn, &records_queue, durable)
@@ -651,28 +684,66 @@ mod tests {
 
     #[test]
     fn record_batches_embed_the_kanban_as_json_and_read_back_borrowed() {
-        let kanban = k("default", 2).encode();
+        use serde_json::value::RawValue;
+        let kanbans = [
+            k("default", 2).encode_for_hop("here"),
+            k("quo\"te\\ \u{e9}\n", -3).encode(),
+        ];
+        fn records<K>(kanbans: &[Vec<u8>], kanban: impl Fn(&[u8]) -> K) -> Vec<BatchRecord<K>> {
+            kanbans
+                .iter()
+                .enumerate()
+                .map(|(i, body)| BatchRecord {
+                    at_us: 1_764_000_000_000_000 + i as i64,
+                    connection_key: format!("key \"{i}\""),
+                    process_number: -(i as i64),
+                    to: vec![("b".into(), 2), ("c\u{1}".into(), i as i32)],
+                    kanban: kanban(body),
+                })
+                .collect()
+        }
         let sent = RecordBatch {
-            source: "a#2".into(),
-            records: vec![BatchRecord {
-                at_us: 1_764_000_000_000_000,
-                connection_key: "default".into(),
-                process_number: 2,
-                to: vec![("b".into(), 2)],
-                kanban: RawValue::from_string(String::from_utf8(kanban.clone()).unwrap()).unwrap(),
-            }],
+            source: "a#2 \"\\".into(),
+            records: records(&kanbans, |b| EncodedKanban(b.to_vec())),
         };
-        let wire = serde_json::to_vec(&sent).unwrap();
+        let wire = sent.encode();
+        // Byte for byte what the derived serialiser writes with the kanban as a RawValue.
+        let derived = RecordBatch {
+            source: sent.source.clone(),
+            records: records(&kanbans, |b| {
+                RawValue::from_string(String::from_utf8(b.to_vec()).unwrap()).unwrap()
+            }),
+        };
+        assert_eq!(
+            String::from_utf8(wire.clone()).unwrap(),
+            serde_json::to_string(&derived).unwrap()
+        );
         // The kanban is an object inside the batch, not an escaped string.
         let tree: serde_json::Value = serde_json::from_slice(&wire).unwrap();
         assert_eq!(tree["records"][0]["kanban"]["connectionKey"], "default");
         let back: RecordBatch<&RawValue> = serde_json::from_slice(&wire).unwrap();
-        assert_eq!(back.source, "a#2");
-        assert_eq!(back.records[0].to, [("b".to_string(), 2)]);
-        assert_eq!(back.records[0].kanban.get().as_bytes(), kanban.as_slice());
+        assert_eq!(back.source, sent.source);
+        assert_eq!(back.records.len(), 2);
         assert_eq!(
-            Kanban::decode(back.records[0].kanban.get().as_bytes()).unwrap(),
-            k("default", 2)
+            back.records[1].to,
+            [("b".to_string(), 2), ("c\u{1}".to_string(), 1)]
         );
+        assert_eq!(back.records[1].connection_key, "key \"1\"");
+        assert_eq!(
+            back.records[0].kanban.get().as_bytes(),
+            kanbans[0].as_slice()
+        );
+        assert_eq!(
+            Kanban::decode(back.records[1].kanban.get().as_bytes()).unwrap(),
+            k("quo\"te\\ \u{e9}\n", -3)
+        );
+        // An empty batch is valid JSON too.
+        let empty = RecordBatch::<EncodedKanban> {
+            source: "a#1".into(),
+            records: vec![],
+        };
+        let wire = empty.encode();
+        let back: RecordBatch<&RawValue> = serde_json::from_slice(&wire).unwrap();
+        assert!(back.records.is_empty());
     }
 }
