@@ -143,6 +143,7 @@ async fn stage(
     d: Durability,
     lat: Arc<Mutex<Vec<u64>>>,
     done: mpsc::UnboundedSender<()>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let cons = channel(&conn, false).await?;
     cons.basic_qos(200, BasicQosOptions::default()).await?;
@@ -157,7 +158,7 @@ async fn stage(
         .await?;
     // Confirms are awaited off the consume loop (ack after confirm), as a real service would.
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(lapin::Acker, Confirm)>();
-    tokio::spawn(async move {
+    let acks = tokio::spawn(async move {
         while let Some((acker, confirm)) = ack_rx.recv().await {
             match confirm {
                 Confirm::None => {}
@@ -173,8 +174,14 @@ async fn stage(
             let _ = acker.ack(BasicAckOptions::default()).await;
         }
     });
-    while let Some(dl) = c.next().await {
-        let dl = dl?;
+    loop {
+        let dl = tokio::select! {
+            dl = c.next() => match dl {
+                Some(dl) => dl?,
+                None => break,
+            },
+            _ = &mut stop => break,
+        };
         let confirm = match &output {
             Out::Queue(q) => {
                 let (t, out) = restamp(&dl.data)?;
@@ -208,6 +215,9 @@ async fn stage(
         };
         let _ = ack_tx.send((dl.acker, confirm));
     }
+    // Let the last confirmations settle before the connections close.
+    drop(ack_tx);
+    let _ = acks.await;
     Ok(())
 }
 
@@ -464,14 +474,17 @@ async fn run_one(
     let mut tasks = Vec::new();
     for ((i, o), shared) in s.stages.iter().zip(&stage_conns) {
         let conn = shared.get().await?;
-        tasks.push(tokio::spawn(stage(
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(stage(
             conn,
             i.clone(),
             o.clone(),
             d,
             lat.clone(),
             done_tx.clone(),
-        )));
+            stopped,
+        ));
+        tasks.push((task, stop));
     }
     // Let consumers attach.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -497,8 +510,9 @@ async fn run_one(
     wait_through(&mut done_rx, n).await?;
     let elapsed = start.elapsed();
     driver.await??;
-    for t in tasks {
-        t.abort();
+    for (task, stop) in tasks {
+        let _ = stop.send(());
+        task.await??;
     }
     if let Some((task, stop)) = s.router {
         let _ = stop.send(());
