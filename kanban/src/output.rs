@@ -99,7 +99,7 @@ pub fn instance_of_output(cfg: &ServicesFile, queue_to: &str) -> Option<(String,
 ///
 /// The format is made to cost little per kanban on a busy device: the source once per batch,
 /// the time as an integer, and the kanban embedded as raw JSON, neither escaped into a string
-/// by the client nor parsed into a tree by the runtime (`K` = `Box<RawValue>` when sending,
+/// by the client nor parsed into a tree by the runtime (`K` = [`EncodedKanban`] when sending,
 /// `&RawValue` borrowed from the message when reading).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordBatch<K> {

@@ -613,9 +613,16 @@ async fn main() -> anyhow::Result<()> {
                     n: 0,
                 }
             } else {
-                bounded(run_one(&url, v, d, paced_secs * 1000, 1000, &format!("{dn}-p")))
-                    .await?
-                    .0
+                bounded(run_one(
+                    &url,
+                    v,
+                    d,
+                    paced_secs * 1000,
+                    1000,
+                    &format!("{dn}-p"),
+                ))
+                .await?
+                .0
             };
             let (bl, tput) = bounded(run_one(&url, v, d, burst, 0, &format!("{dn}-b"))).await?;
             println!(
