@@ -77,8 +77,8 @@ microservices:
 
     let output = |queue_to: String| {
         Output::new_in(
+            &b.url,
             OutputOptions {
-                url: b.url.clone(),
                 services: ServicesSource::Value(Arc::new(cfg.clone())),
                 device: None,
                 queue_to,
@@ -268,8 +268,8 @@ async fn undeclared_target_is_declared_and_reload_uses_new_routes() {
     // No runtime here: the client declares the queues it publishes to. Its records go to a
     // queue of its own, deleted at the end (nothing left for other runtimes on the broker).
     let out = Output::new_in(
+        &b.url,
         OutputOptions {
-            url: b.url.clone(),
             services: ServicesSource::File(file.clone()),
             device: Some("self".into()),
             queue_to: format!("{p}a-001.out"),
@@ -381,8 +381,8 @@ async fn records_reach_only_the_runtime_of_the_clients_namespace() {
     assert!(amqp::wait_declared(&conn, &format!("{p}b-001.in"), WAIT).await);
 
     let out = Output::new_in(
+        &b.url,
         OutputOptions {
-            url: b.url.clone(),
             services: ServicesSource::Value(Arc::new(cfg.clone())),
             device: None,
             queue_to: format!("{p}a-001.out"),

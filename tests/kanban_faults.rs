@@ -31,7 +31,6 @@ fn spawn_service(url: &str, cfg: &aion_model::ServicesFile, input: String, queue
     let out = Output::on(
         conn.clone(),
         OutputOptions {
-            url: url.to_string(),
             services: ServicesSource::Value(Arc::new(cfg.clone())),
             device: None,
             queue_to,
@@ -181,13 +180,15 @@ microservices:
     let p1 = {
         let (url, cfg, p, sent) = (url.clone(), cfg.clone(), p.clone(), sent.clone());
         tokio::spawn(async move {
-            let out = Output::new(OutputOptions {
-                url,
-                services: ServicesSource::Value(Arc::new(cfg)),
-                device: None,
-                queue_to: format!("{p}a-001.out"),
-                durable: true,
-            })
+            let out = Output::new(
+                &url,
+                OutputOptions {
+                    services: ServicesSource::Value(Arc::new(cfg)),
+                    device: None,
+                    queue_to: format!("{p}a-001.out"),
+                    durable: true,
+                },
+            )
             .expect("output");
             for seq in 0..N {
                 let k = aion_kanban::Kanban::decode(

@@ -18,9 +18,35 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The tests here each run a router on the same broker; routers share `aion-kanban.records` (one
-/// runtime per device broker), so one test's router could take another's client records.
-static ONE_ROUTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The tests here run at once, each a router on the same broker: each serves its own fresh
+/// Kubernetes namespace as `AION_NAMESPACE`, so each consumes only its own namespace's records
+/// queue (`aion-kanban.records.<ns>`, deleted at the end) and no router takes another's client
+/// records.
+fn router_options(
+    cfg: &aion_model::ServicesFile,
+    url: &str,
+    client: &kube::Client,
+    ns: &str,
+) -> RouterOptions {
+    let mut opts = RouterOptions::new(
+        ServicesSource::Value(Arc::new(cfg.clone())),
+        url.to_string(),
+    );
+    opts.lifecycle = Some(Arc::new(KubeLifecycle::new(client.clone(), ns.to_string())));
+    opts.namespace = Some(ns.to_string());
+    opts
+}
+
+/// The test's queues: its microservices' and its namespace's records queue.
+fn test_queues(cfg: &aion_model::ServicesFile, ns: &str) -> Vec<String> {
+    let mut queues: Vec<String> = aion_kanban::topology::plan(cfg)
+        .into_iter()
+        .map(|q| q.name)
+        .filter(|n| !n.starts_with("aion-kanban."))
+        .collect();
+    queues.push(aion_kanban::topology::records_queue_name(Some(ns)));
+    queues
+}
 
 fn deployment(name: &str) -> Deployment {
     serde_json::from_value(json!({
@@ -76,7 +102,6 @@ async fn services_start_at_boot_and_on_demand() {
     let Some(cluster) = k8s::require() else {
         return;
     };
-    let _one = ONE_ROUTER.lock().await;
     let Some(b) = rabbitmq::require() else { return };
     let ns = cluster.fresh_namespace().await;
     let client = cluster.client().await;
@@ -110,8 +135,7 @@ microservices:
     let cfg = aion_model::services::load_str(&yaml, std::path::Path::new("t.yml"))
         .unwrap()
         .value;
-    let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), b.url.clone());
-    opts.lifecycle = Some(Arc::new(KubeLifecycle::new(client.clone(), ns.clone())));
+    let opts = router_options(&cfg, &b.url, &client, &ns);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(router::run(opts, async move {
         let _ = stopped.await;
@@ -175,13 +199,16 @@ microservices:
 
     // Producer-side routing: the client publishes straight to dep-001.in; its record copy
     // makes the runtime start the instance.
-    let out = Output::new(OutputOptions {
-        url: b.url.clone(),
-        services: ServicesSource::Value(Arc::new(cfg.clone())),
-        device: None,
-        queue_to: format!("{p}src-001.out"),
-        durable: true,
-    })
+    let out = Output::new_in(
+        &b.url,
+        OutputOptions {
+            services: ServicesSource::Value(Arc::new(cfg.clone())),
+            device: None,
+            queue_to: format!("{p}src-001.out"),
+            durable: true,
+        },
+        Some(&ns),
+    )
     .unwrap();
     out.send(&aion_kanban::Kanban::default()).await.unwrap();
     wait_until(
@@ -198,12 +225,7 @@ microservices:
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();
-    let queues: Vec<String> = aion_kanban::topology::plan(&cfg)
-        .into_iter()
-        .map(|q| q.name)
-        .filter(|n| !n.starts_with("aion-kanban."))
-        .collect();
-    amqp::delete(&ch, &queues).await;
+    amqp::delete(&ch, &test_queues(&cfg, &ns)).await;
     cluster.delete_namespace(&ns).await;
 }
 
@@ -214,7 +236,6 @@ async fn waiting_kanban_starts_its_instance() {
     let Some(cluster) = k8s::require() else {
         return;
     };
-    let _one = ONE_ROUTER.lock().await;
     let Some(b) = rabbitmq::require() else { return };
     let ns = cluster.fresh_namespace().await;
     let client = cluster.client().await;
@@ -227,8 +248,7 @@ async fn waiting_kanban_starts_its_instance() {
     let cfg = aion_model::services::load_str(&yaml, std::path::Path::new("t.yml"))
         .unwrap()
         .value;
-    let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), b.url.clone());
-    opts.lifecycle = Some(Arc::new(KubeLifecycle::new(client.clone(), ns.clone())));
+    let mut opts = router_options(&cfg, &b.url, &client, &ns);
     opts.check_interval = Duration::from_secs(1);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(router::run(opts, async move {
@@ -253,11 +273,6 @@ async fn waiting_kanban_starts_its_instance() {
     .await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();
-    let queues: Vec<String> = aion_kanban::topology::plan(&cfg)
-        .into_iter()
-        .map(|q| q.name)
-        .filter(|n| !n.starts_with("aion-kanban."))
-        .collect();
-    amqp::delete(&ch, &queues).await;
+    amqp::delete(&ch, &test_queues(&cfg, &ns)).await;
     cluster.delete_namespace(&ns).await;
 }

@@ -354,7 +354,6 @@ impl Client {
             let output = Arc::new(Output::on(
                 conn,
                 OutputOptions {
-                    url,
                     services: ServicesSource::File(path.clone()),
                     device,
                     queue_to,

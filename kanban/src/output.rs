@@ -164,8 +164,9 @@ impl RecordBatch<EncodedKanban> {
 /// A record as the client queues it for sending: its instance (`service#number`) and the record.
 type Outgoing = (Arc<str>, BatchRecord<EncodedKanban>);
 
+/// What an [`Output`] routes for; the broker comes from the constructor ([`Output::new`]'s
+/// URL, or the connection given to [`Output::on`]).
 pub struct OutputOptions {
-    pub url: String,
     pub services: ServicesSource,
     /// This device's name; `None` → `deviceName` from services.yml.
     pub device: Option<String>,
@@ -259,20 +260,24 @@ impl Drop for Output {
 impl Output {
     /// Load the configuration and find this instance by its `QUEUE_TO`. Connects lazily.
     /// Records go to [`topology::RECORDS_QUEUE`] (no namespace); see [`Output::new_in`].
-    pub fn new(opts: OutputOptions) -> Result<Output, OutputError> {
-        Self::new_in(opts, None)
+    pub fn new(url: &str, opts: OutputOptions) -> Result<Output, OutputError> {
+        Self::new_in(url, opts, None)
     }
 
     /// Like [`Output::new`] for an instance in Kubernetes namespace `namespace` (the client's
     /// `AION_NAMESPACE`): records go to that namespace's records queue
     /// ([`topology::records_queue_name`]), the one its runtime consumes.
-    pub fn new_in(opts: OutputOptions, namespace: Option<&str>) -> Result<Output, OutputError> {
-        let conn = SharedConnection::new(&opts.url, "aion-kanban-client-output");
+    pub fn new_in(
+        url: &str,
+        opts: OutputOptions,
+        namespace: Option<&str>,
+    ) -> Result<Output, OutputError> {
+        let conn = SharedConnection::new(url, "aion-kanban-client-output");
         Self::on(conn, opts, namespace)
     }
 
     /// Like [`Output::new_in`], publishing on its own channel of `conn`, a connection shared
-    /// with the rest of the client (its receiver): `opts.url` is not used.
+    /// with the rest of the client (its receiver).
     pub fn on(
         conn: Arc<SharedConnection>,
         opts: OutputOptions,

@@ -424,7 +424,6 @@ async fn setup(
                     Variant::Client => Out::Client(Arc::new(Output::on(
                         conn.clone(),
                         OutputOptions {
-                            url: url.to_string(),
                             services: ServicesSource::Value(cfg.clone()),
                             device: Some("bench".into()),
                             queue_to: queue,
