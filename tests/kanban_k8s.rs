@@ -39,11 +39,7 @@ fn router_options(
 
 /// The test's queues: its microservices' and its namespace's records queue.
 fn test_queues(cfg: &aion_model::ServicesFile, ns: &str) -> Vec<String> {
-    let mut queues: Vec<String> = aion_kanban::topology::plan(cfg)
-        .into_iter()
-        .map(|q| q.name)
-        .filter(|n| !n.starts_with("aion-kanban."))
-        .collect();
+    let mut queues = aion_integration_tests::rabbitmq::kanban::all_queues(cfg);
     queues.push(aion_kanban::topology::records_queue_name(Some(ns)));
     queues
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aion_integration_tests::rabbitmq::kanban::{all_queues, ids, json_of, services, start_router};
+use aion_integration_tests::rabbitmq::kanban::{
+    all_queues, assert_delivered_as_routed, ids, json_of, services, start_router,
+};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::replicator;
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
@@ -95,19 +97,8 @@ microservices:
 
     let b2 = amqp::take(&ch, &format!("{p}b-002.in"), 2, WAIT).await;
     assert_eq!(ids(&b2), vec![1, 3]);
-    let first = b2
-        .iter()
-        .map(|(b, p)| (json_of(b), p))
-        .find(|(v, _)| v["metadata"]["id"] == 1)
-        .unwrap();
-    assert_eq!(first.0["custom"], 5, "unknown fields are kept");
-    assert_eq!(first.0["nextDeviceName"], "self");
-    assert_eq!(first.0["processNumber"], 2);
-    assert_eq!(
-        first.1.content_type().as_ref().map(|s| s.as_str()),
-        Some("application/json")
-    );
-    assert_eq!(*first.1.delivery_mode(), Some(2), "persistent");
+    let first = assert_delivered_as_routed(&b2, 1, "self", 2);
+    assert_eq!(first["custom"], 5, "unknown fields are kept");
     let b1 = amqp::take(&ch, &format!("{p}b-001.in"), 2, WAIT).await;
     assert_eq!(ids(&b1), vec![2, 4]);
     let c1 = amqp::take(&ch, &format!("{p}c-001.in"), 1, WAIT).await;

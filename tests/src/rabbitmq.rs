@@ -274,6 +274,31 @@ pub mod kanban {
         v
     }
 
+    /// Kanban `id` among `msgs` as the routing rules deliver it to a local next hop: unknown
+    /// fields kept, `nextDeviceName` set to `device`, `processNumber` as sent, JSON and persistent
+    /// (the same expectations for the router and for the client library's routing).
+    pub fn assert_delivered_as_routed(
+        msgs: &[(Vec<u8>, lapin::BasicProperties)],
+        id: i64,
+        device: &str,
+        process_number: i64,
+    ) -> Value {
+        let (v, props) = msgs
+            .iter()
+            .map(|(b, p)| (json_of(b), p))
+            .find(|(v, _)| v["metadata"]["id"] == id)
+            .unwrap_or_else(|| panic!("kanban {id} not among {:?}", ids(msgs)));
+        assert_eq!(v["nextDeviceName"], device, "kanban {id}: {v}");
+        assert_eq!(v["processNumber"], process_number, "kanban {id}: {v}");
+        assert_eq!(
+            props.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json"),
+            "kanban {id}"
+        );
+        assert_eq!(*props.delivery_mode(), Some(2), "kanban {id}: persistent");
+        v
+    }
+
     /// The queues of a configuration that belong to it alone (not the per-device ones).
     pub fn all_queues(cfg: &ServicesFile) -> Vec<String> {
         aion_kanban::topology::plan(cfg)
