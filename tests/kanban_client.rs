@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aion_integration_tests::rabbitmq::kanban::{
-    all_queues, assert_delivered_as_routed, ids, json_of, services, start_router,
+    all_queues, assert_delivered_as_routed, ids, json_of, rows_by_id, services, start_router,
 };
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::Kanban;
@@ -182,14 +182,9 @@ microservices:
     assert_eq!(ids(&dlq), vec![9, 10]);
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for q in ["b-001.in", "b-002.in", "c-001.in", "a-001.in", "a-002.in"] {
-        let q = format!("{p}{q}");
-        assert_eq!(
-            amqp::queue_len(&conn, &q).await,
-            Some(0),
-            "{q} should be empty"
-        );
-    }
+    let queues =
+        ["b-001.in", "b-002.in", "c-001.in", "a-001.in", "a-002.in"].map(|q| format!("{p}{q}"));
+    amqp::assert_empty(&conn, &queues).await;
     // Records are published after the hops confirmed, in the background: give the runtime a
     // moment to consume them before stopping it.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -198,22 +193,12 @@ microservices:
 
     // Every kanban is in the replicator: the direct ones through the record copy, the others
     // as the router handled them.
-    let rows = replicator::query(
-        &db,
-        &replicator::Query {
-            source: Some(p.clone()),
-            limit: 100,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rows = rows_by_id(&db, &p);
     let by_id: HashMap<i64, (String, String, String)> = rows
         .iter()
-        .map(|(_, r)| {
+        .map(|(id, r)| {
             (
-                json_of(r.kanban.as_bytes())["metadata"]["id"]
-                    .as_i64()
-                    .unwrap(),
+                *id,
                 (r.source_queue.clone(), r.outcome.clone(), r.detail.clone()),
             )
         })
@@ -225,11 +210,7 @@ microservices:
     }
     assert_eq!(by_id[&3].2, format!("{p}c-001.in, {p}b-002.in"));
     assert_eq!(by_id[&1].2, format!("{p}b-002.in"));
-    let a2_row = rows
-        .iter()
-        .find(|(_, r)| r.detail == format!("{p}b-002.in"))
-        .unwrap();
-    assert_eq!(a2_row.1.source, format!("{p}a#2"));
+    assert_eq!(rows[&1].source, format!("{p}a#2"));
     assert_eq!(
         by_id[&5],
         (format!("{p}c-001.out"), "no-route".into(), String::new())

@@ -2,13 +2,13 @@
 //! routing rule, dead-lettering, cross-device forwarding between two brokers, topology
 //! re-declared on configuration change, and the router killed mid-stream with no loss.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aion_integration_tests::rabbitmq::kanban::{
-    all_queues, assert_delivered_as_routed, ids, json_of, services, start_router,
+    all_queues, assert_delivered_as_routed, ids, json_of, rows_by_id, services, start_router,
 };
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::replicator;
@@ -106,50 +106,18 @@ microservices:
 
     // Nothing else arrived anywhere (5 and 6 were not routed).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for q in [
-        format!("{p}b-001.in"),
-        format!("{p}b-002.in"),
-        format!("{p}c-001.in"),
-        format!("{p}a-001.in"),
-    ] {
-        assert_eq!(
-            amqp::queue_len(&conn, &q).await,
-            Some(0),
-            "{q} should be empty"
-        );
-    }
+    let queues = ["b-001.in", "b-002.in", "c-001.in", "a-001.in"].map(|q| format!("{p}{q}"));
+    amqp::assert_empty(&conn, &queues).await;
     r.stop().await;
 
     // The replicator recorded every kanban with what happened to it.
-    let rows = replicator::query(
-        &db,
-        &replicator::Query {
-            source: Some(p.clone()),
-            limit: 100,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let by_id: HashMap<i64, String> = rows
-        .iter()
-        .map(|(_, r)| {
-            (
-                json_of(r.kanban.as_bytes())["metadata"]["id"]
-                    .as_i64()
-                    .unwrap(),
-                r.outcome.clone(),
-            )
-        })
-        .collect();
-    assert_eq!(by_id.len(), 6, "{rows:?}");
-    assert_eq!(by_id[&5], "no-route");
-    assert_eq!(by_id[&6], "terminate");
-    assert!([1, 2, 3, 4].iter().all(|i| by_id[i] == "routed"));
-    let split = rows
-        .iter()
-        .find(|(_, r)| r.connection_key == "split")
-        .unwrap();
-    assert_eq!(split.1.detail, format!("{p}c-001.in, {p}b-002.in"));
+    let by_id = rows_by_id(&db, &p);
+    assert_eq!(by_id.len(), 6, "{by_id:?}");
+    assert_eq!(by_id[&5].outcome, "no-route");
+    assert_eq!(by_id[&6].outcome, "terminate");
+    assert!([1, 2, 3, 4].iter().all(|i| by_id[i].outcome == "routed"));
+    assert_eq!(by_id[&3].connection_key, "split");
+    assert_eq!(by_id[&3].detail, format!("{p}c-001.in, {p}b-002.in"));
     amqp::delete(&ch, &all_queues(&cfg)).await;
 }
 

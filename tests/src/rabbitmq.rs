@@ -204,6 +204,13 @@ pub mod amqp {
 
     /// Message count of `queue`, or `None` if it does not exist (passive declare on a
     /// throw-away channel: a failed one closes its channel).
+    /// Every queue in `queues` exists and holds no message.
+    pub async fn assert_empty(conn: &Connection, queues: &[String]) {
+        for q in queues {
+            assert_eq!(queue_len(conn, q).await, Some(0), "{q} should be empty");
+        }
+    }
+
     pub async fn queue_len(conn: &Connection, queue: &str) -> Option<u32> {
         let ch = conn.create_channel().await.ok()?;
         let q = ch
@@ -246,7 +253,7 @@ pub mod amqp {
 pub mod kanban {
     use std::path::Path;
 
-    use aion_kanban::replicator::{Replicator, WriterThread};
+    use aion_kanban::replicator::{Record, Replicator, WriterThread};
     use aion_kanban::router::{self, RouterOptions};
     use aion_model::ServicesFile;
     use serde_json::Value;
@@ -297,6 +304,28 @@ pub mod kanban {
         );
         assert_eq!(*props.delivery_mode(), Some(2), "kanban {id}: persistent");
         v
+    }
+
+    /// The replicator's rows of sources starting with `source`, by their kanban's `metadata.id`
+    /// (test kanbans carry an id each; a row without one panics).
+    pub fn rows_by_id(db: &Path, source: &str) -> std::collections::HashMap<i64, Record> {
+        let rows = aion_kanban::replicator::query(
+            db,
+            &aion_kanban::replicator::Query {
+                source: Some(source.to_string()),
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("replicator {}: {e}", db.display()));
+        rows.into_iter()
+            .map(|(_, r)| {
+                let id = json_of(r.kanban.as_bytes())["metadata"]["id"]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("row without metadata.id: {r:?}"));
+                (id, r)
+            })
+            .collect()
     }
 
     /// The queues of a configuration that belong to it alone (not the per-device ones).
