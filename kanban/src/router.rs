@@ -369,6 +369,25 @@ impl Session {
         amqp::publish_confirmed(&self.publish, dlq, body, props).await
     }
 
+    /// Dead-letter delivery `d` (from `source_queue`) into `dlq` with `reason`, ack it, and
+    /// record it as dead-lettered.
+    async fn reject(
+        &self,
+        d: &Delivery,
+        dlq: &str,
+        source_queue: &str,
+        reason: String,
+        mut rec: Record,
+    ) -> anyhow::Result<()> {
+        self.dead_letter(dlq, &d.data, &reason, source_queue)
+            .await?;
+        ack(d).await?;
+        rec.outcome = "dead-lettered".into();
+        rec.detail = reason;
+        self.record(rec);
+        Ok(())
+    }
+
     async fn handle(
         &mut self,
         src: Source,
@@ -418,14 +437,8 @@ impl Session {
         let k = match Kanban::decode(&d.data) {
             Ok(k) => k,
             Err(e) => {
-                let reason = e.to_string();
-                self.dead_letter(&dlq, &d.data, &reason, queue).await?;
-                ack(&d).await?;
-                rec.outcome = "dead-lettered".into();
-                rec.detail = reason;
                 rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
-                self.record(rec);
-                return Ok(());
+                return self.reject(&d, &dlq, queue, e.to_string(), rec).await;
             }
         };
         rec.connection_key = k.connection_key.clone();
@@ -456,12 +469,7 @@ impl Session {
             }
             Decision::UnknownSource => {
                 let reason = format!("`{service}` is not in services.yml");
-                self.dead_letter(&dlq, &d.data, &reason, queue).await?;
-                ack(&d).await?;
-                rec.outcome = "dead-lettered".into();
-                rec.detail = reason;
-                self.record(rec);
-                return Ok(());
+                return self.reject(&d, &dlq, queue, reason, rec).await;
             }
         };
 
@@ -707,14 +715,10 @@ impl Session {
         let (f, ms) = match result {
             Ok(x) => x,
             Err(reason) => {
-                self.dead_letter(INBOUND_DLQ, &d.data, &reason, INBOUND_QUEUE)
-                    .await?;
-                ack(&d).await?;
-                rec.outcome = "dead-lettered".into();
-                rec.detail = reason;
                 rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
-                self.record(rec);
-                return Ok(());
+                return self
+                    .reject(&d, INBOUND_DLQ, INBOUND_QUEUE, reason, rec)
+                    .await;
             }
         };
         let dir = self
