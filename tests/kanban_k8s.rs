@@ -13,7 +13,7 @@ use aion_kanban::output::{Output, OutputOptions};
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -269,6 +269,61 @@ async fn waiting_kanban_starts_its_instance() {
     .await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+    amqp::delete(&ch, &test_queues(&cfg, &ns)).await;
+    cluster.delete_namespace(&ns).await;
+}
+
+/// `always`: an instance the runtime started is started again when it stops (here: its
+/// Deployment scaled to 0 behind the runtime's back), at the next check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_service_is_started_again_when_it_stops() {
+    let Some(cluster) = k8s::require() else {
+        return;
+    };
+    let Some(b) = rabbitmq::require() else { return };
+    let ns = cluster.fresh_namespace().await;
+    let client = cluster.client().await;
+    let p = rabbitmq::unique("al");
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let name = format!("{p}keep-001");
+    deps.create(&PostParams::default(), &deployment(&name))
+        .await
+        .unwrap();
+    let yaml = format!("microservices:\n  {p}keep: {{startup: yes, always: yes}}\n");
+    let cfg = aion_model::services::load_str(&yaml, std::path::Path::new("t.yml"))
+        .unwrap()
+        .value;
+    let mut opts = router_options(&cfg, &b.url, &client, &ns);
+    opts.check_interval = Duration::from_secs(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(router::run(opts, async move {
+        let _ = stopped.await;
+    }));
+    let replicas = || {
+        let deps = deps.clone();
+        let name = name.clone();
+        async move { deps.get(&name).await.unwrap().spec.replicas.unwrap_or(0) }
+    };
+    wait_until("startup Deployment scaled to 1", || async {
+        replicas().await == 1
+    })
+    .await;
+    // The instance stops.
+    deps.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 0}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replicas().await, 0);
+    wait_until("always Deployment started again", || async {
+        replicas().await == 1
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    let (_conn, ch) = amqp::connect(&b.url).await;
     amqp::delete(&ch, &test_queues(&cfg, &ns)).await;
     cluster.delete_namespace(&ns).await;
 }
