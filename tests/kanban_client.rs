@@ -492,3 +492,44 @@ async fn a_client_receives_sends_and_routes_on_one_connection() {
     amqp::delete(&ch, &queues).await;
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// `requeue` puts a kanban back (redelivered, nothing lost); `success` removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_redelivers_and_success_removes() {
+    let Some(b) = rabbitmq::require() else { return };
+    let p = rabbitmq::unique("rq");
+    let queue = format!("{p}a-001.in");
+    let (conn, ch) = amqp::connect(&b.url).await;
+    ch.queue_declare(
+        queue.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    amqp::publish(&ch, &queue, br#"{"metadata": {"id": 7}}"#).await;
+    let mut rx = aion_kanban::client::Receiver::start(&b.url, std::slice::from_ref(&queue), 1);
+    let first = next(&mut rx).await;
+    assert!(!first.redelivered());
+    assert_eq!(first.kanban().unwrap().metadata["id"], 7);
+    first.requeue().await.unwrap();
+    let again = next(&mut rx).await;
+    assert!(again.redelivered(), "the requeued kanban comes back marked");
+    assert_eq!(again.kanban().unwrap().metadata["id"], 7);
+    again.success().await.unwrap();
+    drop(rx);
+    // Acked: once the receiver's channel is gone, nothing comes back to the queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    amqp::assert_empty(&conn, std::slice::from_ref(&queue)).await;
+    amqp::delete(&ch, &[queue]).await;
+}
+
+async fn next(rx: &mut aion_kanban::client::Receiver) -> aion_kanban::client::Message {
+    tokio::time::timeout(WAIT, rx.next())
+        .await
+        .expect("a kanban within the wait")
+        .expect("receiver open")
+}
