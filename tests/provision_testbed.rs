@@ -166,8 +166,10 @@ fn taint_keys(node: Node) -> Vec<String> {
         .collect()
 }
 
+/// Cut a host off (its link down) or bring it back; back means answering SSH again: right
+/// after the link comes up, the kernel may still hold the failed neighbour entry from the cut
+/// ("No route to host" for a moment), which is the network's recovery, not what is tested.
 fn set_link(tb: &Testbed, h: &TestbedHost, up: bool) {
-    let _ = tb;
     // scripts/testbed names a host's veth after the last octet of its address.
     let dev = format!("aiontb{}", last_octet(h));
     let st = std::process::Command::new("ip")
@@ -175,6 +177,21 @@ fn set_link(tb: &Testbed, h: &TestbedHost, up: bool) {
         .status()
         .unwrap();
     assert!(st.success(), "ip link set {dev}");
+    if !up {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match tb.ssh(h, "true") {
+            Ok(o) if o.status.success() => return,
+            last => assert!(
+                std::time::Instant::now() < deadline,
+                "{} does not answer SSH 30 s after its link came back: {last:?}",
+                h.name
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[test]
