@@ -106,12 +106,22 @@ fn index(h: &TestbedHost) -> u32 {
 
 /// Undo everything provisioning does, so the hosts are as `scripts/testbed up` left them.
 fn reset(tb: &Testbed, h: &TestbedHost) {
+    let out = tb.run_as_root(h, &reset_script(h));
+    assert!(
+        out.contains("reset-done"),
+        "reset of {} failed: {out}",
+        h.name
+    );
+}
+
+/// The shell script of [`reset`] (prints `reset-done`).
+fn reset_script(h: &TestbedHost) -> String {
     let home = if h.user == "root" {
         "/root".to_string()
     } else {
         format!("/home/{}", h.user)
     };
-    let script = format!(
+    format!(
         r#"kubeadm reset -f >/dev/null 2>&1 || true
 apt-mark unhold kubelet kubeadm kubectl >/dev/null 2>&1 || true
 for p in kubelet kubeadm kubectl kubernetes-cni cri-tools docker.io containerd; do apt-get remove -y "$p" >/dev/null 2>&1 || true; done
@@ -125,13 +135,31 @@ echo reset-done"#,
         name = h.name,
         user = h.user,
         i = index(h)
-    );
-    let out = tb.run_as_root(h, &script);
-    assert!(
-        out.contains("reset-done"),
-        "reset of {} failed: {out}",
-        h.name
-    );
+    )
+}
+
+/// Resets the hosts when the test ends by a failed assertion, so the testbed tests that run
+/// after it start from fresh hosts instead of failing on this test's leftovers. Best effort and
+/// panic-free (it runs while unwinding); the test resets them itself when it passes.
+struct ResetIfFailed<'a>(&'a Testbed);
+
+impl Drop for ResetIfFailed<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for h in &self.0.hosts {
+            let done = self
+                .0
+                .ssh(h, &testbed::as_root(h, &reset_script(h)))
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("reset-done"));
+            eprintln!(
+                "after the failure: reset of {} {}",
+                h.name,
+                if done { "done" } else { "FAILED" }
+            );
+        }
+    }
 }
 
 fn calls_since(tb: &Testbed, h: &TestbedHost, n: usize) -> Vec<String> {
@@ -201,6 +229,7 @@ fn provision_testbed_end_to_end() {
     let inv = inventory_copy(&tb, dir.path(), |t| t);
     let master = tb.master().clone();
     let workers: Vec<TestbedHost> = tb.workers().cloned().collect();
+    let _reset_if_failed = ResetIfFailed(&tb);
 
     // --- fresh hosts: every role has work on every host --------------------------------------
     reset_all(&tb);
