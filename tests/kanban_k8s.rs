@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aion_integration_tests::rabbitmq::kanban::{all_queues, services, start_router};
 use aion_integration_tests::{k8s, rabbitmq, rabbitmq::amqp};
 use aion_kanban::lifecycle::KubeLifecycle;
 use aion_kanban::output::{Output, OutputOptions};
-use aion_kanban::router::{self, RouterOptions, ServicesSource};
+use aion_kanban::router::{RouterOptions, ServicesSource};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -39,9 +40,14 @@ fn router_options(
 
 /// The test's queues: its microservices' and its namespace's records queue.
 fn test_queues(cfg: &aion_model::ServicesFile, ns: &str) -> Vec<String> {
-    let mut queues = aion_integration_tests::rabbitmq::kanban::all_queues(cfg);
+    let mut queues = all_queues(cfg);
     queues.push(aion_kanban::topology::records_queue_name(Some(ns)));
     queues
+}
+
+/// The replicas Deployment `name` asks for (0 when unset).
+async fn replicas(deps: &Api<Deployment>, name: String) -> i32 {
+    deps.get(&name).await.unwrap().spec.replicas.unwrap_or(0)
 }
 
 fn deployment(name: &str) -> Deployment {
@@ -128,19 +134,11 @@ microservices:
   {p}job: {{}}
 "#
     );
-    let cfg = aion_model::services::load_str(&yaml, std::path::Path::new("t.yml"))
-        .unwrap()
-        .value;
+    let cfg = services(&yaml);
     let opts = router_options(&cfg, &b.url, &client, &ns);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(router::run(opts, async move {
-        let _ = stopped.await;
-    }));
+    let router = start_router(opts, None);
 
-    let replicas = |name: String| {
-        let deps = deps.clone();
-        async move { deps.get(&name).await.unwrap().spec.replicas.unwrap_or(0) }
-    };
+    let replicas = |name: String| replicas(&deps, name);
     // `startup` service scaled up at boot.
     wait_until("startup Deployment scaled to 1", || async {
         replicas(format!("{p}boot-001")).await == 1
@@ -219,8 +217,7 @@ microservices:
         1
     );
 
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    router.stop().await;
     amqp::delete(&ch, &test_queues(&cfg, &ns)).await;
     cluster.delete_namespace(&ns).await;
 }
@@ -241,23 +238,14 @@ async fn waiting_kanban_starts_its_instance() {
         .await
         .unwrap();
     let yaml = format!("microservices:\n  {p}lone: {{always: yes}}\n");
-    let cfg = aion_model::services::load_str(&yaml, std::path::Path::new("t.yml"))
-        .unwrap()
-        .value;
+    let cfg = services(&yaml);
     let mut opts = router_options(&cfg, &b.url, &client, &ns);
     opts.check_interval = Duration::from_secs(1);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(router::run(opts, async move {
-        let _ = stopped.await;
-    }));
+    let router = start_router(opts, None);
     let (conn, ch) = amqp::connect(&b.url).await;
     let input = format!("{p}lone-001.in");
     assert!(amqp::wait_declared(&conn, &input, WAIT).await);
-    let replicas = || {
-        let deps = deps.clone();
-        let name = format!("{p}lone-001");
-        async move { deps.get(&name).await.unwrap().spec.replicas.unwrap_or(0) }
-    };
+    let replicas = || replicas(&deps, format!("{p}lone-001"));
     // Give the checks a couple of rounds with an empty queue: nothing starts.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(replicas().await, 0, "started with no kanban waiting");
@@ -267,8 +255,7 @@ async fn waiting_kanban_starts_its_instance() {
         replicas().await == 1
     })
     .await;
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    router.stop().await;
     amqp::delete(&ch, &test_queues(&cfg, &ns)).await;
     cluster.delete_namespace(&ns).await;
 }
@@ -290,20 +277,11 @@ async fn always_service_is_started_again_when_it_stops() {
         .await
         .unwrap();
     let yaml = format!("microservices:\n  {p}keep: {{startup: yes, always: yes}}\n");
-    let cfg = aion_model::services::load_str(&yaml, std::path::Path::new("t.yml"))
-        .unwrap()
-        .value;
+    let cfg = services(&yaml);
     let mut opts = router_options(&cfg, &b.url, &client, &ns);
     opts.check_interval = Duration::from_secs(1);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(router::run(opts, async move {
-        let _ = stopped.await;
-    }));
-    let replicas = || {
-        let deps = deps.clone();
-        let name = name.clone();
-        async move { deps.get(&name).await.unwrap().spec.replicas.unwrap_or(0) }
-    };
+    let router = start_router(opts, None);
+    let replicas = || replicas(&deps, name.clone());
     wait_until("startup Deployment scaled to 1", || async {
         replicas().await == 1
     })
@@ -321,8 +299,7 @@ async fn always_service_is_started_again_when_it_stops() {
         replicas().await == 1
     })
     .await;
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    router.stop().await;
     let (_conn, ch) = amqp::connect(&b.url).await;
     amqp::delete(&ch, &test_queues(&cfg, &ns)).await;
     cluster.delete_namespace(&ns).await;
