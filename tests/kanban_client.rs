@@ -444,7 +444,7 @@ async fn a_client_receives_sends_and_routes_on_one_connection() {
         format!("{p}a-001.out"),
         format!("{p}b-001.in"),
     );
-    let client = Client::new(ClientConfig {
+    let mut client = Client::new(ClientConfig {
         url: b.url.clone(),
         queues: vec![input.clone()],
         queue_to: queue_to.clone(),
@@ -453,12 +453,8 @@ async fn a_client_receives_sends_and_routes_on_one_connection() {
         namespace: Some(p.clone()),
     })
     .expect("client");
-    let mut client = client;
     amqp::publish(&ch, &input, &kanban(json!({"metadata": {"n": 1}})).encode()).await;
-    let m = tokio::time::timeout(WAIT, client.receiver.next())
-        .await
-        .expect("a kanban within the wait")
-        .expect("receiver open");
+    let m = receive(&mut client.receiver).await;
     let k = m.kanban().expect("kanban");
     client.forward(m, &k).await.expect("routed and acked");
     client.sender.send(&queue_to, &k).await.expect("plain send");
@@ -512,11 +508,11 @@ async fn requeue_redelivers_and_success_removes() {
     .unwrap();
     amqp::publish(&ch, &queue, br#"{"metadata": {"id": 7}}"#).await;
     let mut rx = aion_kanban::client::Receiver::start(&b.url, std::slice::from_ref(&queue), 1);
-    let first = next(&mut rx).await;
+    let first = receive(&mut rx).await;
     assert!(!first.redelivered());
     assert_eq!(first.kanban().unwrap().metadata["id"], 7);
     first.requeue().await.unwrap();
-    let again = next(&mut rx).await;
+    let again = receive(&mut rx).await;
     assert!(again.redelivered(), "the requeued kanban comes back marked");
     assert_eq!(again.kanban().unwrap().metadata["id"], 7);
     again.success().await.unwrap();
@@ -527,7 +523,8 @@ async fn requeue_redelivers_and_success_removes() {
     amqp::delete(&ch, &[queue]).await;
 }
 
-async fn next(rx: &mut aion_kanban::client::Receiver) -> aion_kanban::client::Message {
+/// The next kanban `rx` receives (panics after [`WAIT`]).
+async fn receive(rx: &mut aion_kanban::client::Receiver) -> aion_kanban::client::Message {
     tokio::time::timeout(WAIT, rx.next())
         .await
         .expect("a kanban within the wait")

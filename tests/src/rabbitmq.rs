@@ -202,8 +202,6 @@ pub mod amqp {
         out
     }
 
-    /// Message count of `queue`, or `None` if it does not exist (passive declare on a
-    /// throw-away channel: a failed one closes its channel).
     /// Every queue in `queues` exists and holds no message.
     pub async fn assert_empty(conn: &Connection, queues: &[String]) {
         for q in queues {
@@ -211,6 +209,8 @@ pub mod amqp {
         }
     }
 
+    /// Message count of `queue`, or `None` if it does not exist (passive declare on a
+    /// throw-away channel: a failed one closes its channel).
     pub async fn queue_len(conn: &Connection, queue: &str) -> Option<u32> {
         let ch = conn.create_channel().await.ok()?;
         let q = ch
