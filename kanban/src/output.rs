@@ -367,7 +367,7 @@ impl Output {
         let plan = plan_send(&routes.cfg, &routes.device, &routes.service, k);
         let via_router;
         let (targets, body): (&[(String, String, i32)], Vec<u8>) = match &plan {
-            SendPlan::Direct(hops) => (hops, routing::local_hop_body(k, &routes.device)),
+            SendPlan::Direct(hops) => (hops, k.encode_for_hop(&routes.device)),
             SendPlan::ViaRouter => {
                 via_router = [(self.queue_to.clone(), routes.service.clone(), 0)];
                 (&via_router, k.encode())

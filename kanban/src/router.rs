@@ -475,7 +475,7 @@ impl Session {
 
         // Publish to every hop in order; collect the confirmations and wait for them off the
         // consume loop so the next delivery is handled meanwhile.
-        let local_body = routing::local_hop_body(&k, &self.device);
+        let local_body = k.encode_for_hop(&self.device);
         // Keep the producer's delivery mode (upstream's clients send persistent messages;
         // a transient producer stays transient).
         let hop_props =

@@ -112,12 +112,6 @@ pub fn route(cfg: &ServicesFile, self_device: &str, from: &str, k: &Kanban) -> D
     Decision::Route(hops)
 }
 
-/// The body of kanban `k` as delivered to a local next hop: upstream sets `nextDeviceName` to
-/// this device.
-pub fn local_hop_body(k: &Kanban, self_device: &str) -> Vec<u8> {
-    k.encode_for_hop(self_device)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +264,7 @@ mod tests {
 
     #[test]
     fn local_hop_sets_next_device_name() {
-        let body = local_hop_body(&k("default", 1), "self");
+        let body = k("default", 1).encode_for_hop("self");
         assert_eq!(Kanban::decode(&body).unwrap().next_device_name, "self");
     }
 }
