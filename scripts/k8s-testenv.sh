@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager,
-# built from Go modules (tools/k8sbin) and run on this machine. See docs/control-plane.md.
+# A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager +
+# kube-scheduler, built from Go modules (tools/k8sbin) and run on this machine; the same build
+# gives the testbed nodes their kubelet and kube-proxy. See docs/control-plane.md.
 #
 #   scripts/k8s-testenv.sh build    build (or reuse) the binaries in the versioned cache
 #   scripts/k8s-testenv.sh start    build if needed, start etcd/apiserver/controller-manager (idempotent)
@@ -25,7 +26,7 @@ ETCD_PORT=${AION_K8S_ETCD_PORT:-12379}
 PEER_PORT=$((ETCD_PORT + 1))
 READY_TIMEOUT=${AION_K8S_READY_TIMEOUT:-180}
 BRIDGE_IP=10.213.0.1
-PROGRAMS=(etcd kube-apiserver kube-controller-manager kubectl)
+PROGRAMS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 log() { printf 'k8s-testenv: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -77,7 +78,10 @@ cmd_build() {
         go build -trimpath -tags selinux,notest -ldflags "$ldf" -o "$tmp/" \
             k8s.io/kubernetes/cmd/kube-apiserver \
             k8s.io/kubernetes/cmd/kube-controller-manager \
-            k8s.io/kubernetes/cmd/kubectl
+            k8s.io/kubernetes/cmd/kubectl \
+            k8s.io/kubernetes/cmd/kube-scheduler \
+            k8s.io/kubernetes/cmd/kubelet \
+            k8s.io/kubernetes/cmd/kube-proxy
         go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
     ) || { rm -rf "$tmp"; die "go build failed"; }
     have_bins "$tmp" || { rm -rf "$tmp"; die "build finished but binaries are missing in $tmp"; }
@@ -92,7 +96,15 @@ LOGS="$STATE/logs"
 KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
 KUBECONFIG_ADMIN_BRIDGE="$STATE/admin-bridge.kubeconfig"
 KUBECONFIG_KCM="$STATE/controller-manager.kubeconfig"
-SERVICES=(etcd kube-apiserver kube-controller-manager)
+KUBECONFIG_SCHED="$STATE/scheduler.kubeconfig"
+SERVICES=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+# kubeadm's defaults, so the testbed nodes' kubelets (clusterDNS 10.96.0.10) and Flannel
+# (podCidr 10.244.0.0/16, one /24 per node allocated by the controller-manager) fit.
+SERVICE_CIDR=10.96.0.0/12
+SERVICE_IP=10.96.0.1
+CLUSTER_CIDR=10.244.0.0/16
+# Bumped when the set of certificates or their SANs change: older state is regenerated.
+PKI_LAYOUT=2
 
 # --- certificates -------------------------------------------------------------------------------
 
@@ -110,6 +122,7 @@ issue() {
 ensure_pki() {
     if [ -s "$PKI/ca.crt" ] && [ -s "$PKI/apiserver.crt" ] && [ -s "$PKI/admin.crt" ] &&
         [ -s "$PKI/controller-manager.crt" ] && [ -s "$PKI/sa.key" ] && [ -s "$PKI/sa.pub" ] &&
+        [ "$(cat "$PKI/layout" 2>/dev/null)" = "$PKI_LAYOUT" ] &&
         openssl x509 -checkend 86400 -noout -in "$PKI/apiserver.crt" >/dev/null 2>&1; then
         return 0
     fi
@@ -121,16 +134,23 @@ ensure_pki() {
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
         -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
     local sans="DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
-    sans+=",DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$BRIDGE_IP,IP:10.0.0.1"
+    sans+=",DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$BRIDGE_IP,IP:$SERVICE_IP"
     issue apiserver "/CN=kube-apiserver" \
         "subjectAltName=$sans\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
     issue admin "/O=system:masters/CN=aion-test-admin" \
         "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
     issue controller-manager "/CN=system:kube-controller-manager" \
         "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
+    issue scheduler "/CN=system:kube-scheduler" \
+        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
+    # The apiserver's client identity towards the kubelets (logs, exec, port-forward), as kubeadm
+    # issues it; authorised on the kubelets through system:kubelet-api-admin (bootstrap_objects).
+    issue apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client" \
+        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
     chmod 600 "$PKI"/*.key
+    echo "$PKI_LAYOUT" >"$PKI/layout"
 }
 
 # write_kubeconfig <file> <server> <user> <cert> <key>
@@ -282,6 +302,13 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}
 ---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubeadm:apiserver-kubelet-client"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kubelet-api-admin"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-apiserver-kubelet-client}
+---
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: cluster-info, namespace: kube-public}
@@ -321,7 +348,7 @@ cmd_start() {
         return 0
     fi
     # Partially running or crashed: clean up whatever is left, then start fresh.
-    for s in kube-controller-manager kube-apiserver etcd; do stop_one "$s"; done
+    for s in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_one "$s"; done
     for p in "$API_PORT" "$ETCD_PORT" "$PEER_PORT"; do
         port_busy "$p" && die "port $p is in use by another process (set AION_K8S_API_PORT / AION_K8S_ETCD_PORT)"
     done
@@ -332,6 +359,8 @@ cmd_start() {
     write_kubeconfig "$KUBECONFIG_ADMIN_BRIDGE" "https://$BRIDGE_IP:$API_PORT" aion-test-admin "$PKI/admin.crt" "$PKI/admin.key"
     write_kubeconfig "$KUBECONFIG_KCM" "https://127.0.0.1:$API_PORT" system:kube-controller-manager \
         "$PKI/controller-manager.crt" "$PKI/controller-manager.key"
+    write_kubeconfig "$KUBECONFIG_SCHED" "https://127.0.0.1:$API_PORT" system:kube-scheduler \
+        "$PKI/scheduler.crt" "$PKI/scheduler.key"
     printf '%s\n' "$BIN" >"$STATE/bin-dir"
 
     # A fresh store on every cold start: tests and the testbed must not see objects of earlier runs.
@@ -351,10 +380,12 @@ cmd_start() {
         --enable-bootstrap-token-auth \
         --authorization-mode=Node,RBAC \
         --enable-admission-plugins=NodeRestriction \
-        --disable-admission-plugins=ServiceAccount \
+        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types=InternalIP,Hostname \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-        --service-cluster-ip-range=10.0.0.0/24 \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
         --allow-privileged=true --profiling=false
     wait_until "kube-apiserver /readyz ok" "$READY_TIMEOUT" kube-apiserver api_ready
 
@@ -365,6 +396,12 @@ cmd_start() {
         --cluster-name=aion-test \
         --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
         --root-ca-file="$PKI/ca.crt" --service-account-private-key-file="$PKI/sa.key" \
+        --allocate-node-cidrs=true --cluster-cidr="$CLUSTER_CIDR" --node-cidr-mask-size=24 \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
+        --profiling=false
+    launch kube-scheduler "$BIN/kube-scheduler" \
+        --kubeconfig="$KUBECONFIG_SCHED" \
+        --leader-elect=false --secure-port=0 \
         --profiling=false
     bootstrap_objects || { log "creating bootstrap objects failed; see $LOGS/bootstrap-objects.log"; exit 1; }
     # The controller-manager is working once it has created the default ServiceAccount.
@@ -376,7 +413,7 @@ cmd_start() {
 cmd_stop() {
     local s
     lock_state
-    for s in kube-controller-manager kube-apiserver etcd; do stop_one "$s"; done
+    for s in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_one "$s"; done
     log "stopped (state kept in $STATE)"
 }
 

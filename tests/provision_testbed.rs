@@ -6,10 +6,12 @@
 //!
 //! Fails (never skips) under `AION_REQUIRE_TESTBED=1` when the testbed is not up.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aion_integration_tests::k8s;
-use aion_integration_tests::testbed::{self, Testbed, TestbedHost};
+use aion_integration_tests::testbed::{
+    self, ResetIfFailed, Testbed, TestbedHost, inventory_copy, last_octet, rt,
+};
 use aion_reconcile::commands::apply::Outcome;
 use aion_reconcile::commands::plan::{Common, Format, close, prepare};
 use aion_reconcile::execute::{self, HostOutcome};
@@ -17,26 +19,6 @@ use aion_reconcile::plan::Plan;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use kube::Api;
-
-/// A copy of the testbed inventory in a scratch directory (own kubeconfig, lock and logs),
-/// with `edit` applied to its text.
-fn inventory_copy(tb: &Testbed, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let src = std::fs::read_to_string(&tb.inventory).unwrap();
-    let abs = |name: &str| tb.dir().join(name).display().to_string();
-    let text = src
-        .replace(
-            "knownHosts: known_hosts",
-            &format!("knownHosts: {}", abs("known_hosts")),
-        )
-        .replace(
-            "services: services.yml",
-            &format!("services: {}", abs("services.yml")),
-        )
-        .replace("key: id_ed25519", &format!("key: {}", abs("id_ed25519")));
-    let path = dir.join("inventory.yml");
-    std::fs::write(&path, edit(text)).unwrap();
-    path
-}
 
 fn common(inventory: &Path) -> Common {
     Common {
@@ -48,14 +30,6 @@ fn common(inventory: &Path) -> Common {
         ssh_persist: 60,
         output: Format::Text,
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn plan(inventory: &Path) -> Plan {
@@ -71,6 +45,8 @@ fn apply_args(inventory: &Path) -> aion_reconcile::commands::apply::Args {
     aion_reconcile::commands::apply::Args {
         common: common(inventory),
         lock_stale_after: 7200,
+        wait: false,
+        timeout: 300,
     }
 }
 
@@ -91,97 +67,8 @@ fn mtime(tb: &Testbed, h: &TestbedHost, path: &str) -> String {
     tb.run_as_root(h, &format!("stat -c '%y' {path} 2>/dev/null || true"))
 }
 
-fn last_octet(h: &TestbedHost) -> u32 {
-    h.address
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .parse::<u32>()
-        .unwrap()
-}
-
-fn index(h: &TestbedHost) -> u32 {
-    last_octet(h) - 10
-}
-
-/// Undo everything provisioning does, so the hosts are as `scripts/testbed up` left them.
-fn reset(tb: &Testbed, h: &TestbedHost) {
-    let out = tb.run_as_root(h, &reset_script(h));
-    assert!(
-        out.contains("reset-done"),
-        "reset of {} failed: {out}",
-        h.name
-    );
-}
-
-/// The shell script of [`reset`] (prints `reset-done`).
-fn reset_script(h: &TestbedHost) -> String {
-    let home = if h.user == "root" {
-        "/root".to_string()
-    } else {
-        format!("/home/{}", h.user)
-    };
-    format!(
-        r#"kubeadm reset -f >/dev/null 2>&1 || true
-apt-mark unhold kubelet kubeadm kubectl >/dev/null 2>&1 || true
-for p in kubelet kubeadm kubectl kubernetes-cni cri-tools docker.io containerd; do apt-get remove -y "$p" >/dev/null 2>&1 || true; done
-rm -rf /var/lib/aion /etc/docker/daemon.json /etc/apt/sources.list.d/kubernetes.list /etc/apt/keyrings/kubernetes-apt-keyring.gpg /etc/kubernetes {home}/.kube {home}/{name}
-apt-get update >/dev/null 2>&1 || true  # forget the pkgs.k8s.io package lists, as on a fresh host
-sed -i '/^export AION_HOME=/d; /^export DOCKER_BUILDKIT=/d' {home}/.profile
-gpasswd -d {user} docker >/dev/null 2>&1 || true
-echo tb-host-{i} > /etc/hostname; hostname tb-host-{i}
-sed -i '/^127.0.1.1 /d' /etc/hosts
-echo reset-done"#,
-        name = h.name,
-        user = h.user,
-        i = index(h)
-    )
-}
-
-/// Resets the hosts when the test ends by a failed assertion, so the testbed tests that run
-/// after it start from fresh hosts instead of failing on this test's leftovers. Best effort and
-/// panic-free (it runs while unwinding); the test resets them itself when it passes.
-struct ResetIfFailed<'a>(&'a Testbed);
-
-impl Drop for ResetIfFailed<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for h in &self.0.hosts {
-            let done = self
-                .0
-                .ssh(h, &testbed::as_root(h, &reset_script(h)))
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("reset-done"));
-            eprintln!(
-                "after the failure: reset of {} {}",
-                h.name,
-                if done { "done" } else { "FAILED" }
-            );
-        }
-    }
-}
-
 fn calls_since(tb: &Testbed, h: &TestbedHost, n: usize) -> Vec<String> {
     tb.standin_calls(h).into_iter().skip(n).collect()
-}
-
-/// Every host as `scripts/testbed up` left it, and no Node objects for them. Done before the
-/// test (fresh hosts) and after it, so the testbed tests that run later see fresh hosts too.
-fn reset_all(tb: &Testbed) {
-    for h in &tb.hosts {
-        reset(tb, h);
-    }
-    // `kubeadm reset` leaves the Node objects (as on a real cluster); remove them so the hosts
-    // can join again under their names.
-    if let Some(cluster) = k8s::require() {
-        rt().block_on(async {
-            let nodes: Api<Node> = Api::all(cluster.client().await);
-            for h in &tb.hosts {
-                let _ = nodes.delete(&h.name, &Default::default()).await;
-            }
-        });
-    }
 }
 
 /// The keys of a Node's taints.
@@ -232,7 +119,7 @@ fn provision_testbed_end_to_end() {
     let _reset_if_failed = ResetIfFailed(&tb);
 
     // --- fresh hosts: every role has work on every host --------------------------------------
-    reset_all(&tb);
+    tb.reset_all();
     let p = plan(&inv);
     assert_eq!(p.counts.failed_hosts, 0, "{p:?}");
     for hp in &p.hosts {
@@ -334,10 +221,14 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
         );
         let local_sha = {
             use std::process::Command;
-            let o = Command::new("sha256sum")
-                .arg(tb.dir().join("services.yml"))
-                .output()
-                .unwrap();
+            // The host's own services file when the inventory names one, else the default.
+            let own = tb.dir().join(format!("services-{}.yml", h.name));
+            let file = if own.is_file() {
+                own
+            } else {
+                tb.dir().join("services.yml")
+            };
+            let o = Command::new("sha256sum").arg(file).output().unwrap();
             String::from_utf8_lossy(&o.stdout)
                 .split_whitespace()
                 .next()
@@ -379,18 +270,26 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
             .await
             .unwrap();
         let nodes: Api<Node> = Api::all(client.clone());
+        // `kubeadm join` returns once the kubelet's TLS bootstrap is done, as the real one does;
+        // the real kubelet registers its Node a moment later.
         for h in &tb.hosts {
-            nodes
-                .get(&h.name)
-                .await
-                .unwrap_or_else(|e| panic!("node {} not registered: {e}", h.name));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                match nodes.get_opt(&h.name).await {
+                    Ok(Some(_)) => break,
+                    r if std::time::Instant::now() > deadline => {
+                        panic!("node {} not registered within 60 s: {r:?}", h.name)
+                    }
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                }
+            }
         }
         let taints = taint_keys(nodes.get(&master.name).await.unwrap());
         assert!(
-            taints
+            !taints
                 .iter()
                 .any(|t| t == "node-role.kubernetes.io/control-plane"),
-            "cluster mode keeps the master tainted: {taints:?}"
+            "cluster mode untaints the master (the broker runs there): {taints:?}"
         );
         Api::<Namespace>::all(client.clone())
             .get("kube-flannel")
@@ -501,13 +400,24 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
         [
             (
                 w1.clone(),
+                "containerd/file:/etc/containerd/config.toml".to_string()
+            ),
+            (
+                w1.clone(),
                 "docker/file:/etc/docker/daemon.json".to_string()
             ),
+            (w1.clone(), "containerd/restart:containerd".to_string()),
             (w1.clone(), "docker/restart:docker".to_string())
         ],
         "plan after setting gpu on {w1}"
     );
+    // The kubelet talks to containerd: the nvidia runtime must be its default there too.
     let diff = p.host(&w1).unwrap().changes[0].diff.clone().unwrap();
+    assert!(
+        diff.contains("+    default_runtime_name = \"nvidia\""),
+        "{diff}"
+    );
+    let diff = p.host(&w1).unwrap().changes[1].diff.clone().unwrap();
     assert!(
         diff.contains("+  \"default-runtime\": \"nvidia\","),
         "{diff}"
@@ -523,7 +433,7 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
         .cloned()
         .collect();
     for h in workers.iter() {
-        reset(&tb, h);
+        tb.reset(h);
     }
     if let Some(cluster) = k8s::require() {
         rt().block_on(async {
@@ -714,5 +624,5 @@ echo "hostname $(cat /etc/hostname)"
     assert!(!plan(&single).has_changes());
 
     // Leave the hosts fresh for the tests that run after this one.
-    reset_all(&tb);
+    tb.reset_all();
 }

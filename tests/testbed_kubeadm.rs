@@ -25,6 +25,14 @@ fn suffix() -> String {
 }
 
 const INSTALL: &str = r#"
+# A pod network (a bridge, as a CNI add-on would install) before containerd starts, so the real
+# kubelet reports Ready.
+rm -rf /etc/cni/net.d
+mkdir -p /etc/cni/net.d
+cat > /etc/cni/net.d/10-test.conflist <<'CNI'
+{"cniVersion": "0.4.0", "name": "test", "plugins": [{"type": "bridge", "bridge": "cnitest0",
+  "isGateway": true, "ipam": {"type": "host-local", "subnet": "10.99.0.0/24"}}, {"type": "loopback"}]}
+CNI
 echo 'deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] https://pkgs.k8s.io/core:/stable:/v1.37/deb/ /' > /etc/apt/sources.list.d/kubernetes.list
 apt-get update >/dev/null && apt-get install -y docker.io kubelet kubeadm kubectl >/dev/null || echo install-failed
 # A fresh node in this scratch layer, whatever provisioning did to the host before.
@@ -62,7 +70,7 @@ echo "reinit-rc=$?"
 grep -q 'FileAvailable--etc-kubernetes-admin.conf' /tmp/init2.out && echo reinit-names-admin-conf
 echo "join=$(kubeadm token create --print-join-command --ttl 15m)"
 test -f /var/lib/kubelet/config.yaml && echo kubelet-config-written
-systemctl stop kubelet
+systemctl stop kubelet containerd
 tail -3 /tmp/init.out >&2
 "#
         ),
@@ -130,12 +138,14 @@ echo "subject=$(openssl x509 -noout -subject -nameopt compat -in /var/lib/kubele
 test -e /etc/kubernetes/admin.conf && echo admin-conf-present
 test -e /usr/local/lib/aion-testbed/control-plane/admin.conf && echo admin-creds-present
 kubectl --kubeconfig /etc/kubernetes/kubelet.conf get secrets -A > /dev/null 2>&1; echo "node-lists-secrets-rc=$?"
-for i in $(seq 1 40); do
+# A real kubelet: TLS bootstrap, runtime and network checks, first status (can take a while here).
+for i in $(seq 1 180); do
   s=$(kubectl --kubeconfig /etc/kubernetes/kubelet.conf get node {worker_name} -o jsonpath='{{.status.conditions[?(@.type=="Ready")].status}}' 2>/dev/null)
   [ "$s" = True ] && break; sleep 0.5
 done
 echo "self-ready=$s"
-systemctl stop kubelet
+kubectl --kubeconfig /etc/kubernetes/kubelet.conf get node {worker_name} -o jsonpath='{{.status.conditions[?(@.type=="Ready")].message}}' >&2 2>/dev/null
+systemctl stop kubelet containerd
 cat /tmp/join.out >&2
 "#
         ),

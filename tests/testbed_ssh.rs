@@ -32,15 +32,25 @@ fn generated_inventory_loads_without_errors_and_names_one_master() {
     assert!(tb.workers().count() >= 1);
     assert!(tb.master().address.starts_with("10.213.0."));
     assert!(tb.known_hosts.is_file() && tb.key.is_file());
-    let services = tb.dir().join("services.yml");
-    let loaded = aion_model::services::load(&services)
-        .unwrap_or_else(|e| panic!("{}: {e}", services.display()));
-    let ms = &loaded.value.microservices;
+    // The pipeline, one part per host: the master's services.yml and the workers' own files.
+    let mut names = Vec::new();
+    for h in &tb.hosts {
+        let own = tb.dir().join(format!("services-{}.yml", h.name));
+        let services = if own.is_file() {
+            own
+        } else {
+            tb.dir().join("services.yml")
+        };
+        let loaded = aion_model::services::load(&services)
+            .unwrap_or_else(|e| panic!("{}: {e}", services.display()));
+        names.extend(loaded.value.microservices.iter().map(|m| m.name.clone()));
+    }
+    names.sort();
+    names.dedup();
     assert_eq!(
-        ms.len(),
-        3,
-        "three chained microservices in {}",
-        services.display()
+        names,
+        ["processor", "sensor", "sink"],
+        "the sensor -> processor -> sink pipeline across the hosts' services files"
     );
 }
 
@@ -237,6 +247,7 @@ curl -fsSL https://pkgs.k8s.io/core:/stable:/v1.37/deb/Release.key | gpg --dearm
 test -s /etc/apt/keyrings/k.gpg && echo key-written
 curl -fsS https://deb.debian.org/ >/dev/null 2>&1; echo "offline=$?"
 tail -n +$((n0 + 1)) /var/log/aion-standins.log | grep -c ' apt-get install ' | sed 's/^/logged-installs=/'
+systemctl stop containerd >/dev/null 2>&1
 "#,
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -276,4 +287,46 @@ tail -n +$((n0 + 1)) /var/log/aion-standins.log | grep -c ' apt-get install ' | 
         "the scratch overlay leaked into {}",
         h.name
     );
+}
+
+/// A host whose steps are further apart than `--ssh-persist` keeps its connection for the whole
+/// run (seen with real nodes: the master's connection expired while the workers joined, and
+/// their `kubeadm token create` on the master failed with "SSH session broke").
+#[test]
+fn connection_outlives_the_persist_time_during_a_run() {
+    use aion_reconcile::host::Host as _;
+    use aion_reconcile::host::ssh::{SshHost, SshOptions};
+    let Some(tb) = testbed::require() else { return };
+    let inv = aion_model::inventory::load(&tb.inventory).unwrap().value;
+    let host = inv
+        .hosts
+        .iter()
+        .find(|h| h.name == tb.master().name)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SshOptions {
+        known_hosts: Some(tb.known_hosts.clone()),
+        accept_new: false,
+        connect_timeout: std::time::Duration::from_secs(5),
+        control_dir: dir.path().join("ssh"),
+        persist: Some(std::time::Duration::from_secs(1)),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let h = SshHost::connect(host, &opts).await.unwrap();
+        let text =
+            |o: &aion_reconcile::host::Output| String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        assert_eq!(text(&h.run("echo one").await.unwrap()), "one");
+        // Idle for three times the persist time, as a master is while its workers join.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let out = h.run("echo two").await;
+        assert!(
+            out.as_ref().is_ok_and(|o| text(o) == "two"),
+            "the connection did not survive an idle gap: {out:?}"
+        );
+        h.close().await;
+    });
 }

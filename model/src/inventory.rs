@@ -111,11 +111,92 @@ pub struct HostVars {
     /// AION namespace on this host. Single mode: `default` (or `prj`); cluster mode: workers
     /// default to their own name, the master to `default`.
     pub namespace: String,
+    /// Where the Kubernetes images come from (kubeadm's `imageRepository`: pause, kube-proxy,
+    /// CoreDNS); default `registry.k8s.io`. A device without a registry names its own.
+    pub image_repository: String,
+    /// The cgroup driver of the kubelet and containerd; default `systemd`.
+    pub cgroup_driver: CgroupDriver,
+    /// Images of the core and the pod network (defaults: upstream's).
+    pub images: CoreImages,
+    /// The interface Flannel uses between nodes (`--iface`); default: the one of the default
+    /// route. Devices with several interfaces, or none with a default route, name it.
+    pub flannel_iface: Option<String>,
+}
+
+/// The kubelet's and containerd's cgroup driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Hosts with systemd as init (kubeadm's default).
+    Systemd,
+    /// Hosts without systemd.
+    Cgroupfs,
+}
+
+impl CgroupDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupDriver::Systemd => "systemd",
+            CgroupDriver::Cgroupfs => "cgroupfs",
+        }
+    }
+}
+
+/// Image references of the pieces aion runs besides the microservices and `aion-kanban`
+/// (whose image is `<registryPrefix>/aion-kanban:<version>`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoreImages {
+    pub rabbitmq: String,
+    pub redis: String,
+    pub flannel: String,
+    pub flannel_cni_plugin: String,
+}
+
+impl Default for CoreImages {
+    fn default() -> Self {
+        CoreImages {
+            rabbitmq: "rabbitmq:3.13-management-alpine".into(),
+            redis: "redis:7.2-alpine".into(),
+            flannel: "ghcr.io/flannel-io/flannel:v0.26.4".into(),
+            flannel_cni_plugin: "ghcr.io/flannel-io/flannel-cni-plugin:v1.6.2-flannel1".into(),
+        }
+    }
+}
+
+/// `images:` as written at one level: each key overrides the default on its own.
+#[derive(Debug, Clone, Default)]
+struct ImageOverrides {
+    rabbitmq: Option<String>,
+    redis: Option<String>,
+    flannel: Option<String>,
+    flannel_cni_plugin: Option<String>,
+}
+
+impl ImageOverrides {
+    fn over(&mut self, o: &ImageOverrides) {
+        macro_rules! ov {
+            ($($f:ident),*) => { $( if o.$f.is_some() { self.$f = o.$f.clone(); } )* };
+        }
+        ov!(rabbitmq, redis, flannel, flannel_cni_plugin);
+    }
+
+    fn resolve(self) -> CoreImages {
+        let d = CoreImages::default();
+        let pick = |o: Option<String>, d: String| o.filter(|s| !s.is_empty()).unwrap_or(d);
+        CoreImages {
+            rabbitmq: pick(self.rabbitmq, d.rabbitmq),
+            redis: pick(self.redis, d.redis),
+            flannel: pick(self.flannel, d.flannel),
+            flannel_cni_plugin: pick(self.flannel_cni_plugin, d.flannel_cni_plugin),
+        }
+    }
 }
 
 pub const DEFAULT_POD_CIDR: &str = "10.244.10.0/16";
 pub const DEFAULT_KUBERNETES_VERSION: &str = "1.37.2";
 pub const DEFAULT_REGISTRY_PREFIX: &str = "latonaio";
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "registry.k8s.io";
 
 pub const DEFAULT_SSH_USER: &str = "aion";
 pub const DEFAULT_SSH_PORT: u16 = 22;
@@ -158,7 +239,12 @@ pub const VAR_KEYS: &[&str] = &[
     "extraSans",
     "registryPrefix",
     "namespace",
+    "imageRepository",
+    "cgroupDriver",
+    "images",
+    "flannelIface",
 ];
+pub const IMAGE_KEYS: &[&str] = &["rabbitmq", "redis", "flannel", "flannelCniPlugin"];
 /// Ansible variables read from an Ansible-style inventory (others are ignored).
 pub const ANSIBLE_HOST_VARS: &[&str] = &[
     "ansible_host",
@@ -175,6 +261,10 @@ pub const ANSIBLE_HOST_VARS: &[&str] = &[
     "aion_namespace",
     "aion_services",
     "aion_data_sweeper",
+    "aion_image_repository",
+    "aion_cgroup_driver",
+    "aion_images",
+    "aion_flannel_iface",
 ];
 /// Inventory-wide Ansible variables (in `all.vars`).
 pub const ANSIBLE_GLOBAL_VARS: &[&str] = &[
@@ -275,6 +365,13 @@ pub fn resolve_path(dir: &Path, p: &str) -> PathBuf {
     }
 }
 
+impl Default for HostVars {
+    /// Every variable at its documented default (`namespace` empty: decided per host).
+    fn default() -> Self {
+        default_vars()
+    }
+}
+
 fn default_vars() -> HostVars {
     HostVars {
         gpu: false,
@@ -283,6 +380,10 @@ fn default_vars() -> HostVars {
         extra_sans: Vec::new(),
         registry_prefix: DEFAULT_REGISTRY_PREFIX.into(),
         namespace: String::new(),
+        image_repository: DEFAULT_IMAGE_REPOSITORY.into(),
+        cgroup_driver: CgroupDriver::Systemd,
+        images: CoreImages::default(),
+        flannel_iface: None,
     }
 }
 
@@ -302,6 +403,10 @@ struct Partial {
     namespace: Option<String>,
     services: Option<String>,
     data_sweeper: Option<String>,
+    image_repository: Option<String>,
+    cgroup_driver: Option<CgroupDriver>,
+    images: ImageOverrides,
+    flannel_iface: Option<String>,
 }
 
 impl Partial {
@@ -322,8 +427,12 @@ impl Partial {
             registry_prefix,
             namespace,
             services,
-            data_sweeper
+            data_sweeper,
+            image_repository,
+            cgroup_driver,
+            flannel_iface
         );
+        self.images.over(&o.images);
     }
 }
 
@@ -353,6 +462,38 @@ fn read_role(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<Role> {
         &[("master", Role::Master), ("worker", Role::Worker)],
         "one host is the master (control plane); the others are workers",
     )
+}
+
+fn read_cgroup_driver(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<CgroupDriver> {
+    read_choice(
+        r,
+        (n, p, field),
+        &[
+            ("systemd", CgroupDriver::Systemd),
+            ("cgroupfs", CgroupDriver::Cgroupfs),
+        ],
+        "systemd where systemd is the init system (kubeadm's default), else cgroupfs",
+    )
+}
+
+fn read_images(r: &mut Reader, n: &Node, p: &str, field: &str) -> ImageOverrides {
+    let mut out = ImageOverrides::default();
+    let Some(f) = r.fields(n, p, field, IMAGE_KEYS) else {
+        return out;
+    };
+    if let Some((n, p)) = f.get("rabbitmq") {
+        out.rabbitmq = r.string(n, &p, "rabbitmq");
+    }
+    if let Some((n, p)) = f.get("redis") {
+        out.redis = r.string(n, &p, "redis");
+    }
+    if let Some((n, p)) = f.get("flannel") {
+        out.flannel = r.string(n, &p, "flannel");
+    }
+    if let Some((n, p)) = f.get("flannelCniPlugin") {
+        out.flannel_cni_plugin = r.string(n, &p, "flannelCniPlugin");
+    }
+    out
 }
 
 fn read_mode(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<Mode> {
@@ -424,6 +565,18 @@ fn read_vars(r: &mut Reader, n: &Node, p: &str, into: &mut Partial) {
     }
     if let Some((n, p)) = f.get("namespace") {
         into.namespace = r.string(n, &p, "namespace");
+    }
+    if let Some((n, p)) = f.get("imageRepository") {
+        into.image_repository = r.string(n, &p, "imageRepository");
+    }
+    if let Some((n, p)) = f.get("cgroupDriver") {
+        into.cgroup_driver = read_cgroup_driver(r, n, &p, "cgroupDriver");
+    }
+    if let Some((n, p)) = f.get("images") {
+        into.images = read_images(r, n, &p, "images");
+    }
+    if let Some((n, p)) = f.get("flannelIface") {
+        into.flannel_iface = r.string(n, &p, "flannelIface");
     }
 }
 
@@ -507,6 +660,13 @@ fn finish(
                         .filter(|s| !s.is_empty())
                         .unwrap_or(def.registry_prefix),
                     namespace,
+                    image_repository: p
+                        .image_repository
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or(def.image_repository),
+                    cgroup_driver: p.cgroup_driver.unwrap_or(def.cgroup_driver),
+                    images: p.images.resolve(),
+                    flannel_iface: p.flannel_iface.filter(|s| !s.is_empty()),
                 },
                 services: p
                     .services
@@ -673,6 +833,10 @@ fn ansible_var(r: &mut Reader, key: &str, n: &Node, p: &str, into: &mut Partial,
         "aion_namespace" => into.namespace = r.string(n, p, key),
         "aion_services" => into.services = r.string(n, p, key),
         "aion_data_sweeper" => into.data_sweeper = r.string(n, p, key),
+        "aion_image_repository" => into.image_repository = r.string(n, p, key),
+        "aion_cgroup_driver" => into.cgroup_driver = read_cgroup_driver(r, n, p, key),
+        "aion_images" => into.images = read_images(r, n, p, key),
+        "aion_flannel_iface" => into.flannel_iface = r.string(n, p, key),
         "ansible_ssh_pass" | "ansible_password" | "ansible_become_pass" => {
             r.diags.push(
                 Diagnostic::warning(

@@ -155,3 +155,48 @@ fn missing_keys_and_unknown_keys() {
     let w = d.iter().find(|x| x.code == "unknown-key").unwrap();
     assert_eq!(w.hint.as_deref(), Some("did you mean `address`?"));
 }
+
+#[test]
+fn node_and_image_variables_inherit_key_by_key() {
+    let (inv, d) = load_text(
+        "name: lab\nvars:\n  cgroupDriver: cgroupfs\n  imageRepository: mirror.local/k8s\n  \
+         images: {rabbitmq: mirror.local/rabbitmq:3, flannel: mirror.local/flannel:v1}\n\
+         hosts:\n  - {name: m, address: 10.0.0.1, role: master}\n  \
+         - {name: w, address: 10.0.0.2, role: worker, vars: {images: {flannel: other/flannel:v2}, flannelIface: eth1}}\n",
+    );
+    assert!(codes(&d).is_empty(), "{d:?}");
+    let m = &inv.host("m").unwrap().vars;
+    assert_eq!(m.cgroup_driver, inventory::CgroupDriver::Cgroupfs);
+    assert_eq!(m.image_repository, "mirror.local/k8s");
+    assert_eq!(m.images.rabbitmq, "mirror.local/rabbitmq:3");
+    assert_eq!(m.images.flannel, "mirror.local/flannel:v1");
+    assert_eq!(
+        m.images.redis, "redis:7.2-alpine",
+        "unset keys keep the default"
+    );
+    assert_eq!(m.flannel_iface, None);
+    let w = &inv.host("w").unwrap().vars;
+    assert_eq!(
+        w.images.flannel, "other/flannel:v2",
+        "the host's key overrides"
+    );
+    assert_eq!(
+        w.images.rabbitmq, "mirror.local/rabbitmq:3",
+        "inherited key by key"
+    );
+    assert_eq!(w.flannel_iface.as_deref(), Some("eth1"));
+    // Defaults when nothing is said.
+    let (plain, _) = load_text("hosts:\n  - {name: m, address: 10.0.0.1, role: master}\n");
+    let v = &plain.host("m").unwrap().vars;
+    assert_eq!(v.cgroup_driver, inventory::CgroupDriver::Systemd);
+    assert_eq!(v.image_repository, "registry.k8s.io");
+    // A driver that does not exist is an error naming the field.
+    let (_, d) = load_text(
+        "vars: {cgroupDriver: openrc}\nhosts:\n  - {name: m, address: 10.0.0.1, role: master}\n",
+    );
+    assert!(
+        d.iter()
+            .any(|x| x.is_error() && x.to_string().contains("cgroupDriver")),
+        "{d:?}"
+    );
+}

@@ -254,7 +254,8 @@ impl Testbed {
     /// host's /etc, /usr, /var/lib, /var/log, /root, /home and a fresh /run and /tmp, in its own UTS namespace (a
     /// nested mount namespace entered over SSH). Whatever `body` installs or writes is gone
     /// when it returns, so tests can exercise the stand-ins without changing the host that
-    /// other tests provision. Background processes `body` starts must be stopped by `body`.
+    /// other tests provision. Background processes `body` starts must be stopped by `body`
+    /// (`systemctl stop kubelet containerd` when it installed them).
     pub fn scratch(&self, host: &TestbedHost, body: &str) -> Output {
         let script = format!(
             r#"set -e
@@ -263,7 +264,9 @@ for d in /etc /usr /var/lib /var/log /root /home; do k=$(echo "$d" | tr / _); mk
   mount -t overlay scratch -o "lowerdir=$d,upperdir=$T/u$k,workdir=$T/w$k" "$d"; done
 mount -t tmpfs scratch /run
 mount -t tmpfs scratch /tmp
-mkdir -p /run/lock
+mkdir -p /run/lock "$T/containerd" /var/lib/containerd
+# containerd's snapshots cannot live on the overlay: a fresh directory of its own.
+mount --bind "$T/containerd" /var/lib/containerd
 set +e
 {body}
 "#
@@ -299,6 +302,172 @@ pub fn as_root(host: &TestbedHost, script: &str) -> String {
 /// Single-quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fresh hosts: what the provisioning and real-node tests start and end with
+// ---------------------------------------------------------------------------------------------
+
+/// The runtime the testbed tests drive async code on (two workers, like the CLI's).
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A copy of the testbed inventory in a scratch directory (own kubeconfig, lock and logs),
+/// with `edit` applied to its text.
+pub fn inventory_copy(tb: &Testbed, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let src = std::fs::read_to_string(&tb.inventory).unwrap();
+    let abs = |name: &str| tb.dir().join(name).display().to_string();
+    // Every services file (the default and the hosts' own) by its absolute path.
+    let text: String = src
+        .lines()
+        .map(|l| match l.split_once("services: ") {
+            Some((indent, file)) if indent.trim().is_empty() && !file.starts_with('/') => {
+                format!("{indent}services: {}\n", abs(file.trim()))
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let text = text
+        .replace(
+            "knownHosts: known_hosts",
+            &format!("knownHosts: {}", abs("known_hosts")),
+        )
+        .replace("key: id_ed25519", &format!("key: {}", abs("id_ed25519")));
+    let path = dir.join("inventory.yml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+/// The host's index in the testbed (0 = master): its address's last octet less the first.
+pub fn index(h: &TestbedHost) -> u32 {
+    last_octet(h) - 10
+}
+
+pub fn last_octet(h: &TestbedHost) -> u32 {
+    h.address
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("{}: not an IPv4 address", h.address))
+}
+
+/// The shell script that undoes everything provisioning does (prints `reset-done`): kubeadm
+/// reset (pods removed through the CRI), the packages removed (their daemons stopped), the pod
+/// network's leftovers that kubeadm reset leaves to the operator (CNI configuration, `cni0`,
+/// `flannel.1`), files and settings of the roles, the hostname.
+pub fn reset_script(h: &TestbedHost) -> String {
+    let home = if h.user == "root" {
+        "/root".to_string()
+    } else {
+        format!("/home/{}", h.user)
+    };
+    format!(
+        r#"kubeadm reset -f >/dev/null 2>&1 || true
+apt-mark unhold kubelet kubeadm kubectl >/dev/null 2>&1 || true
+for p in kubelet kubeadm kubectl kubernetes-cni cri-tools docker.io containerd runc; do apt-get remove -y "$p" >/dev/null 2>&1 || true; done
+ip link del cni0 2>/dev/null || true
+ip link del flannel.1 2>/dev/null || true
+rm -rf /etc/cni/net.d /var/lib/cni /run/flannel /opt/cni
+rm -rf /var/lib/aion /etc/docker/daemon.json /etc/containerd /etc/apt/sources.list.d/kubernetes.list /etc/apt/keyrings/kubernetes-apt-keyring.gpg /etc/kubernetes {home}/.kube {home}/{name}
+rm -f /etc/sysctl.d/99-aion-kubernetes.conf /etc/modules-load.d/aion-kubernetes.conf
+echo 0 > /proc/sys/net/ipv4/ip_forward
+apt-get update >/dev/null 2>&1 || true  # forget the pkgs.k8s.io package lists, as on a fresh host
+sed -i '/^export AION_HOME=/d; /^export DOCKER_BUILDKIT=/d' {home}/.profile
+gpasswd -d {user} docker >/dev/null 2>&1 || true
+echo tb-host-{i} > /etc/hostname; hostname tb-host-{i}
+sed -i '/^127.0.1.1 /d' /etc/hosts
+echo reset-done"#,
+        name = h.name,
+        user = h.user,
+        i = index(h)
+    )
+}
+
+impl Testbed {
+    /// Undo everything provisioning does, so the host is as `scripts/testbed up` left it.
+    pub fn reset(&self, h: &TestbedHost) {
+        let out = self.run_as_root(h, &reset_script(h));
+        assert!(
+            out.contains("reset-done"),
+            "reset of {} failed: {out}",
+            h.name
+        );
+    }
+
+    /// Every host as `scripts/testbed up` left it, and no Node objects for them. Done before a
+    /// test that provisions (fresh hosts) and after it, so the testbed tests that run later see
+    /// fresh hosts too.
+    pub fn reset_all(&self) {
+        for h in &self.hosts {
+            self.reset(h);
+        }
+        // `kubeadm reset` leaves the Node objects (as on a real cluster); remove them so the
+        // hosts can join again under their names.
+        if let Some(cluster) = crate::k8s::require() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let client = cluster.client().await;
+                let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+                    kube::Api::all(client.clone());
+                let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                    kube::Api::all(client.clone());
+                for h in &self.hosts {
+                    let _ = nodes.delete(&h.name, &Default::default()).await;
+                    // Pods still bound to that node name (DaemonSet pods: Flannel, kube-proxy)
+                    // would be taken over by the next kubelet of that name before the pod
+                    // garbage collector removes them, with their init containers counted as
+                    // done: Flannel's CNI configuration would never be written again.
+                    let bound = kube::api::ListParams::default()
+                        .fields(&format!("spec.nodeName={}", h.name));
+                    if let Ok(list) = pods.list(&bound).await {
+                        for p in list.items {
+                            let (Some(ns), Some(name)) = (p.metadata.namespace, p.metadata.name)
+                            else {
+                                continue;
+                            };
+                            let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                                kube::Api::namespaced(client.clone(), &ns);
+                            let _ = api
+                                .delete(&name, &kube::api::DeleteParams::default().grace_period(0))
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Resets the hosts when the test ends by a failed assertion, so the testbed tests that run
+/// after it start from fresh hosts instead of failing on this test's leftovers. Best effort and
+/// panic-free (it runs while unwinding); the test resets them itself when it passes.
+pub struct ResetIfFailed<'a>(pub &'a Testbed);
+
+impl Drop for ResetIfFailed<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for h in &self.0.hosts {
+            let done = self
+                .0
+                .ssh(h, &as_root(h, &reset_script(h)))
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("reset-done"));
+            eprintln!(
+                "after the failure: reset of {} {}",
+                h.name,
+                if done { "done" } else { "FAILED" }
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ for p in "${staging[@]}"; do go mod edit -replace="$p=$p@${STAGING_VERSION}"; do
 go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}"
 go get -tool "k8s.io/kubernetes/cmd/kube-controller-manager@${K8S_VERSION}"
 go get -tool "k8s.io/kubernetes/cmd/kubectl@${K8S_VERSION}"
+# Node and scheduling components for the testbed's real nodes (docs/testbed.md).
+go get -tool "k8s.io/kubernetes/cmd/kube-scheduler@${K8S_VERSION}"
+go get -tool "k8s.io/kubernetes/cmd/kubelet@${K8S_VERSION}"
+go get -tool "k8s.io/kubernetes/cmd/kube-proxy@${K8S_VERSION}"
 # etcd: pin the server version already in the Kubernetes graph (a bare @latest would move the client).
 etcd_version=$(go mod edit -json "$upstream_mod" | jq -r '.Require[] | select(.Path=="go.etcd.io/etcd/server/v3") | .Version')
 go get -tool "go.etcd.io/etcd/server/v3@${etcd_version}"

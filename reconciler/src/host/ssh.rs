@@ -10,6 +10,8 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 
@@ -34,9 +36,26 @@ pub struct SshOptions {
 pub struct SshHost {
     name: String,
     sudo: bool,
-    session: Session,
+    session: Arc<Session>,
     /// Where the control socket's path is recorded for the next run (when persisting).
     record: Option<PathBuf>,
+    /// An idle remote `cat` held open for the whole run. ControlPersist's idle time counts from
+    /// the last session on the master connection, so without one a host that waits longer than
+    /// `--ssh-persist` between two of its steps (the master while the workers join: a real kubelet
+    /// takes its time) would find its connection gone. Dropped at [`close`](Self::close): the
+    /// idle time then runs for the next run's reuse.
+    keepalive: Option<openssh::Child<Arc<Session>>>,
+}
+
+/// Start the keepalive session (best effort: without it a long run may have to reconnect).
+async fn keepalive(session: &Arc<Session>) -> Option<openssh::Child<Arc<Session>>> {
+    Session::to_command(Arc::clone(session), "cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .await
+        .ok()
 }
 
 /// The file recording a persisted master connection for `host` with these options. Its name
@@ -134,9 +153,11 @@ impl SshHost {
         if let Some(record) = &record {
             if let Some(session) = resume(record).await {
                 tracing::debug!(host = %host.name, "reusing the master connection of an earlier run");
+                let session = Arc::new(session);
                 return Ok(SshHost {
                     name: host.name.clone(),
                     sudo: host.ssh.user != "root",
+                    keepalive: keepalive(&session).await,
                     session,
                     record: Some(record.clone()),
                 });
@@ -183,9 +204,11 @@ impl SshHost {
             .connect_mux(&destination)
             .await
             .map_err(|e| err(error_chain(&e)))?;
+        let session = Arc::new(session);
         Ok(SshHost {
             name: host.name.clone(),
             sudo: host.ssh.user != "root",
+            keepalive: keepalive(&session).await,
             session,
             record,
         })
@@ -193,10 +216,17 @@ impl SshHost {
 
     /// Close the master connection, or (when persisting) leave it open for the next run,
     /// recording its control socket; it ends by itself after the idle time.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        if let Some(k) = self.keepalive.take() {
+            let _ = k.disconnect().await;
+        }
+        // The keepalive held the only other reference.
+        let Ok(session) = Arc::try_unwrap(self.session) else {
+            return;
+        };
         match self.record {
             Some(record) => {
-                let (ctl, _log) = self.session.detach();
+                let (ctl, _log) = session.detach();
                 let tmp = record.with_extension("ctl.tmp");
                 let written = std::fs::write(&tmp, ctl.to_string_lossy().as_bytes())
                     .and_then(|()| std::fs::rename(&tmp, &record));
@@ -207,7 +237,7 @@ impl SshHost {
                 }
             }
             None => {
-                let _ = self.session.close().await;
+                let _ = session.close().await;
             }
         }
     }
