@@ -17,6 +17,11 @@ use crate::topology::QueueSpec;
 pub enum AmqpError {
     #[error("cannot connect to RabbitMQ at {url}: {source}")]
     Connect { url: String, source: lapin::Error },
+    #[error(
+        "cannot connect to RabbitMQ at {url}: no AMQP handshake within {} s (a broker stopping or starting accepts TCP but does not answer)",
+        CONNECT_TIMEOUT.as_secs()
+    )]
+    ConnectTimeout { url: String },
     #[error("RabbitMQ at {url}: {what}: {source}")]
     Channel {
         url: String,
@@ -39,14 +44,25 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// How long a connection attempt may take. A broker in the middle of stopping or starting can
+/// accept the TCP connection and never answer the AMQP handshake; without a limit the router or
+/// a client would wait there forever instead of retrying.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a publisher confirm may take before the message counts as not confirmed (and its
+/// input is requeued: at-least-once, a late duplicate is possible). A confirm on a connection
+/// that died without an error reaching lapin would otherwise hold the input unacked forever.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props)
-        .await
-        .map_err(|source| AmqpError::Connect {
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+        Ok(r) => r.map_err(|source| AmqpError::Connect {
             url: redact(url),
             source,
-        })
+        }),
+        Err(_) => Err(AmqpError::ConnectTimeout { url: redact(url) }),
+    }
 }
 
 /// One AMQP connection shared by the parts of a client (its receiver, its producer-side output,
@@ -242,10 +258,21 @@ pub async fn publish_confirmed(
             queue: queue.into(),
             source,
         })?;
-    check_confirm(queue, confirm.await)
+    confirmed(queue, confirm).await
 }
 
-pub fn check_confirm(
+/// Wait (at most [`CONFIRM_TIMEOUT`]) for the broker to confirm a message published to `queue`.
+pub async fn confirmed(queue: &str, confirm: lapin::PublisherConfirm) -> Result<(), AmqpError> {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+        Ok(c) => check_confirm(queue, c),
+        Err(_) => Err(AmqpError::NotConfirmed {
+            queue: queue.into(),
+            what: "no confirm in time",
+        }),
+    }
+}
+
+fn check_confirm(
     queue: &str,
     c: Result<lapin::Confirmation, lapin::Error>,
 ) -> Result<(), AmqpError> {
@@ -338,5 +365,39 @@ mod tests {
     fn redacts_credentials() {
         assert_eq!(super::redact("amqp://u:p@h:5672/%2f"), "amqp://h:5672/%2f");
         assert_eq!(super::redact("amqp://h"), "amqp://h");
+    }
+
+    /// A broker that accepts TCP and never answers the handshake (one stopping or starting)
+    /// must not hold a connection attempt forever: before the limit, the router's reconnect
+    /// loop stayed inside `connect` for good.
+    #[tokio::test]
+    async fn connect_gives_up_on_a_silent_broker() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock); // accepted, never answered
+            }
+        });
+        let url = format!("amqp://u:p@127.0.0.1:{port}/%2f");
+        let began = std::time::Instant::now();
+        let err = tokio::time::timeout(
+            super::CONNECT_TIMEOUT * 3,
+            super::connect(&url, "silent-broker-test"),
+        )
+        .await
+        .expect("connect returned within the limit")
+        .expect_err("a silent broker is an error");
+        assert!(
+            matches!(err, super::AmqpError::ConnectTimeout { ref url } if !url.contains("u:p")),
+            "{err}"
+        );
+        assert!(
+            began.elapsed() >= super::CONNECT_TIMEOUT,
+            "{:?}",
+            began.elapsed()
+        );
+        hold.abort();
     }
 }
