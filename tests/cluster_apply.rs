@@ -41,25 +41,30 @@ fn rendered(inv: &Inventory, services_yml: &str) -> Manifests {
     render::render(inv, &[("edge-master".to_owned(), services(services_yml))]).unwrap()
 }
 
+// `startup: yes`: rendered running (the others are rendered idle for on-demand start).
 const SERVICES: &str = r#"
 microservices:
   alpha:
     always: yes
+    startup: yes
     env:
       GREETING: hello
       MYSQL_PORT: 3306
   beta:
     always: yes
+    startup: yes
     env:
       LEVEL: info
   gamma:
     always: yes
+    startup: yes
     ports:
       - name: http
         protocol: TCP
         port: 8080
   once:
     always: no
+    startup: yes
     command: ["/bin/true"]
 "#;
 
@@ -183,7 +188,7 @@ async fn apply_noop_edit_prune_down() {
 
     // 4. Remove a microservice: exactly its objects are pruned.
     let removed = edited.replace(
-        "  gamma:\n    always: yes\n    ports:\n      - name: http\n        protocol: TCP\n        port: 8080\n",
+        "  gamma:\n    always: yes\n    startup: yes\n    ports:\n      - name: http\n        protocol: TCP\n        port: 8080\n",
         "",
     );
     assert_ne!(removed, edited);
@@ -408,5 +413,131 @@ async fn wait_names_what_is_not_ready() {
     }
     assert!(msg.contains(&format!("Job/{ns}/once-001: ")), "{msg}");
     assert!(msg.contains("not complete"), "{msg}");
+    tc.delete_namespace(&ns).await;
+}
+
+/// Objects already being deleted are not work to do (issue: after an apply that pruned a
+/// namespace, `plan --detailed-exitcode` exited 2 with `- Namespace/…` until the namespace
+/// controller finished). A namespace held `Terminating` by a finalizer on a ConfigMap in it:
+/// the plan shows it as being deleted and has no changes; planned as desired again, it is a
+/// replacement (created once gone); `wait_pruned` returns once the finalizer is gone.
+#[tokio::test]
+async fn objects_being_deleted_are_not_work_to_do() {
+    let Some(tc) = k8s::require() else { return };
+    let (client, ns, inv, m) = applied_in_fresh_namespace(&tc).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let held: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "held", "finalizers": ["aion.test/hold"]},
+    }))
+    .unwrap();
+    cms.create(&Default::default(), &held).await.unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces.delete(&ns, &Default::default()).await.unwrap();
+
+    // The inventory no longer renders anything: its namespace is pruned, and already going.
+    let empty = Manifests {
+        inventory: inv.name.clone(),
+        nodes: Vec::new(),
+    };
+    let plan = cluster::plan_with(&client, &empty, &inv.name, 4)
+        .await
+        .unwrap();
+    let text = plan.render_text(false, false);
+    // The namespace, and what is still in it, goes without anything more to do.
+    assert!(
+        keys(&plan, Action::Deleting).contains(&format!("Namespace/{ns}")),
+        "{text}"
+    );
+    assert!(keys(&plan, Action::Delete).is_empty(), "{text}");
+    assert!(
+        !plan.has_changes(),
+        "nothing to do while it is being deleted:\n{text}"
+    );
+    assert!(text.contains(&format!("(-) Namespace/{ns}")), "{text}");
+    assert!(text.contains("being deleted since"), "{text}");
+    assert!(
+        plan.summary().contains("being deleted"),
+        "{}",
+        plan.summary()
+    );
+
+    // Desired again while still terminating: created again once it is gone.
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    let ns_change = plan
+        .changes
+        .iter()
+        .find(|c| c.key.kind == "Namespace")
+        .unwrap();
+    assert_eq!(
+        ns_change.action,
+        Action::Replace,
+        "{}",
+        plan.render_text(false, false)
+    );
+    assert!(plan.has_changes());
+
+    // Released: wait_pruned sees it go.
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    cluster::wait_pruned(
+        &client,
+        &empty,
+        std::time::Duration::from_secs(120),
+        &ExecuteOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(namespaces.get_opt(&ns).await.unwrap().is_none());
+}
+
+/// A `gpu: true` host: the cluster-scoped RuntimeClass `nvidia` is created, owned (a second
+/// plan has nothing to do) and pruned with the inventory.
+#[tokio::test]
+async fn runtime_class_for_gpu_hosts_is_applied_and_pruned() {
+    let Some(tc) = k8s::require() else { return };
+    aion_reconcile::kubeclient::install_crypto_provider();
+    let client = tc.client().await;
+    let ns = tc.fresh_namespace().await;
+    let text = format!(
+        "name: {ns}\nmode: single\nhosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {ns}, gpu: true}}\n"
+    );
+    let inv = aion_model::inventory::load_str(&text, Path::new("/tmp/aion-test/inventory.yml"))
+        .unwrap()
+        .value;
+    let m = rendered(
+        &inv,
+        "microservices:\n  detector: {runtimeClassName: nvidia, startup: yes}\n",
+    );
+    let runtime_classes = Api::<DynamicObject>::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("node.k8s.io", "v1", "RuntimeClass"),
+            "runtimeclasses",
+        ),
+    );
+    // Another test's inventory may own it (one per cluster): take it over for this one.
+    let _ = runtime_classes.delete("nvidia", &Default::default()).await;
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    assert!(
+        keys(&plan, Action::Create).contains(&"RuntimeClass/nvidia".to_string()),
+        "{}",
+        plan.render_text(false, false)
+    );
+    cluster::execute(&client, &plan, &ExecuteOptions::default())
+        .await
+        .unwrap();
+    let rc = runtime_classes.get("nvidia").await.unwrap();
+    assert_eq!(rc.data["handler"], "nvidia");
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
+    cluster::down(&client, &inv.name, &ExecuteOptions::default())
+        .await
+        .unwrap();
+    assert!(runtime_classes.get_opt("nvidia").await.unwrap().is_none());
     tc.delete_namespace(&ns).await;
 }

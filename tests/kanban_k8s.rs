@@ -304,3 +304,44 @@ async fn always_service_is_started_again_when_it_stops() {
     amqp::delete(&ch, &test_queues(&cfg, &ns)).await;
     cluster.delete_namespace(&ns).await;
 }
+
+/// `multiple` (upstream's `scale_container.go`): a start request for a running Job is refused
+/// when `multiple: false` (the Job is left alone; the kanban stays queued for it) and makes a
+/// new run when `multiple: true` (deleted and created again from its own spec). Before, the
+/// field was parsed and never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiple_decides_whether_a_running_job_is_started_again() {
+    let Some(cluster) = k8s::require() else {
+        return;
+    };
+    let ns = cluster.fresh_namespace().await;
+    let client = cluster.client().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let mut running = job("solo-001");
+    running.spec.as_mut().unwrap().suspend = Some(false);
+    jobs.create(&PostParams::default(), &running).await.unwrap();
+    let uid = || async { jobs.get("solo-001").await.unwrap().metadata.uid.unwrap() };
+    let first = uid().await;
+    let mut lc = KubeLifecycle::new(client.clone(), ns.clone());
+    lc.cache_for = Duration::ZERO;
+
+    let single = services("microservices:\n  solo: {always: no}\n");
+    let started = lc
+        .ensure_running(&single.microservices[0], 1)
+        .await
+        .unwrap();
+    assert_eq!(started, aion_kanban::lifecycle::Started::Refused);
+    assert_eq!(uid().await, first, "a running Job is left alone");
+
+    let multiple = services("microservices:\n  solo: {always: no, multiple: yes}\n");
+    let started = lc
+        .ensure_running(&multiple.microservices[0], 1)
+        .await
+        .unwrap();
+    assert_eq!(started, aion_kanban::lifecycle::Started::Recreated);
+    let second = uid().await;
+    assert_ne!(second, first, "a new run of the Job");
+    let spec = jobs.get("solo-001").await.unwrap().spec.unwrap();
+    assert_eq!(spec.suspend, Some(false));
+    cluster.delete_namespace(&ns).await;
+}

@@ -10,6 +10,12 @@
 //!
 //! `startup` instances are started at boot; `always` instances are checked periodically and
 //! scaled back up if something scaled them to 0.
+//!
+//! `multiple` (upstream's `scale_container.go`): a start request for an instance that is
+//! already running is refused when `false` (the default; the kanban stays queued for the
+//! running instance); with `true` it re-applies the instance as upstream did, which for a
+//! running Job means a new run (deleted and created again; its unacknowledged kanban is
+//! delivered again to the new run). Parallel copies only ever come from `scale`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -47,6 +53,9 @@ pub enum Started {
     ScaledUp,
     Unsuspended,
     Recreated,
+    /// Already running and `multiple: false`: the second start is refused, the kanban stays
+    /// queued for the running instance.
+    Refused,
     /// Checked recently; no API call made.
     Cached,
 }
@@ -103,7 +112,7 @@ impl KubeLifecycle {
         let r = if ms.always {
             self.ensure_deployment(&name).await
         } else {
-            self.ensure_job(&name).await
+            self.ensure_job(&name, ms.multiple).await
         };
         if r.is_ok() {
             if let Ok(mut s) = self.started.lock() {
@@ -147,11 +156,12 @@ impl KubeLifecycle {
             })?;
         let replicas = d.spec.replicas.unwrap_or(1);
         if replicas >= 1 {
+            // `multiple: true` re-applies the same Deployment: nothing changes either way.
             return Ok(Started::AlreadyRunning);
         }
         api.patch(
             name,
-            &PatchParams::default(),
+            &patch_params(),
             &Patch::Merge(json!({"spec": {"replicas": 1}})),
         )
         .await
@@ -159,7 +169,7 @@ impl KubeLifecycle {
         Ok(Started::ScaledUp)
     }
 
-    async fn ensure_job(&self, name: &str) -> Result<Started, LifecycleError> {
+    async fn ensure_job(&self, name: &str, multiple: bool) -> Result<Started, LifecycleError> {
         let api: Api<Job> = Api::namespaced(self.client.clone(), &self.namespace);
         let job = api
             .get_opt(name)
@@ -173,17 +183,20 @@ impl KubeLifecycle {
         if job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
             api.patch(
                 name,
-                &PatchParams::default(),
+                &patch_params(),
                 &Patch::Merge(json!({"spec": {"suspend": false}})),
             )
             .await
             .map_err(self.err("Job", name))?;
             return Ok(Started::Unsuspended);
         }
-        if !job_finished(&job) {
-            return Ok(Started::AlreadyRunning);
+        if !job_finished(&job) && !multiple {
+            tracing::debug!(
+                "{name} is running and not `multiple`: start refused, the kanban stays queued"
+            );
+            return Ok(Started::Refused);
         }
-        // A finished Job: start a new run from the same spec.
+        // A finished Job (or a running one of a `multiple` service): a new run, same spec.
         let fresh = fresh_job(&job);
         let dp = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
@@ -205,10 +218,25 @@ impl KubeLifecycle {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        api.create(&PostParams::default(), &fresh)
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.create(&pp, &fresh)
             .await
             .map_err(self.err("Job", name))?;
         Ok(Started::Recreated)
+    }
+}
+
+/// The runtime's field manager: `replicas` / `suspend` changed by an on-demand start are owned
+/// by it in the objects' managedFields (the reconciler keeps them, see its `plan`).
+pub const FIELD_MANAGER: &str = "aion-kanban";
+
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
     }
 }
 

@@ -240,7 +240,7 @@ impl Pending {
     /// is queued for the runtime. An error means: do not ack the input (requeue it).
     pub async fn confirmed(self) -> Result<(), OutputError> {
         for (queue, c) in self.confirms {
-            amqp::check_confirm(&queue, c.await)?;
+            amqp::confirmed(&queue, c).await?;
         }
         if let Some((r, tx)) = self.record
             && tx.try_send(r).is_err()
@@ -560,7 +560,7 @@ async fn record_loop(
                     )
                     .await;
                 match r {
-                    Ok(c) if durable => amqp::check_confirm(&records_queue.name, c.await),
+                    Ok(c) if durable => amqp::confirmed(&records_queue.name, c).await,
                     Ok(_) => Ok(()),
                     Err(source) => Err(AmqpError::Publish {
                         queue: records_queue.name.clone(),

@@ -538,8 +538,8 @@ impl Session {
         }
         if failed.is_some() {
             // Wait for local confirms already sent, then requeue the whole kanban.
-            for (_, c) in confirms {
-                let _ = c.await;
+            for (queue, c) in confirms {
+                let _ = amqp::confirmed(&queue, c).await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             requeue(&d)
@@ -555,7 +555,7 @@ impl Session {
         inflight.spawn(async move {
             let mut ok = true;
             for (queue, c) in confirms {
-                if let Err(e) = amqp::check_confirm(&queue, c.await) {
+                if let Err(e) = amqp::confirmed(&queue, c).await {
                     tracing::warn!("{e}");
                     ok = false;
                 }
@@ -767,7 +767,8 @@ impl Session {
         let lifecycle = self.opts.lifecycle.clone();
         let services = self.services.clone();
         inflight.spawn(async move {
-            let ok = amqp::check_confirm(&queue, c.await)
+            let ok = amqp::confirmed(&queue, c)
+                .await
                 .inspect_err(|e| tracing::warn!("{e}"))
                 .is_ok();
             let r = settle(&d, ok).await;

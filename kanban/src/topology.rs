@@ -282,6 +282,7 @@ pub(crate) mod testutil {
             privileged: false,
             without_kanban: false,
             target_node: String::new(),
+            runtime_class_name: String::new(),
             resources: None,
             span: Span::default(),
         }

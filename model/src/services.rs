@@ -183,6 +183,9 @@ pub struct Microservice {
     pub without_kanban: bool,
     pub target_node: String,
     pub resources: Option<Resources>,
+    /// aion's addition: the pod's `runtimeClassName` (e.g. `nvidia`, the RuntimeClass the
+    /// reconciler renders when a host has `gpu: true`); empty: the node's default runtime.
+    pub runtime_class_name: String,
     pub span: Span,
 }
 
@@ -289,6 +292,7 @@ pub const MICROSERVICE_KEYS: &[&str] = &[
     "withoutKanban",
     "targetNode",
     "resources",
+    "runtimeClassName",
 ];
 pub const DEVICE_KEYS: &[&str] = &["addr", "sshPort", "username", "password", "aionHome"];
 pub const PORT_KEYS: &[&str] = &["name", "protocol", "port", "nodePort"];
@@ -594,6 +598,7 @@ fn read_microservice(
         privileged: false,
         without_kanban: false,
         target_node: String::new(),
+        runtime_class_name: String::new(),
         resources: None,
         span: r.span(key),
     };
@@ -623,6 +628,7 @@ fn read_microservice(
     field!("privileged", bool, ms.privileged);
     field!("withoutKanban", bool, ms.without_kanban);
     field!("targetNode", string, ms.target_node);
+    field!("runtimeClassName", string, ms.runtime_class_name);
     if let Some((n, p)) = f.get("command") {
         ms.command = r.string_list(n, &p, "command");
     }

@@ -1046,6 +1046,7 @@ resources:
                 extra_sans: vec![],
                 registry_prefix: "latonaio".into(),
                 namespace: "default".into(),
+                ..Default::default()
             },
             services: None,
             data_sweeper: None,
@@ -1338,6 +1339,23 @@ resources:
     }
 
     #[test]
+    fn every_namespace_gets_its_config_and_data_directories() {
+        // Upstream's layout: /var/lib/aion/<namespace>/{config,Data} for the namespaces it
+        // ships (default, prj) and for any other the inventory names.
+        let b = bed();
+        for ns in ["default", "prj", "line-3"] {
+            let mut inv = b.inv.clone();
+            inv.hosts[0].vars.namespace = ns.into();
+            let specs = crate::roles::load(&inv).unwrap();
+            let ids: Vec<&str> = specs[0].items.iter().map(|i| i.id.as_str()).collect();
+            for d in ["config", "Data"] {
+                let want = format!("directories/directory:/var/lib/aion/{ns}/{d}");
+                assert!(ids.contains(&want.as_str()), "{want} missing: {ids:?}");
+            }
+        }
+    }
+
+    #[test]
     fn builtin_roles_render_for_single_and_cluster_mode() {
         let b = bed();
         let mut inv = b.inv.clone();
@@ -1365,11 +1383,11 @@ resources:
             "{run}"
         );
         assert!(
-            !specs[0]
+            specs[0]
                 .cluster
                 .iter()
                 .any(|s| matches!(s, ClusterStep::Untaint { .. })),
-            "cluster mode keeps the taint"
+            "cluster mode untaints the master too: the broker and the master's core are pinned there"
         );
         let w: Vec<&str> = specs[1].items.iter().map(|i| i.id.as_str()).collect();
         assert!(

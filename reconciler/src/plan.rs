@@ -480,6 +480,7 @@ mod tests {
                 extra_sans: vec![],
                 registry_prefix: "latonaio".into(),
                 namespace: "default".into(),
+                ..Default::default()
             },
             services: None,
             data_sweeper: None,

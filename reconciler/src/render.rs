@@ -49,8 +49,6 @@ pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 
-pub const RABBITMQ_IMAGE: &str = "rabbitmq:3.13-management-alpine";
-pub const REDIS_IMAGE: &str = "redis:7.2-alpine";
 /// Upstream's `AION_HOME` inside containers.
 pub const AION_HOME: &str = "/var/lib/aion";
 /// Where the namespace's config directory (`services.yml`, written by host provisioning to
@@ -87,6 +85,14 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "microservice/service.yaml.j2",
         include_str!("../../templates/microservice/service.yaml.j2"),
+    ),
+    (
+        "core/runtimeclass.yaml.j2",
+        include_str!("../../templates/core/runtimeclass.yaml.j2"),
+    ),
+    (
+        "microservice/serviceaccount.yaml.j2",
+        include_str!("../../templates/microservice/serviceaccount.yaml.j2"),
     ),
 ];
 
@@ -234,7 +240,7 @@ pub enum RenderError {
 pub fn kind_rank(kind: &str) -> u8 {
     match kind {
         "Namespace" => 0,
-        "ServiceAccount" => 1,
+        "ServiceAccount" | "RuntimeClass" => 1,
         "ClusterRole" | "Role" => 2,
         "ClusterRoleBinding" | "RoleBinding" => 3,
         "ConfigMap" | "Secret" | "PersistentVolume" | "PersistentVolumeClaim" => 4,
@@ -272,7 +278,11 @@ struct MicroserviceCtx {
     ns: String,
     labels: Vec<(String, String)>,
     always: bool,
+    /// `startup: no` renders the instance idle for the runtime to start on demand.
+    startup: bool,
     service_account: String,
+    /// `runtimeClassName` (`nvidia` on `gpu: true` hosts); empty: the node's default.
+    runtime_class: String,
     node_selector: String,
     image: String,
     command: Option<Vec<String>>,
@@ -606,8 +616,8 @@ pub fn render(
             device: core_device.clone(),
             labels: renderer.base_labels(node, "core", part),
             node_selector: p.pin.clone(),
-            rabbitmq_image: RABBITMQ_IMAGE.into(),
-            redis_image: REDIS_IMAGE.into(),
+            rabbitmq_image: p.host.vars.images.rabbitmq.clone(),
+            redis_image: p.host.vars.images.redis.clone(),
             kanban_image: format!(
                 "{}/aion-kanban:{}",
                 p.host.vars.registry_prefix,
@@ -644,6 +654,16 @@ pub fn render(
             "aion-kanban RBAC",
             &mut objects,
         )?;
+        if p.host.role == Role::Master && inv.hosts.iter().any(|h| h.vars.gpu) {
+            renderer.render(
+                "core/runtimeclass.yaml.j2",
+                &context(&core("runtimeclass")),
+                node,
+                "core/runtimeclass",
+                "nvidia",
+                &mut objects,
+            )?;
+        }
         if p.host.role == Role::Master {
             renderer.render(
                 "core/rabbitmq.yaml.j2",
@@ -672,6 +692,12 @@ pub fn render(
         )?;
 
         let mut names: BTreeMap<String, String> = BTreeMap::new();
+        // Service accounts the microservices name, once each; `default` exists in every
+        // namespace and `aion-kanban` is the core's.
+        let mut accounts: BTreeSet<String> = ["default", "aion-kanban"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         for (_, file) in files {
             let device_name = device_of(node, file);
             for ms in &file.microservices {
@@ -688,6 +714,24 @@ pub fn render(
                         &file.debug,
                         &rabbitmq_url,
                     )?;
+                    if ctx.runtime_class == "nvidia" {
+                        // The nvidia runtime exists only on `gpu: true` hosts (containerd role).
+                        let host = if ctx.node_selector.is_empty() {
+                            node
+                        } else {
+                            ctx.node_selector.as_str()
+                        };
+                        if !inv.hosts.iter().any(|h| h.name == host && h.vars.gpu) {
+                            return Err(invalid(
+                                &ms.span,
+                                &ms.name,
+                                format!(
+                                    "runtimeClassName nvidia needs a host with `gpu: true`; {} runs on {host}, which has none (set `gpu: true` on it, or targetNode a GPU host)",
+                                    ctx.name
+                                ),
+                            ));
+                        }
+                    }
                     if let Some(prev) = names.insert(ctx.name.clone(), ms.name.clone()) {
                         return Err(invalid(
                             &ms.span,
@@ -714,6 +758,16 @@ pub fn render(
                         }
                     }
                     let value = context(&ctx);
+                    if accounts.insert(ctx.service_account.clone()) {
+                        renderer.render(
+                            "microservice/serviceaccount.yaml.j2",
+                            &value,
+                            node,
+                            &ms.name,
+                            &ctx.service_account,
+                            &mut objects,
+                        )?;
+                    }
                     renderer.render(
                         "microservice/workload.yaml.j2",
                         &value,
@@ -1032,7 +1086,9 @@ fn microservice_ctx(
         ns: ns.to_owned(),
         labels,
         always: ms.always,
+        startup: ms.startup,
         service_account: ms.service_account.clone(),
+        runtime_class: ms.runtime_class_name.clone(),
         node_selector,
         command: ms.command.clone().filter(|c| !c.is_empty()),
         privileged: ms.privileged,
@@ -1131,6 +1187,91 @@ microservices:
             .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
     }
 
+    /// `startup: no` instances are rendered idle (the runtime starts them on demand); `startup:
+    /// yes` ones running. Before, every instance was rendered running.
+    #[test]
+    fn only_startup_instances_are_rendered_running() {
+        let inv = single("default");
+        let text = r#"
+microservices:
+  eager-svc: {always: yes, startup: yes}
+  lazy-svc: {always: yes, startup: no}
+  eager-job: {always: no, startup: yes}
+  lazy-job: {always: no}
+"#;
+        let m = render(&inv, &[("edge-master".to_owned(), services(text))]).unwrap();
+        let eager = &find(&m, "Deployment", "eager-svc-001").value;
+        assert_eq!(eager["spec"]["replicas"], 1);
+        assert!(eager["metadata"].get("annotations").is_none());
+        let lazy = &find(&m, "Deployment", "lazy-svc-001").value;
+        assert_eq!(lazy["spec"]["replicas"], 0);
+        assert_eq!(
+            lazy["metadata"]["annotations"]["aion.latona.io/start"],
+            "on-demand"
+        );
+        let eager = &find(&m, "Job", "eager-job-001").value;
+        assert!(eager["spec"].get("suspend").is_none());
+        let lazy = &find(&m, "Job", "lazy-job-001").value;
+        assert_eq!(lazy["spec"]["suspend"], true);
+    }
+
+    /// A `serviceAccount` named in services.yml is created (once per namespace, no bindings);
+    /// with ServiceAccount admission on, pods naming a missing one are rejected.
+    #[test]
+    fn named_service_accounts_are_created_once() {
+        let inv = single("default");
+        let text = r#"
+microservices:
+  a: {serviceAccount: controller-serviceaccount, scale: 2}
+  b: {serviceAccount: controller-serviceaccount}
+  c: {serviceAccount: aion-kanban}
+  d: {}
+"#;
+        let m = render(&inv, &[("edge-master".to_owned(), services(text))]).unwrap();
+        let accounts: Vec<_> = m
+            .objects()
+            .filter(|o| o.key.kind == "ServiceAccount")
+            .map(|o| o.key.name.as_str())
+            .collect();
+        // The core's own account once, the named one once, `default` never.
+        assert_eq!(accounts, ["aion-kanban", "controller-serviceaccount"]);
+        let sa = &find(&m, "ServiceAccount", "controller-serviceaccount").value;
+        assert_eq!(sa["metadata"]["namespace"], "default");
+        assert_eq!(
+            sa["metadata"]["labels"][LABEL_INVENTORY], "lab",
+            "owned by the inventory (pruned with it)"
+        );
+        assert!(m.objects().all(|o| o.key.kind != "RoleBinding"
+            || o.value["subjects"][0]["name"] != "controller-serviceaccount"));
+    }
+
+    /// `gpu: true` hosts get the nvidia runtime (containerd role) and a RuntimeClass for it; a
+    /// microservice asks with `runtimeClassName: nvidia`, only where the runtime exists.
+    #[test]
+    fn nvidia_runtime_class_for_gpu_hosts() {
+        let text =
+            "microservices:\n  detector: {runtimeClassName: nvidia, targetNode: edge-worker-1}\n";
+        let gpu = inventory(
+            "name: lab\nmode: cluster\nhosts:\n  - name: edge-master\n    address: 10.0.0.2\n    role: master\n  - name: edge-worker-1\n    address: 10.0.0.3\n    role: worker\n    vars: {gpu: true}\n",
+        );
+        let m = render(&gpu, &[("edge-worker-1".to_owned(), services(text))]).unwrap();
+        let rc = &find(&m, "RuntimeClass", "nvidia").value;
+        assert_eq!(rc["handler"], "nvidia");
+        assert!(rc["metadata"].get("namespace").is_none(), "cluster-scoped");
+        let d = &find(&m, "Job", "detector-001").value;
+        assert_eq!(d["spec"]["template"]["spec"]["runtimeClassName"], "nvidia");
+        // No GPU host: no RuntimeClass, and asking for it is an error naming the microservice.
+        let m = render(&cluster(), &[]).unwrap();
+        assert!(m.objects().all(|o| o.key.kind != "RuntimeClass"));
+        let err = render(&cluster(), &[("edge-worker-1".to_owned(), services(text))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("detector") && err.contains("gpu: true"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn render_is_deterministic() {
         let inv = single("default");
@@ -1150,7 +1291,15 @@ microservices:
         assert_eq!(job["metadata"]["namespace"], "default");
         assert_eq!(job["metadata"]["labels"]["run"], "sample-job-001");
         assert_eq!(job["spec"]["backoffLimit"], 1);
-        assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 2);
+        // No TTL: a finished Job stays for the runtime to run again (upstream's 2 s TTL made
+        // it vanish, so on-demand start found nothing and every plan re-created it).
+        assert!(job["spec"].get("ttlSecondsAfterFinished").is_none());
+        // `startup` defaults to no: idle until a kanban arrives, marked for the runtime.
+        assert_eq!(job["spec"]["suspend"], true);
+        assert_eq!(
+            job["metadata"]["annotations"]["aion.latona.io/start"],
+            "on-demand"
+        );
         let pod = &job["spec"]["template"]["spec"];
         assert_eq!(pod["restartPolicy"], "OnFailure");
         assert_eq!(pod["hostname"], "sample-job-001");
@@ -1192,7 +1341,7 @@ microservices:
 
         for i in ["001", "002"] {
             let d = &find(&m, "Deployment", &format!("web-{i}")).value;
-            assert_eq!(d["spec"]["replicas"], 1);
+            assert_eq!(d["spec"]["replicas"], 0, "web is not `startup`");
             assert_eq!(
                 d["spec"]["selector"]["matchLabels"],
                 json!({"run": format!("web-{i}")})

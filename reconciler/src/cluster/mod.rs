@@ -57,6 +57,13 @@ pub const MANAGED_KINDS: &[ManagedKind] = &[
         namespaced: false,
     },
     ManagedKind {
+        group: "node.k8s.io",
+        version: "v1",
+        kind: "RuntimeClass",
+        plural: "runtimeclasses",
+        namespaced: false,
+    },
+    ManagedKind {
         group: "",
         version: "v1",
         kind: "ServiceAccount",
@@ -179,6 +186,10 @@ pub enum Action {
     Replace,
     /// Ours (labels) and no longer desired.
     Delete,
+    /// Ours, no longer desired, and already being deleted (a `Terminating` namespace waiting
+    /// for its contents, an object held by a finalizer): nothing to do; `apply --wait` waits
+    /// for it to be gone.
+    Deleting,
     /// Present and equal: not touched.
     Unchanged,
     /// Another field manager owns a field we set to a different value.
@@ -194,6 +205,7 @@ impl Action {
             Action::Change => "~",
             Action::Replace => "-/+",
             Action::Delete => "-",
+            Action::Deleting => "(-)",
             Action::Unchanged => "=",
             Action::Conflict => "!",
             Action::Invalid => "x",
@@ -228,6 +240,8 @@ pub struct Counts {
     pub change: usize,
     pub replace: usize,
     pub delete: usize,
+    /// Already being deleted: not work to do.
+    pub deleting: usize,
     pub unchanged: usize,
     pub conflict: usize,
     pub invalid: usize,
@@ -251,6 +265,7 @@ impl ClusterPlan {
                 Action::Change => counts.change += 1,
                 Action::Replace => counts.replace += 1,
                 Action::Delete => counts.delete += 1,
+                Action::Deleting => counts.deleting += 1,
                 Action::Unchanged => counts.unchanged += 1,
                 Action::Conflict => counts.conflict += 1,
                 Action::Invalid => counts.invalid += 1,
@@ -263,9 +278,12 @@ impl ClusterPlan {
         }
     }
 
-    /// Whether applying would change anything (conflicts and invalid objects count).
+    /// Whether applying would change anything (conflicts and invalid objects count; objects
+    /// already being deleted do not).
     pub fn has_changes(&self) -> bool {
-        self.changes.iter().any(|c| c.action != Action::Unchanged)
+        self.changes
+            .iter()
+            .any(|c| !matches!(c.action, Action::Unchanged | Action::Deleting))
     }
 
     /// One line of counts, e.g. `cluster: 2 to create, 1 to change, 0 to delete, 40 unchanged`.
@@ -277,6 +295,9 @@ impl ClusterPlan {
         );
         if c.replace > 0 {
             s.push_str(&format!(", {} to replace", c.replace));
+        }
+        if c.deleting > 0 {
+            s.push_str(&format!(", {} being deleted", c.deleting));
         }
         if c.conflict > 0 {
             s.push_str(&format!(", {} conflicting", c.conflict));
@@ -302,6 +323,7 @@ impl ClusterPlan {
                     Action::Create => head.green().to_string(),
                     Action::Delete => head.red().to_string(),
                     Action::Change | Action::Replace => head.yellow().to_string(),
+                    Action::Deleting => head.dimmed().to_string(),
                     _ => head.red().bold().to_string(),
                 }
             } else {
@@ -495,15 +517,34 @@ pub async fn plan_with(
     let objects: Vec<_> = manifests.objects().collect();
     let results: Vec<_> = stream::iter(objects.iter().map(|o| async move {
         let known = live.get(&identity(&o.key)).copied();
-        let r = plan_one(client, &o.key, &o.value, known).await?;
-        Ok::<_, ClusterError>((*o, r))
+        let desired = normalize::keep_runtime_fields(&o.value, known);
+        if let Some(since) = known.and_then(normalize::being_deleted) {
+            // Still going away (e.g. a namespace pruned by the last apply, desired again):
+            // apply waits until it is gone, then creates it.
+            let new = normalize::to_yaml(&normalize::normalize(&desired));
+            let r = (
+                Action::Replace,
+                Some(normalize::unified_diff(
+                    "",
+                    &new,
+                    "/dev/null",
+                    &o.key.to_string(),
+                )),
+                Some(format!(
+                    "being deleted since {since}: created again once it is gone"
+                )),
+            );
+            return Ok::<_, ClusterError>((*o, desired, r));
+        }
+        let r = plan_one(client, &o.key, &desired, known).await?;
+        Ok::<_, ClusterError>((*o, desired, r))
     }))
     .buffered(concurrency.max(1))
     .try_collect()
     .await?;
     let mut changes = Vec::with_capacity(results.len());
     let mut desired: HashSet<_> = HashSet::new();
-    for (o, (action, diff, message)) in results {
+    for (o, desired_value, (action, diff, message)) in results {
         desired.insert(identity(&o.key));
         changes.push(ObjectChange {
             key: o.key.clone(),
@@ -512,9 +553,15 @@ pub async fn plan_with(
             owner: Some(o.owner.clone()),
             diff,
             message,
-            desired: Some(o.value.clone()),
+            desired: Some(desired_value),
         });
     }
+    // Everything in a namespace that is being deleted goes with it.
+    let terminating: HashSet<String> = owned
+        .iter()
+        .filter(|(k, v)| k.kind == "Namespace" && normalize::being_deleted(v).is_some())
+        .map(|(k, _)| k.name.clone())
+        .collect();
     let mut prune: Vec<ObjectChange> = owned
         .into_iter()
         .filter(|(k, _)| !desired.contains(&identity(k)))
@@ -526,6 +573,12 @@ pub async fn plan_with(
                     .map(str::to_owned)
             };
             let old = normalize::to_yaml(&normalize::normalize(&v));
+            let since = normalize::being_deleted(&v).map(str::to_owned).or_else(|| {
+                key.namespace
+                    .as_ref()
+                    .filter(|ns| terminating.contains(*ns))
+                    .map(|ns| format!("namespace {ns} is being deleted"))
+            });
             ObjectChange {
                 diff: Some(normalize::unified_diff(
                     &old,
@@ -536,8 +589,18 @@ pub async fn plan_with(
                 node: label(crate::render::LABEL_NODE),
                 owner: label(crate::render::LABEL_NAME),
                 key,
-                action: Action::Delete,
-                message: None,
+                action: if since.is_some() {
+                    Action::Deleting
+                } else {
+                    Action::Delete
+                },
+                message: since.map(|t| {
+                    if t.starts_with("namespace ") {
+                        t
+                    } else {
+                        format!("being deleted since {t}")
+                    }
+                }),
                 desired: None,
             }
         })
@@ -762,7 +825,8 @@ pub async fn execute(
                 .as_ref()
                 .expect("desired objects carry their value");
             if c.action == Action::Replace {
-                delete_key(client, &c.key, Some(Duration::from_secs(60))).await?;
+                // A namespace being deleted waits for its contents: give it time.
+                delete_key(client, &c.key, Some(Duration::from_secs(300))).await?;
             }
             apply_value(client, &c.key, value, c.action == Action::Conflict).await?;
             Ok::<_, ClusterError>(c)
@@ -882,9 +946,16 @@ pub async fn wait_ready(
                 .map_err(|e| api_err(k, e))?;
             let r = match live {
                 Some(o) => {
-                    normalize::readiness(&k.kind, &serde_json::to_value(&o).unwrap_or(Value::Null))
+                    let v = serde_json::to_value(&o).unwrap_or(Value::Null);
+                    match normalize::readiness(&k.kind, &v) {
+                        Readiness::Pending(m) => match pod_problems_of(client, k, &v).await {
+                            Some(p) => Readiness::Pending(format!("{m}; {p}")),
+                            None => Readiness::Pending(m),
+                        },
+                        r => r,
+                    }
                 }
-                // A finished Job is removed by its TTL (upstream's ttlSecondsAfterFinished 2).
+                // The runtime deletes a finished Job and creates it again for the next kanban.
                 None if k.kind == "Job" => Readiness::Ready,
                 None => Readiness::Pending("not found".into()),
             };
@@ -932,6 +1003,74 @@ pub async fn wait_ready(
         pending = still;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Poll until no object this inventory owns is left outside `manifests`: what the last apply
+/// pruned and what was already being deleted (a namespace waits for its contents) are gone.
+/// [`ClusterError::NotReady`] names what is still there after `timeout`.
+pub async fn wait_pruned(
+    client: &kube::Client,
+    manifests: &Manifests,
+    timeout: Duration,
+    opts: &ExecuteOptions,
+) -> Result<(), ClusterError> {
+    let start = Instant::now();
+    let desired: HashSet<_> = manifests.objects().map(|o| identity(&o.key)).collect();
+    let mut shown = HashSet::new();
+    loop {
+        let left: Vec<ObjectKey> = list_owned(client, &manifests.inventory)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !desired.contains(&identity(k)))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        for k in &left {
+            if shown.insert(k.clone()) {
+                emit(opts, k, "waiting: being deleted");
+            }
+        }
+        if start.elapsed() >= timeout {
+            return Err(ClusterError::NotReady {
+                secs: timeout.as_secs(),
+                count: left.len(),
+                list: left
+                    .iter()
+                    .map(|k| format!("  {k}: still being deleted"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// What keeps a workload's pods from running (image pull errors, crash loops, unschedulable),
+/// from the pods its selector matches: `None` when there is nothing to say (or no selector).
+async fn pod_problems_of(client: &kube::Client, k: &ObjectKey, live: &Value) -> Option<String> {
+    let labels = live.pointer("/spec/selector/matchLabels")?.as_object()?;
+    let selector = labels
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pod_ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods");
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), k.namespace.as_deref()?, &pod_ar);
+    let pods = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .ok()?;
+    let mut problems: Vec<String> = pods
+        .items
+        .iter()
+        .flat_map(|p| normalize::pod_problems(&serde_json::to_value(p).unwrap_or(Value::Null)))
+        .collect();
+    problems.sort();
+    problems.dedup();
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 /// Server-side apply a list of objects in apply order (no dry-run, no prune, no force).
@@ -1017,6 +1156,33 @@ pub struct StatusRow {
     pub readiness: Readiness,
     /// Pod-level problems: image pull errors, crash loops, unschedulable.
     pub problems: Vec<String>,
+    /// The workload's pods as they run: phase and the node each one is on.
+    pub pods: Vec<PodPlacement>,
+}
+
+/// One pod of a workload: where it runs and in which phase (`Pending`, `Running`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PodPlacement {
+    pub name: String,
+    pub phase: String,
+    /// Empty while the pod is not scheduled.
+    pub node: String,
+}
+
+impl PodPlacement {
+    fn of(pod: &Value) -> PodPlacement {
+        let s = |p: &str| {
+            pod.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        PodPlacement {
+            name: s("/metadata/name"),
+            phase: s("/status/phase"),
+            node: s("/spec/nodeName"),
+        }
+    }
 }
 
 /// Per node and microservice: each rendered Deployment/Job, its live state and pod problems.
@@ -1117,13 +1283,13 @@ pub async fn status(
             .unwrap_or(&o.key.name)
             .to_owned();
         let ns = o.key.namespace.clone().unwrap_or_default();
-        let mut problems: Vec<String> = pods
-            .get(&(ns, run))
-            .into_iter()
-            .flatten()
-            .flat_map(normalize::pod_problems)
+        let own_pods: Vec<&Value> = pods.get(&(ns, run)).into_iter().flatten().collect();
+        let mut problems: Vec<String> = own_pods
+            .iter()
+            .flat_map(|p| normalize::pod_problems(p))
             .collect();
         problems.dedup();
+        let pods = own_pods.iter().map(|p| PodPlacement::of(p)).collect();
         Ok::<_, ClusterError>(StatusRow {
             node: o.node.clone(),
             owner: o.owner.clone(),
@@ -1132,6 +1298,7 @@ pub async fn status(
             observed,
             readiness,
             problems,
+            pods,
         })
     }))
     .buffered(concurrency.max(1))

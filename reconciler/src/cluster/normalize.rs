@@ -11,6 +11,49 @@ const NOISY_ANNOTATIONS: &[&str] = &[
     "kubectl.kubernetes.io/last-applied-configuration",
 ];
 
+/// Annotation on microservice workloads rendered idle (`startup: no`): the runtime starts them.
+pub const ANNOTATION_START: &str = "aion.latona.io/start";
+pub const START_ON_DEMAND: &str = "on-demand";
+
+fn on_demand(v: &Value) -> bool {
+    v.pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_START))
+        .and_then(Value::as_str)
+        == Some(START_ON_DEMAND)
+}
+
+/// The desired object to apply over `live`, keeping what the runtime decides on on-demand
+/// workloads: a Deployment's `spec.replicas` and a Job's `spec.suspend`. Rendered idle, they
+/// are started by aion-kanban when a kanban arrives; applying the rendered 0 / `true` again
+/// would stop a running instance and make every `plan` after a start show a change.
+/// Only when both sides are on-demand: an instance switched to `startup: yes` gets the
+/// rendered value (it starts), and one switched to `startup: no` stops.
+pub fn keep_runtime_fields(desired: &Value, live: Option<&Value>) -> Value {
+    let mut out = desired.clone();
+    let Some(live) = live else { return out };
+    if !on_demand(desired) || !on_demand(live) {
+        return out;
+    }
+    let field = match desired.get("kind").and_then(Value::as_str) {
+        Some("Deployment") => "replicas",
+        Some("Job") => "suspend",
+        _ => return out,
+    };
+    if let (Some(v), Some(spec)) = (
+        live.pointer(&format!("/spec/{field}")),
+        out.get_mut("spec").and_then(Value::as_object_mut),
+    ) {
+        spec.insert(field.to_owned(), v.clone());
+    }
+    out
+}
+
+/// `metadata.deletionTimestamp` of an object that is already being deleted.
+pub fn being_deleted(v: &Value) -> Option<&str> {
+    v.pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+}
+
 /// Strip what the server owns (`managedFields`, `resourceVersion`, `uid`, `generation`,
 /// timestamps, `status`, controller annotations) and sort keys, so that a live object and a
 /// server-side dry-run of our apply compare equal exactly when applying would change nothing.
@@ -139,7 +182,8 @@ fn condition_true(v: &Value, ty: &str) -> bool {
 /// Per-kind readiness rules (kapp/kstatus style):
 /// * Deployment: the controller has observed the current generation and `updated`/`available`
 ///   replicas reach `spec.replicas`; a `ProgressDeadlineExceeded` condition is a failure.
-/// * Job: `Complete` → ready, `Failed` → failed.
+/// * Job: `Complete` → ready, `Failed` → failed; suspended (an on-demand instance before its
+///   first kanban) or running with a ready pod (a microservice waiting for kanbans) → ready.
 /// * Service: has a cluster IP (or is headless/ExternalName).
 /// * Namespace: phase `Active`.
 /// * everything else: ready once it exists.
@@ -181,6 +225,10 @@ pub fn readiness(kind: &str, v: &Value) -> Readiness {
                     .and_then(Value::as_str)
                     .unwrap_or("job failed");
                 Readiness::Failed(msg.to_owned())
+            } else if v.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true)
+                || int(v, "/status/ready").unwrap_or(0) >= 1
+            {
+                Readiness::Ready
             } else {
                 let active = int(v, "/status/active").unwrap_or(0);
                 Readiness::Pending(format!("{active} active, not complete"))
@@ -326,8 +374,62 @@ mod tests {
         );
     }
 
+    /// After the runtime started an on-demand instance, the plan keeps its replicas/suspend:
+    /// before, `plan` showed `replicas: 1 → 0` and `apply` stopped the running instance.
+    #[test]
+    fn runtime_owned_fields_are_kept_on_on_demand_workloads() {
+        let ann = json!({"aion.latona.io/start": "on-demand"});
+        let desired = json!({"kind": "Deployment", "metadata": {"name": "p-001", "annotations": ann},
+                             "spec": {"replicas": 0, "template": {}}});
+        let live = json!({"kind": "Deployment", "metadata": {"name": "p-001", "annotations": ann},
+                          "spec": {"replicas": 1, "template": {}}});
+        let kept = keep_runtime_fields(&desired, Some(&live));
+        assert_eq!(kept["spec"]["replicas"], 1);
+        assert_eq!(kept["spec"]["template"], json!({}));
+        // Nothing live yet: created idle.
+        assert_eq!(keep_runtime_fields(&desired, None), desired);
+        // Live was rendered `startup: yes` (no annotation) and is now on-demand: it stops.
+        let was_startup = json!({"kind": "Deployment", "metadata": {"name": "p-001"},
+                                 "spec": {"replicas": 1}});
+        assert_eq!(
+            keep_runtime_fields(&desired, Some(&was_startup))["spec"]["replicas"],
+            0
+        );
+        // Now `startup: yes` (no annotation desired): the rendered value wins.
+        let startup = json!({"kind": "Deployment", "metadata": {"name": "p-001"},
+                             "spec": {"replicas": 1}});
+        let idle = json!({"kind": "Deployment", "metadata": {"annotations": ann},
+                          "spec": {"replicas": 0}});
+        assert_eq!(
+            keep_runtime_fields(&startup, Some(&idle))["spec"]["replicas"],
+            1
+        );
+        // Jobs: `suspend`.
+        let job =
+            json!({"kind": "Job", "metadata": {"annotations": ann}, "spec": {"suspend": true}});
+        let running =
+            json!({"kind": "Job", "metadata": {"annotations": ann}, "spec": {"suspend": false}});
+        assert_eq!(
+            keep_runtime_fields(&job, Some(&running))["spec"]["suspend"],
+            false
+        );
+    }
+
     #[test]
     fn job_and_service_readiness() {
+        // An on-demand Job before its first kanban, and a running microservice Job.
+        assert_eq!(
+            readiness("Job", &json!({"spec": {"suspend": true}})),
+            Readiness::Ready
+        );
+        assert_eq!(
+            readiness("Job", &json!({"status": {"active": 1, "ready": 1}})),
+            Readiness::Ready
+        );
+        assert!(matches!(
+            readiness("Job", &json!({"status": {"active": 1, "ready": 0}})),
+            Readiness::Pending(_)
+        ));
         let j = json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}});
         assert_eq!(readiness("Job", &j), Readiness::Ready);
         let j = json!({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}});

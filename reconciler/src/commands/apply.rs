@@ -24,6 +24,14 @@ pub struct Args {
     /// A lock on the master older than this many seconds is considered stale and taken over.
     #[arg(long, default_value_t = 7200)]
     pub lock_stale_after: u64,
+    /// After applying (or finding nothing to change), wait until every workload of the
+    /// installation runs: Deployments available, Jobs complete, Services with a cluster IP. Pod
+    /// problems (ImagePullBackOff, CrashLoopBackOff, Unschedulable, ...) are reported.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits, in seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
 }
 
 /// How an `apply` ended.
@@ -38,11 +46,15 @@ pub struct Outcome {
     pub log: Option<PathBuf>,
     /// Whether the locks were taken (false when nothing had to change).
     pub locked: bool,
+    /// With `--wait`: whether every workload became ready (a summary line), or what did not.
+    pub readiness: Option<Result<String, String>>,
 }
 
 impl Outcome {
     pub fn ok(&self) -> bool {
-        self.report.ok() && self.cluster.is_ok()
+        self.report.ok()
+            && self.cluster.is_ok()
+            && self.readiness.as_ref().is_none_or(|r| r.is_ok())
     }
 
     /// The closing text: counts, the cluster part, one line per host that did not converge
@@ -63,6 +75,11 @@ impl Outcome {
             Err(e) => out.push_str(&format!("cluster: {e}")),
         }
         out.push('\n');
+        match &self.readiness {
+            Some(Ok(s)) => out.push_str(&format!("{s}\n")),
+            Some(Err(e)) => out.push_str(&format!("wait: {e}\n")),
+            None => {}
+        }
         for (h, o) in &self.report.hosts {
             if !o.ok() {
                 out.push_str(&format!("  {h}: {}\n", describe(o)));
@@ -81,6 +98,7 @@ impl Outcome {
             "cluster": self.cluster.as_ref().map_err(|e| e.clone()),
             "log": self.log,
             "locked": self.locked,
+            "readiness": self.readiness.as_ref().map(|r| r.as_ref().map_err(|e| e.clone())),
         })
     }
 }
@@ -106,6 +124,56 @@ pub fn run_blocking(args: &Args) -> anyhow::Result<Outcome> {
 /// Plan, and if anything would change: lock, re-plan, execute. Prints the plan (text mode)
 /// and the progress; the summary is the caller's.
 pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
+    let mut outcome = apply_changes(args).await?;
+    if args.wait && outcome.report.ok() && outcome.cluster.is_ok() {
+        outcome.readiness = Some(wait_for_workloads(args).await);
+    }
+    Ok(outcome)
+}
+
+/// `--wait`: every Deployment, Job and Service this inventory renders becomes ready (Deployments
+/// the runtime scales to 0 count as ready at 0). Progress goes to stderr as `<object>: <what>`.
+async fn wait_for_workloads(args: &Args) -> Result<String, String> {
+    let c = &args.common;
+    let (inv, manifests) =
+        super::render::load_and_render(&c.inventory).map_err(|e| format!("{e:#}"))?;
+    let keys: Vec<crate::render::ObjectKey> = manifests
+        .objects()
+        .map(|o| o.key.clone())
+        .filter(|k| matches!(k.kind.as_str(), "Deployment" | "Job" | "Service"))
+        .collect();
+    let client = crate::kubeclient::client_from(&inv.kubeconfig)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let opts = crate::cluster::ExecuteOptions {
+        progress: Some(crate::cluster::stderr_progress()),
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    let timeout = Duration::from_secs(args.timeout);
+    crate::cluster::wait_ready(&client, &keys, timeout, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Pruned objects and those already being deleted (a Terminating namespace) are gone too.
+    crate::cluster::wait_pruned(
+        &client,
+        &manifests,
+        timeout.saturating_sub(start.elapsed()),
+        &opts,
+    )
+    .await
+    .map(|()| {
+        format!(
+            "ready: {} workload object(s) after {:.0} s",
+            keys.len(),
+            start.elapsed().as_secs_f64()
+        )
+    })
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// Plan, and if anything would change: lock, re-plan, execute.
+async fn apply_changes(args: &Args) -> anyhow::Result<Outcome> {
     let c = &args.common;
     let p = prepare(c).await?;
     let (plan, cluster) = plan_both(c, &p).await;
@@ -129,6 +197,7 @@ pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
             cluster,
             log: None,
             locked: false,
+            readiness: None,
         });
     }
     let result = locked_apply(args, &p).await;
@@ -215,6 +284,7 @@ async fn locked_apply(args: &Args, p: &Prepared) -> anyhow::Result<Outcome> {
             cluster,
             log: Some(log.path().to_owned()),
             locked: true,
+            readiness: None,
         })
     }
     .await;

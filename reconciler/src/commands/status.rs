@@ -1,5 +1,5 @@
 //! `aion-reconcile status`: per node and microservice, desired vs observed (replicas ready, job
-//! complete, pending, image pull errors).
+//! complete, pending, image pull errors) and each pod's phase and node.
 
 use std::path::PathBuf;
 
@@ -37,9 +37,10 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         "OBJECT",
         "DESIRED",
         "OBSERVED",
+        "PODS",
         "STATE",
     ];
-    let mut table: Vec<[String; 6]> = Vec::new();
+    let mut table: Vec<[String; 7]> = Vec::new();
     for r in &rows {
         let state = match &r.readiness {
             Readiness::Ready => "ready".to_owned(),
@@ -51,12 +52,26 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         } else {
             format!("{state}; {}", r.problems.join("; "))
         };
+        // Where each pod runs and in which phase: `Running@edge-1`, `Pending@-` (unscheduled).
+        let pods = if r.pods.is_empty() {
+            "-".to_owned()
+        } else {
+            r.pods
+                .iter()
+                .map(|p| {
+                    let node = if p.node.is_empty() { "-" } else { &p.node };
+                    format!("{}@{node}", p.phase)
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         table.push([
             r.node.clone(),
             r.owner.clone(),
             r.key.to_string(),
             r.desired.clone(),
             r.observed.clone(),
+            pods,
             state,
         ]);
     }
@@ -66,10 +81,10 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cells: [&str; 6]| {
+    let line = |cells: [&str; 7]| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i == 5 {
+            if i == 6 {
                 s.push_str(c);
             } else {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
