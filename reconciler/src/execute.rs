@@ -1355,6 +1355,66 @@ resources:
         }
     }
 
+    #[tokio::test]
+    async fn a_microservice_placed_on_another_host_finds_its_namespace_config_there() {
+        // w1's `pong` runs on m1 (targetNode) in namespace w1 and mounts
+        // /var/lib/aion/w1/config from m1: m1 must hold w1's services.yml (seen on running
+        // pods: the kanban client found no services.yml there and never started).
+        let b = bed();
+        let mut inv = b.inv.clone();
+        inv.hosts[1].vars.namespace = "w1".into();
+        let m1_file = b.dir.path().join("m1-services.yml");
+        let w1_file = b.dir.path().join("w1-services.yml");
+        let m1_text = "microservices:\n  local:\n    always: yes\n";
+        let w1_text = "microservices:\n  pong:\n    always: yes\n    targetNode: m1\n  stray:\n    targetNode: elsewhere\n";
+        std::fs::write(&m1_file, m1_text).unwrap();
+        std::fs::write(&w1_file, w1_text).unwrap();
+        inv.hosts[0].services = Some(m1_file);
+        inv.hosts[1].services = Some(w1_file.clone());
+
+        let guests = crate::roles::guest_configs(&inv).unwrap();
+        assert_eq!(
+            guests.keys().collect::<Vec<_>>(),
+            ["m1"],
+            "only m1 hosts a guest; a target outside the inventory gets nothing"
+        );
+        assert_eq!(guests["m1"][0].owner, "w1");
+
+        let roles: Vec<(&str, &str)> = crate::roles::BUILTIN
+            .iter()
+            .filter(|(n, _)| matches!(*n, "directories" | "services"))
+            .copied()
+            .collect();
+        let specs = crate::roles::load_with(&inv, &roles).unwrap();
+        let cluster = FakeCluster::default();
+        let (_, report, log) = run_apply(&b, &specs, &cluster).await;
+        assert!(report.ok(), "{report:?}\n{log}");
+        let m1 = b.dir.path().join("m1/var/lib/aion");
+        assert_eq!(
+            std::fs::read_to_string(m1.join("w1/config/services.yml")).unwrap(),
+            w1_text
+        );
+        assert!(m1.join("w1/Data").is_dir());
+        assert_eq!(
+            std::fs::read_to_string(m1.join("default/config/services.yml")).unwrap(),
+            m1_text,
+            "the host's own namespace keeps its own file"
+        );
+        let w1 = b.dir.path().join("w1/var/lib/aion");
+        assert_eq!(
+            std::fs::read_to_string(w1.join("w1/config/services.yml")).unwrap(),
+            w1_text
+        );
+        assert!(
+            !w1.join("default/config/services.yml").exists(),
+            "m1 places nothing on w1"
+        );
+
+        let (plan, report, log) = run_apply(&b, &specs, &cluster).await;
+        assert!(report.ok(), "{report:?}\n{log}");
+        assert!(!plan.has_changes(), "a second apply converges: {plan:?}");
+    }
+
     #[test]
     fn builtin_roles_render_for_single_and_cluster_mode() {
         let b = bed();

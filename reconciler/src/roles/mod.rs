@@ -133,6 +133,12 @@ pub enum RoleError {
     DuplicateId { host: String, id: String },
     #[error("the inventory has no master host")]
     NoMaster,
+    #[error("host {host}: {source}")]
+    Services {
+        host: String,
+        #[source]
+        source: aion_model::diag::LoadError,
+    },
 }
 
 /// Render a template (`templates/`) for the master into its objects.
@@ -195,6 +201,61 @@ pub fn host_context(inv: &Inventory, host: &Host) -> serde_json::Value {
     })
 }
 
+/// Another host's `services.yml` that a microservice reads on this host.
+///
+/// A microservice with `targetNode` runs in its own host's namespace but on the target node,
+/// and mounts `/var/lib/aion/<namespace>/config` from the node it runs on (a hostPath): the
+/// target node needs that namespace's `services.yml` too, or the kanban client cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestConfig {
+    /// The host whose services.yml places the microservice here.
+    pub owner: String,
+    pub namespace: String,
+    pub services_file: String,
+}
+
+/// For every host, the other namespaces' configs it must hold (see [`GuestConfig`]), keyed by
+/// the target host's inventory name (= its node name). Each services.yml is read once. A
+/// target node that is not in the inventory gets nothing (it is not provisioned by us), and a
+/// namespace the target host owns itself keeps its own file.
+pub fn guest_configs(inv: &Inventory) -> Result<BTreeMap<String, Vec<GuestConfig>>, RoleError> {
+    let mut guests: BTreeMap<String, BTreeMap<String, GuestConfig>> = BTreeMap::new();
+    for owner in &inv.hosts {
+        let Some(file) = &owner.services else {
+            continue;
+        };
+        let loaded = aion_model::services::load(file).map_err(|source| RoleError::Services {
+            host: owner.name.clone(),
+            source,
+        })?;
+        for ms in &loaded.value.microservices {
+            let Some(target) = inv
+                .hosts
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(&ms.target_node))
+            else {
+                continue;
+            };
+            if target.name == owner.name || target.vars.namespace == owner.vars.namespace {
+                continue;
+            }
+            guests
+                .entry(target.name.clone())
+                .or_default()
+                .entry(owner.vars.namespace.clone())
+                .or_insert_with(|| GuestConfig {
+                    owner: owner.name.clone(),
+                    namespace: owner.vars.namespace.clone(),
+                    services_file: file.display().to_string(),
+                });
+        }
+    }
+    Ok(guests
+        .into_iter()
+        .map(|(host, by_ns)| (host, by_ns.into_values().collect()))
+        .collect())
+}
+
 /// Render and parse the built-in roles for every host of `inv` (pure but for reading
 /// `source:` files), checking hostname uniqueness across the inventory.
 pub fn load(inv: &Inventory) -> Result<Vec<HostSpec>, RoleError> {
@@ -217,8 +278,12 @@ pub fn load_with(inv: &Inventory, roles: &[(&str, &str)]) -> Result<Vec<HostSpec
     env.add_filter("sh", |s: String| crate::facts::sh_quote(&s));
     let mut specs = Vec::new();
     let mut hostnames: BTreeMap<String, String> = BTreeMap::new();
+    let guests = guest_configs(inv)?;
     for host in &inv.hosts {
-        let ctx = minijinja::Value::from(minijinja::value::Serde(host_context(inv, host)));
+        let mut vars = host_context(inv, host);
+        vars["guest_configs"] =
+            serde_json::json!(guests.get(&host.name).cloned().unwrap_or_default());
+        let ctx = minijinja::Value::from(minijinja::value::Serde(vars));
         let mut spec = HostSpec {
             host: host.clone(),
             items: Vec::new(),
