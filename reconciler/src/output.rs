@@ -19,7 +19,60 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Print an error with its whole cause chain.
+/// Print an error with its whole cause chain, each cause once.
 pub fn print_error(err: &anyhow::Error) {
-    eprintln!("error: {err:#}");
+    eprintln!("error: {}", chain(&**err));
+}
+
+/// An error and its causes joined by `: `, each said once. Many errors already show their
+/// cause in their own text (`cannot read X: <io error>`) and also return it as `source()`;
+/// printing the chain naively says `No such file or directory` twice. A cause whose text the
+/// line already ends with is skipped.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !said.is_empty() && !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct ReadError {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        // What `plan -i missing.yml` printed: the io error twice.
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let io_text = io.to_string();
+        let err = anyhow::Error::new(ReadError {
+            path: "missing.yml".into(),
+            source: io,
+        });
+        assert_eq!(
+            format!("{err:#}"),
+            format!("cannot read missing.yml: {io_text}: {io_text}")
+        );
+        assert_eq!(chain(&*err), format!("cannot read missing.yml: {io_text}"));
+        // A context that does not repeat its cause keeps it.
+        let err = err.context("loading the inventory");
+        assert_eq!(
+            chain(&*err),
+            format!("loading the inventory: cannot read missing.yml: {io_text}")
+        );
+    }
 }

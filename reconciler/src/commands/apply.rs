@@ -136,7 +136,7 @@ pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
 async fn wait_for_workloads(args: &Args) -> Result<String, String> {
     let c = &args.common;
     let (inv, manifests) =
-        super::render::load_and_render(&c.inventory).map_err(|e| format!("{e:#}"))?;
+        super::render::load_and_render(&c.inventory).map_err(|e| crate::output::chain(&*e))?;
     let keys: Vec<crate::render::ObjectKey> = manifests
         .objects()
         .map(|o| o.key.clone())
@@ -144,7 +144,7 @@ async fn wait_for_workloads(args: &Args) -> Result<String, String> {
         .collect();
     let client = crate::kubeclient::client_from(&inv.kubeconfig)
         .await
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(|e| crate::output::chain(&e))?;
     let opts = crate::cluster::ExecuteOptions {
         progress: Some(crate::cluster::stderr_progress()),
         ..Default::default()
@@ -169,7 +169,7 @@ async fn wait_for_workloads(args: &Args) -> Result<String, String> {
             start.elapsed().as_secs_f64()
         )
     })
-    .map_err(|e| format!("{e:#}"))
+    .map_err(|e| crate::output::chain(&e))
 }
 
 /// Plan, and if anything would change: lock, re-plan, execute.
@@ -256,12 +256,12 @@ async fn locked_apply(args: &Args, p: &Prepared) -> anyhow::Result<Outcome> {
                     .await
                     {
                         Ok(r) => Ok(r.summary()),
-                        Err(e) => Err(format!("{e:#}")),
+                        Err(e) => Err(crate::output::chain(&e)),
                     }
                 }
                 Ok(ClusterPart::Planned(_)) => Ok("cluster: no changes".to_string()),
                 Ok(ClusterPart::NotYet) => Err("no kubeconfig after the master steps".to_string()),
-                Err(e) => Err(format!("{e:#}")),
+                Err(e) => Err(crate::output::chain(&*e)),
             }
         } else {
             let failed: Vec<&str> = report

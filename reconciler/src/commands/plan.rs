@@ -222,14 +222,14 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     Ok(ClusterPart::Planned(c)) => {
                         print!("{}", c.render_text(crate::output::use_color(), true))
                     }
-                    Err(e) => println!("Cluster: cannot plan: {e:#}"),
+                    Err(e) => println!("Cluster: cannot plan: {}", crate::output::chain(&**e)),
                 }
             }
             Format::Json => {
                 let c = match &cluster {
                     Ok(ClusterPart::Planned(c)) => serde_json::to_value(c)?,
                     Ok(ClusterPart::NotYet) => serde_json::Value::Null,
-                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+                    Err(e) => serde_json::json!({"error": crate::output::chain(&**e)}),
                 };
                 let v = serde_json::json!({"hosts": plan, "cluster": c});
                 println!("{}", serde_json::to_string_pretty(&v)?);
