@@ -30,6 +30,8 @@ pub enum Command {
     Status(commands::status::Args),
     /// Delete everything aion-reconcile manages in the cluster, in reverse order.
     Down(commands::down::Args),
+    /// Draw the kanban graph (devices, microservice instances, nextService) as SVG, DOT or Mermaid.
+    Graph(commands::graph::Args),
 }
 
 impl Command {
@@ -56,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Render(a) => commands::render::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Down(a) => commands::down::run(a),
+        Command::Graph(a) => commands::graph::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod commands;
 pub mod execute;
 pub mod facts;
+pub mod graph;
 pub mod host;
 pub mod kubeclient;
 pub mod lock;

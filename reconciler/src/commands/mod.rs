@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod diff;
 pub mod down;
+pub mod graph;
 pub mod plan;
 pub mod render;
 pub mod status;
