@@ -11,11 +11,12 @@ use std::sync::Arc;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
-use crate::facts::{self, HostFacts, path_expr, prelude, sh_quote};
+use crate::facts::{self, HostFacts};
 use crate::host::Host;
 use crate::plan::{self, Action, Change, ClusterCheck, HostPlan, Plan};
 use crate::progress::{Log, Progress, tail};
 use crate::roles::{ClusterStep, HostSpec, LocalFacts, Resource};
+use crate::shell::{path_expr, prelude, sh_quote};
 
 /// Lines of a failing step's output shown on the terminal.
 pub const TAIL_LINES: usize = 15;

@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 
+use crate::shell::{path_expr, prelude, sh_quote};
+
 /// What the checks of one host need.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FactRequest {
@@ -104,28 +106,6 @@ pub enum FactsError {
         line: usize,
         message: String,
     },
-}
-
-/// Quote `s` for a POSIX shell (single quotes).
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// Shell expression for `path` on the host: `~/x` → the user's home, everything under `$R`.
-pub fn path_expr(path: &str) -> String {
-    match path.strip_prefix("~/") {
-        Some(rest) => format!("\"$R$UH\"{}", sh_quote(&format!("/{rest}"))),
-        None if path == "~" => "\"$R$UH\"".to_string(),
-        None => format!("\"$R\"{}", sh_quote(path)),
-    }
-}
-
-/// The first lines of every script: the scratch root, the user and their home.
-pub fn prelude(user: &str) -> String {
-    format!(
-        "R=\"${{AION_ROOT:-}}\"\nU={}\nUH=$(getent passwd \"$U\" | cut -d: -f6)\n",
-        sh_quote(user)
-    )
 }
 
 impl FactRequest {
@@ -384,11 +364,5 @@ mod tests {
         assert!(e.to_string().contains("edge-1") && e.to_string().contains("killed"));
         let e = parse("edge-1", "WHAT\n", "").unwrap_err();
         assert!(matches!(e, FactsError::Malformed { line: 1, .. }));
-    }
-
-    #[test]
-    fn paths_are_quoted_and_rooted() {
-        assert_eq!(path_expr("/etc/x y"), "\"$R\"'/etc/x y'");
-        assert_eq!(path_expr("~/a'b"), "\"$R$UH\"'/a'\\''b'");
     }
 }

@@ -14,3 +14,4 @@ pub mod plan;
 pub mod progress;
 pub mod render;
 pub mod roles;
+pub mod shell;

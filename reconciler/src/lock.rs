@@ -12,8 +12,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::facts::{prelude, sh_quote};
 use crate::host::Host;
+use crate::shell::{prelude, sh_quote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {

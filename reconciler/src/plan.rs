@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::facts::{FactRequest, HostFacts, sh_quote};
+use crate::facts::{FactRequest, HostFacts};
 use crate::roles::{ClusterStep, HostSpec, LocalFacts, ResourceError};
+use crate::shell::sh_quote;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

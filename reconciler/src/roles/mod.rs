@@ -275,7 +275,7 @@ pub fn load_with(inv: &Inventory, roles: &[(&str, &str)]) -> Result<Vec<HostSpec
     {
         env.set_syntax(syntax);
     }
-    env.add_filter("sh", |s: String| crate::facts::sh_quote(&s));
+    env.add_filter("sh", |s: String| crate::shell::sh_quote(&s));
     let mut specs = Vec::new();
     let mut hostnames: BTreeMap<String, String> = BTreeMap::new();
     let guests = guest_configs(inv)?;

@@ -4,12 +4,12 @@
 
 use std::path::PathBuf;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::facts::{FactRequest, HostFacts, PathFact, path_expr, sh_quote};
+use crate::facts::{FactRequest, HostFacts, PathFact};
 use crate::plan::{Action, Change, ChangeKind};
+use crate::shell::{path_expr, sh_quote, write_file_script};
 
 /// One declarative resource of a role (`roles/*.yml`), after templating.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -163,22 +163,6 @@ pub fn unified_diff(path: &str, old: &[u8], new: &[u8]) -> Option<String> {
     u.context_radius(3)
         .header(&format!("{path} (host)"), &format!("{path} (desired)"));
     Some(u.to_string())
-}
-
-/// Script that writes base64 `content` atomically (temp file in the same directory + rename).
-pub fn write_file_script(path: &str, content: &[u8], mode: u32, chown: &str) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(content);
-    let mut wrapped = String::new();
-    for chunk in b64.as_bytes().chunks(76) {
-        wrapped.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        wrapped.push('\n');
-    }
-    format!(
-        "p={p}\nd=$(dirname \"$p\")\nmkdir -p \"$d\"\nt=$(mktemp \"$d/.aion-tmp.XXXXXX\")\n\
-         if base64 -d > \"$t\" <<'AION_EOF'\n{wrapped}AION_EOF\n\
-         then chmod {mode:o} \"$t\" && chown {chown} \"$t\" && mv -f \"$t\" \"$p\"; else rm -f \"$t\"; exit 1; fi\n",
-        p = path_expr(path),
-    )
 }
 
 /// Owner/group/mode of a path as desired (owner defaults to root, group to the owner).
