@@ -11,11 +11,12 @@ use std::sync::Arc;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
+use crate::change::{Action, Change, ClusterStep};
 use crate::facts::{self, HostFacts};
 use crate::host::Host;
-use crate::plan::{self, Action, Change, ClusterCheck, HostPlan, Plan};
+use crate::plan::{self, ClusterCheck, HostPlan, Plan};
 use crate::progress::{Log, Progress, tail};
-use crate::roles::{ClusterStep, HostSpec, LocalFacts, Resource};
+use crate::roles::{HostSpec, LocalFacts, Resource};
 use crate::shell::{path_expr, prelude, sh_quote};
 
 /// Lines of a failing step's output shown on the terminal.
@@ -620,8 +621,8 @@ pub mod kube_steps {
     use tokio::sync::OnceCell;
 
     use super::ClusterOps;
+    use crate::change::ClusterStep;
     use crate::plan::ClusterCheck;
-    use crate::roles::ClusterStep;
 
     const MANAGER: &str = "aion-reconcile";
     const TAINTS: [&str; 2] = [
@@ -936,8 +937,8 @@ mod tests {
     use aion_model::inventory::{Host as InvHost, HostVars, Inventory, Mode, Role, SshSettings};
 
     use super::*;
+    use crate::change::ChangeKind;
     use crate::host::local::LocalHost;
-    use crate::plan::ChangeKind;
 
     const STANDINS: &[(&str, &str)] = &[
         (

@@ -1,5 +1,6 @@
 //! `aion-reconcile`: load → validate → gather facts → plan (pure data) → execute.
 
+pub mod change;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

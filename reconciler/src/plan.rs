@@ -3,33 +3,13 @@
 //! preview cannot drift from the action. Building it ([`plan_host`]) is pure.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::change::{Action, Change, ChangeKind, ClusterStep};
 use crate::facts::{FactRequest, HostFacts};
-use crate::roles::{ClusterStep, HostSpec, LocalFacts, ResourceError};
+use crate::roles::{HostSpec, LocalFacts, ResourceError};
 use crate::shell::sh_quote;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeKind {
-    Create,
-    Change,
-}
-
-/// What `apply` does for one change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Run a script on the host (as root). `secret_output`: never log what it prints.
-    Script { script: String, secret_output: bool },
-    /// Copy a host file to the operator's machine (mode 0600).
-    Fetch { src: String, dest: PathBuf },
-    /// `kubeadm join` with a join command created on the master at that moment.
-    Join { node_name: String },
-    /// A step through the Kubernetes API (after the master's host changes).
-    Cluster(ClusterStep),
-}
 
 /// What a cluster step's read-only check found at plan time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,20 +22,6 @@ pub enum ClusterCheck {
     /// Nothing `apply` can do, but the person should know (e.g. a setting that cannot change
     /// after `kubeadm init`): one message each.
     Warnings(Vec<String>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Change {
-    /// `role/kind:key`.
-    pub id: String,
-    pub role: String,
-    pub kind: ChangeKind,
-    pub summary: String,
-    /// Unified diff of a file's content (never for secrets).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<String>,
-    #[serde(skip)]
-    pub action: Action,
 }
 
 #[derive(Debug, Clone, Serialize)]

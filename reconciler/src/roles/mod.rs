@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 use aion_model::inventory::{Host, Inventory, Mode, Role};
 use serde::{Deserialize, Serialize};
 
+use crate::change::ClusterStep;
+
 pub use resource::{LocalFacts, Resource, ResourceError};
 
 /// The built-in roles, in the order they run on a host.
@@ -51,27 +53,6 @@ pub enum AppliesTo {
     All,
     Master,
     Worker,
-}
-
-/// Steps done through the Kubernetes API after the master's host steps.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum ClusterStep {
-    /// Apply every object of a template (server-side apply).
-    ApplyManifest(String),
-    /// Remove the `node-role.kubernetes.io/{master,control-plane}:NoSchedule` taints (single mode).
-    Untaint { node: String },
-    /// Wait until the node reports Ready.
-    WaitNodeReady { node: String, timeout_seconds: u64 },
-    /// Read-only: the settings `kubeadm init` fixed (kube-system/kubeadm-config) against the
-    /// inventory's. They cannot change after init, so a difference is a warning in the plan,
-    /// never a change.
-    InitSettings {
-        host: String,
-        pod_cidr: String,
-        extra_sans: Vec<String>,
-        kubernetes_version: String,
-    },
 }
 
 #[derive(Debug, Clone, Deserialize)]

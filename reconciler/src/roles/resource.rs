@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::change::{Action, Change, ChangeKind};
 use crate::facts::{FactRequest, HostFacts, PathFact};
-use crate::plan::{Action, Change, ChangeKind};
 use crate::shell::{path_expr, sh_quote, write_file_script};
 
 /// One declarative resource of a role (`roles/*.yml`), after templating.
