@@ -315,7 +315,10 @@ test -f /etc/kubernetes/kubelet.conf && echo kubelet-conf
     assert!(
         !p.has_changes(),
         "converged hosts still have changes:\n{}",
-        aion_reconcile::plan::render_text(&p, aion_reconcile::plan::Style { color: false })
+        aion_reconcile::plan_text::render_text(
+            &p,
+            aion_reconcile::plan_text::Style { color: false }
+        )
     );
     // The remote lock is a directory made (and removed) in /var/lib/aion on the master, the
     // local one a file in <inventory dir>/.aion: either would change its parent's mtime.

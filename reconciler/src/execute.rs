@@ -1224,7 +1224,7 @@ resources:
         assert!(
             !plan2.has_changes(),
             "{}",
-            crate::plan::render_text(&plan2, crate::plan::Style { color: false })
+            crate::plan_text::render_text(&plan2, crate::plan_text::Style { color: false })
         );
         assert_eq!(report2.changed, 0);
         for (i, h) in ["m1", "w1"].iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod kubeclient;
 pub mod lock;
 pub mod output;
 pub mod plan;
+pub mod plan_text;
 pub mod progress;
 pub mod render;
 pub mod roles;

@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 
 use crate::execute::{self, kube_steps::KubeCluster};
 use crate::host::ssh::{SshHost, SshOptions};
-use crate::plan::{self, Plan};
+use crate::plan::Plan;
+use crate::plan_text;
 use crate::roles::{self, HostSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -146,9 +147,9 @@ pub fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Text => print!(
             "{}",
-            plan::render_text(
+            plan_text::render_text(
                 plan,
-                plan::Style {
+                plan_text::Style {
                     color: crate::output::use_color()
                 }
             )
