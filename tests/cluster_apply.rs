@@ -8,7 +8,8 @@ use std::path::Path;
 use aion_integration_tests::k8s;
 use aion_model::{Inventory, ServicesFile};
 use aion_reconcile::cluster::{self, Action, ClusterError, ExecuteOptions};
-use aion_reconcile::render::{self, Manifests, ObjectKey};
+use aion_reconcile::manifest::{Manifests, ObjectKey};
+use aion_reconcile::render;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 

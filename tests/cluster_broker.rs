@@ -20,7 +20,8 @@ use std::time::Duration;
 use aion_integration_tests::rabbitmq::kanban::{ids, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::router::{RouterOptions, ServicesSource};
-use aion_reconcile::render::{self, Manifests};
+use aion_reconcile::manifest::Manifests;
+use aion_reconcile::render;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 

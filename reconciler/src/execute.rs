@@ -622,9 +622,9 @@ pub mod kube_steps {
 
     use super::ClusterOps;
     use crate::change::ClusterStep;
+    use crate::manifest::FIELD_MANAGER;
     use crate::plan::ClusterCheck;
 
-    const MANAGER: &str = "aion-reconcile";
     const TAINTS: [&str; 2] = [
         "node-role.kubernetes.io/master",
         "node-role.kubernetes.io/control-plane",
@@ -725,7 +725,7 @@ pub mod kube_steps {
                     let (ar, caps) = &resolved[&key];
                     let (api, label) = api_with(client, obj, ar, caps);
                     let oname = obj["metadata"]["name"].as_str().unwrap_or_default();
-                    let pp = PatchParams::apply(MANAGER).force().dry_run();
+                    let pp = PatchParams::apply(FIELD_MANAGER).force().dry_run();
                     let patch = Patch::Apply(obj);
                     let (live, dry) =
                         tokio::join!(api.get_opt(oname), api.patch(oname, &pp, &patch));
@@ -868,7 +868,7 @@ pub mod kube_steps {
                         let oname = obj["metadata"]["name"].as_str().unwrap_or_default();
                         api.patch(
                             oname,
-                            &PatchParams::apply(MANAGER).force(),
+                            &PatchParams::apply(FIELD_MANAGER).force(),
                             &Patch::Apply(obj),
                         )
                         .await

@@ -10,6 +10,7 @@ pub mod graph;
 pub mod host;
 pub mod kubeclient;
 pub mod lock;
+pub mod manifest;
 pub mod output;
 pub mod plan;
 pub mod plan_text;

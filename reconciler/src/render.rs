@@ -1,5 +1,6 @@
-//! Render: inventory × `services.yml` × templates → per-node Kubernetes manifests. Pure: no I/O
-//! except [`Manifests::write_to`].
+//! Render: inventory × `services.yml` × templates → per-node Kubernetes manifests. Pure. The
+//! types it fills ([`Manifests`], [`ObjectKey`], the ownership labels) are in [`crate::manifest`],
+//! with the one I/O, [`Manifests::write_to`].
 //!
 //! The templates live in `templates/` (minijinja, undefined variables are errors) and are
 //! compiled into the binary. Template names end in `.yaml.j2`, so minijinja escapes every
@@ -26,8 +27,7 @@ pub mod broker;
 mod subset;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aion_model::inventory::{Host, Inventory, Mode, Role};
 use aion_model::services::{Microservice, ServicesFile};
@@ -35,19 +35,13 @@ use aion_model::span::Span;
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
+use crate::manifest::{
+    LABEL_COMPONENT, LABEL_INSTANCE, LABEL_INVENTORY, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NODE,
+    MANAGED_BY, Manifests, NodeManifests, Object, ObjectKey, kind_rank,
+};
+
 /// The node (device) name a `services.yml` belongs to.
 pub type HostName = String;
-
-/// `app.kubernetes.io/managed-by` value on every object we render.
-pub const MANAGED_BY: &str = "aion-reconcile";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Ownership label: the inventory (installation) name. Prune and `down` select on it.
-pub const LABEL_INVENTORY: &str = "aion.latona.io/inventory";
-/// The node (device) whose manifests contain the object.
-pub const LABEL_NODE: &str = "aion.latona.io/node";
-pub const LABEL_NAME: &str = "app.kubernetes.io/name";
-pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 
 /// Upstream's `AION_HOME` inside containers.
 pub const AION_HOME: &str = "/var/lib/aion";
@@ -96,118 +90,6 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Identity of a Kubernetes object.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjectKey {
-    pub api_version: String,
-    pub kind: String,
-    /// None for cluster-scoped objects (Namespace).
-    pub namespace: Option<String>,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.namespace {
-            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
-            None => write!(f, "{}/{}", self.kind, self.name),
-        }
-    }
-}
-
-impl ObjectKey {
-    /// Key of a JSON object (`apiVersion`, `kind`, `metadata.{namespace,name}`).
-    pub fn of(value: &serde_json::Value) -> Option<ObjectKey> {
-        let s = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-        Some(ObjectKey {
-            api_version: s(value.get("apiVersion")?)?,
-            kind: s(value.get("kind")?)?,
-            namespace: value
-                .pointer("/metadata/namespace")
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
-            name: s(value.pointer("/metadata/name")?)?,
-        })
-    }
-}
-
-/// One rendered object.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Object {
-    pub key: ObjectKey,
-    /// Node whose manifest file holds it.
-    pub node: String,
-    /// What it belongs to: a microservice name, or `core/<part>`.
-    pub owner: String,
-    /// The object as sent to the API server.
-    pub value: serde_json::Value,
-    /// The rendered YAML document (without `---`).
-    pub text: String,
-}
-
-/// All objects of one node, in apply order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeManifests {
-    pub node: String,
-    pub namespace: String,
-    pub objects: Vec<Object>,
-}
-
-/// Everything `render` produced for an inventory.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Manifests {
-    /// Inventory name (value of the ownership label).
-    pub inventory: String,
-    pub nodes: Vec<NodeManifests>,
-}
-
-impl Manifests {
-    /// Every object, node by node, each node in apply order.
-    pub fn objects(&self) -> impl Iterator<Item = &Object> {
-        self.nodes.iter().flat_map(|n| n.objects.iter())
-    }
-
-    /// The file content for one node: a header comment and the documents in apply order.
-    pub fn node_file(&self, node: &NodeManifests) -> String {
-        let mut out = format!(
-            "# Rendered by aion-reconcile for inventory {:?}, node {:?}, namespace {:?}.\n\
-             # Generated file: edit services.yml or the inventory instead.\n",
-            self.inventory, node.node, node.namespace
-        );
-        for o in &node.objects {
-            out.push_str("---\n");
-            out.push_str(&o.text);
-            if !o.text.ends_with('\n') {
-                out.push('\n');
-            }
-        }
-        out
-    }
-
-    /// `(file name, content)` per node: `<node>.yaml`.
-    pub fn files(&self) -> Vec<(String, String)> {
-        self.nodes
-            .iter()
-            .map(|n| (format!("{}.yaml", n.node), self.node_file(n)))
-            .collect()
-    }
-
-    /// Write one file per node into `dir` (created if missing), each atomically (temp + rename).
-    pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
-        std::fs::create_dir_all(dir)?;
-        let mut written = Vec::new();
-        for (name, content) in self.files() {
-            let path = dir.join(&name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, content.as_bytes())?;
-            std::fs::rename(&tmp, &path)?;
-            written.push(path);
-        }
-        Ok(written)
-    }
-}
-
 /// Why rendering failed. Each variant names where.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -234,20 +116,6 @@ pub enum RenderError {
         object: String,
         message: String,
     },
-}
-
-/// Apply-order rank of a kind: namespaces, RBAC, config, workloads, services.
-pub fn kind_rank(kind: &str) -> u8 {
-    match kind {
-        "Namespace" => 0,
-        "ServiceAccount" | "RuntimeClass" => 1,
-        "ClusterRole" | "Role" => 2,
-        "ClusterRoleBinding" | "RoleBinding" => 3,
-        "ConfigMap" | "Secret" | "PersistentVolume" | "PersistentVolumeClaim" => 4,
-        "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => 5,
-        "Service" => 6,
-        _ => 7,
-    }
 }
 
 #[derive(Serialize)]
@@ -1123,6 +991,8 @@ fn microservice_ctx(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use serde_json::json;
 

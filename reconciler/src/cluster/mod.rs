@@ -8,7 +8,7 @@
 //!   and `aion.latona.io/inventory=<inventory>`. Prune and `down` list only objects carrying both
 //!   labels for *this* inventory, of the kinds we render ([`MANAGED_KINDS`]); nothing else is ever
 //!   deleted.
-//! * **Order**: namespaces, RBAC, config, workloads, services ([`crate::render::kind_rank`]);
+//! * **Order**: namespaces, RBAC, config, workloads, services ([`crate::manifest::kind_rank`]);
 //!   deletes in reverse. Within one rank, requests run with bounded concurrency.
 
 pub mod normalize;
@@ -26,13 +26,11 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::render::{
-    LABEL_INVENTORY, LABEL_MANAGED_BY, MANAGED_BY, Manifests, ObjectKey, kind_rank,
+use crate::manifest::{
+    FIELD_MANAGER, LABEL_INVENTORY, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NODE, MANAGED_BY,
+    Manifests, ObjectKey, kind_rank,
 };
 pub use normalize::Readiness;
-
-/// Field manager for every apply and dry-run.
-pub const FIELD_MANAGER: &str = "aion-reconcile";
 
 /// Default number of API requests in flight.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -586,8 +584,8 @@ pub async fn plan_with(
                     &key.to_string(),
                     "/dev/null",
                 )),
-                node: label(crate::render::LABEL_NODE),
-                owner: label(crate::render::LABEL_NAME),
+                node: label(LABEL_NODE),
+                owner: label(LABEL_NAME),
                 key,
                 action: if since.is_some() {
                     Action::Deleting

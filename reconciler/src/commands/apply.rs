@@ -137,7 +137,7 @@ async fn wait_for_workloads(args: &Args) -> Result<String, String> {
     let c = &args.common;
     let (inv, manifests) =
         super::render::load_and_render(&c.inventory).map_err(|e| crate::output::chain(&*e))?;
-    let keys: Vec<crate::render::ObjectKey> = manifests
+    let keys: Vec<crate::manifest::ObjectKey> = manifests
         .objects()
         .map(|o| o.key.clone())
         .filter(|k| matches!(k.kind.as_str(), "Deployment" | "Job" | "Service"))

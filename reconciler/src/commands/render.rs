@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use aion_model::Inventory;
 use anyhow::Context;
 
-use crate::render::{HostName, Manifests};
+use crate::manifest::Manifests;
+use crate::render::HostName;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
