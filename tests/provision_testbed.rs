@@ -12,10 +12,10 @@ use aion_integration_tests::k8s;
 use aion_integration_tests::testbed::{
     self, ResetIfFailed, Testbed, TestbedHost, inventory_copy, last_octet, rt,
 };
-use aion_reconcile::commands::apply::Outcome;
-use aion_reconcile::commands::plan::{Common, Format, close, prepare};
+use aion_reconcile::commands::plan::{Common, Format};
 use aion_reconcile::execute::{self, HostOutcome};
 use aion_reconcile::plan::Plan;
+use aion_reconcile::reconcile::{Outcome, close, prepare};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use kube::Api;
@@ -34,7 +34,7 @@ fn common(inventory: &Path) -> Common {
 
 fn plan(inventory: &Path) -> Plan {
     rt().block_on(async {
-        let p = prepare(&common(inventory)).await.unwrap();
+        let p = prepare(&common(inventory).options()).await.unwrap();
         let plan = execute::plan_all(&p.specs, &p.hosts, &p.cluster, 16).await;
         close(p.hosts).await;
         plan

@@ -195,7 +195,7 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         }
 
         // `status` shows the same: each core workload's pods Running on their nodes.
-        let (_, manifests) = aion_reconcile::commands::render::load_and_render(&inv).unwrap();
+        let (_, manifests) = aion_reconcile::reconcile::load_and_render(&inv).unwrap();
         let rows = aion_reconcile::cluster::status(&client, &manifests, 4).await.unwrap();
         for (what, pods) in &placement {
             let (ns, name) = what.split_once('/').unwrap();

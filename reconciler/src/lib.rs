@@ -15,6 +15,7 @@ pub mod output;
 pub mod plan;
 pub mod plan_text;
 pub mod progress;
+pub mod reconcile;
 pub mod render;
 pub mod roles;
 pub mod shell;

@@ -370,7 +370,7 @@ fn load_inputs(inv: &Path) -> anyhow::Result<Inputs> {
 
 /// The cluster part of `apply`: load, render, plan (dry-run + prune listing), execute.
 fn child_apply(inv: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
-    let (inv, manifests) = aion_reconcile::commands::render::load_and_render(inv)?;
+    let (inv, manifests) = aion_reconcile::reconcile::load_and_render(inv)?;
     let rt = aion_reconcile::kubeclient::runtime()?;
     rt.block_on(async {
         let client = aion_reconcile::kubeclient::client_from(kubeconfig).await?;

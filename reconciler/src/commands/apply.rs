@@ -3,19 +3,16 @@
 //! plan again under them (someone may have changed the hosts meanwhile) and execute that same
 //! plan — masters, their cluster steps, workers in parallel — then the cluster part, and print
 //! a summary. Re-running resumes: facts show what is already done.
+//!
+//! The phases are [`crate::reconcile::apply`]; this module parses the flags and prints the plan
+//! (text mode) and the summary.
 
-use std::io::IsTerminal as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::commands::plan::{
-    ClusterPart, Common, Format, Prepared, close, nothing_to_do, plan_both, plan_cluster, prepare,
-    print_plan,
-};
-use crate::execute::{self, ApplyReport, Context, HostOutcome};
-use crate::lock::{self, LocalLock};
+use crate::commands::plan::{Common, Format, print_plan};
+use crate::execute::HostOutcome;
 use crate::plan::Plan;
-use crate::progress::{Log, Progress};
+use crate::reconcile::{self, Outcome};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,29 +31,18 @@ pub struct Args {
     pub timeout: u64,
 }
 
-/// How an `apply` ended.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The plan that was executed (or, when nothing had to change, the plan that showed it).
-    pub plan: Plan,
-    pub report: ApplyReport,
-    /// The cluster part: a summary line, or why it failed or was skipped.
-    pub cluster: Result<String, String>,
-    /// The full log (none when nothing had to change: nothing ran).
-    pub log: Option<PathBuf>,
-    /// Whether the locks were taken (false when nothing had to change).
-    pub locked: bool,
-    /// With `--wait`: whether every workload became ready (a summary line), or what did not.
-    pub readiness: Option<Result<String, String>>,
+impl Args {
+    /// `apply`'s own flags as [`reconcile::ApplyOptions`].
+    pub fn apply_options(&self) -> reconcile::ApplyOptions {
+        reconcile::ApplyOptions {
+            lock_stale_after: Duration::from_secs(self.lock_stale_after),
+            wait: self.wait.then(|| Duration::from_secs(self.timeout)),
+        }
+    }
 }
 
+/// The printed forms of an [`Outcome`].
 impl Outcome {
-    pub fn ok(&self) -> bool {
-        self.report.ok()
-            && self.cluster.is_ok()
-            && self.readiness.as_ref().is_none_or(|r| r.is_ok())
-    }
-
     /// The closing text: counts, the cluster part, one line per host that did not converge
     /// (with its failed step, error or skip reason), the log's path.
     pub fn summary(&self) -> String {
@@ -121,177 +107,18 @@ pub fn run_blocking(args: &Args) -> anyhow::Result<Outcome> {
     rt.block_on(apply(args))
 }
 
-/// Plan, and if anything would change: lock, re-plan, execute. Prints the plan (text mode)
-/// and the progress; the summary is the caller's.
+/// [`reconcile::apply`] with these flags. Prints the plan (text mode) and the progress; the
+/// summary is the caller's.
 pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
-    let mut outcome = apply_changes(args).await?;
-    if args.wait && outcome.report.ok() && outcome.cluster.is_ok() {
-        outcome.readiness = Some(wait_for_workloads(args).await);
-    }
-    Ok(outcome)
-}
-
-/// `--wait`: every Deployment, Job and Service this inventory renders becomes ready (Deployments
-/// the runtime scales to 0 count as ready at 0). Progress goes to stderr as `<object>: <what>`.
-async fn wait_for_workloads(args: &Args) -> Result<String, String> {
-    let c = &args.common;
-    let (inv, manifests) =
-        super::render::load_and_render(&c.inventory).map_err(|e| crate::output::chain(&*e))?;
-    let keys: Vec<crate::manifest::ObjectKey> = manifests
-        .objects()
-        .map(|o| o.key.clone())
-        .filter(|k| matches!(k.kind.as_str(), "Deployment" | "Job" | "Service"))
-        .collect();
-    let client = crate::kubeclient::client_from(&inv.kubeconfig)
-        .await
-        .map_err(|e| crate::output::chain(&e))?;
-    let opts = crate::cluster::ExecuteOptions {
-        progress: Some(crate::cluster::stderr_progress()),
-        ..Default::default()
-    };
-    let start = std::time::Instant::now();
-    let timeout = Duration::from_secs(args.timeout);
-    crate::cluster::wait_ready(&client, &keys, timeout, &opts)
-        .await
-        .map_err(|e| e.to_string())?;
-    // Pruned objects and those already being deleted (a Terminating namespace) are gone too.
-    crate::cluster::wait_pruned(
-        &client,
-        &manifests,
-        timeout.saturating_sub(start.elapsed()),
-        &opts,
-    )
-    .await
-    .map(|()| {
-        format!(
-            "ready: {} workload object(s) after {:.0} s",
-            keys.len(),
-            start.elapsed().as_secs_f64()
-        )
-    })
-    .map_err(|e| crate::output::chain(&e))
-}
-
-/// Plan, and if anything would change: lock, re-plan, execute.
-async fn apply_changes(args: &Args) -> anyhow::Result<Outcome> {
-    let c = &args.common;
-    let p = prepare(c).await?;
-    let (plan, cluster) = plan_both(c, &p).await;
-    if let Some(cluster_summary) = nothing_to_do(&plan, &cluster) {
-        if c.output == Format::Text {
-            print_plan(&plan, c.output)?;
-        }
-        let cluster = Ok(cluster_summary);
-        let report = ApplyReport {
-            hosts: plan
-                .hosts
-                .iter()
-                .map(|h| (h.host.clone(), HostOutcome::Converged { changed: 0 }))
-                .collect(),
-            changed: 0,
-        };
-        close(p.hosts).await;
-        return Ok(Outcome {
-            plan,
-            report,
-            cluster,
-            log: None,
-            locked: false,
-            readiness: None,
-        });
-    }
-    let result = locked_apply(args, &p).await;
-    close(p.hosts).await;
-    result
-}
-
-/// Take the local lock and the one on the master, plan again under them and execute.
-async fn locked_apply(args: &Args, p: &Prepared) -> anyhow::Result<Outcome> {
-    let c = &args.common;
-    let holder = lock::holder_id();
-    let _local = LocalLock::acquire(&p.state_dir.join("reconcile.lock"), &holder)?;
-    let master = p
-        .inventory
-        .masters()
-        .next()
-        .map(|m| (m.name.clone(), m.ssh.user.clone()));
-    let stale = Duration::from_secs(args.lock_stale_after);
-    // The remote lock lives on the master; with the master unreachable nothing can converge
-    // anyway (workers depend on it), and the plan reports it.
-    let mut locked = None;
-    if let Some((name, user)) = &master
-        && let Some(Ok(h)) = p.hosts.get(name)
-    {
-        lock::acquire_remote(h.as_ref(), user, &holder, stale).await?;
-        locked = Some((h.clone(), user.clone()));
-    }
-    let result = async {
-        let plan = execute::plan_all(&p.specs, &p.hosts, &p.cluster, c.parallel as usize).await;
-        if c.output == Format::Text {
-            print_plan(&plan, c.output)?;
-        }
-        let log = Log::create(&p.state_dir.join("logs"))?;
-        let fancy = std::io::stderr().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        let progress = Progress::new(fancy);
-        let cx = Context {
-            hosts: &p.hosts,
-            cluster: &p.cluster,
-            progress: &progress,
-            log: &log,
-            parallel: c.parallel as usize,
-        };
-        let report = execute::apply(&plan, &cx).await;
-        // Then the cluster: the per-node manifests (cluster::plan + cluster::execute), only
-        // when every host converged (the manifests pin pods to those nodes).
-        let cluster = if report.ok() {
-            match plan_cluster(&c.inventory, &p.inventory.kubeconfig).await {
-                Ok(ClusterPart::Planned(cp)) if cp.has_changes() => {
-                    let client = crate::kubeclient::client_from(&p.inventory.kubeconfig).await?;
-                    match crate::cluster::execute(
-                        &client,
-                        &cp,
-                        &crate::cluster::ExecuteOptions::default(),
-                    )
-                    .await
-                    {
-                        Ok(r) => Ok(r.summary()),
-                        Err(e) => Err(crate::output::chain(&e)),
-                    }
-                }
-                Ok(ClusterPart::Planned(_)) => Ok("cluster: no changes".to_string()),
-                Ok(ClusterPart::NotYet) => Err("no kubeconfig after the master steps".to_string()),
-                Err(e) => Err(crate::output::chain(&*e)),
-            }
+    let text = args.common.output == Format::Text;
+    let show_plan = move |plan: &Plan| {
+        if text {
+            print_plan(plan, Format::Text)
         } else {
-            let failed: Vec<&str> = report
-                .hosts
-                .iter()
-                .filter(|(_, o)| !o.ok())
-                .map(|(h, _)| h.as_str())
-                .collect();
-            Err(format!(
-                "skipped: not every host converged ({})",
-                failed.join(", ")
-            ))
-        };
-        if let Err(e) = &cluster {
-            log.write("cluster", "FAILED", e);
+            Ok(())
         }
-        anyhow::Ok(Outcome {
-            plan,
-            report,
-            cluster,
-            log: Some(log.path().to_owned()),
-            locked: true,
-            readiness: None,
-        })
-    }
-    .await;
-    if let Some((h, user)) = locked {
-        lock::release_remote(h.as_ref(), &user, &holder).await;
-    }
-    result
+    };
+    reconcile::apply(&args.common.options(), &args.apply_options(), &show_plan).await
 }
 
 /// One line for a host that did not converge: the failed step and error, or why it was

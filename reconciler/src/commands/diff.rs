@@ -49,7 +49,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
 }
 
 fn diff(args: &Args) -> anyhow::Result<bool> {
-    let (inv, manifests) = super::render::load_and_render(&args.inventory)?;
+    let (inv, manifests) = crate::reconcile::load_and_render(&args.inventory)?;
     let kubeconfig = kubeclient::resolve_kubeconfig(args.kubeconfig.as_deref(), &inv.kubeconfig);
     let rt = kubeclient::runtime()?;
     let plan = rt.block_on(async {

@@ -1,5 +1,6 @@
 //! One module per subcommand. Each has `Args` (clap) and `run(&Args) -> anyhow::Result<u8>`
-//! returning the success exit code; errors go back to `cli::main`.
+//! returning the success exit code; errors go back to `cli::main`. Commands parse their flags and
+//! print; the work is elsewhere (`plan` and `apply`: [`crate::reconcile`]).
 
 pub mod apply;
 pub mod diff;

@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    let (inv, manifests) = super::render::load_and_render(&args.inventory)?;
+    let (inv, manifests) = crate::reconcile::load_and_render(&args.inventory)?;
     let kubeconfig = kubeclient::resolve_kubeconfig(args.kubeconfig.as_deref(), &inv.kubeconfig);
     let rt = kubeclient::runtime()?;
     let rows = rt.block_on(async {

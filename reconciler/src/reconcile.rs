@@ -1,0 +1,487 @@
+//! Plan and apply, as the `plan` and `apply` commands run them; the commands only turn flags
+//! into [`Options`] and print.
+//!
+//! * [`load_and_render`]: the inventory and every host's `services.yml`, rendered to manifests
+//!   (also for `render`, `diff` and `status`).
+//! * [`prepare`]: load the inventory, render the roles, connect to every host; [`plan_both`]:
+//!   the host plan and the cluster part, side by side; [`plan`]: both, for `plan`.
+//! * [`apply`]: plan read-only, and when anything would change, the phases in order — lock,
+//!   re-plan under the locks, hosts in phases, cluster plan, cluster apply, then wait when asked.
+//!   It executes exactly the plan it shows (through the caller's [`ShowPlan`]); re-running
+//!   resumes, since the facts show what is already done.
+//!
+//! Besides the shown plan, only diagnostics (warnings on stderr) and the progress of the run
+//! are printed from here; the summary is the caller's.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aion_model::Inventory;
+use anyhow::Context as _;
+use futures::future::join_all;
+use tokio::sync::Semaphore;
+
+use crate::cluster::{self, ClusterPlan, ExecuteOptions};
+use crate::execute::{self, ApplyReport, Context, HostOutcome, kube_steps::KubeCluster};
+use crate::host::ssh::{SshHost, SshOptions};
+use crate::lock::{self, LocalLock};
+use crate::manifest::{Manifests, ObjectKey};
+use crate::plan::Plan;
+use crate::progress::{Log, Progress};
+use crate::render::HostName;
+use crate::roles::{self, HostSpec};
+use crate::{kubeclient, output};
+
+/// What `plan` and `apply` need to reach the hosts (their shared flags, as values).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Inventory file (native or Ansible-style YAML).
+    pub inventory: PathBuf,
+    /// Hosts handled at once (SSH connections, facts, applies).
+    pub parallel: usize,
+    /// Record unknown host keys in the inventory's known_hosts (changed keys are still refused).
+    pub accept_new_host_keys: bool,
+    pub connect_timeout: Duration,
+    /// Keep each host's SSH connection open this long after the run (None: close at the end).
+    pub ssh_persist: Option<Duration>,
+}
+
+/// What only `apply` needs.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// A lock on the master older than this is considered stale and taken over.
+    pub lock_stale_after: Duration,
+    /// Wait this long, after applying (or finding nothing to change), for every workload of the
+    /// installation to become ready; None: do not wait.
+    pub wait: Option<Duration>,
+}
+
+/// Shows the plan `apply` is about to execute (or that shows nothing has to change).
+pub type ShowPlan<'a> = &'a (dyn Fn(&Plan) -> anyhow::Result<()> + Sync);
+
+/// Load the inventory and every host's `services.yml` (warnings printed, errors fatal), then
+/// render. Shared by `render`, `diff`, `status` and the provisioning commands.
+pub fn load_and_render(inventory: &Path) -> anyhow::Result<(Inventory, Manifests)> {
+    let loaded = aion_model::inventory::load(inventory)?;
+    report(&loaded.diagnostics, inventory)?;
+    let inv = loaded.value;
+    let mut services: Vec<(HostName, aion_model::ServicesFile)> = Vec::new();
+    for host in &inv.hosts {
+        if let Some(path) = &host.services {
+            let loaded = aion_model::services::load(path)
+                .with_context(|| format!("services.yml of host {}", host.name))?;
+            report(&loaded.diagnostics, path)?;
+            let semantic = aion_model::validate::services(&loaded.value, Some(&inv));
+            report(&semantic, path)?;
+            services.push((host.name.clone(), loaded.value));
+        }
+    }
+    let manifests = crate::render::render(&inv, &services)?;
+    Ok((inv, manifests))
+}
+
+/// Print diagnostics on stderr; any error fails.
+fn report(diags: &[aion_model::Diagnostic], what: &Path) -> anyhow::Result<()> {
+    let mut errors = 0;
+    for d in diags {
+        eprintln!("{d}");
+        if d.is_error() {
+            errors += 1;
+        }
+    }
+    if errors > 0 {
+        anyhow::bail!(
+            "{}: {errors} error(s); run `aion-reconcile validate` for details",
+            what.display()
+        );
+    }
+    Ok(())
+}
+
+/// Everything loaded and connected, ready to plan.
+pub struct Prepared {
+    pub inventory: aion_model::Inventory,
+    pub specs: Vec<HostSpec>,
+    pub hosts: BTreeMap<String, Result<Arc<SshHost>, String>>,
+    pub cluster: KubeCluster,
+    /// `<inventory dir>/.aion`: local lock, logs, SSH control sockets.
+    pub state_dir: PathBuf,
+}
+
+/// Load the inventory, render the roles (duplicate hostnames and bad roles fail here, before
+/// any connection), then connect to every host in parallel.
+pub async fn prepare(o: &Options) -> anyhow::Result<Prepared> {
+    let loaded = aion_model::inventory::load(&o.inventory)
+        .with_context(|| format!("loading inventory {}", o.inventory.display()))?;
+    let mut fatal = Vec::new();
+    for d in &loaded.diagnostics {
+        if d.is_error() {
+            fatal.push(d.to_string());
+        } else {
+            eprintln!("{d}");
+        }
+    }
+    if !fatal.is_empty() {
+        anyhow::bail!(
+            "inventory {} has errors:\n{}",
+            o.inventory.display(),
+            fatal.join("\n")
+        );
+    }
+    let inventory = loaded.value;
+    let specs = roles::load(&inventory)?;
+    let flannel = roles::render_template(&inventory, "flannel.yaml")?;
+    let cluster = KubeCluster::new(
+        inventory.kubeconfig.clone(),
+        vec![("flannel.yaml".into(), flannel)],
+    );
+    let state_dir = state_dir(&inventory.source);
+    let opts = SshOptions {
+        known_hosts: inventory.known_hosts.clone(),
+        accept_new: o.accept_new_host_keys,
+        connect_timeout: o.connect_timeout,
+        control_dir: state_dir.join("ssh"),
+        persist: o.ssh_persist,
+    };
+    let sem = Semaphore::new(o.parallel);
+    let conns = join_all(inventory.hosts.iter().map(|h| {
+        let (sem, opts) = (&sem, &opts);
+        async move {
+            let _p = sem.acquire().await;
+            let t = std::time::Instant::now();
+            let conn = SshHost::connect(h, opts).await;
+            tracing::debug!(host = %h.name, ms = t.elapsed().as_millis() as u64, "connected");
+            (
+                h.name.clone(),
+                conn.map(Arc::new).map_err(|e| e.to_string()),
+            )
+        }
+    }))
+    .await;
+    Ok(Prepared {
+        inventory,
+        specs,
+        hosts: conns.into_iter().collect(),
+        cluster,
+        state_dir,
+    })
+}
+
+pub fn state_dir(inventory: &Path) -> PathBuf {
+    inventory.parent().unwrap_or(Path::new(".")).join(".aion")
+}
+
+/// Close every SSH master connection.
+pub async fn close(hosts: BTreeMap<String, Result<Arc<SshHost>, String>>) {
+    join_all(
+        hosts
+            .into_values()
+            .filter_map(Result::ok)
+            .map(|h| async move {
+                if let Ok(h) = Arc::try_unwrap(h) {
+                    h.close().await;
+                }
+            }),
+    )
+    .await;
+}
+
+/// The cluster part of the plan: the rendered per-node manifests against the live cluster
+/// (`cluster::plan`), once the master's admin kubeconfig has been fetched.
+pub enum ClusterPart {
+    /// No kubeconfig yet: the cluster is planned after the master is initialised.
+    NotYet,
+    Planned(Box<ClusterPlan>),
+}
+
+pub async fn plan_cluster(inventory: &Path, kubeconfig: &Path) -> anyhow::Result<ClusterPart> {
+    if !kubeconfig.exists() {
+        return Ok(ClusterPart::NotYet);
+    }
+    let t = std::time::Instant::now();
+    let (inv, manifests) = load_and_render(inventory)?;
+    let client = kubeclient::client_from(kubeconfig).await?;
+    let plan = cluster::plan(&client, &manifests, &inv).await?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "cluster part planned");
+    Ok(ClusterPart::Planned(Box::new(plan)))
+}
+
+/// The host plan and the cluster part, planned at the same time (both are read-only; the
+/// cluster part needs only the kubeconfig, not the host facts).
+pub async fn plan_both(o: &Options, p: &Prepared) -> (Plan, anyhow::Result<ClusterPart>) {
+    tokio::join!(
+        execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel),
+        plan_cluster(&o.inventory, &p.inventory.kubeconfig)
+    )
+}
+
+/// `plan`: connect, plan both parts, close. Nothing is changed.
+pub async fn plan(o: &Options) -> anyhow::Result<(Plan, anyhow::Result<ClusterPart>)> {
+    let p = prepare(o).await?;
+    let (plan, cluster) = plan_both(o, &p).await;
+    close(p.hosts).await;
+    Ok((plan, cluster))
+}
+
+/// Nothing for `apply` to do: every host planned without changes and the cluster part
+/// planned without changes. Then: the cluster part's summary line.
+pub fn nothing_to_do(plan: &Plan, cluster: &anyhow::Result<ClusterPart>) -> Option<String> {
+    match cluster {
+        Ok(ClusterPart::Planned(c))
+            if !plan.has_changes() && plan.counts.failed_hosts == 0 && !c.has_changes() =>
+        {
+            Some(c.summary())
+        }
+        _ => None,
+    }
+}
+
+/// How an `apply` ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The plan that was executed (or, when nothing had to change, the plan that showed it).
+    pub plan: Plan,
+    pub report: ApplyReport,
+    /// The cluster part: a summary line, or why it failed or was skipped.
+    pub cluster: Result<String, String>,
+    /// The full log (none when nothing had to change: nothing ran).
+    pub log: Option<PathBuf>,
+    /// Whether the locks were taken (false when nothing had to change).
+    pub locked: bool,
+    /// With `--wait`: whether every workload became ready (a summary line), or what did not.
+    pub readiness: Option<Result<String, String>>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.report.ok()
+            && self.cluster.is_ok()
+            && self.readiness.as_ref().is_none_or(|r| r.is_ok())
+    }
+
+    /// Nothing had to change: every host converged, nothing ran, no lock was taken.
+    fn nothing_to_do(plan: Plan, cluster_summary: String) -> Outcome {
+        let report = ApplyReport {
+            hosts: plan
+                .hosts
+                .iter()
+                .map(|h| (h.host.clone(), HostOutcome::Converged { changed: 0 }))
+                .collect(),
+            changed: 0,
+        };
+        Outcome {
+            plan,
+            report,
+            cluster: Ok(cluster_summary),
+            log: None,
+            locked: false,
+            readiness: None,
+        }
+    }
+}
+
+/// `apply`: plan first (read-only, no lock); when nothing would change, show that plan and
+/// stop — no lock taken, no command with side effects run. Otherwise the phases below, in
+/// order. The locks are released and the SSH connections closed whatever happens.
+pub async fn apply(
+    o: &Options,
+    a: &ApplyOptions,
+    show_plan: ShowPlan<'_>,
+) -> anyhow::Result<Outcome> {
+    let p = prepare(o).await?;
+    let (plan, cluster) = plan_both(o, &p).await;
+    let result = if let Some(cluster_summary) = nothing_to_do(&plan, &cluster) {
+        show_plan(&plan)?;
+        Ok(Outcome::nothing_to_do(plan, cluster_summary))
+    } else {
+        async {
+            // 1. Lock: the local lock, then the one on the master.
+            let locks = Locks::acquire(&p, a.lock_stale_after).await?;
+            let result = async {
+                // 2. Re-plan under the locks (someone may have changed the hosts meanwhile);
+                //    this is the plan shown and executed.
+                let plan = execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel).await;
+                show_plan(&plan)?;
+                let log = Log::create(&p.state_dir.join("logs"))?;
+                // 3. Hosts in phases: masters (host changes, then their cluster steps), then
+                //    the workers in parallel.
+                let report = apply_hosts(&plan, &p, &log, o.parallel).await;
+                // 4. Cluster plan: the rendered manifests against the live cluster, once every
+                //    host converged (the manifests pin pods to those nodes).
+                let cluster = match plan_cluster_after(&report, o, &p).await {
+                    // 5. Cluster apply: server-side apply in kind order, then prune.
+                    Ok(cp) if cp.has_changes() => {
+                        apply_cluster(&p.inventory.kubeconfig, &cp).await?
+                    }
+                    Ok(_) => Ok("cluster: no changes".to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &cluster {
+                    log.write("cluster", "FAILED", e);
+                }
+                anyhow::Ok(Outcome {
+                    plan,
+                    report,
+                    cluster,
+                    log: Some(log.path().to_owned()),
+                    locked: true,
+                    readiness: None,
+                })
+            }
+            .await;
+            locks.release().await;
+            result
+        }
+        .await
+    };
+    close(p.hosts).await;
+    let mut outcome = result?;
+    // 6. Wait, when asked and everything applied: every rendered workload ready.
+    if let Some(timeout) = a.wait
+        && outcome.report.ok()
+        && outcome.cluster.is_ok()
+    {
+        outcome.readiness = Some(wait_for_workloads(&o.inventory, timeout).await);
+    }
+    Ok(outcome)
+}
+
+/// The locks `apply` holds while it changes anything: the local one
+/// (`<state dir>/reconcile.lock`) and the one on the master.
+struct Locks {
+    holder: String,
+    /// Released when dropped, after the master's.
+    _local: LocalLock,
+    /// The master and its SSH user; None when the master is unreachable: nothing can converge
+    /// then anyway (workers depend on it), and the plan reports it.
+    remote: Option<(Arc<SshHost>, String)>,
+}
+
+impl Locks {
+    async fn acquire(p: &Prepared, stale_after: Duration) -> anyhow::Result<Locks> {
+        let holder = lock::holder_id();
+        let local = LocalLock::acquire(&p.state_dir.join("reconcile.lock"), &holder)?;
+        let master = p
+            .inventory
+            .masters()
+            .next()
+            .map(|m| (m.name.clone(), m.ssh.user.clone()));
+        let mut remote = None;
+        if let Some((name, user)) = &master
+            && let Some(Ok(h)) = p.hosts.get(name)
+        {
+            lock::acquire_remote(h.as_ref(), user, &holder, stale_after).await?;
+            remote = Some((h.clone(), user.clone()));
+        }
+        Ok(Locks {
+            holder,
+            _local: local,
+            remote,
+        })
+    }
+
+    async fn release(self) {
+        if let Some((h, user)) = &self.remote {
+            lock::release_remote(h.as_ref(), user, &self.holder).await;
+        }
+    }
+}
+
+/// Phase 3: execute the host changes of `plan` (see [`execute::apply`]), with progress on
+/// stderr (bars on a terminal without `NO_COLOR`) and everything in `log`.
+async fn apply_hosts(plan: &Plan, p: &Prepared, log: &Log, parallel: usize) -> ApplyReport {
+    let fancy = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let progress = Progress::new(fancy);
+    let cx = Context {
+        hosts: &p.hosts,
+        cluster: &p.cluster,
+        progress: &progress,
+        log,
+        parallel,
+    };
+    execute::apply(plan, &cx).await
+}
+
+/// Phase 4: the cluster part, planned after the hosts; skipped (an error naming the hosts) when
+/// not every host converged.
+async fn plan_cluster_after(
+    report: &ApplyReport,
+    o: &Options,
+    p: &Prepared,
+) -> Result<Box<ClusterPlan>, String> {
+    if !report.ok() {
+        let failed: Vec<&str> = report
+            .hosts
+            .iter()
+            .filter(|(_, outcome)| !outcome.ok())
+            .map(|(h, _)| h.as_str())
+            .collect();
+        return Err(format!(
+            "skipped: not every host converged ({})",
+            failed.join(", ")
+        ));
+    }
+    match plan_cluster(&o.inventory, &p.inventory.kubeconfig).await {
+        Ok(ClusterPart::Planned(cp)) => Ok(cp),
+        Ok(ClusterPart::NotYet) => Err("no kubeconfig after the master steps".to_string()),
+        Err(e) => Err(output::chain(&*e)),
+    }
+}
+
+/// Phase 5: apply the cluster plan. The inner result is the cluster part of the outcome (a
+/// summary, or what failed); without a client for the kubeconfig, the whole apply fails.
+async fn apply_cluster(
+    kubeconfig: &Path,
+    plan: &ClusterPlan,
+) -> anyhow::Result<Result<String, String>> {
+    let client = kubeclient::client_from(kubeconfig).await?;
+    Ok(
+        match cluster::execute(&client, plan, &ExecuteOptions::default()).await {
+            Ok(r) => Ok(r.summary()),
+            Err(e) => Err(output::chain(&e)),
+        },
+    )
+}
+
+/// Phase 6, `--wait`: every Deployment, Job and Service this inventory renders becomes ready
+/// (Deployments the runtime scales to 0 count as ready at 0), and pruned objects are gone.
+/// Progress goes to stderr as `<object>: <what>`.
+async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<String, String> {
+    let (inv, manifests) = load_and_render(inventory).map_err(|e| output::chain(&*e))?;
+    let keys: Vec<ObjectKey> = manifests
+        .objects()
+        .map(|o| o.key.clone())
+        .filter(|k| matches!(k.kind.as_str(), "Deployment" | "Job" | "Service"))
+        .collect();
+    let client = kubeclient::client_from(&inv.kubeconfig)
+        .await
+        .map_err(|e| output::chain(&e))?;
+    let opts = ExecuteOptions {
+        progress: Some(cluster::stderr_progress()),
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    cluster::wait_ready(&client, &keys, timeout, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Pruned objects and those already being deleted (a Terminating namespace) are gone too.
+    cluster::wait_pruned(
+        &client,
+        &manifests,
+        timeout.saturating_sub(start.elapsed()),
+        &opts,
+    )
+    .await
+    .map(|()| {
+        format!(
+            "ready: {} workload object(s) after {:.0} s",
+            keys.len(),
+            start.elapsed().as_secs_f64()
+        )
+    })
+    .map_err(|e| output::chain(&e))
+}
