@@ -1,7 +1,8 @@
 //! Real nodes on the testbed (real kubelet, containerd + runc, Flannel, kube-proxy, CoreDNS):
 //! fresh hosts → `apply --wait` → every core Deployment of every namespace runs on its node and
 //! the node software on every node → kanbans with files flow sensor → processor (started on
-//! demand by the runtime) → sink across three devices → a pod on one worker reaches a pod on the other through a
+//! demand by the runtime) → sink across three devices, and `aion-kanban log` in each namespace
+//! shows every hop in order → a pod on one worker reaches a pod on the other through a
 //! Service name → the `aion-kanban` runtime reached the broker through its Service and declared
 //! its topology, and its service account can do exactly what its Role allows → `plan
 //! --detailed-exitcode` exits 0 after the runtime scaled the processor → `down` leaves no
@@ -277,6 +278,61 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         assert_eq!(
             sink_pod.spec.and_then(|s| s.service_account_name).as_deref(),
             Some("aion-sink")
+        );
+
+        // 3b. `aion-kanban log` shows each hop of the stored kanban with its time: the sensor's
+        //     kanban on worker 1, forwarded into worker 2 and the processor's output there,
+        //     forwarded into the master's namespace for the sink.
+        let seq = stored["metadata"]["seq"].clone();
+        assert!(seq.is_u64(), "the stored kanban carries its seq: {stored}");
+        let hops = |ns: &str| -> Vec<serde_json::Value> {
+            let out = kubectl(
+                &cluster,
+                &[
+                    "-n", ns, "exec", "deploy/aion-kanban", "--",
+                    "/usr/local/bin/aion-kanban", "log", "--json", "-n", "10000",
+                ],
+            )
+            .unwrap_or_else(|e| panic!("aion-kanban log in {ns}: {e}"));
+            out.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|r| {
+                    r["kanban"]
+                        .as_str()
+                        .and_then(|k| serde_json::from_str::<serde_json::Value>(k).ok())
+                        .is_some_and(|k| k["metadata"]["seq"] == seq)
+                })
+                .collect()
+        };
+        let find = |rows: &[serde_json::Value], what: &str, pred: &dyn Fn(&str, &str) -> bool| {
+            rows.iter()
+                .filter(|r| pred(r["source"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+                .map(|r| r["at"].as_str().unwrap().to_string())
+                .min()
+                .unwrap_or_else(|| panic!("no record of {what} for seq {seq}: {rows:#?}"))
+        };
+        let w1_rows = hops(&workers[0].name);
+        let w2_rows = hops(&processor_ns);
+        let master_rows = hops("default");
+        let from = |host: &str| format!("device:{host}");
+        let from_w1 = from(&workers[0].name);
+        let from_w2 = from(&workers[1].name);
+        let trail = [
+            find(&w1_rows, "the sensor's kanban", &|s, _| s.starts_with("sensor")),
+            find(&w2_rows, "the kanban forwarded from worker 1", &|s, o| {
+                s == from_w1 && o == "forwarded-in"
+            }),
+            find(&w2_rows, "the processor's output", &|s, o| {
+                s.starts_with("processor") && o == "routed"
+            }),
+            find(&master_rows, "the kanban forwarded from worker 2", &|s, o| {
+                s == from_w2 && o == "forwarded-in"
+            }),
+        ];
+        eprintln!("log trail of seq {seq}: {trail:?}");
+        assert!(
+            trail.windows(2).all(|w| w[0] <= w[1]),
+            "the hops are logged in the order they happened: {trail:?}"
         );
 
         // 4. Pod to pod across workers through a Service name: DNS (CoreDNS), the ClusterIP
