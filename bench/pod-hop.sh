@@ -60,8 +60,8 @@ trap cleanup EXIT
 log "loopback: $SAMPLES kanbans at $RATE/s"
 vhost="hop-$$"
 url=${AION_RABBITMQ_URL%/*}/$vhost
-rabbitmqctl add_vhost "$vhost" >/dev/null
-rabbitmqctl set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+scripts/rabbitmq.sh ctl a add_vhost "$vhost" >/dev/null
+scripts/rabbitmq.sh ctl a set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
 cat > "$WORK/services.yml" <<'EOF'
 microservices:
   ping:
@@ -94,7 +94,7 @@ env $(svc_env ping) SAMPLES="$SAMPLES" RATE="$RATE" RUST_LOG=warn "$BIN/hop" >"$
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait 2>/dev/null || true
 PIDS=()
-rabbitmqctl delete_vhost "$vhost" >/dev/null
+scripts/rabbitmq.sh ctl a delete_vhost "$vhost" >/dev/null
 
 # ---- 2. pods -----------------------------------------------------------------------------
 mapfile -t HOSTS < <(sed -n 's/^  - name: //p' inventories/testbed/inventory.yml)
