@@ -621,6 +621,14 @@ fn next_service_diagnostics(
     out
 }
 
+/// `s` for a one-line comment of a text format (DOT `//`, Mermaid `%%`): control characters
+/// (line breaks) become spaces.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

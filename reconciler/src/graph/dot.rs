@@ -7,7 +7,7 @@ use super::{EdgeStatus, Graph, NodeKind};
 
 pub fn render(g: &Graph) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "// aion kanban graph: {}", one_line(&g.title));
+    let _ = writeln!(out, "// aion kanban graph: {}", super::one_line(&g.title));
     out.push_str("digraph \"aion\" {\n");
     let _ = writeln!(
         out,
@@ -108,12 +108,6 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// For the `//` comment line: no line breaks.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use super::{EdgeStatus, Graph, NodeKind};
 
 pub fn render(g: &Graph) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "%% aion kanban graph: {}", one_line(&g.title));
+    let _ = writeln!(out, "%% aion kanban graph: {}", super::one_line(&g.title));
     out.push_str("flowchart LR\n");
     let mut classes: Vec<(&str, &str)> = Vec::new();
     for (di, d) in g.devices.iter().enumerate() {
@@ -114,11 +114,6 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {
