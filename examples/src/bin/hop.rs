@@ -4,7 +4,7 @@
 //! * `ping` (the driver): sends kanbans on connection key `default` (services.yml routes them
 //!   to the echo, `pong`), each with `metadata.n` and `metadata.sentUs` (µs since the epoch),
 //!   and receives the echoes on its own input queue. First a handshake (one kanban a second
-//!   until an echo comes back: the echo may still be starting), then `SAMPLES` (default 2000)
+//!   until an echo comes back: the echo and the broker may still be starting), then `SAMPLES` (default 2000)
 //!   kanbans at `RATE` per second (default 100), then prints one JSON line on stdout:
 //!   `{"phase":"hops", "samples", "lost", "round_trip_ms", "hop_ms", "one_way_ms"}`, each a
 //!   `{p50, p99, max}` (hop = round trip / 2; one way = the echo's receive time minus the send
@@ -177,7 +177,11 @@ async fn drive(
             tokio::time::Instant::now() < deadline,
             "no echo within {timeout:?}"
         );
-        send(probe(n, "default", now_us())).await?;
+        // The broker may still be starting too (a pod started with the installation): retry
+        // until the deadline instead of failing the Job.
+        if let Err(e) = send(probe(n, "default", now_us())).await {
+            tracing::warn!("handshake: {e}; retrying");
+        }
         n += 1;
         let wait = tokio::time::sleep(Duration::from_secs(1));
         tokio::pin!(wait);
