@@ -108,7 +108,6 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,7 +114,6 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
