@@ -138,12 +138,13 @@ fn provision_testbed_end_to_end() {
                 hp.host
             );
         }
-        let own = if hp.role == "master" {
-            "master"
-        } else {
-            "worker"
-        };
-        assert!(roles.contains(own), "{}: no {own} changes", hp.host);
+        // The role file named after the host's role (roles/master.yml, roles/worker.yml).
+        let own = hp.role.to_string();
+        assert!(
+            roles.contains(&own.as_str()),
+            "{}: no {own} changes",
+            hp.host
+        );
     }
 
     // --- apply converges ---------------------------------------------------------------------

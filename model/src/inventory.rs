@@ -38,10 +38,21 @@ pub enum Mode {
     Cluster,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Master,
     Worker,
+}
+
+impl std::fmt::Display for Role {
+    /// As in the inventory: `master`, `worker`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

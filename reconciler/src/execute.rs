@@ -92,7 +92,7 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
             let unreachable = |error: String| HostPlan {
                 host: spec.host.name.clone(),
                 address: spec.host.address.clone(),
-                role: format!("{:?}", spec.host.role).to_lowercase(),
+                role: spec.host.role,
                 user: spec.host.ssh.user.clone(),
                 changes: Vec::new(),
                 unchanged: 0,
@@ -198,8 +198,10 @@ pub struct Context<'a, H: Host, C: ClusterOps> {
 /// Execute `plan`: masters first, then workers (in parallel up to the cap).
 pub async fn apply<H: Host, C: ClusterOps>(plan: &Plan, cx: &Context<'_, H, C>) -> ApplyReport {
     let mut outcomes: BTreeMap<String, HostOutcome> = BTreeMap::new();
-    let (masters, workers): (Vec<&HostPlan>, Vec<&HostPlan>) =
-        plan.hosts.iter().partition(|h| h.role == "master");
+    let (masters, workers): (Vec<&HostPlan>, Vec<&HostPlan>) = plan
+        .hosts
+        .iter()
+        .partition(|h| h.role == aion_model::inventory::Role::Master);
     let master_results = run_phase(&masters, None, cx).await;
     let mut join_master: Option<Arc<H>> = None;
     let mut failed_masters = Vec::new();

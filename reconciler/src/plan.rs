@@ -3,6 +3,7 @@
 //! preview cannot drift from the action. Building it ([`plan_host`]) is pure. Each change is a
 //! [`Change`] ([`crate::change`]); the text form is [`crate::plan_text`].
 
+use aion_model::inventory::Role;
 use serde::Serialize;
 
 use crate::change::{Action, Change, ChangeKind, ClusterStep};
@@ -27,7 +28,7 @@ pub enum ClusterCheck {
 pub struct HostPlan {
     pub host: String,
     pub address: String,
-    pub role: String,
+    pub role: Role,
     /// SSH user (whose home `~` is).
     pub user: String,
     pub changes: Vec<Change>,
@@ -184,7 +185,7 @@ pub fn plan_host(
     Ok(HostPlan {
         host: spec.host.name.clone(),
         address: spec.host.address.clone(),
-        role: format!("{:?}", spec.host.role).to_lowercase(),
+        role: spec.host.role,
         user: spec.host.ssh.user.clone(),
         changes,
         unchanged,

@@ -108,7 +108,7 @@ mod tests {
         let h = HostPlan {
             host: "m".into(),
             address: "10.0.0.1".into(),
-            role: "master".into(),
+            role: aion_model::inventory::Role::Master,
             changes: vec![
                 change(ChangeKind::Create, None),
                 change(ChangeKind::Change, Some("--- a\n+++ b\n-x\n+y\n")),
