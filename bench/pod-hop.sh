@@ -3,6 +3,7 @@
 # same hop on loopback; and the time from a kanban to a cold on-demand start (issue 14).
 #
 #   bench/pod-hop.sh [SAMPLES] [RATE] [COLD]     (defaults 2000 100 10)
+#   PONG_NODE=master bench/pod-hop.sh ...        # pong beside the broker (no second VXLAN leg)
 #
 # Needs root, the control plane (scripts/k8s-testenv.sh start), RabbitMQ on loopback
 # (scripts/rabbitmq.sh start), the images (scripts/images build, with ping/pong/cold) and the
@@ -99,6 +100,11 @@ scripts/rabbitmq.sh ctl a delete_vhost "$vhost" >/dev/null
 # ---- 2. pods -----------------------------------------------------------------------------
 mapfile -t HOSTS < <(sed -n 's/^  - name: //p' inventories/testbed/inventory.yml)
 M=${HOSTS[0]} W1=${HOSTS[1]} W2=${HOSTS[2]:?the benchmark needs two workers}
+case ${PONG_NODE:-worker2} in
+worker2) PONG_ON=$W2 ;;
+master) PONG_ON=$M ;;
+*) die "PONG_NODE must be worker2 or master" ;;
+esac
 D="$WORK/inv"
 mkdir -p "$D"
 cp inventories/testbed/inventory.yml inventories/testbed/known_hosts inventories/testbed/id_ed25519 "$D/"
@@ -126,7 +132,7 @@ microservices:
   pong:
     startup: yes
     always: yes
-    targetNode: $W2
+    targetNode: $PONG_ON
     nextService:
       default:
         - name: ping
@@ -172,7 +178,7 @@ echo
 echo "| path | kanbans back (lost) | hop p50 (ms) | hop p99 (ms) | round trip p50 / p99 (ms) | one way p50 / p99 (ms) |"
 echo "|---|---|---|---|---|---|"
 echo "| loopback (this machine, loopback broker) | $ls ($ll) | $l50 | $l99 | $lr50 / $lr99 | $lo50 / $lo99 |"
-echo "| pods on two workers (broker pod on the master) | $ps ($pl) | $p50 | $p99 | $pr50 / $pr99 | $po50 / $po99 |"
+echo "| pods: ping on $W1, pong on $PONG_ON (broker pod on the master) | $ps ($pl) | $p50 | $p99 | $pr50 / $pr99 | $po50 / $po99 |"
 echo "| pods ÷ loopback | | $(ratio "$p50" "$l50") | $(ratio "$p99" "$l99") | | |"
 echo
 jq -r 'select(.phase == "cold-start") | "Cold on-demand start (kanban sent → echo back from the started Job), \(.latencies_ms | length) runs: median \(.median_ms | . * 10 | round / 10) ms; all (ms): \(.latencies_ms | map(. * 10 | round / 10) | join(", "))"' "$WORK/pods.json"
