@@ -38,6 +38,16 @@ pub enum Mode {
     Cluster,
 }
 
+impl std::fmt::Display for Mode {
+    /// As in the inventory: `single`, `cluster`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Single => "single",
+            Mode::Cluster => "cluster",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

@@ -21,7 +21,7 @@ pub mod svg;
 
 use std::collections::BTreeMap;
 
-use aion_model::inventory::{Inventory, Mode, Role};
+use aion_model::inventory::{Inventory, Mode};
 use aion_model::services::{Microservice, NextService, ServicesFile};
 use aion_model::span::Span;
 use aion_model::yaml::join_pointer;
@@ -296,11 +296,7 @@ struct Builder<'a> {
 /// The graph of an inventory: one box per host that runs something (as `render` places it),
 /// `services` giving each host's parsed services.yml.
 pub fn from_inventory(inv: &Inventory, services: &[(HostName, ServicesFile)]) -> Graph {
-    let mode = match inv.mode {
-        Mode::Single => "single",
-        Mode::Cluster => "cluster",
-    };
-    let mut b = Builder::new(format!("inventory {} ({mode})", inv.name), true);
+    let mut b = Builder::new(format!("inventory {} ({})", inv.name, inv.mode), true);
     let hosts: Vec<&Host> = match inv.mode {
         Mode::Single => inv.masters().take(1).collect(),
         Mode::Cluster => inv.masters().take(1).chain(inv.workers()).collect(),
@@ -316,11 +312,7 @@ pub fn from_inventory(inv: &Inventory, services: &[(HostName, ServicesFile)]) ->
             .first()
             .filter(|f| !f.device_name.is_empty())
             .map_or_else(|| host.name.clone(), |f| f.device_name.clone());
-        let role = match host.role {
-            Role::Master => "master",
-            Role::Worker => "worker",
-        };
-        let mut details = vec![format!("{role} · namespace {}", host.vars.namespace)];
+        let mut details = vec![format!("{} · namespace {}", host.role, host.vars.namespace)];
         if device_name != host.name {
             details.push(format!("device {device_name}"));
         }

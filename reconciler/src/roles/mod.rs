@@ -18,7 +18,7 @@ pub mod resource;
 
 use std::collections::BTreeMap;
 
-use aion_model::inventory::{Host, Inventory, Mode, Role};
+use aion_model::inventory::{Host, Inventory, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::change::ClusterStep;
@@ -161,8 +161,8 @@ pub fn host_context(inv: &Inventory, host: &Host) -> serde_json::Value {
     serde_json::json!({
         "host": host.name,
         "address": host.address,
-        "role": match host.role { Role::Master => "master", Role::Worker => "worker" },
-        "mode": match inv.mode { Mode::Single => "single", Mode::Cluster => "cluster" },
+        "role": host.role.to_string(),
+        "mode": inv.mode.to_string(),
         "user": host.ssh.user,
         "namespace": v.namespace,
         "gpu": v.gpu,
