@@ -7,9 +7,11 @@ use std::path::Path;
 
 use aion_integration_tests::k8s;
 use aion_model::{Inventory, ServicesFile};
+use aion_reconcile::cluster::history::{History, RollbackPlan};
 use aion_reconcile::cluster::{self, Action, ClusterError, ExecuteOptions};
 use aion_reconcile::manifest::{Manifests, ObjectKey};
 use aion_reconcile::render;
+use aion_reconcile::revision::Origin;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
@@ -540,5 +542,204 @@ async fn runtime_class_for_gpu_hosts_is_applied_and_pruned() {
         .await
         .unwrap();
     assert!(runtime_classes.get_opt("nvidia").await.unwrap().is_none());
+    tc.delete_namespace(&ns).await;
+}
+
+/// An inventory file in `dir` (rollback and history load the inventory from disk; its `.aion`
+/// state directory, with the local lock, sits beside it). The master's SSH port is closed: the
+/// rollback holds only the local lock and says so.
+fn inventory_file(dir: &Path, name: &str, namespace: &str, keep: u32) -> std::path::PathBuf {
+    let path = dir.join("inventory.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "name: {name}\nmode: single\nrevisionHistory: {keep}\nhosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    ssh: {{port: 9}}\n    vars: {{namespace: {namespace}}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Apply `m` and record it, as `apply` does after a cluster apply with changes.
+async fn apply_and_record(
+    client: &kube::Client,
+    inv: &Inventory,
+    m: &Manifests,
+    history: &History,
+) -> u32 {
+    let plan = cluster::plan(client, m, inv).await.unwrap();
+    assert!(plan.has_changes(), "{}", plan.render_text(false, false));
+    cluster::execute(client, &plan, &ExecuteOptions::default())
+        .await
+        .unwrap();
+    let inputs = BTreeMap::from([("inventory".to_string(), "test".to_string())]);
+    history
+        .record(m, Origin::Apply, inputs, inv.revision_history)
+        .await
+        .unwrap()
+}
+
+/// Issue 16 on the real apiserver: revisions recorded and pruned to the inventory's
+/// `revisionHistory`, what changed per microservice, `rollback --to 1` makes the live objects
+/// equal to revision 1 (diff empty, untouched objects keep their resourceVersions) and is itself
+/// a revision; a corrupted revision is a clear error and nothing is applied; a rollback is
+/// refused while another apply holds the lock.
+#[tokio::test]
+async fn revisions_history_rollback() {
+    let Some(tc) = k8s::require() else { return };
+    aion_reconcile::kubeclient::install_crypto_provider();
+    let client = tc.client().await;
+    let ns = tc.fresh_namespace().await;
+    let dir = tempfile::tempdir().unwrap();
+    let inv_path = inventory_file(dir.path(), &ns, &ns, 3);
+    let inv = aion_reconcile::reconcile::load_inventory(&inv_path).unwrap();
+    assert_eq!(inv.revision_history, 3);
+    let history = History::of(&client, &inv);
+
+    // Revision 1, then 2: beta's env changes, gamma goes, beta's image changes.
+    let v1 = rendered(&inv, SERVICES);
+    assert_eq!(apply_and_record(&client, &inv, &v1, &history).await, 1);
+    let v2_text = SERVICES
+        .replace("LEVEL: info", "LEVEL: debug\n    tag: \"2\"")
+        .replace(
+            "  gamma:\n    always: yes\n    startup: yes\n    ports:\n      - name: http\n        protocol: TCP\n        port: 8080\n",
+            "",
+        );
+    let v2 = rendered(&inv, &v2_text);
+    assert_eq!(apply_and_record(&client, &inv, &v2, &history).await, 2);
+
+    // history: what changed per microservice, the image called out.
+    let decoded = history.decoded().await.unwrap();
+    let entries = aion_reconcile::commands::history::entries(&decoded);
+    let text = aion_reconcile::commands::history::render_text(&ns, &entries);
+    let second: Vec<(&str, &str)> = entries[1]
+        .changes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| (c.symbol, c.owner.as_str()))
+        .collect();
+    assert_eq!(second, [("~", "beta"), ("-", "gamma")], "{text}");
+    assert!(
+        text.contains("~ beta  image ") && text.contains("/beta:2\n"),
+        "{text}"
+    );
+
+    // A rollback is refused while another apply holds the lock; nothing changes.
+    let before = settled_versions(&client, &ns).await;
+    let options = aion_reconcile::reconcile::Options {
+        inventory: inv_path.clone(),
+        parallel: 4,
+        accept_new_host_keys: false,
+        connect_timeout: std::time::Duration::from_secs(5),
+        ssh_persist: None,
+    };
+    let to = |n: u32| aion_reconcile::reconcile::RollbackOptions {
+        to: Some(n),
+        kubeconfig: Some(tc.kubeconfig().to_owned()),
+        lock_stale_after: std::time::Duration::from_secs(3600),
+        wait: None,
+    };
+    let yes = |_: &RollbackPlan| Ok(true);
+    {
+        let state = aion_reconcile::reconcile::state_dir(&inv_path);
+        std::fs::create_dir_all(&state).unwrap();
+        let _held = aion_reconcile::lock::LocalLock::acquire(
+            &state.join("reconcile.lock"),
+            "another apply",
+        )
+        .unwrap();
+        let err = aion_reconcile::reconcile::rollback(&options, &to(1), &yes)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("another apply"), "{err:#}");
+    }
+    assert_eq!(versions(&client, &ns).await, before);
+
+    // rollback --to 1: the plan shows beta changed back and gamma created again; afterwards
+    // the live objects equal revision 1 and the untouched ones kept their resourceVersions.
+    let shown = std::sync::Mutex::new(String::new());
+    let confirm = |p: &RollbackPlan| {
+        *shown.lock().unwrap() = p.plan.render_text(false, false);
+        Ok(true)
+    };
+    let outcome = aion_reconcile::reconcile::rollback(&options, &to(1), &confirm)
+        .await
+        .unwrap();
+    let shown = shown.into_inner().unwrap();
+    assert_eq!((outcome.target, outcome.revision), (1, Some(3)), "{shown}");
+    assert!(
+        shown.contains(&format!("~ Deployment/{ns}/beta-001"))
+            && shown.contains(&format!("+ Deployment/{ns}/gamma-001")),
+        "{shown}"
+    );
+    let again = cluster::plan(&client, &v1, &inv).await.unwrap();
+    assert!(!again.has_changes(), "{}", again.render_text(false, true));
+    let after = versions(&client, &ns).await;
+    for (k, rv) in &before {
+        if !k.name.starts_with("beta-") {
+            assert_eq!(after.get(k), Some(rv), "{k} must not be touched");
+        }
+    }
+    let third = history.load(Some(3)).await.unwrap();
+    assert_eq!(third.describe(), "rollback to 1");
+    assert_eq!(
+        third.manifests(),
+        history.load(Some(1)).await.unwrap().manifests()
+    );
+
+    // Three more applies: exactly 3 revisions are kept (4, 5, 6).
+    for (i, level) in ["a", "b", "c"].iter().enumerate() {
+        let m = rendered(
+            &inv,
+            &SERVICES.replace("LEVEL: info", &format!("LEVEL: {level}")),
+        );
+        assert_eq!(
+            apply_and_record(&client, &inv, &m, &history).await,
+            4 + i as u32
+        );
+    }
+    let numbers: Vec<u32> = history
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(h, _)| h.number)
+        .collect();
+    assert_eq!(numbers, [4, 5, 6]);
+
+    // A corrupted revision: a clear error naming its Secret, nothing applied.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let name = aion_reconcile::revision::secret_name(&ns, 4);
+    secrets
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"revision": "bm90IGd6aXA="}})),
+        )
+        .await
+        .unwrap();
+    let before = settled_versions(&client, &ns).await;
+    let err = aion_reconcile::reconcile::rollback(&options, &to(4), &yes)
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&name) && msg.contains("not gzip"), "{msg}");
+    assert_eq!(versions(&client, &ns).await, before);
+    // An unknown revision names the ones there are.
+    let err = aion_reconcile::reconcile::rollback(&options, &to(1), &yes)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("(revisions: 4, 5, 6)"),
+        "{err:#}"
+    );
+
+    // down takes the history with it.
+    assert_eq!(history.delete_all().await.unwrap(), 3);
+    assert!(history.list().await.unwrap().is_empty());
+    cluster::down(&client, &ns, &ExecuteOptions::default())
+        .await
+        .unwrap();
     tc.delete_namespace(&ns).await;
 }

@@ -98,6 +98,21 @@ async fn login(url: &str) -> Result<Connection, lapin::Error> {
     Connection::connect(url, ConnectionProperties::default()).await
 }
 
+/// How many consumers `queue` has (passive declare on a throw-away channel).
+async fn consumers(conn: &Connection, queue: &str) -> u32 {
+    let ch = conn.create_channel().await.expect("channel");
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{queue}: {e}"));
+    let _ = ch.close(200, "probe".into()).await;
+    q.consumer_count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_are_isolated_on_one_broker_and_device_amqp_crosses() {
     let Some(b) = rabbitmq::require() else { return };
@@ -196,6 +211,19 @@ async fn namespaces_are_isolated_on_one_broker_and_device_amqp_crosses() {
         for q in ["shared-001.out", "sink-001.in", "aion-kanban.inbound"] {
             assert!(amqp::wait_declared(conn, q, WAIT).await, "{q} not declared");
         }
+    }
+    // `aion-kanban.inbound` exists once per namespace (in its vhost), and each is consumed by
+    // its own namespace's runtime alone: two runtimes on one broker never take each other's
+    // forwarded kanbans.
+    for (conn, side) in [(&conn_a, "A"), (&conn_b, "B")] {
+        // The runtime declares its queues before it consumes them: wait for the first.
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut n = consumers(conn, "aion-kanban.inbound").await;
+        while n == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            n = consumers(conn, "aion-kanban.inbound").await;
+        }
+        assert_eq!(n, 1, "{side}'s inbound: one consumer, its own runtime");
     }
     for id in [1, 2, 3] {
         let k = json!({"connectionKey": "default", "metadata": {"id": id}});

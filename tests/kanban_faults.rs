@@ -123,6 +123,20 @@ async fn publish_retrying(
     }
 }
 
+/// (messages, consumers) of `queue`, for a failure's message.
+async fn queue_state(conn: &lapin::Connection, queue: &str) -> Option<(u32, u32)> {
+    let ch = conn.create_channel().await.ok()?;
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .ok()?;
+    Some((q.message_count(), q.consumer_count()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_loses_nothing() {
     // The router's and clients' reconnect warnings end up in the test output when it fails.
@@ -300,9 +314,15 @@ microservices:
                     (0..*n as u64).filter(|i| !s.contains(i)).take(20).collect()
                 })
                 .collect();
+            // Where the missing kanbans wait: each queue's messages and consumers now.
+            let (conn, _) = amqp::connect(&url).await;
+            let mut queues = Vec::new();
+            for q in all_queues(&cfg) {
+                queues.push(format!("{q}: {:?}", queue_state(&conn, &q).await));
+            }
             panic!(
                 "after the broker restart: {arrived:?} of {sent:?} arrived; first missing \
-                 {missing:?}"
+                 {missing:?}; queues (messages, unacked or not, and consumers): {queues:?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

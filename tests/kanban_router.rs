@@ -443,3 +443,86 @@ async fn router_killed_mid_stream_loses_nothing() {
     assert!(missing.is_empty(), "lost kanbans: {missing:?}");
     amqp::delete(&ch, &all_queues(&cfg)).await;
 }
+
+/// The broker cancels a consumer without closing its channel when the consumed queue goes away
+/// (deleted, or its queue process down, as around a broker restart). The router must notice,
+/// subscribe again to every queue (re-declaring the topology), and route what arrives there
+/// next. Before, the cancelled consumer dropped out of the router's merged deliveries while the
+/// others kept it busy: the queue was never consumed again (the router path of
+/// `broker_restart_mid_stream_loses_nothing` stopped at 320 of 1,500 kanbans).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_resubscribes_after_the_broker_cancels_a_consumer() {
+    let Some(b) = rabbitmq::require() else { return };
+    let p = rabbitmq::unique("cc");
+    let cfg = services(&format!(
+        r#"
+microservices:
+  {p}a:
+    scale: 2
+    nextService: {{default: [{{name: {p}b, pattern: n}}]}}
+  {p}b:
+    scale: 2
+"#
+    ));
+    let r = start_router(
+        RouterOptions::new(ServicesSource::Value(Arc::new(cfg.clone())), b.url.clone()),
+        None,
+    );
+    let (conn, ch) = amqp::connect(&b.url).await;
+    let (out1, out2) = (format!("{p}a-001.out"), format!("{p}a-002.out"));
+    assert!(amqp::wait_declared(&conn, &format!("{p}b-002.in"), WAIT).await);
+    // Both outputs are routed.
+    for (q, id) in [(&out1, 1), (&out2, 2)] {
+        amqp::publish(
+            &ch,
+            q,
+            json!({"processNumber": id, "metadata": {"id": id}})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    }
+    assert_eq!(
+        ids(&amqp::take(&ch, &format!("{p}b-001.in"), 1, WAIT).await),
+        vec![1]
+    );
+    assert_eq!(
+        ids(&amqp::take(&ch, &format!("{p}b-002.in"), 1, WAIT).await),
+        vec![2]
+    );
+
+    // Deleting a-001.out cancels the router's consumer of it (basic.cancel); the channel and
+    // the router's other consumers stay.
+    amqp::delete(&ch, std::slice::from_ref(&out1)).await;
+    assert!(
+        amqp::wait_declared(&conn, &out1, WAIT).await,
+        "the router did not notice its cancelled consumer (no new session re-declared {out1})"
+    );
+    amqp::publish(
+        &ch,
+        &out1,
+        json!({"processNumber": 1, "metadata": {"id": 3}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    amqp::publish(
+        &ch,
+        &out2,
+        json!({"processNumber": 2, "metadata": {"id": 4}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        ids(&amqp::take(&ch, &format!("{p}b-001.in"), 1, WAIT).await),
+        vec![3],
+        "a kanban on the re-declared queue was not routed"
+    );
+    assert_eq!(
+        ids(&amqp::take(&ch, &format!("{p}b-002.in"), 1, WAIT).await),
+        vec![4]
+    );
+    r.stop().await;
+    amqp::delete(&ch, &all_queues(&cfg)).await;
+}

@@ -350,6 +350,12 @@ fn check_core(
         assert_eq!(got["namespace"], json!(ns), "{rel}");
         assert_eq!(got["device"], json!(device), "{rel}");
         assert_eq!(got["kubeconfig"], "in-cluster", "{rel}");
+        // The live page on the pod's own interfaces, on the port `aion-reconcile status` asks.
+        assert_eq!(
+            got["live"],
+            format!("0.0.0.0:{}", aion_reconcile::live::LIVE_PORT),
+            "{rel}"
+        );
         assert_eq!(got["services"], json!(services_local), "{rel}");
         assert_eq!(
             got["microservices"],

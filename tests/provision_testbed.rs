@@ -46,6 +46,7 @@ fn apply_args(inventory: &Path) -> aion_reconcile::commands::apply::Args {
         common: common(inventory),
         lock_stale_after: 7200,
         wait: false,
+        atomic: false,
         timeout: 300,
     }
 }

@@ -2,7 +2,8 @@
 //! fresh hosts → `apply --wait` → every core Deployment of every namespace runs on its node and
 //! the node software on every node → kanbans with files flow sensor → processor (started on
 //! demand by the runtime) → sink across three devices, and `aion-kanban log` in each namespace
-//! shows every hop in order → a pod on one worker reaches a pod on the other through a
+//! shows every hop in order → each namespace's live page, in headless Chromium, lists its
+//! instances running and a rate on the chain's edges (`testbed_nodes/live_page.rs`) → a pod on one worker reaches a pod on the other through a
 //! Service name → the `aion-kanban` runtime reached the broker through its Service and declared
 //! its topology, and its service account can do exactly what its Role allows → `plan
 //! --detailed-exitcode` exits 0 after the runtime scaled the processor → `down` leaves no
@@ -14,6 +15,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "testbed_nodes/live_page.rs"]
+mod live_page;
 
 use aion_integration_tests::k8s::{self, TestCluster};
 use aion_integration_tests::testbed::{self, ResetIfFailed, inventory_copy, rt};
@@ -36,6 +40,7 @@ fn apply_args(inventory: &Path) -> aion_reconcile::commands::apply::Args {
         },
         lock_stale_after: 7200,
         wait: true,
+        atomic: false,
         timeout: 600,
     }
 }
@@ -100,9 +105,22 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
     let shared = tb.dir().join(&processor_file).display().to_string();
     let own = dir.path().join(&processor_file);
     std::fs::copy(&shared, &own).unwrap();
+    // The master's services file too: step 10b gives the sink a broken image.
+    let master_shared = tb.dir().join("services.yml").display().to_string();
+    let master_own = dir.path().join("services.yml");
+    std::fs::copy(&master_shared, &master_own).unwrap();
     let inv = inventory_copy(&tb, dir.path(), |t| {
-        t.replace(&shared, &own.display().to_string())
+        t.replace(&shared, &own.display().to_string()).replace(
+            &format!("services: {master_shared}\n"),
+            &format!("services: {}\n", master_own.display()),
+        )
     });
+    assert!(
+        std::fs::read_to_string(&inv)
+            .unwrap()
+            .contains(&master_own.display().to_string()),
+        "the inventory copy names the copied services.yml"
+    );
     let _reset_if_failed = ResetIfFailed(&tb);
     tb.reset_all();
 
@@ -334,6 +352,19 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
             trail.windows(2).all(|w| w[0] <= w[1]),
             "the hops are logged in the order they happened: {trail:?}"
         );
+
+        // 3c. Each namespace's live page in headless Chromium: every instance running, a rate
+        //     above zero on the chain's edges, the API's document valid (own module).
+        live_page::live_pages_show_the_chain(
+            &format!("aion-tb-{}", testbed::index(&master)),
+            &client,
+            &[
+                (workers[0].name.clone(), vec!["sensor-001".to_string()]),
+                (processor_ns.clone(), vec!["processor-001".to_string()]),
+                ("default".to_string(), vec!["sink-001".to_string()]),
+            ],
+        )
+        .await;
 
         // 4. Pod to pod across workers through a Service name: DNS (CoreDNS), the ClusterIP
         //    (kube-proxy) and the pod network between the hosts (Flannel) are all real.
@@ -677,6 +708,13 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         "plan --detailed-exitcode after the runtime ran the Job again"
     );
 
+    // 10b. An upgrade that cannot come up, under --atomic: the sink gets an image no source
+    //      has. The apply records revision 3, waits, names the sink and the pod's reason,
+    //      rolls back to revision 2 (recorded as 4) and exits 1; the sink runs its old image
+    //      again, `history` shows the failure and the rollback, and with the file restored
+    //      `plan` finds nothing to do: the rollback restored exactly what revision 2 held.
+    atomic_upgrade_is_rolled_back(&cluster, &inv, &master_own, &plan);
+
     // 11. down: no pod containers left on any host but the nodes' own (kube-system, Flannel).
     assert_eq!(aion_reconcile::commands::down::run(&down).unwrap(), 0);
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -715,4 +753,157 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         }
     }
     tb.reset_all();
+}
+
+/// Step 10b of [`real_nodes_run_the_installation_and_down_removes_it`] (issue 16).
+fn atomic_upgrade_is_rolled_back(
+    cluster: &TestCluster,
+    inv: &Path,
+    master_services: &Path,
+    plan: &aion_reconcile::commands::plan::Args,
+) {
+    let good = std::fs::read_to_string(master_services).unwrap();
+    let broken = good.replace(
+        "  sink:\n    startup: yes\n",
+        "  sink:\n    startup: yes\n    tag: no-such-version\n",
+    );
+    assert_ne!(broken, good, "sink entry in {}", master_services.display());
+    std::fs::write(master_services, &broken).unwrap();
+    let mut args = apply_args(inv);
+    args.wait = false;
+    args.atomic = true;
+    args.timeout = 60;
+    let t0 = Instant::now();
+    let outcome = aion_reconcile::commands::apply::run_blocking(&args).unwrap();
+    let summary = outcome.summary();
+    eprintln!(
+        "apply --atomic with a broken sink image: {:.0} s\n{summary}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(!outcome.ok(), "--atomic must fail:\n{summary}");
+    let why = outcome.cluster.clone().unwrap_err();
+    assert!(
+        why.contains("revision 3 did not become ready")
+            && why.contains("Deployment/default/sink-001")
+            && (why.contains("ErrImagePull") || why.contains("ImagePullBackOff")),
+        "{why}"
+    );
+    assert!(
+        why.contains("rolled back to revision 2 (recorded as revision 4)")
+            && why.contains("its workloads are ready again"),
+        "{why}"
+    );
+    assert_eq!(outcome.revision, Some(4));
+
+    rt().block_on(async {
+        let client = cluster.client().await;
+        let d = Api::<Deployment>::namespaced(client.clone(), "default")
+            .get("sink-001")
+            .await
+            .unwrap();
+        let image = d.spec.template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap();
+        assert_eq!(
+            image, "aion.local/sink:latest",
+            "the sink's image after the rollback"
+        );
+        // The old pod serves; the broken one goes away with its ReplicaSet scaled down.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pods = Api::<Pod>::namespaced(client.clone(), "default")
+                .list(&ListParams::default().labels("run=sink-001"))
+                .await
+                .unwrap();
+            let images: Vec<(String, String)> = pods
+                .items
+                .iter()
+                .map(|p| {
+                    (
+                        p.spec.as_ref().unwrap().containers[0]
+                            .image
+                            .clone()
+                            .unwrap(),
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.phase.clone())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            if images == [("aion.local/sink:latest".to_string(), "Running".to_string())] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sink pods after the rollback: {images:?}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // history: 3 failed with the reason, 4 the rollback to 2.
+        let inventory = aion_reconcile::reconcile::load_inventory(inv).unwrap();
+        let decoded = aion_reconcile::cluster::history::History::of(&client, &inventory)
+            .decoded()
+            .await
+            .unwrap();
+        let entries = aion_reconcile::commands::history::entries(&decoded);
+        let text = aion_reconcile::commands::history::render_text(&inventory.name, &entries);
+        eprintln!("history:\n{text}");
+        let summary: Vec<(u32, &str, Option<String>)> = entries
+            .iter()
+            .map(|e| (e.revision, e.status, e.description.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, "applied", Some("apply".into())),
+                (2, "applied", Some("apply".into())),
+                (3, "failed", Some("apply".into())),
+                (
+                    4,
+                    "applied",
+                    Some("rollback to 2 after 3 failed (--atomic)".into())
+                ),
+            ],
+            "{text}"
+        );
+        assert!(
+            entries[2]
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("sink-001")),
+            "{text}"
+        );
+        assert!(
+            text.contains("image aion.local/sink:latest → aion.local/sink:no-such-version"),
+            "{text}"
+        );
+    });
+
+    // The cluster holds exactly revision 2 again: with the good file, `diff` finds nothing.
+    // The master's copy of services.yml still has the broken tag (host provisioning is not
+    // rolled back); an apply converges it, changing no cluster object (no new revision).
+    std::fs::write(master_services, &good).unwrap();
+    let diff = aion_reconcile::commands::diff::Args {
+        inventory: inv.to_owned(),
+        kubeconfig: None,
+        detailed_exitcode: true,
+        output: aion_reconcile::commands::diff::Format::Text,
+        revision: None,
+        concurrency: 16,
+    };
+    assert_eq!(
+        aion_reconcile::commands::diff::run(&diff).unwrap(),
+        0,
+        "diff --detailed-exitcode with the good services.yml after the rollback"
+    );
+    let outcome = aion_reconcile::commands::apply::run_blocking(&apply_args(inv)).unwrap();
+    assert!(outcome.ok(), "{}", outcome.summary());
+    assert_eq!(outcome.revision, None, "{}", outcome.summary());
+    assert_eq!(
+        aion_reconcile::commands::plan::run(plan).unwrap(),
+        0,
+        "plan --detailed-exitcode after converging the host file"
+    );
 }

@@ -34,6 +34,12 @@ pub enum AmqpError {
     Publish { queue: String, source: lapin::Error },
     #[error("broker did not confirm the message to queue `{queue}` ({what})")]
     NotConfirmed { queue: String, what: &'static str },
+    #[error("receiving from queue `{queue}`: {source}")]
+    Receive { queue: String, source: lapin::Error },
+    /// The broker cancelled a consumer (its queue was deleted or went down) while the channel
+    /// stayed open: only a new subscription gets that queue's kanbans again.
+    #[error("the broker cancelled the consumer of queue `{queue}`")]
+    ConsumerCancelled { queue: String },
 }
 
 /// `amqp://user:pass@host:port/vhost` → `amqp://host:port/vhost` (for messages and logs).
@@ -294,9 +300,43 @@ fn check_confirm(
     }
 }
 
-/// Deliveries of several queues as one stream, each tagged with its queue's `T`.
-pub type Deliveries<T> =
-    futures::stream::SelectAll<futures::stream::BoxStream<'static, (T, lapin::Result<Delivery>)>>;
+/// Deliveries of several queues as one stream, each tagged with its queue's `T`. A consumer that
+/// fails or is cancelled by the broker yields one last item, an error naming its queue
+/// ([`AmqpError::Receive`], [`AmqpError::ConsumerCancelled`]), so that the consume loop ends its
+/// session and subscribes again. Merged without that, a cancelled consumer would just drop out
+/// of the merge while the others go on: its queue would never be consumed again.
+pub type Deliveries<T> = futures::stream::SelectAll<
+    futures::stream::BoxStream<'static, (T, Result<Delivery, AmqpError>)>,
+>;
+
+/// One consumer's deliveries tagged with `tag`, errors naming `queue`, and its end turned into
+/// [`AmqpError::ConsumerCancelled`] (see [`Deliveries`]).
+fn tagged<T, D, S>(
+    queue: String,
+    tag: T,
+    consumer: S,
+) -> futures::stream::BoxStream<'static, (T, Result<D, AmqpError>)>
+where
+    T: Clone + Send + 'static,
+    D: Send + 'static,
+    S: futures::Stream<Item = lapin::Result<D>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let q = queue.clone();
+    let end_tag = tag.clone();
+    consumer
+        .map(move |d| {
+            let d = d.map_err(|source| AmqpError::Receive {
+                queue: q.clone(),
+                source,
+            });
+            (tag.clone(), d)
+        })
+        .chain(futures::stream::once(async move {
+            (end_tag, Err(AmqpError::ConsumerCancelled { queue }))
+        }))
+        .boxed()
+}
 
 /// Set QoS `prefetch` on `ch` and consume every queue of `queues` on it (consumer tag
 /// `<tag_prefix><queue>`): the router's and the client's receive loops both start here.
@@ -307,7 +347,6 @@ pub async fn consume_all<T: Clone + Send + 'static>(
     tag_prefix: &str,
     queues: Vec<(String, T)>,
 ) -> Result<Deliveries<T>, AmqpError> {
-    use futures::StreamExt;
     ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
         .await
         .map_err(|source| AmqpError::Channel {
@@ -330,7 +369,7 @@ pub async fn consume_all<T: Clone + Send + 'static>(
                 what: format!("consuming `{queue}`"),
                 source,
             })?;
-        all.push(consumer.map(move |d| (tag.clone(), d)).boxed());
+        all.push(tagged(queue, tag, consumer));
     }
     Ok(all)
 }
@@ -361,6 +400,37 @@ pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    /// One consumer of a merge ending (the broker cancelled it) must surface as an error naming
+    /// its queue while the other consumers still run; before, the merge dropped it silently and
+    /// the router kept consuming the other queues, never that one again (the router path of
+    /// `broker_restart_mid_stream_loses_nothing` stopped at 320 of 1,500 kanbans).
+    #[tokio::test]
+    async fn a_cancelled_consumer_ends_the_merge_with_its_queue() {
+        use futures::StreamExt;
+        let mut all = futures::stream::SelectAll::new();
+        all.push(super::tagged(
+            "a.out".into(),
+            1,
+            futures::stream::iter(vec![Ok::<u32, lapin::Error>(7)]),
+        ));
+        all.push(super::tagged(
+            "b.out".into(),
+            2,
+            futures::stream::pending::<lapin::Result<u32>>(),
+        ));
+        let (tag, first) = all.next().await.expect("a delivery");
+        assert_eq!((tag, first.expect("delivery")), (1, 7));
+        let (tag, end) = all
+            .next()
+            .await
+            .expect("the end of a.out, not a silent drop");
+        assert_eq!(tag, 1);
+        assert!(
+            matches!(end, Err(super::AmqpError::ConsumerCancelled { ref queue }) if queue == "a.out"),
+            "{end:?}"
+        );
+    }
+
     #[test]
     fn redacts_credentials() {
         assert_eq!(super::redact("amqp://u:p@h:5672/%2f"), "amqp://h:5672/%2f");

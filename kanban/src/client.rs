@@ -176,20 +176,16 @@ async fn consume_once(
     let tagged = queues.iter().map(|q| (q.clone(), q.clone())).collect();
     let mut all = amqp::consume_all(&ch, url, prefetch, "", tagged).await?;
     while let Some((queue, d)) = all.next().await {
-        let delivery = d.map_err(|source| AmqpError::Channel {
-            url: amqp::redact(url),
-            what: format!("receiving from `{queue}`"),
-            source,
-        })?;
+        // A consumer that failed or was cancelled ends this subscription: consume again.
+        let delivery = d?;
         if tx.send(Message { queue, delivery }).await.is_err() {
             // Only this receiver's channel: the connection may serve the client's output.
             let _ = ch.close(200, "receiver dropped".into()).await;
             return Ok(());
         }
     }
-    Err(AmqpError::NotConfirmed {
+    Err(AmqpError::ConsumerCancelled {
         queue: queues.join(","),
-        what: "consumer cancelled by the broker",
     })
 }
 

@@ -11,6 +11,8 @@
 //!   input queues, a record copy for the runtime).
 //! * [`config`]: `services.yml` source, reload on SIGHUP and file change.
 //! * [`sweeper`]: the data sweeper (`data-sweeper.yml`).
+//! * [`live`]: the live page's model (pure: instance states, rates, trails); [`live_serve`]: its
+//!   HTTP shell (`run --live ADDR`).
 
 // lapin::Error is large; our errors carry it on the cold (failure) path only.
 #![allow(clippy::result_large_err)]
@@ -19,6 +21,8 @@ pub mod amqp;
 pub mod client;
 pub mod config;
 pub mod lifecycle;
+pub mod live;
+pub mod live_serve;
 pub mod message;
 pub mod output;
 pub mod replicator;

@@ -89,6 +89,10 @@ struct RunArgs {
     /// reconciler sets `AION_SWEEPER_CONFIG` when the inventory names one for the host.
     #[arg(long, env = "AION_SWEEPER_CONFIG")]
     sweeper_config: Option<PathBuf>,
+    /// Serve the read-only live page of this namespace on IP:PORT (`/`, `/api/v1/status`,
+    /// `/api/v1/graph.svg`); off when unset. The rendered Deployment binds it to the pod's IP.
+    #[arg(long, env = "AION_LIVE_ADDR", value_name = "IP:PORT")]
+    live: Option<String>,
     /// Print the resolved configuration (flags + env + services.yml) as JSON and exit without
     /// connecting to anything.
     #[arg(long)]
@@ -194,6 +198,7 @@ fn resolved_config(a: &RunArgs, services: &aion_model::ServicesFile) -> serde_js
         "records_queue": aion_kanban::topology::records_queue_name(a.namespace.as_deref()),
         "prefetch": a.prefetch,
         "sweeper_config": a.sweeper_config,
+        "live": a.live,
     })
 }
 
@@ -228,6 +233,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         opts.replicator = Some(rep);
         writer = Some(w);
     }
+    let mut kube_client = None;
     if a.kubeconfig.as_deref() != Some("none") {
         let client = match &a.kubeconfig {
             Some(k) if k == "in-cluster" => {
@@ -251,12 +257,26 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 }
             },
         };
+        kube_client = client.clone();
         opts.lifecycle = client.map(|c| {
             Arc::new(KubeLifecycle::new(
                 c,
                 workload_namespace(a.namespace.as_deref()),
             ))
         });
+    }
+    if let Some(addr) = a.live.as_deref().filter(|s| !s.trim().is_empty()) {
+        let live = aion_kanban::live_serve::LiveOptions {
+            services: ServicesSource::File(a.services.clone()),
+            namespace: workload_namespace(a.namespace.as_deref()),
+            device: opts.device.clone(),
+            amqp_url: a.amqp.clone(),
+            db: (a.db != "none").then(|| PathBuf::from(&a.db)),
+            kube: kube_client,
+            window_seconds: aion_kanban::live::WINDOW_SECONDS,
+            trail_limit: 10,
+        };
+        aion_kanban::live_serve::spawn(addr, live).await?;
     }
     aion_kanban::config::notify_on_sighup(opts.reload.clone())
         .context("installing the SIGHUP handler")?;

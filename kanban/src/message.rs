@@ -225,11 +225,72 @@ impl Kanban {
     pub fn is_terminate(&self) -> bool {
         self.connection_key == TERMINATE_KEY
     }
+
+    /// The kanban a microservice starts from when no kanban started it (a `startup` service at
+    /// the head of a chain), as upstream's status-kanban made it for `START_SERVICE_WITHOUT_KANBAN`
+    /// (`SetKanban`): `startAt` now in upstream's format ([`upstream_time`]), `dataPath`
+    /// `<data_root>/<name>_<number>` (`GetMsDataPath`; `data_root` is `$AION_HOME/Data`),
+    /// `processNumber` = `number`, empty `metadata`; the rest at their defaults.
+    pub fn initial(name: &str, number: i32, data_root: &std::path::Path) -> Kanban {
+        Kanban::initial_at(name, number, data_root, chrono::Utc::now())
+    }
+
+    /// [`Kanban::initial`] started at `now`.
+    pub fn initial_at(
+        name: &str,
+        number: i32,
+        data_root: &std::path::Path,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Kanban {
+        Kanban {
+            process_number: number,
+            data_path: data_root
+                .join(format!("{name}_{number}"))
+                .to_string_lossy()
+                .into_owned(),
+            start_at: upstream_time(now),
+            ..Kanban::default()
+        }
+    }
+}
+
+/// A time as upstream writes `startAt`/`finishAt`: ISO 8601 with milliseconds in Japan time,
+/// whatever the device's zone (`pkg/common/date.go`: `2006-01-02T15:04:05.000+09:00`).
+pub fn upstream_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    let jst = t.naive_utc() + chrono::TimeDelta::hours(9);
+    jst.format("%Y-%m-%dT%H:%M:%S%.3f+09:00").to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn initial_kanban_as_upstream_makes_it() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-04T16:05:09.123456Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let k = Kanban::initial_at("sensor", 2, std::path::Path::new("/var/lib/aion/Data"), now);
+        // Japan time, milliseconds, a fixed +09:00 (the date rolls over past 15:00 UTC).
+        assert_eq!(k.start_at, "2026-12-05T01:05:09.123+09:00");
+        assert_eq!(k.data_path, "/var/lib/aion/Data/sensor_2");
+        assert_eq!(k.process_number, 2);
+        assert_eq!(k.connection_key, "default");
+        assert!(k.metadata.is_empty() && k.finish_at.is_empty() && k.file_list.is_empty());
+        // On the wire under upstream's names.
+        let v: Value = serde_json::from_slice(&k.encode()).unwrap();
+        assert_eq!(v["startAt"], "2026-12-05T01:05:09.123+09:00");
+        assert_eq!(v["dataPath"], "/var/lib/aion/Data/sensor_2");
+        assert_eq!(v["processNumber"], 2);
+        assert_eq!(
+            upstream_time(
+                chrono::DateTime::parse_from_rfc3339("2021-01-01T00:00:00Z")
+                    .unwrap()
+                    .with_timezone(&chrono::Utc)
+            ),
+            "2021-01-01T09:00:00.000+09:00"
+        );
+    }
 
     #[test]
     fn decodes_upstream_fields_and_keeps_extras() {

@@ -77,9 +77,15 @@ pub struct Inventory {
     /// Where `apply` writes / `diff` reads the admin kubeconfig fetched from the master
     /// (absolute after loading). Default: `<inventory dir>/.aion/kubeconfig`.
     pub kubeconfig: PathBuf,
+    /// Cluster revisions kept (`history`, `rollback`): the newest this many; older ones are
+    /// pruned when a new one is recorded. Default [`DEFAULT_REVISION_HISTORY`].
+    pub revision_history: u32,
     pub hosts: Vec<Host>,
     pub span: Span,
 }
+
+/// Revisions kept when the inventory does not say (as Helm's `--history-max`).
+pub const DEFAULT_REVISION_HISTORY: u32 = 10;
 
 impl Inventory {
     pub fn masters(&self) -> impl Iterator<Item = &Host> {
@@ -237,6 +243,7 @@ pub const TOP_KEYS: &[&str] = &[
     "mode",
     "knownHosts",
     "kubeconfig",
+    "revisionHistory",
     "services",
     "dataSweeper",
     "ssh",
@@ -293,6 +300,7 @@ pub const ANSIBLE_GLOBAL_VARS: &[&str] = &[
     "aion_mode",
     "aion_known_hosts",
     "aion_kubeconfig",
+    "aion_revision_history",
 ];
 /// Ansible groups whose hosts are masters.
 pub const MASTER_GROUPS: &[&str] = &["master", "masters", "kube_control_plane"];
@@ -347,14 +355,14 @@ pub fn load_str(text: &str, file: &Path) -> Result<Loaded<Inventory>, LoadError>
     }
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let ansible = is_ansible(&root);
-    let (mut loaded, pointers) = if ansible {
+    let (mut loaded, located) = if ansible {
         from_ansible(&root, file, &dir)
     } else {
         from_native(&root, file, &dir)
     };
     let schema_diags = crate::schema::check(crate::schema::Kind::Inventory, &root, &file_arc);
     crate::schema::merge(&mut loaded.diagnostics, schema_diags);
-    check_at(&loaded.value, &pointers, &mut loaded.diagnostics);
+    check_at(&loaded.value, &located, &mut loaded.diagnostics);
     crate::diag::sort(&mut loaded.diagnostics);
     Ok(loaded)
 }
@@ -408,9 +416,40 @@ fn default_vars() -> HostVars {
     }
 }
 
+/// Where settings were written: setting (the native key, e.g. `podCidr`) → the JSON pointer
+/// and position of its value, so that a rule about a value points at that value even when it
+/// came from the inventory-wide `vars:` or an Ansible group.
+#[derive(Default, Clone)]
+struct Origins(Vec<(&'static str, String, Span)>);
+
+impl Origins {
+    fn set(&mut self, key: &'static str, pointer: &str, span: Span) {
+        match self.0.iter_mut().find(|o| o.0 == key) {
+            Some(o) => {
+                o.1 = pointer.to_owned();
+                o.2 = span;
+            }
+            None => self.0.push((key, pointer.to_owned(), span)),
+        }
+    }
+    fn get(&self, key: &str) -> Option<(String, Span)> {
+        self.0
+            .iter()
+            .find(|o| o.0 == key)
+            .map(|o| (o.1.clone(), o.2.clone()))
+    }
+    fn over(&mut self, o: &Origins) {
+        for (k, p, s) in &o.0 {
+            self.set(k, p, s.clone());
+        }
+    }
+}
+
 /// Per-host settings before defaults: `None` = not set at this level.
 #[derive(Default, Clone)]
 struct Partial {
+    /// Where each setting that is `Some` was written.
+    at: Origins,
     address: Option<String>,
     role: Option<Role>,
     user: Option<String>,
@@ -454,7 +493,23 @@ impl Partial {
             flannel_iface
         );
         self.images.over(&o.images);
+        self.at.over(&o.at);
     }
+}
+
+/// `value` read from `n` at `p` for `key`: when there is one, remember where it was written.
+fn noted<T>(
+    r: &Reader,
+    at: &mut Origins,
+    key: &'static str,
+    n: &Node,
+    p: &str,
+    value: Option<T>,
+) -> Option<T> {
+    if value.is_some() {
+        at.set(key, p, r.span(n));
+    }
+    value
 }
 
 fn read_port(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<u16> {
@@ -470,6 +525,25 @@ fn read_port(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<u16> {
                     p,
                 )
                 .with_hint("the SSH port is usually 22"),
+            );
+            None
+        }
+    }
+}
+
+fn read_revision_history(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<u32> {
+    let v = r.int32(n, p, field)?;
+    match u32::try_from(v) {
+        Ok(keep) if (1..=1000).contains(&keep) => Some(keep),
+        _ => {
+            r.diags.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`{field}` must be between 1 and 1000 revisions, found {v}"),
+                    r.span(n),
+                    p,
+                )
+                .with_hint("the default keeps the last 10 revisions"),
             );
             None
         }
@@ -561,7 +635,8 @@ fn read_ssh(r: &mut Reader, n: &Node, p: &str, into: &mut Partial) {
         into.port = read_port(r, n, &p, "port");
     }
     if let Some((n, p)) = f.get("key") {
-        into.key = r.string(n, &p, "key").filter(|s| !s.is_empty());
+        let v = r.string(n, &p, "key").filter(|s| !s.is_empty());
+        into.key = noted(r, &mut into.at, "key", n, &p, v);
     }
 }
 
@@ -573,19 +648,23 @@ fn read_vars(r: &mut Reader, n: &Node, p: &str, into: &mut Partial) {
         into.gpu = r.bool(n, &p, "gpu");
     }
     if let Some((n, p)) = f.get("kubernetesVersion") {
-        into.kubernetes_version = r.string(n, &p, "kubernetesVersion");
+        let v = r.string(n, &p, "kubernetesVersion");
+        into.kubernetes_version = noted(r, &mut into.at, "kubernetesVersion", n, &p, v);
     }
     if let Some((n, p)) = f.get("podCidr") {
-        into.pod_cidr = r.string(n, &p, "podCidr");
+        let v = r.string(n, &p, "podCidr");
+        into.pod_cidr = noted(r, &mut into.at, "podCidr", n, &p, v);
     }
     if let Some((n, p)) = f.get("extraSans") {
-        into.extra_sans = r.string_list(n, &p, "extraSans");
+        let v = r.string_list(n, &p, "extraSans");
+        into.extra_sans = noted(r, &mut into.at, "extraSans", n, &p, v);
     }
     if let Some((n, p)) = f.get("registryPrefix") {
         into.registry_prefix = r.string(n, &p, "registryPrefix");
     }
     if let Some((n, p)) = f.get("namespace") {
-        into.namespace = r.string(n, &p, "namespace");
+        let v = r.string(n, &p, "namespace");
+        into.namespace = noted(r, &mut into.at, "namespace", n, &p, v);
     }
     if let Some((n, p)) = f.get("imageRepository") {
         into.image_repository = r.string(n, &p, "imageRepository");
@@ -601,6 +680,12 @@ fn read_vars(r: &mut Reader, n: &Node, p: &str, into: &mut Partial) {
     }
 }
 
+/// Where the loader found each host (its JSON pointer) and each setting (see [`Origins`]).
+struct Located {
+    hosts: Vec<(String, Origins)>,
+    global: Origins,
+}
+
 struct Draft {
     pointer: String,
     name: String,
@@ -611,10 +696,13 @@ struct Draft {
 /// Inventory-wide settings (native top level, or Ansible `all.vars`).
 #[derive(Default)]
 struct Globals {
+    /// Where `mode` and `knownHosts` were written.
+    at: Origins,
     name: Option<String>,
     mode: Option<Mode>,
     known_hosts: Option<String>,
     kubeconfig: Option<String>,
+    revision_history: Option<u32>,
 }
 
 fn finish(
@@ -624,17 +712,25 @@ fn finish(
     g: Globals,
     drafts: Vec<Draft>,
     r: Reader,
-) -> (Loaded<Inventory>, Vec<String>) {
-    let pointers: Vec<String> = drafts.iter().map(|d| d.pointer.clone()).collect();
+) -> (Loaded<Inventory>, Located) {
+    let located = Located {
+        hosts: drafts
+            .iter()
+            .map(|d| (d.pointer.clone(), d.partial.at.clone()))
+            .collect(),
+        global: g.at.clone(),
+    };
     let workers = drafts
         .iter()
         .filter(|d| d.partial.role != Some(Role::Master))
         .count();
     let Globals {
+        at: _,
         name,
         mode,
         known_hosts,
         kubeconfig,
+        revision_history,
     } = g;
     let mode = mode.unwrap_or(if workers == 0 {
         Mode::Single
@@ -718,20 +814,23 @@ fn finish(
                 .filter(|s| !s.is_empty())
                 .map(|s| resolve_path(dir, &s))
                 .unwrap_or_else(|| dir.join(".aion").join("kubeconfig")),
+            revision_history: revision_history.unwrap_or(DEFAULT_REVISION_HISTORY),
             hosts,
             span: r.span(root),
         },
         diagnostics: r.diags,
     };
-    (loaded, pointers)
+    (loaded, located)
 }
 
-fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<String>) {
+fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Located) {
     let mut r = Reader::new(std::sync::Arc::new(file.to_path_buf()));
     let mut name = None;
     let mut mode = None;
     let mut known_hosts = None;
     let mut kubeconfig = None;
+    let mut revision_history = None;
+    let mut global_at = Origins::default();
     let mut base = Partial::default();
     let mut drafts = Vec::new();
     if let Some(f) = r.fields(root, "", "the inventory", TOP_KEYS) {
@@ -739,19 +838,26 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<
             name = r.string(n, &p, "name");
         }
         if let Some((n, p)) = f.get("mode") {
-            mode = read_mode(&mut r, n, &p, "mode");
+            let v = read_mode(&mut r, n, &p, "mode");
+            mode = noted(&r, &mut global_at, "mode", n, &p, v);
         }
         if let Some((n, p)) = f.get("knownHosts") {
-            known_hosts = r.string(n, &p, "knownHosts");
+            let v = r.string(n, &p, "knownHosts");
+            known_hosts = noted(&r, &mut global_at, "knownHosts", n, &p, v);
         }
         if let Some((n, p)) = f.get("kubeconfig") {
             kubeconfig = r.string(n, &p, "kubeconfig");
         }
+        if let Some((n, p)) = f.get("revisionHistory") {
+            revision_history = read_revision_history(&mut r, n, &p, "revisionHistory");
+        }
         if let Some((n, p)) = f.get("services") {
-            base.services = r.string(n, &p, "services");
+            let v = r.string(n, &p, "services");
+            base.services = noted(&r, &mut base.at, "services", n, &p, v);
         }
         if let Some((n, p)) = f.get("dataSweeper") {
-            base.data_sweeper = r.string(n, &p, "dataSweeper");
+            let v = r.string(n, &p, "dataSweeper");
+            base.data_sweeper = noted(&r, &mut base.at, "dataSweeper", n, &p, v);
         }
         if let Some((n, p)) = f.get("ssh") {
             read_ssh(&mut r, n, &p, &mut base);
@@ -777,21 +883,30 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<
                         let mut own = Partial::default();
                         let mut host_name = String::new();
                         match hf.get("name") {
-                            Some((n, p)) => host_name = r.string(n, &p, "name").unwrap_or_default(),
+                            Some((n, p)) => {
+                                let v = r.string(n, &p, "name");
+                                host_name = noted(&r, &mut own.at, "name", n, &p, v).unwrap_or_default();
+                            }
                             None => r.diags.push(
                                 Diagnostic::error("missing-key", "a host needs `name:`", r.span(item), hp.clone())
                                     .with_hint("the name is the device's hostname and Kubernetes node name"),
                             ),
                         }
                         match hf.get("address") {
-                            Some((n, p)) => own.address = r.string(n, &p, "address"),
+                            Some((n, p)) => {
+                                let v = r.string(n, &p, "address");
+                                own.address = noted(&r, &mut own.at, "address", n, &p, v);
+                            }
                             None => r.diags.push(
                                 Diagnostic::error("missing-key", format!("host `{host_name}` needs `address:`"), r.span(item), hp.clone())
                                     .with_hint("the IP address or DNS name to reach it over SSH"),
                             ),
                         }
                         match hf.get("role") {
-                            Some((n, p)) => own.role = read_role(&mut r, n, &p, "role"),
+                            Some((n, p)) => {
+                                let v = read_role(&mut r, n, &p, "role");
+                                own.role = noted(&r, &mut own.at, "role", n, &p, v);
+                            }
                             None => r.diags.push(
                                 Diagnostic::error("missing-key", format!("host `{host_name}` needs `role:` (master or worker)"), r.span(item), hp.clone())
                                     .with_hint("exactly one host is `role: master`"),
@@ -804,10 +919,12 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<
                             read_vars(&mut r, n, &p, &mut own);
                         }
                         if let Some((n, p)) = hf.get("services") {
-                            own.services = r.string(n, &p, "services");
+                            let v = r.string(n, &p, "services");
+                            own.services = noted(&r, &mut own.at, "services", n, &p, v);
                         }
                         if let Some((n, p)) = hf.get("dataSweeper") {
-                            own.data_sweeper = r.string(n, &p, "dataSweeper");
+                            let v = r.string(n, &p, "dataSweeper");
+                            own.data_sweeper = noted(&r, &mut own.at, "dataSweeper", n, &p, v);
                         }
                         partial.over(&own);
                         drafts.push(Draft {
@@ -826,10 +943,12 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<
         dir,
         root,
         Globals {
+            at: global_at,
             name,
             mode,
             known_hosts,
             kubeconfig,
+            revision_history,
         },
         drafts,
         r,
@@ -839,21 +958,46 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<
 /// One Ansible variable into a partial (aion_* typos warned).
 fn ansible_var(r: &mut Reader, key: &str, n: &Node, p: &str, into: &mut Partial, global: bool) {
     match key {
-        "ansible_host" => into.address = r.string(n, p, key),
+        "ansible_host" => {
+            let v = r.string(n, p, key);
+            into.address = noted(r, &mut into.at, "address", n, p, v);
+        }
         "ansible_user" => into.user = r.string(n, p, key),
         "ansible_port" => into.port = read_port(r, n, p, key),
         "ansible_ssh_private_key_file" | "ansible_private_key_file" => {
-            into.key = r.string(n, p, key).filter(|s| !s.is_empty())
+            let v = r.string(n, p, key).filter(|s| !s.is_empty());
+            into.key = noted(r, &mut into.at, "key", n, p, v);
         }
-        "aion_role" => into.role = read_role(r, n, p, key),
+        "aion_role" => {
+            let v = read_role(r, n, p, key);
+            into.role = noted(r, &mut into.at, "role", n, p, v);
+        }
         "aion_gpu" => into.gpu = r.bool(n, p, key),
-        "aion_kubernetes_version" => into.kubernetes_version = r.string(n, p, key),
-        "aion_pod_cidr" => into.pod_cidr = r.string(n, p, key),
-        "aion_extra_sans" => into.extra_sans = r.string_list(n, p, key),
+        "aion_kubernetes_version" => {
+            let v = r.string(n, p, key);
+            into.kubernetes_version = noted(r, &mut into.at, "kubernetesVersion", n, p, v);
+        }
+        "aion_pod_cidr" => {
+            let v = r.string(n, p, key);
+            into.pod_cidr = noted(r, &mut into.at, "podCidr", n, p, v);
+        }
+        "aion_extra_sans" => {
+            let v = r.string_list(n, p, key);
+            into.extra_sans = noted(r, &mut into.at, "extraSans", n, p, v);
+        }
         "aion_registry_prefix" => into.registry_prefix = r.string(n, p, key),
-        "aion_namespace" => into.namespace = r.string(n, p, key),
-        "aion_services" => into.services = r.string(n, p, key),
-        "aion_data_sweeper" => into.data_sweeper = r.string(n, p, key),
+        "aion_namespace" => {
+            let v = r.string(n, p, key);
+            into.namespace = noted(r, &mut into.at, "namespace", n, p, v);
+        }
+        "aion_services" => {
+            let v = r.string(n, p, key);
+            into.services = noted(r, &mut into.at, "services", n, p, v);
+        }
+        "aion_data_sweeper" => {
+            let v = r.string(n, p, key);
+            into.data_sweeper = noted(r, &mut into.at, "dataSweeper", n, p, v);
+        }
         "aion_image_repository" => into.image_repository = r.string(n, p, key),
         "aion_cgroup_driver" => into.cgroup_driver = read_cgroup_driver(r, n, p, key),
         "aion_images" => into.images = read_images(r, n, p, key),
@@ -952,9 +1096,12 @@ impl<'a> AnsibleWalk<'a> {
                         h.1.over(&own);
                         h.4 |= master;
                     }
-                    None => self
-                        .hosts
-                        .push((host, own, self.r.span(key), p.clone(), master)),
+                    None => {
+                        // An Ansible host's name is its key.
+                        own.at.set("name", &p, self.r.span(key));
+                        self.hosts
+                            .push((host, own, self.r.span(key), p.clone(), master));
+                    }
                 }
             }
         }
@@ -969,7 +1116,7 @@ impl<'a> AnsibleWalk<'a> {
     }
 }
 
-fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec<String>) {
+fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Located) {
     let mut w = AnsibleWalk {
         r: Reader::new(std::sync::Arc::new(file.to_path_buf())),
         hosts: Vec::new(),
@@ -987,7 +1134,8 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec
                 let mut scratch = Reader::new(std::sync::Arc::new(file.to_path_buf()));
                 for pair in pairs {
                     if let Some(k) = pair.key.text() {
-                        ansible_var(&mut scratch, k, &pair.value, "", &mut v, true);
+                        let p = join_pointer("/all/vars", k);
+                        ansible_var(&mut scratch, k, &pair.value, &p, &mut v, true);
                     }
                 }
             }
@@ -1006,12 +1154,21 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec
     let mut mode = None;
     let mut known_hosts = None;
     let mut kubeconfig = None;
+    let mut revision_history = None;
+    let mut global_at = Origins::default();
     for (k, n, p) in std::mem::take(&mut w.globals) {
         match k {
             "aion_name" => name = w.r.string(n, &p, k),
-            "aion_mode" => mode = read_mode(&mut w.r, n, &p, k),
-            "aion_known_hosts" => known_hosts = w.r.string(n, &p, k),
+            "aion_mode" => {
+                let v = read_mode(&mut w.r, n, &p, k);
+                mode = noted(&w.r, &mut global_at, "mode", n, &p, v);
+            }
+            "aion_known_hosts" => {
+                let v = w.r.string(n, &p, k);
+                known_hosts = noted(&w.r, &mut global_at, "knownHosts", n, &p, v);
+            }
             "aion_kubeconfig" => kubeconfig = w.r.string(n, &p, k),
+            "aion_revision_history" => revision_history = read_revision_history(&mut w.r, n, &p, k),
             _ => {}
         }
     }
@@ -1040,10 +1197,12 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Vec
         dir,
         root,
         Globals {
+            at: global_at,
             name,
             mode,
             known_hosts,
             kubeconfig,
+            revision_history,
         },
         drafts,
         w.r,
@@ -1075,19 +1234,39 @@ fn valid_version(s: &str) -> bool {
 /// Inventory-wide rules (codes: `host-duplicate`, `address-duplicate`, `invalid-host-name`,
 /// `no-master`, `multiple-masters`, `single-with-workers`, `invalid-cidr`, `invalid-version`,
 /// `invalid-san`, `invalid-namespace`, `file-missing`).
+/// Without the loader's record of where settings were written, a finding about a host points
+/// at the host's entry (`/hosts/<i>`).
 pub fn check(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
-    let pointers: Vec<String> = (0..inv.hosts.len())
-        .map(|i| format!("/hosts/{i}"))
-        .collect();
-    check_at(inv, &pointers, diags);
+    let located = Located {
+        hosts: (0..inv.hosts.len())
+            .map(|i| (format!("/hosts/{i}"), Origins::default()))
+            .collect(),
+        global: Origins::default(),
+    };
+    check_at(inv, &located, diags);
 }
 
-/// [`check`] with each host's JSON pointer (Ansible hosts live under their group).
-fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
+/// [`check`] with each host's JSON pointer (Ansible hosts live under their group) and where
+/// each setting was written: every finding's pointer and position name the value it is about
+/// (the host's entry when that value was not written but derived, e.g. the namespace of a
+/// worker from its name).
+fn check_at(inv: &Inventory, located: &Located, diags: &mut Vec<Diagnostic>) {
     let mut seen: Vec<(&str, usize)> = Vec::new();
     let mut addrs: Vec<(&str, usize)> = Vec::new();
+    let none = Origins::default();
     for (i, h) in inv.hosts.iter().enumerate() {
-        let ptr = pointers.get(i).cloned().unwrap_or_default();
+        let (ptr, origins) = located
+            .hosts
+            .get(i)
+            .map(|(p, o)| (p.clone(), o))
+            .unwrap_or_else(|| (String::new(), &none));
+        // (pointer, position) of a setting's value, else of the host's entry.
+        let at = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| origins.get(k))
+                .unwrap_or_else(|| (ptr.clone(), h.span.clone()))
+        };
+        let (name_ptr, name_span) = at(&["name"]);
         if let Some((_, line)) = seen.iter().find(|(n, _)| *n == h.name) {
             diags.push(
                 Diagnostic::error(
@@ -1096,16 +1275,18 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
                         "host name `{}` is used twice (first at line {line})",
                         h.name
                     ),
-                    h.span.clone(),
-                    ptr.clone(),
+                    name_span.clone(),
+                    name_ptr.clone(),
                 )
                 .with_hint(
                     "host names are hostnames and Kubernetes node names; they must be unique",
                 ),
             );
         } else {
-            seen.push((&h.name, h.span.line));
+            seen.push((&h.name, name_span.line));
         }
+        // An address not written is the host's name.
+        let (addr_ptr, addr_span) = at(&["address", "name"]);
         if let Some((_, line)) = addrs.iter().find(|(a, _)| *a == h.address) {
             diags.push(
                 Diagnostic::warning(
@@ -1114,21 +1295,21 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
                         "address `{}` is used by two hosts (first at line {line})",
                         h.address
                     ),
-                    h.span.clone(),
-                    ptr.clone(),
+                    addr_span.clone(),
+                    addr_ptr.clone(),
                 )
                 .with_hint("two entries for one machine are almost always a mistake"),
             );
         } else {
-            addrs.push((&h.address, h.span.line));
+            addrs.push((&h.address, addr_span.line));
         }
         if !h.name.is_empty() && !crate::k8s::is_dns1123_subdomain(&h.name) {
             diags.push(
                 Diagnostic::error(
                     "invalid-host-name",
                     format!("host name `{}` is not a valid Kubernetes node name", h.name),
-                    h.span.clone(),
-                    ptr.clone(),
+                    name_span.clone(),
+                    name_ptr.clone(),
                 )
                 .with_hint(
                     "use lowercase letters, digits, `-` and `.` (RFC 1123), e.g. `edge-worker-1`",
@@ -1136,6 +1317,7 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
             );
         }
         if !valid_cidr(&h.vars.pod_cidr) {
+            let (pointer, span) = at(&["podCidr"]);
             diags.push(
                 Diagnostic::error(
                     "invalid-cidr",
@@ -1143,13 +1325,14 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
                         "podCidr `{}` of host `{}` is not a CIDR",
                         h.vars.pod_cidr, h.name
                     ),
-                    h.span.clone(),
-                    format!("{ptr}/vars/podCidr"),
+                    span,
+                    pointer,
                 )
                 .with_hint(format!("write it like `{DEFAULT_POD_CIDR}`")),
             );
         }
         if !valid_version(&h.vars.kubernetes_version) {
+            let (pointer, span) = at(&["kubernetesVersion"]);
             diags.push(
                 Diagnostic::error(
                     "invalid-version",
@@ -1157,8 +1340,8 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
                         "kubernetesVersion `{}` of host `{}` is not MAJOR.MINOR.PATCH",
                         h.vars.kubernetes_version, h.name
                     ),
-                    h.span.clone(),
-                    format!("{ptr}/vars/kubernetesVersion"),
+                    span,
+                    pointer,
                 )
                 .with_hint(format!(
                     "quote a full version: `kubernetesVersion: \"{DEFAULT_KUBERNETES_VERSION}\"`"
@@ -1167,18 +1350,21 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
         }
         for san in &h.vars.extra_sans {
             if san.parse::<std::net::IpAddr>().is_err() && !crate::k8s::is_dns1123_subdomain(san) {
+                let (pointer, span) = at(&["extraSans"]);
                 diags.push(
                     Diagnostic::error(
                         "invalid-san",
                         format!("extra SAN `{san}` of host `{}` is neither an IP address nor a DNS name", h.name),
-                        h.span.clone(),
-                        format!("{ptr}/vars/extraSans"),
+                        span,
+                        pointer,
                     )
                     .with_hint("use an IP address or a lowercase DNS name"),
                 );
             }
         }
         if !crate::k8s::is_dns1123_label(&h.vars.namespace) {
+            // Not written: a worker's namespace is its name.
+            let (pointer, span) = at(&["namespace", "name"]);
             diags.push(
                 Diagnostic::error(
                     "invalid-namespace",
@@ -1186,20 +1372,21 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
                         "namespace `{}` of host `{}` is not a valid Kubernetes namespace",
                         h.vars.namespace, h.name
                     ),
-                    h.span.clone(),
-                    format!("{ptr}/vars/namespace"),
+                    span,
+                    pointer,
                 )
                 .with_hint("lowercase letters, digits and `-`, at most 63 characters"),
             );
         }
-        for (what, p) in [
-            ("services", h.services.as_deref()),
-            ("dataSweeper", h.data_sweeper.as_deref()),
-            ("ssh key", h.ssh.key.as_deref()),
+        for (what, key, p) in [
+            ("services", "services", h.services.as_deref()),
+            ("dataSweeper", "dataSweeper", h.data_sweeper.as_deref()),
+            ("ssh key", "key", h.ssh.key.as_deref()),
         ] {
             if let Some(p) = p
                 && !p.exists()
             {
+                let (pointer, span) = at(&[key]);
                 diags.push(
                     Diagnostic::warning(
                         "file-missing",
@@ -1208,8 +1395,8 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
                             p.display(),
                             h.name
                         ),
-                        h.span.clone(),
-                        ptr.clone(),
+                        span,
+                        pointer,
                     )
                     .with_hint("relative paths are resolved against the inventory's directory"),
                 );
@@ -1229,31 +1416,54 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
                 "mark the control-plane host `role: master` (Ansible: put it in a `masters` group)",
             ),
         ),
-        n if n > 1 => diags.push(
-            Diagnostic::error(
-                "multiple-masters",
-                format!(
-                    "{n} hosts are masters ({}); AION runs one control-plane node",
-                    masters
-                        .iter()
-                        .map(|h| h.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                masters[1].span.clone(),
-                "",
-            )
-            .with_hint("make exactly one host `role: master`"),
-        ),
+        n if n > 1 => {
+            // The second master's `role` (its entry when a group made it a master).
+            let i = inv
+                .hosts
+                .iter()
+                .position(|h| std::ptr::eq(h, masters[1]))
+                .unwrap_or(0);
+            let (pointer, span) = located
+                .hosts
+                .get(i)
+                .and_then(|(p, o)| {
+                    o.get("role")
+                        .or_else(|| Some((p.clone(), masters[1].span.clone())))
+                })
+                .unwrap_or_else(|| (String::new(), inv.span.clone()));
+            diags.push(
+                Diagnostic::error(
+                    "multiple-masters",
+                    format!(
+                        "{n} hosts are masters ({}); AION runs one control-plane node",
+                        masters
+                            .iter()
+                            .map(|h| h.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    span,
+                    pointer,
+                )
+                .with_hint("make exactly one host `role: master`"),
+            );
+        }
         _ => {}
     }
+    let global = |key: &str| {
+        located
+            .global
+            .get(key)
+            .unwrap_or_else(|| (String::new(), inv.span.clone()))
+    };
     if inv.mode == Mode::Single && inv.workers().next().is_some() {
+        let (pointer, span) = global("mode");
         diags.push(
             Diagnostic::error(
                 "single-with-workers",
                 "`mode: single` but the inventory has workers",
-                inv.span.clone(),
-                "/mode",
+                span,
+                pointer,
             )
             .with_hint("use `mode: cluster`, or remove the workers"),
         );
@@ -1261,12 +1471,13 @@ fn check_at(inv: &Inventory, pointers: &[String], diags: &mut Vec<Diagnostic>) {
     if let Some(k) = &inv.known_hosts
         && !k.exists()
     {
+        let (pointer, span) = global("knownHosts");
         diags.push(
             Diagnostic::warning(
                 "file-missing",
                 format!("knownHosts file {} does not exist", k.display()),
-                inv.span.clone(),
-                "/knownHosts",
+                span,
+                pointer,
             )
             .with_hint("strict host-key checking needs it; relative paths are resolved against the inventory's directory"),
         );

@@ -680,6 +680,11 @@ fn read_microservice(
                     device: String::new(),
                     span: r.span(item),
                 };
+                // Where each field was written, for diagnostics that name it.
+                let rest = format!("nextService/{}/{i}", crate::yaml::escape_pointer(&k));
+                for (f, n) in nf.entries() {
+                    info.span(&format!("{rest}/{f}"), n.pos);
+                }
                 if let Some((n, p)) = nf.get("name") {
                     t.name = r.string(n, &p, "name").unwrap_or_default();
                 }

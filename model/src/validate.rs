@@ -478,7 +478,7 @@ fn check_next(
                             "nextService `{key}` of `{}` sends to device `{}`, which is not in `devices`; upstream then delivers locally",
                             ms.name, t.device
                         ),
-                        t.span.clone(),
+                        cx.at(&format!("{p}/device"), &t.span),
                         format!("{p}/device"),
                     );
                     d = match suggest(&t.device, devices) {
@@ -500,14 +500,20 @@ fn check_next(
                         t.name
                     )
                 };
+                // The `name` value when written, else the entry that lacks it.
+                let np = format!("{p}/name");
+                let (span, pointer) = match cx.file.source_info.span(&np) {
+                    Some(span) => (span, np),
+                    None => (t.span.clone(), p.clone()),
+                };
                 let mut d = Diagnostic::warning(
                     "next-service-unknown",
                     format!(
                         "nextService `{key}` of `{}` {what} and names no device",
                         ms.name
                     ),
-                    t.span.clone(),
-                    format!("{p}/name"),
+                    span,
+                    pointer,
                 );
                 // Suggestions from the names in file order (deterministic among equals).
                 d = match suggest(&t.name, ordered) {

@@ -200,3 +200,149 @@ fn node_and_image_variables_inherit_key_by_key() {
         "{d:?}"
     );
 }
+
+/// Where the node `pointer` names was written (`key`: the key of that member instead of its
+/// value), found by walking the parsed tree independently of the loader.
+fn pointed_at(text: &str, pointer: &str, key: bool) -> Option<(usize, usize)> {
+    let doc = aion_model::yaml::parse_document(text, Path::new("inventory.yml")).ok()?;
+    let root = doc.root?;
+    let node = if key {
+        let (parent, last) = pointer.rsplit_once('/')?;
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let pairs = root.pointer(parent)?.as_map()?;
+        &pairs
+            .iter()
+            .rev()
+            .find(|p| p.key.text() == Some(&last))?
+            .key
+    } else {
+        root.pointer(pointer)?
+    };
+    Some((node.pos.line as usize, node.pos.column as usize))
+}
+
+/// `text` reports `code` at exactly `pointer` and `line:column`, which is where the node that
+/// pointer names was written (its key for `key`: Ansible hosts are named by their keys, and
+/// unknown keys are reported at the key).
+fn at(text: &str, code: &str, pointer: &str, (line, column): (usize, usize), key: bool) {
+    let l = inventory::load_str(text, Path::new("inventory.yml")).expect("loads");
+    let d = l
+        .diagnostics
+        .iter()
+        .find(|d| d.code == code && d.pointer == pointer)
+        .unwrap_or_else(|| panic!("no {code} at {pointer}: {:#?}", l.diagnostics));
+    assert_eq!((d.span.line, d.span.column), (line, column), "{d}");
+    assert_eq!(
+        pointed_at(text, pointer, key),
+        Some((line, column)),
+        "{d}: {pointer} names a node written elsewhere"
+    );
+}
+
+/// Every host rule points at the value it is about, also when that value was written in the
+/// inventory-wide `vars:` or an Ansible group (before, they all pointed at the host's entry,
+/// whatever their pointer named).
+#[test]
+fn diagnostics_point_at_the_value_their_pointer_names() {
+    let native = "\
+mode: single
+knownHosts: /nonexistent/known_hosts
+vars:
+  podCidr: 10.0.0.0/99
+hosts:
+  - name: Bad_Name
+    address: 10.0.0.2
+    role: master
+  - name: w1
+    address: 10.0.0.2
+    role: worker
+    vars: {kubernetesVersion: \"1.2\", namespace: Bad_NS, extraSans: [bad_san]}
+    services: /nonexistent/services.yml
+";
+    at(native, "single-with-workers", "/mode", (1, 7), false);
+    at(native, "file-missing", "/knownHosts", (2, 13), false);
+    at(native, "invalid-cidr", "/vars/podCidr", (4, 12), false);
+    at(native, "invalid-host-name", "/hosts/0/name", (6, 11), false);
+    at(
+        native,
+        "address-duplicate",
+        "/hosts/1/address",
+        (10, 14),
+        false,
+    );
+    at(
+        native,
+        "invalid-version",
+        "/hosts/1/vars/kubernetesVersion",
+        (12, 31),
+        false,
+    );
+    at(
+        native,
+        "invalid-namespace",
+        "/hosts/1/vars/namespace",
+        (12, 49),
+        false,
+    );
+    at(
+        native,
+        "invalid-san",
+        "/hosts/1/vars/extraSans",
+        (12, 68),
+        false,
+    );
+    at(native, "file-missing", "/hosts/1/services", (13, 15), false);
+
+    let masters = "hosts:\n  - {name: a, address: 10.0.0.1, role: master}\n  - {name: a, address: 10.0.0.2, role: master}\n";
+    at(masters, "multiple-masters", "/hosts/1/role", (3, 40), false);
+    at(masters, "host-duplicate", "/hosts/1/name", (3, 12), false);
+
+    let ansible = "\
+all:
+  vars:
+    aion_mode: single
+    aion_pod_cidr: nocidr
+  children:
+    masters:
+      hosts:
+        Edge_M: {ansible_host: 10.0.0.1}
+    workers:
+      hosts:
+        w1: {ansible_host: 10.0.0.1, aion_namespace: Bad_NS}
+";
+    at(
+        ansible,
+        "single-with-workers",
+        "/all/vars/aion_mode",
+        (3, 16),
+        false,
+    );
+    at(
+        ansible,
+        "invalid-cidr",
+        "/all/vars/aion_pod_cidr",
+        (4, 20),
+        false,
+    );
+    at(
+        ansible,
+        "invalid-host-name",
+        "/all/children/masters/hosts/Edge_M",
+        (8, 9),
+        true,
+    );
+    at(
+        ansible,
+        "address-duplicate",
+        "/all/children/workers/hosts/w1/ansible_host",
+        (11, 28),
+        false,
+    );
+    at(
+        ansible,
+        "invalid-namespace",
+        "/all/children/workers/hosts/w1/aion_namespace",
+        (11, 54),
+        false,
+    );
+}

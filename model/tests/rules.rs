@@ -34,6 +34,62 @@ fn rule(code: &str, severity: Severity, good: &str, bad: &str, line: usize) {
     assert_eq!(hit.span.line, line, "{code}: {hit}");
     assert!(hit.hint.is_some(), "{code}: no hint");
     assert!(hit.span.column >= 1, "{code}: no column");
+    for d in &b {
+        assert_at_pointer(bad, d);
+    }
+}
+
+/// Codes about a key itself (the name is the problem, or the value is absent): their span is
+/// the key of the member the pointer names; every other diagnostic's span is the value there.
+const KEY_CODES: &[&str] = &[
+    "unknown-key",
+    "duplicate-key",
+    "null-body",
+    "misplaced-microservice",
+    "invalid-name",
+];
+
+/// Codes about the YAML stream, not a node: positioned where the parser stopped
+/// (`yaml-alias`: the document does not load, there is no tree to walk.)
+const STREAM_CODES: &[&str] = &[
+    "yaml-syntax",
+    "yaml-budget",
+    "yaml-alias",
+    "multiple-documents",
+];
+
+/// Where the node `pointer` names was written in `text`: the value, or for [`KEY_CODES`] the
+/// key of that member. Found by walking the parsed tree, independently of the validator.
+fn pointed_at(text: &str, code: &str, pointer: &str) -> Option<(usize, usize)> {
+    let doc = aion_model::yaml::parse_document(text, Path::new("services.yml")).ok()?;
+    let root = doc.root?;
+    let node = if KEY_CODES.contains(&code) && !pointer.is_empty() {
+        let (parent, last) = pointer.rsplit_once('/')?;
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let pairs = root.pointer(parent)?.as_map()?;
+        &pairs
+            .iter()
+            .rev()
+            .find(|p| p.key.text() == Some(&last))?
+            .key
+    } else {
+        root.pointer(pointer)?
+    };
+    Some((node.pos.line as usize, node.pos.column as usize))
+}
+
+/// `d`'s line:column is where the node its JSON pointer names was written.
+fn assert_at_pointer(text: &str, d: &Diagnostic) {
+    if STREAM_CODES.contains(&d.code) {
+        return;
+    }
+    let at = pointed_at(text, d.code, &d.pointer);
+    assert_eq!(
+        Some((d.span.line, d.span.column)),
+        at,
+        "{d}\n  pointer {} names a node written elsewhere in:\n{text}",
+        d.pointer
+    );
 }
 
 fn ms(body: &str) -> String {
@@ -433,6 +489,14 @@ fn next_service_rules() {
         Warning,
         good,
         "microservices:\n  a:\n    nextService:\n      default:\n        - name: remote\n          device: othr\n",
+        6,
+    );
+    // Without a name, the entry itself (there is no `name` value to point at).
+    rule(
+        "next-service-unknown",
+        Warning,
+        good,
+        "microservices:\n  a:\n    nextService:\n      default:\n        - pattern: n\n  b: {}\n",
         5,
     );
 }
@@ -515,4 +579,102 @@ fn anchors_aliases_and_merge_keys() {
         f.microservice("b").unwrap().env,
         [("A".to_string(), "1".to_string())]
     );
+}
+
+/// One file with a finding of each kind about a node: each is reported at exactly the line and
+/// column of the value its pointer names (the key for key findings). Before, the nextService
+/// findings pointed at the list entry (16:11, 17:11) while their pointers named its `name` /
+/// `device` value.
+#[test]
+fn each_rule_kind_at_exact_line_and_column() {
+    let text = "\
+microservices:
+  Bad_Name:
+    tag: \"-bad\"
+    network: nodeport
+    scale: 0
+    resources:
+      requests: {cpu: 2x, memory: 2Gi}
+      limits: {memory: 1Gi}
+    volumeMountPathList:
+      - /data
+    ports:
+      - {name: Http, port: 70000}
+      - {port: 80}
+    nextService:
+      default:
+        - name: nope
+        - {name: x, device: far}
+    targetNode: nowhere
+    tagg: v1
+    always: \"yes\"
+";
+    let expected = [
+        ("invalid-name", "/microservices/Bad_Name", (2, 3)),
+        ("invalid-tag", "/microservices/Bad_Name/tag", (3, 10)),
+        (
+            "network-unknown",
+            "/microservices/Bad_Name/network",
+            (4, 14),
+        ),
+        (
+            "scale-nonpositive",
+            "/microservices/Bad_Name/scale",
+            (5, 12),
+        ),
+        (
+            "invalid-quantity",
+            "/microservices/Bad_Name/resources/requests/cpu",
+            (7, 23),
+        ),
+        (
+            "requests-exceed-limits",
+            "/microservices/Bad_Name/resources/requests/memory",
+            (7, 35),
+        ),
+        (
+            "invalid-volume-mount",
+            "/microservices/Bad_Name/volumeMountPathList/0",
+            (10, 9),
+        ),
+        (
+            "port-name",
+            "/microservices/Bad_Name/ports/0/name",
+            (12, 16),
+        ),
+        (
+            "port-range",
+            "/microservices/Bad_Name/ports/0/port",
+            (12, 28),
+        ),
+        ("port-name", "/microservices/Bad_Name/ports/1", (13, 9)),
+        (
+            "next-service-unknown",
+            "/microservices/Bad_Name/nextService/default/0/name",
+            (16, 17),
+        ),
+        (
+            "next-device-unknown",
+            "/microservices/Bad_Name/nextService/default/1/device",
+            (17, 29),
+        ),
+        (
+            "target-node-unknown",
+            "/microservices/Bad_Name/targetNode",
+            (18, 17),
+        ),
+        ("unknown-key", "/microservices/Bad_Name/tagg", (19, 5)),
+        ("bool-quoted", "/microservices/Bad_Name/always", (20, 13)),
+    ];
+    let d = diags(text);
+    for (code, pointer, at) in expected {
+        let hit = d
+            .iter()
+            .find(|x| x.code == code && x.pointer == pointer)
+            .unwrap_or_else(|| panic!("no {code} at {pointer}: {d:#?}"));
+        assert_eq!((hit.span.line, hit.span.column), at, "{hit}");
+    }
+    for x in &d {
+        assert_at_pointer(text, x);
+    }
 }

@@ -30,6 +30,10 @@ pub enum Command {
     Status(commands::status::Args),
     /// Delete everything aion-reconcile manages in the cluster, in reverse order.
     Down(commands::down::Args),
+    /// The cluster revisions recorded by `apply` and `rollback`, and what each changed.
+    History(commands::history::Args),
+    /// Return the cluster to a recorded revision (shows the diff, then applies it).
+    Rollback(commands::rollback::Args),
     /// Draw the kanban graph (devices, microservice instances, nextService) as SVG, DOT or Mermaid.
     Graph(commands::graph::Args),
 }
@@ -59,6 +63,8 @@ pub fn main() -> ExitCode {
         Command::Status(a) => commands::status::run(a),
         Command::Down(a) => commands::down::run(a),
         Command::Graph(a) => commands::graph::run(a),
+        Command::History(a) => commands::history::run(a),
+        Command::Rollback(a) => commands::rollback::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1084,6 +1084,7 @@ resources:
             mode: Mode::Cluster,
             known_hosts: None,
             kubeconfig: dir.path().join(".aion/kubeconfig"),
+            revision_history: aion_model::inventory::DEFAULT_REVISION_HISTORY,
             hosts: vec![inv_host("m1", Role::Master), inv_host("w1", Role::Worker)],
             span: Default::default(),
         };

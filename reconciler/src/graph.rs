@@ -603,11 +603,13 @@ fn next_service_diagnostics(
         if !matches!(d.code, "next-service-unknown" | "next-device-unknown") {
             continue;
         }
-        let entry = d
-            .pointer
-            .rsplit_once('/')
-            .map_or(d.pointer.as_str(), |(e, _)| e)
-            .to_owned();
+        // The pointer names the entry's `name` or `device` value, or the entry itself when it
+        // has no name.
+        let entry = match d.pointer.rsplit_once('/') {
+            Some((e, "name" | "device")) => e,
+            _ => d.pointer.as_str(),
+        }
+        .to_owned();
         out.entry(entry).or_insert(d);
     }
     out
@@ -773,6 +775,25 @@ mod tests {
         assert!(svg::render(&g).contains("node bad"));
         assert!(dot::render(&g).contains("#cf222e"));
         assert!(mermaid::render(&g).contains("class n2 bad"));
+    }
+
+    /// The validator names an entry without `name` by the entry's own pointer (its `name`
+    /// value when there is one): both find their entry.
+    #[test]
+    fn findings_are_found_by_their_entry() {
+        let f = services(
+            "services.yml",
+            "microservices:\n  a:\n    nextService:\n      default:\n        - pattern: n\n        - name: bb\n  b: {}\n",
+        );
+        let found = next_service_diagnostics(&f, None);
+        let keys: Vec<&str> = found.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "/microservices/a/nextService/default/0",
+                "/microservices/a/nextService/default/1"
+            ]
+        );
     }
 
     #[test]

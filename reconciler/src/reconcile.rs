@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
+use crate::cluster::history::{self, History};
 use crate::cluster::{self, ClusterPlan, ExecuteOptions};
 use crate::execute::{self, ApplyReport, Context, HostOutcome, kube_steps::KubeCluster};
 use crate::host::ssh::{SshHost, SshOptions};
@@ -32,6 +33,7 @@ use crate::manifest::{Manifests, ObjectKey};
 use crate::plan::Plan;
 use crate::progress::{Log, Progress};
 use crate::render::HostName;
+use crate::revision::Origin;
 use crate::roles::{self, HostSpec};
 use crate::{kubeclient, output};
 
@@ -49,6 +51,18 @@ pub struct Options {
     pub ssh_persist: Option<Duration>,
 }
 
+impl Options {
+    fn ssh_options(&self, inventory: &Inventory, state_dir: &Path) -> SshOptions {
+        SshOptions {
+            known_hosts: inventory.known_hosts.clone(),
+            accept_new: self.accept_new_host_keys,
+            connect_timeout: self.connect_timeout,
+            control_dir: state_dir.join("ssh"),
+            persist: self.ssh_persist,
+        }
+    }
+}
+
 /// What only `apply` needs.
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -57,10 +71,33 @@ pub struct ApplyOptions {
     /// Wait this long, after applying (or finding nothing to change), for every workload of the
     /// installation to become ready; None: do not wait.
     pub wait: Option<Duration>,
+    /// `--atomic`: after the cluster apply, wait this long for what changed to become ready;
+    /// if it does not, roll back to the previous revision.
+    pub atomic: Option<Duration>,
 }
 
-/// Shows the plan `apply` is about to execute (or that shows nothing has to change).
-pub type ShowPlan<'a> = &'a (dyn Fn(&Plan) -> anyhow::Result<()> + Sync);
+/// A part of the plan `apply` is about to execute, shown before it runs.
+pub enum Shown<'a> {
+    /// The host plan (with the cluster part's summary), or the plan that shows nothing has to
+    /// change.
+    Hosts(&'a Plan),
+    /// The cluster plan, made once the hosts converged (after `kubeadm init` when that is what
+    /// makes the cluster reachable), right before it is applied.
+    Cluster(&'a ClusterPlan),
+}
+
+/// Shows each part of the plan `apply` is about to execute.
+pub type ShowPlan<'a> = &'a (dyn Fn(Shown<'_>) -> anyhow::Result<()> + Sync);
+
+/// Load the inventory alone (warnings printed, errors fatal): for the commands that work from
+/// what is in the cluster (`history`, `rollback`, `diff --revision`, `down`), which must work
+/// even when today's `services.yml` files do not.
+pub fn load_inventory(inventory: &Path) -> anyhow::Result<Inventory> {
+    let loaded = aion_model::inventory::load(inventory)
+        .with_context(|| format!("loading inventory {}", inventory.display()))?;
+    report(&loaded.diagnostics, inventory)?;
+    Ok(loaded.value)
+}
 
 /// Load the inventory and every host's `services.yml` (warnings printed, errors fatal), then
 /// render. Shared by `render`, `diff`, `status` and the provisioning commands.
@@ -139,13 +176,7 @@ pub async fn prepare(o: &Options) -> anyhow::Result<Prepared> {
         vec![("flannel.yaml".into(), flannel)],
     );
     let state_dir = state_dir(&inventory.source);
-    let opts = SshOptions {
-        known_hosts: inventory.known_hosts.clone(),
-        accept_new: o.accept_new_host_keys,
-        connect_timeout: o.connect_timeout,
-        control_dir: state_dir.join("ssh"),
-        persist: o.ssh_persist,
-    };
+    let opts = o.ssh_options(&inventory, &state_dir);
     let sem = Semaphore::new(o.parallel);
     let conns = join_all(inventory.hosts.iter().map(|h| {
         let (sem, opts) = (&sem, &opts);
@@ -253,6 +284,9 @@ pub struct Outcome {
     pub locked: bool,
     /// With `--wait`: whether every workload became ready (a summary line), or what did not.
     pub readiness: Option<Result<String, String>>,
+    /// The revision this apply recorded (the cluster changed), or the rollback's revision when
+    /// an `--atomic` apply was rolled back.
+    pub revision: Option<u32>,
 }
 
 impl Outcome {
@@ -279,6 +313,7 @@ impl Outcome {
             log: None,
             locked: false,
             readiness: None,
+            revision: None,
         }
     }
 }
@@ -294,7 +329,7 @@ pub async fn apply(
     let p = prepare(o).await?;
     let (plan, cluster) = plan_both(o, &p).await;
     let result = if let Some(cluster_summary) = nothing_to_do(&plan, &cluster) {
-        show_plan(&plan)?;
+        show_plan(Shown::Hosts(&plan))?;
         Ok(Outcome::nothing_to_do(plan, cluster_summary))
     } else {
         async {
@@ -304,20 +339,23 @@ pub async fn apply(
                 // 2. Re-plan under the locks (someone may have changed the hosts meanwhile);
                 //    this is the plan shown and executed.
                 let plan = execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel).await;
-                show_plan(&plan)?;
+                show_plan(Shown::Hosts(&plan))?;
                 let log = Log::create(&p.state_dir.join("logs"))?;
                 // 3. Hosts in phases: masters (host changes, then their cluster steps), then
                 //    the workers in parallel.
                 let report = apply_hosts(&plan, &p, &log, o.parallel).await;
                 // 4. Cluster plan: the rendered manifests against the live cluster, once every
                 //    host converged (the manifests pin pods to those nodes).
-                let cluster = match plan_cluster_after(&report, o, &p).await {
-                    // 5. Cluster apply: server-side apply in kind order, then prune.
-                    Ok(cp) if cp.has_changes() => {
-                        apply_cluster(&p.inventory.kubeconfig, &cp).await?
+                let (cluster, revision) = match plan_cluster_after(&report, o, &p).await {
+                    // 5. Cluster apply: server-side apply in kind order, then prune; record the
+                    //    revision; under --atomic, wait for what changed, else roll back.
+                    Ok(desired) if desired.plan.has_changes() => {
+                        show_plan(Shown::Cluster(&desired.plan))?;
+                        let applied = apply_cluster(&desired, a.atomic).await?;
+                        (applied.summary, applied.revision)
                     }
-                    Ok(_) => Ok("cluster: no changes".to_string()),
-                    Err(e) => Err(e),
+                    Ok(_) => (Ok("cluster: no changes".to_string()), None),
+                    Err(e) => (Err(e), None),
                 };
                 if let Err(e) = &cluster {
                     log.write("cluster", "FAILED", e);
@@ -329,6 +367,7 @@ pub async fn apply(
                     log: Some(log.path().to_owned()),
                     locked: true,
                     readiness: None,
+                    revision,
                 })
             }
             .await;
@@ -362,24 +401,32 @@ struct Locks {
 
 impl Locks {
     async fn acquire(p: &Prepared, stale_after: Duration) -> anyhow::Result<Locks> {
-        let holder = lock::holder_id();
-        let local = LocalLock::acquire(&p.state_dir.join("reconcile.lock"), &holder)?;
         let master = p
             .inventory
             .masters()
             .next()
-            .map(|m| (m.name.clone(), m.ssh.user.clone()));
-        let mut remote = None;
-        if let Some((name, user)) = &master
-            && let Some(Ok(h)) = p.hosts.get(name)
-        {
+            .and_then(|m| match p.hosts.get(&m.name) {
+                Some(Ok(h)) => Some((h.clone(), m.ssh.user.clone())),
+                _ => None,
+            });
+        Locks::take(&p.state_dir, master, stale_after).await
+    }
+
+    /// The local lock in `state_dir`, then the master's (when connected).
+    async fn take(
+        state_dir: &Path,
+        master: Option<(Arc<SshHost>, String)>,
+        stale_after: Duration,
+    ) -> anyhow::Result<Locks> {
+        let holder = lock::holder_id();
+        let local = LocalLock::acquire(&state_dir.join("reconcile.lock"), &holder)?;
+        if let Some((h, user)) = &master {
             lock::acquire_remote(h.as_ref(), user, &holder, stale_after).await?;
-            remote = Some((h.clone(), user.clone()));
         }
         Ok(Locks {
             holder,
             _local: local,
-            remote,
+            remote: master,
         })
     }
 
@@ -406,13 +453,20 @@ async fn apply_hosts(plan: &Plan, p: &Prepared, log: &Log, parallel: usize) -> A
     execute::apply(plan, &cx).await
 }
 
+/// What the cluster should hold: the inventory and manifests the cluster plan was made from.
+struct Desired {
+    inventory: Inventory,
+    manifests: Manifests,
+    plan: ClusterPlan,
+}
+
 /// Phase 4: the cluster part, planned after the hosts; skipped (an error naming the hosts) when
 /// not every host converged.
 async fn plan_cluster_after(
     report: &ApplyReport,
     o: &Options,
     p: &Prepared,
-) -> Result<Box<ClusterPlan>, String> {
+) -> Result<Desired, String> {
     if !report.ok() {
         let failed: Vec<&str> = report
             .hosts
@@ -425,26 +479,184 @@ async fn plan_cluster_after(
             failed.join(", ")
         ));
     }
-    match plan_cluster(&o.inventory, &p.inventory.kubeconfig).await {
-        Ok(ClusterPart::Planned(cp)) => Ok(cp),
-        Ok(ClusterPart::NotYet) => Err("no kubeconfig after the master steps".to_string()),
-        Err(e) => Err(output::chain(&*e)),
+    if !p.inventory.kubeconfig.exists() {
+        return Err("no kubeconfig after the master steps".to_string());
+    }
+    let planned = async {
+        let (inventory, manifests) = load_and_render(&o.inventory)?;
+        let client = kubeclient::client_from(&inventory.kubeconfig).await?;
+        let plan = cluster::plan(&client, &manifests, &inventory).await?;
+        anyhow::Ok(Desired {
+            inventory,
+            manifests,
+            plan,
+        })
+    };
+    planned.await.map_err(|e| output::chain(&*e))
+}
+
+/// How phase 5 ended.
+struct ClusterApplied {
+    /// A summary, or what failed (under `--atomic`: what did not become ready, and the
+    /// rollback).
+    summary: Result<String, String>,
+    revision: Option<u32>,
+}
+
+/// Phase 5: apply the cluster plan and record the revision; under `--atomic`, wait for what
+/// changed and roll back to the previous revision when it fails. Without a client for the
+/// kubeconfig, the whole apply fails.
+async fn apply_cluster(d: &Desired, atomic: Option<Duration>) -> anyhow::Result<ClusterApplied> {
+    let client = kubeclient::client_from(&d.inventory.kubeconfig).await?;
+    let history = History::of(&client, &d.inventory);
+    let keep = d.inventory.revision_history;
+    let opts = ExecuteOptions {
+        progress: atomic.map(|_| cluster::stderr_progress()),
+        ..ExecuteOptions::default()
+    };
+    let applied = match cluster::execute(&client, &d.plan, &opts).await {
+        Ok(r) => r,
+        // Nothing recorded: the cluster holds a part of this apply. Under --atomic, the
+        // previous revision is restored; otherwise the next apply converges it.
+        Err(e) if atomic.is_some() => {
+            let why = output::chain(&e);
+            return Ok(roll_back_failed(&client, &history, None, why, keep, atomic).await);
+        }
+        Err(e) => {
+            return Ok(ClusterApplied {
+                summary: Err(output::chain(&e)),
+                revision: None,
+            });
+        }
+    };
+    let inputs = history::input_hashes(&d.inventory)?;
+    let number = match history
+        .record(&d.manifests, Origin::Apply, inputs, keep)
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            return Ok(ClusterApplied {
+                summary: Err(format!(
+                    "{}; but its revision could not be recorded: {}",
+                    applied.summary(),
+                    output::chain(&e)
+                )),
+                revision: None,
+            });
+        }
+    };
+    let summary = format!("{}; revision {number} recorded", applied.summary());
+    let Some(timeout) = atomic else {
+        return Ok(ClusterApplied {
+            summary: Ok(summary),
+            revision: Some(number),
+        });
+    };
+    match cluster::wait_ready(&client, &changed_workloads(&d.plan), timeout, &opts).await {
+        Ok(()) => Ok(ClusterApplied {
+            summary: Ok(format!("{summary}; everything it changed is ready")),
+            revision: Some(number),
+        }),
+        Err(e) => {
+            let why = output::chain(&e);
+            Ok(roll_back_failed(&client, &history, Some(number), why, keep, atomic).await)
+        }
     }
 }
 
-/// Phase 5: apply the cluster plan. The inner result is the cluster part of the outcome (a
-/// summary, or what failed); without a client for the kubeconfig, the whole apply fails.
-async fn apply_cluster(
-    kubeconfig: &Path,
-    plan: &ClusterPlan,
-) -> anyhow::Result<Result<String, String>> {
-    let client = kubeclient::client_from(kubeconfig).await?;
-    Ok(
-        match cluster::execute(&client, plan, &ExecuteOptions::default()).await {
-            Ok(r) => Ok(r.summary()),
-            Err(e) => Err(output::chain(&e)),
-        },
-    )
+/// The workloads an `--atomic` apply waits for: the Deployments and Jobs it creates, changes or
+/// replaces.
+fn changed_workloads(plan: &ClusterPlan) -> Vec<ObjectKey> {
+    plan.changes
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.action,
+                cluster::Action::Create | cluster::Action::Change | cluster::Action::Replace
+            ) && matches!(c.key.kind.as_str(), "Deployment" | "Job")
+        })
+        .map(|c| c.key.clone())
+        .collect()
+}
+
+/// `--atomic` failed (`failed`: the revision recorded for it, if it got that far): mark it
+/// failed, roll back to the previous applied revision and wait for that as long again. The
+/// result is always an error naming what failed and why, and what the rollback did.
+async fn roll_back_failed(
+    client: &kube::Client,
+    history: &History,
+    failed: Option<u32>,
+    why: String,
+    keep: u32,
+    timeout: Option<Duration>,
+) -> ClusterApplied {
+    let mut msg = match failed {
+        Some(n) => format!("revision {n} did not become ready: {why}"),
+        None => format!("the apply failed: {why}"),
+    };
+    if let Some(n) = failed
+        && let Err(e) = history.mark_failed(n, &why).await
+    {
+        msg.push_str(&format!(
+            "
+could not mark revision {n} failed: {}",
+            output::chain(&e)
+        ));
+    }
+    let opts = ExecuteOptions {
+        progress: Some(cluster::stderr_progress()),
+        ..ExecuteOptions::default()
+    };
+    let rolled = async {
+        let rollback = history::plan_rollback(client, history, None, opts.concurrency).await?;
+        let target = rollback.target.number;
+        let (_, number) =
+            history::execute_rollback(client, history, &rollback, failed, keep, &opts).await?;
+        anyhow::Ok((target, number))
+    }
+    .await;
+    match rolled {
+        Ok((target, number)) => {
+            msg.push_str(&format!(
+                "
+rolled back to revision {target} (recorded as revision {number})"
+            ));
+            if let Some(t) = timeout {
+                let keys: Vec<ObjectKey> = match history.load(Some(number)).await {
+                    Ok(r) => r
+                        .manifests()
+                        .objects()
+                        .filter(|o| matches!(o.key.kind.as_str(), "Deployment" | "Job"))
+                        .map(|o| o.key.clone())
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                match cluster::wait_ready(client, &keys, t, &opts).await {
+                    Ok(()) => msg.push_str("; its workloads are ready again"),
+                    Err(e) => msg.push_str(&format!(
+                        "; but it did not become ready either: {}",
+                        output::chain(&e)
+                    )),
+                }
+            }
+            ClusterApplied {
+                summary: Err(msg),
+                revision: Some(number),
+            }
+        }
+        Err(e) => {
+            msg.push_str(&format!(
+                "
+not rolled back: {}",
+                output::chain(&*e)
+            ));
+            ClusterApplied {
+                summary: Err(msg),
+                revision: failed,
+            }
+        }
+    }
 }
 
 /// Phase 6, `--wait`: every Deployment, Job and Service this inventory renders becomes ready
@@ -484,4 +696,137 @@ async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<Strin
         )
     })
     .map_err(|e| output::chain(&e))
+}
+
+/// What `rollback` needs besides [`Options`] (whose inventory, SSH settings are used to take
+/// the master's lock; no other host is contacted).
+#[derive(Debug, Clone)]
+pub struct RollbackOptions {
+    /// The revision to return to; None: the previous applied one.
+    pub to: Option<u32>,
+    /// Kubeconfig instead of the inventory's.
+    pub kubeconfig: Option<PathBuf>,
+    pub lock_stale_after: Duration,
+    /// Wait this long for the rolled-back workloads to be ready; None: do not wait.
+    pub wait: Option<Duration>,
+}
+
+/// Shows a rollback's plan and says whether to go on (`--yes`, or the operator's answer).
+pub type ConfirmRollback<'a> = &'a (dyn Fn(&history::RollbackPlan) -> anyhow::Result<bool> + Sync);
+
+/// How a `rollback` ended.
+#[derive(Debug, serde::Serialize)]
+pub struct RollbackOutcome {
+    /// The revision returned to.
+    pub target: u32,
+    /// The revision recorded for the rollback; None when nothing had to change or it was not
+    /// confirmed.
+    pub revision: Option<u32>,
+    /// The cluster part's summary (`cluster: N created, …`), or why nothing ran.
+    pub summary: String,
+    /// With `--wait`: ready, or what is not.
+    pub readiness: Option<Result<String, String>>,
+}
+
+impl RollbackOutcome {
+    pub fn ok(&self) -> bool {
+        self.readiness.as_ref().is_none_or(|r| r.is_ok())
+    }
+}
+
+/// `rollback`: the cluster back to a recorded revision. Loads the inventory only (today's
+/// `services.yml` files play no part), takes the same locks as `apply` (refused while another
+/// apply holds them), plans from the live cluster to the revision with the apply machinery,
+/// shows that plan through `confirm`, applies it (server-side apply and prune) and records it as
+/// a new revision. Host provisioning is not touched.
+pub async fn rollback(
+    o: &Options,
+    r: &RollbackOptions,
+    confirm: ConfirmRollback<'_>,
+) -> anyhow::Result<RollbackOutcome> {
+    let inv = load_inventory(&o.inventory)?;
+    let kubeconfig = kubeclient::resolve_kubeconfig(r.kubeconfig.as_deref(), &inv.kubeconfig);
+    let client = kubeclient::client_from(&kubeconfig).await?;
+    let state_dir = state_dir(&inv.source);
+    // The master's lock needs its SSH connection; without one, only the local lock is held
+    // (the cluster may be reachable when SSH is not), and the operator is told.
+    let master = match inv.masters().next() {
+        Some(m) => match SshHost::connect(m, &o.ssh_options(&inv, &state_dir)).await {
+            Ok(h) => Some((Arc::new(h), m.ssh.user.clone())),
+            Err(e) => {
+                eprintln!(
+                    "warning: master {} unreachable over SSH ({e}); only the local lock is held",
+                    m.name
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let locks = Locks::take(&state_dir, master, r.lock_stale_after).await?;
+    let result = async {
+        let history = History::of(&client, &inv);
+        let opts = ExecuteOptions {
+            progress: Some(cluster::stderr_progress()),
+            ..ExecuteOptions::default()
+        };
+        let plan = history::plan_rollback(&client, &history, r.to, opts.concurrency).await?;
+        let target = plan.target.number;
+        if !plan.plan.has_changes() {
+            confirm(&plan)?;
+            return anyhow::Ok(RollbackOutcome {
+                target,
+                revision: None,
+                summary: format!(
+                    "nothing to roll back: the cluster already equals revision {target}"
+                ),
+                readiness: None,
+            });
+        }
+        if !confirm(&plan)? {
+            return anyhow::Ok(RollbackOutcome {
+                target,
+                revision: None,
+                summary: "not confirmed: nothing changed".into(),
+                readiness: None,
+            });
+        }
+        let (report, number) =
+            history::execute_rollback(&client, &history, &plan, None, inv.revision_history, &opts)
+                .await?;
+        let readiness = match r.wait {
+            Some(t) => {
+                let keys: Vec<ObjectKey> = plan
+                    .target
+                    .manifests()
+                    .objects()
+                    .filter(|o| matches!(o.key.kind.as_str(), "Deployment" | "Job"))
+                    .map(|o| o.key.clone())
+                    .collect();
+                Some(
+                    cluster::wait_ready(&client, &keys, t, &opts)
+                        .await
+                        .map(|()| format!("ready: {} workload object(s)", keys.len()))
+                        .map_err(|e| output::chain(&e)),
+                )
+            }
+            None => None,
+        };
+        anyhow::Ok(RollbackOutcome {
+            target,
+            revision: Some(number),
+            summary: format!(
+                "{}; rolled back to revision {target}, recorded as revision {number}",
+                report.summary()
+            ),
+            readiness,
+        })
+    }
+    .await;
+    let remote = locks.remote.clone();
+    locks.release().await;
+    if let Some((h, _)) = remote {
+        close(BTreeMap::from([("master".to_string(), Ok(h))])).await;
+    }
+    result
 }

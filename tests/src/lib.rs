@@ -1,6 +1,7 @@
 //! Test support shared by the integration tests: finding the real control plane, the SSH
 //! testbed and RabbitMQ, and failing (never skipping) under CI when one is missing.
 
+pub mod chromium;
 pub mod k8s;
 pub mod rabbitmq;
 pub mod testbed;

@@ -1,6 +1,7 @@
 //! Cluster benchmark: render, diff and no-change apply of 1,000 microservices across 3 nodes,
 //! ours side by side with `kubectl diff --server-side` and `kubectl apply --server-side` on the
-//! same rendered files, against the real kube-apiserver of `scripts/k8s-testenv.sh`.
+//! same rendered files, against the real kube-apiserver of `scripts/k8s-testenv.sh`; then
+//! `rollback` after a version bump of one and of every microservice, and `history`.
 //!
 //! Usage (release build):
 //!   eval "$(scripts/k8s-testenv.sh env)"
@@ -18,10 +19,16 @@ use anyhow::{Context, bail};
 const NODES: usize = 3;
 
 fn services_yml(count: usize, node: usize) -> String {
+    services_yml_tagged(count, node, |i| format!("v1.{i}"))
+}
+
+/// [`services_yml`] with each microservice's image tag from `tag` (a version bump).
+fn services_yml_tagged(count: usize, node: usize, tag: impl Fn(usize) -> String) -> String {
     let mut s = String::from("microservices:\n");
     for i in (0..count).filter(|i| i % NODES == node) {
         s.push_str(&format!(
-            "  svc-{i:04}:\n    always: yes\n    tag: v1.{i}\n    env:\n      QUEUE_ORIGIN: q-{i}\n      POLLING_INTERVAL: 5\n      MYSQL_PORT: 3306\n"
+            "  svc-{i:04}:\n    always: yes\n    tag: {}\n    env:\n      QUEUE_ORIGIN: q-{i}\n      POLLING_INTERVAL: 5\n      MYSQL_PORT: 3306\n",
+            tag(i)
         ));
         if i % 4 == 0 {
             s.push_str(&format!(
@@ -243,6 +250,85 @@ fn main() -> anyhow::Result<()> {
         kubectl_apply.1,
     ));
 
+    // Rollback (issue 16): revision 1 is the setup apply. A version bump of one microservice,
+    // then of all of them, each applied (a revision) and rolled back by the CLI, alternating
+    // between the last two revisions so that every rollback changes the same objects.
+    let bump = |tag: &dyn Fn(usize) -> String| -> anyhow::Result<()> {
+        for n in 0..NODES {
+            std::fs::write(
+                dir.join(format!("services-{n}.yml")),
+                services_yml_tagged(count, n, tag),
+            )?;
+        }
+        let applied = timed(
+            Command::new(&me)
+                .arg("--child-apply")
+                .arg(&inv)
+                .arg(&kubeconfig),
+        )?;
+        anyhow::ensure!(applied.2 == 0, "the version bump's apply failed");
+        Ok(())
+    };
+    let rollbacks = |first: u32, changed: &str| -> anyhow::Result<(f64, f64)> {
+        let mut samples = Vec::new();
+        for r in 0..runs {
+            // first, first+1, first, ...: the two revisions before the rollbacks started.
+            let to = if r % 2 == 0 { first } else { first + 1 };
+            let t = timed(
+                Command::new(&ours)
+                    .args([
+                        "rollback",
+                        "--yes",
+                        "-o",
+                        "json",
+                        "--connect-timeout",
+                        "2",
+                        "-i",
+                    ])
+                    .arg(&inv)
+                    .args(["--to", &to.to_string(), "--kubeconfig", kc]),
+            )?;
+            anyhow::ensure!(t.2 == 0, "rollback --to {to} ({changed}) failed");
+            samples.push(t);
+        }
+        Ok(median(samples))
+    };
+    bump(&|i| {
+        if i == 0 {
+            "v2.0".into()
+        } else {
+            format!("v1.{i}")
+        }
+    })?;
+    let one = rollbacks(1, "one microservice")?;
+    bump(&|i| format!("v3.{i}"))?;
+    // Revisions so far: 1 setup, 2 one bumped, then `runs` rollbacks, then this bump.
+    let all_bumped = 3 + runs as u32;
+    let before_all = all_bumped - 1;
+    let all = rollbacks(before_all, "every microservice")?;
+    let history = median_of(
+        runs,
+        Command::new(&ours)
+            .args(["history", "-o", "json", "-i"])
+            .arg(&inv)
+            .args(["--kubeconfig", kc]),
+    )?;
+    rows.push((
+        format!("aion-reconcile rollback, 1 of {count} microservices changed"),
+        one.0,
+        one.1,
+    ));
+    rows.push((
+        format!("aion-reconcile rollback, all {count} microservices changed"),
+        all.0,
+        all.1,
+    ));
+    rows.push((
+        "aion-reconcile history (every revision decoded)".into(),
+        history.0,
+        history.1,
+    ));
+
     println!(
         "{count} microservices, 3 nodes, {objects} objects; median of {runs} run(s); in-process render {}\n",
         lib.summary()
@@ -257,6 +343,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let client = aion_reconcile::kubeclient::client_from(&kubeconfig).await?;
         aion_reconcile::cluster::down(&client, &loaded_inv.name, &Default::default()).await?;
+        aion_reconcile::cluster::history::History::of(&client, loaded_inv)
+            .delete_all()
+            .await?;
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -377,6 +466,20 @@ fn child_apply(inv: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
         let plan = aion_reconcile::cluster::plan(&client, &manifests, &inv).await?;
         let report = aion_reconcile::cluster::execute(&client, &plan, &Default::default()).await?;
         eprintln!("{}", report.summary());
+        // As `apply` does: a cluster apply that changed something is a revision.
+        if plan.has_changes() {
+            let history = aion_reconcile::cluster::history::History::of(&client, &inv);
+            let inputs = aion_reconcile::cluster::history::input_hashes(&inv)?;
+            let n = history
+                .record(
+                    &manifests,
+                    aion_reconcile::revision::Origin::Apply,
+                    inputs,
+                    inv.revision_history,
+                )
+                .await?;
+            eprintln!("revision {n} recorded");
+        }
         anyhow::Ok(())
     })
 }

@@ -83,14 +83,11 @@ fn file_body(seq: u64, emitted_at: &str, reading: f64) -> String {
 
 /// The kanban for reading `seq`, its file at `file` (absolute) in the instance's directory.
 fn kanban(env: &ServiceEnv, seq: u64, emitted_at: &str, reading: f64, file: &Path) -> Kanban {
+    // Each reading starts a chain: upstream's initial kanban (`startAt` now, `dataPath` this
+    // instance's directory), with the file and the reading.
     let mut k = Kanban {
-        process_number: env.ms_number,
-        data_path: file
-            .parent()
-            .map(|d| d.to_string_lossy().into_owned())
-            .unwrap_or_default(),
         file_list: vec![file.to_string_lossy().into_owned()],
-        ..Kanban::default()
+        ..Kanban::initial(env.base(), env.ms_number, &env.data_root())
     };
     k.metadata.insert("seq".into(), json!(seq));
     k.metadata.insert("emittedAt".into(), json!(emitted_at));
@@ -226,6 +223,12 @@ mod tests {
             json!(["/var/lib/aion/Data/sensor_2/reading-7.csv"])
         );
         assert_eq!(v["dataPath"], "/var/lib/aion/Data/sensor_2");
+        // Upstream's initial kanban: startAt in its format (Japan time, milliseconds).
+        let start = v["startAt"].as_str().unwrap();
+        assert!(
+            start.len() == 29 && start.ends_with("+09:00") && start.as_bytes()[19] == b'.',
+            "{start}"
+        );
         assert_eq!(v["processNumber"], 2);
         assert_eq!(v["connectionKey"], "default");
         assert_eq!(

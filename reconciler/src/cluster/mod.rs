@@ -11,6 +11,7 @@
 //! * **Order**: namespaces, RBAC, config, workloads, services ([`crate::manifest::kind_rank`]);
 //!   deletes in reverse. Within one rank, requests run with bounded concurrency.
 
+pub mod history;
 pub mod normalize;
 
 use std::collections::{BTreeMap, HashSet};

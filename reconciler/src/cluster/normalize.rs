@@ -210,6 +210,15 @@ pub fn readiness(kind: &str, v: &Value) -> Readiness {
             let want = int(v, "/spec/replicas").unwrap_or(1);
             let updated = int(v, "/status/updatedReplicas").unwrap_or(0);
             let available = int(v, "/status/availableReplicas").unwrap_or(0);
+            // During a rolling update the old pods keep serving (and count as available) until
+            // the new ones are: only when no old pod is left is the new version what runs.
+            let total = int(v, "/status/replicas").unwrap_or(updated);
+            let old = total - updated;
+            if old > 0 {
+                return Readiness::Pending(format!(
+                    "{old} old replica(s) still running; {available}/{want} available, {updated} updated"
+                ));
+            }
             if updated >= want && available >= want {
                 Readiness::Ready
             } else {
@@ -371,6 +380,21 @@ mod tests {
         assert_eq!(
             readiness("Deployment", &d),
             Readiness::Failed("too slow".into())
+        );
+    }
+
+    /// A rolling update whose new pod never starts (a broken image): the new ReplicaSet's pod
+    /// exists (`updatedReplicas: 1`) and the old pod still serves (`availableReplicas: 1`).
+    /// That is not ready: the old pod is counted in `replicas`. Before, `--wait` (and
+    /// `--atomic`) took it for ready.
+    #[test]
+    fn a_rolling_update_with_old_pods_left_is_not_ready() {
+        let d = json!({"metadata": {"generation": 2}, "spec": {"replicas": 1},
+                       "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
+                                  "availableReplicas": 1, "unavailableReplicas": 1}});
+        assert_eq!(
+            readiness("Deployment", &d),
+            Readiness::Pending("1 old replica(s) still running; 1/1 available, 1 updated".into())
         );
     }
 

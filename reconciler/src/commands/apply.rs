@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use crate::commands::plan::{Common, Format, print_plan};
 use crate::execute::HostOutcome;
-use crate::plan::Plan;
-use crate::reconcile::{self, Outcome};
+use crate::reconcile::{self, Outcome, Shown};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,7 +25,13 @@ pub struct Args {
     /// problems (ImagePullBackOff, CrashLoopBackOff, Unschedulable, ...) are reported.
     #[arg(long)]
     pub wait: bool,
-    /// How long `--wait` waits, in seconds.
+    /// After changing the cluster, wait until what changed is ready (Deployments available,
+    /// Jobs complete or serving); if it is not within `--timeout`, or the cluster apply fails,
+    /// roll back to the previous revision and exit 1 naming each object that failed and why.
+    /// Host provisioning is not rolled back.
+    #[arg(long)]
+    pub atomic: bool,
+    /// How long `--wait` and `--atomic` wait, in seconds.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub timeout: u64,
 }
@@ -37,6 +42,7 @@ impl Args {
         reconcile::ApplyOptions {
             lock_stale_after: Duration::from_secs(self.lock_stale_after),
             wait: self.wait.then(|| Duration::from_secs(self.timeout)),
+            atomic: self.atomic.then(|| Duration::from_secs(self.timeout)),
         }
     }
 }
@@ -85,6 +91,7 @@ impl Outcome {
             "log": self.log,
             "locked": self.locked,
             "readiness": self.readiness.as_ref().map(|r| r.as_ref().map_err(|e| e.clone())),
+            "revision": self.revision,
         })
     }
 }
@@ -111,12 +118,16 @@ pub fn run_blocking(args: &Args) -> anyhow::Result<Outcome> {
 /// summary is the caller's.
 pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
     let text = args.common.output == Format::Text;
-    let show_plan = move |plan: &Plan| {
-        if text {
-            print_plan(plan, Format::Text)
-        } else {
-            Ok(())
+    let show_plan = move |shown: Shown<'_>| {
+        match shown {
+            Shown::Hosts(plan) if text => print_plan(plan, Format::Text)?,
+            Shown::Cluster(plan) if text => {
+                println!("Cluster changes, planned now that the hosts converged:");
+                print!("{}", plan.render_text(crate::output::use_color(), false));
+            }
+            _ => {}
         }
+        Ok(())
     };
     reconcile::apply(&args.common.options(), &args.apply_options(), &show_plan).await
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::cluster;
+use crate::cluster::history::History;
 use crate::kubeclient;
 
 #[derive(Debug, clap::Args)]
@@ -21,6 +22,10 @@ pub struct Args {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
+    /// Compare the live cluster with revision N (`history` lists them) instead of what the
+    /// inventory renders today: what `rollback --to N` would change.
+    #[arg(long, value_name = "N")]
+    pub revision: Option<u32>,
     /// API requests in flight.
     #[arg(long, default_value_t = cluster::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
@@ -49,11 +54,22 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
 }
 
 fn diff(args: &Args) -> anyhow::Result<bool> {
-    let (inv, manifests) = crate::reconcile::load_and_render(&args.inventory)?;
+    // Against a revision, today's services.yml files play no part (they may not even load).
+    let (inv, manifests) = match args.revision {
+        Some(_) => (crate::reconcile::load_inventory(&args.inventory)?, None),
+        None => {
+            let (inv, m) = crate::reconcile::load_and_render(&args.inventory)?;
+            (inv, Some(m))
+        }
+    };
     let kubeconfig = kubeclient::resolve_kubeconfig(args.kubeconfig.as_deref(), &inv.kubeconfig);
     let rt = kubeclient::runtime()?;
     let plan = rt.block_on(async {
         let client = kubeclient::client_from(&kubeconfig).await?;
+        let manifests = match (manifests, args.revision) {
+            (Some(m), _) => m,
+            (None, n) => History::of(&client, &inv).load(n).await?.manifests(),
+        };
         anyhow::Ok(cluster::plan_with(&client, &manifests, &inv.name, args.concurrency).await?)
     })?;
     match args.output {

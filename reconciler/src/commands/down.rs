@@ -1,8 +1,10 @@
 //! `aion-reconcile down` (upstream `aion-stop.sh`): delete everything this inventory manages in
-//! the cluster (objects with our ownership labels), in reverse apply order.
+//! the cluster (objects with our ownership labels), in reverse apply order, and its revision
+//! history.
 
 use std::path::PathBuf;
 
+use crate::cluster::history::History;
 use crate::cluster::{self, ExecuteOptions};
 use crate::kubeclient;
 
@@ -20,14 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    let loaded = aion_model::inventory::load(&args.inventory)?;
-    for d in &loaded.diagnostics {
-        eprintln!("{d}");
-    }
-    if loaded.diagnostics.iter().any(|d| d.is_error()) {
-        anyhow::bail!("{}: invalid inventory", args.inventory.display());
-    }
-    let inv = loaded.value;
+    let inv = crate::reconcile::load_inventory(&args.inventory)?;
     let kubeconfig = kubeclient::resolve_kubeconfig(args.kubeconfig.as_deref(), &inv.kubeconfig);
     let rt = kubeclient::runtime()?;
     rt.block_on(async {
@@ -45,8 +40,10 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             ..ExecuteOptions::default()
         };
         let deleted = cluster::down(&client, &inv.name, &opts).await?;
+        // The history goes too: it describes an installation that is no longer there.
+        let revisions = History::of(&client, &inv).delete_all().await?;
         println!(
-            "{} object(s) of inventory {} deleted",
+            "{} object(s) and {revisions} revision(s) of inventory {} deleted",
             deleted.len(),
             inv.name
         );

@@ -1,5 +1,7 @@
 //! `aion-reconcile status`: per node and microservice, desired vs observed (replicas ready, job
-//! complete, pending, image pull errors) and each pod's phase and node.
+//! complete, pending, image pull errors) and each pod's phase and node; for each microservice
+//! instance, what its namespace's runtime reports live (state, input queue depth, kanbans per
+//! second in and out: [`crate::live`]).
 
 use std::path::PathBuf;
 
@@ -23,12 +25,16 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     let (inv, manifests) = crate::reconcile::load_and_render(&args.inventory)?;
     let kubeconfig = kubeclient::resolve_kubeconfig(args.kubeconfig.as_deref(), &inv.kubeconfig);
     let rt = kubeclient::runtime()?;
-    let rows = rt.block_on(async {
+    let (rows, live) = rt.block_on(async {
         let client = kubeclient::client_from(&kubeconfig).await?;
-        anyhow::Ok(cluster::status(&client, &manifests, cluster::DEFAULT_CONCURRENCY).await?)
+        let rows = cluster::status(&client, &manifests, cluster::DEFAULT_CONCURRENCY).await?;
+        let namespaces = runtime_namespaces(&rows);
+        let live = crate::live::fetch(&client, &namespaces).await;
+        anyhow::Ok((rows, live))
     })?;
     if args.output == super::diff::Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let doc = serde_json::json!({"objects": rows, "namespaces": live});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
     let headers = [
@@ -38,9 +44,13 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         "DESIRED",
         "OBSERVED",
         "PODS",
+        "INSTANCE",
+        "QUEUE",
+        "IN/s",
+        "OUT/s",
         "STATE",
     ];
-    let mut table: Vec<[String; 7]> = Vec::new();
+    let mut table: Vec<[String; 11]> = Vec::new();
     for r in &rows {
         let state = match &r.readiness {
             Readiness::Ready => "ready".to_owned(),
@@ -65,6 +75,12 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let [instance, queue, rate_in, rate_out] = r
+            .key
+            .namespace
+            .as_deref()
+            .and_then(|ns| crate::live::columns(&live, ns, &r.key.name))
+            .unwrap_or_else(|| ["-".into(), "-".into(), "-".into(), "-".into()]);
         table.push([
             r.node.clone(),
             r.owner.clone(),
@@ -72,6 +88,10 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             r.desired.clone(),
             r.observed.clone(),
             pods,
+            instance,
+            queue,
+            rate_in,
+            rate_out,
             state,
         ]);
     }
@@ -81,10 +101,10 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cells: [&str; 7]| {
+    let line = |cells: [&str; 11]| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i == 6 {
+            if i == 10 {
                 s.push_str(c);
             } else {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
@@ -101,5 +121,21 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         .filter(|r| r.readiness == Readiness::Ready)
         .count();
     println!("{ready}/{} workloads ready", rows.len());
+    for l in &live {
+        if let Some(e) = &l.error {
+            println!("live data of {}: unavailable ({e})", l.namespace);
+        }
+    }
     Ok(0)
+}
+
+/// Namespaces with a rendered `aion-kanban` Deployment (each serves its live page).
+fn runtime_namespaces(rows: &[cluster::StatusRow]) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .iter()
+        .filter(|r| r.key.kind == "Deployment" && r.key.name == "aion-kanban")
+        .filter_map(|r| r.key.namespace.clone())
+        .collect();
+    out.dedup();
+    out
 }
