@@ -80,8 +80,21 @@ pub struct Inventory {
     /// Cluster revisions kept (`history`, `rollback`): the newest this many; older ones are
     /// pruned when a new one is recorded. Default [`DEFAULT_REVISION_HISTORY`].
     pub revision_history: u32,
+    /// Where the images the hosts run come from on the operator's machine, in order (the first
+    /// source that has a reference wins): OCI image-layout directories, OCI archives (tar) and
+    /// `images.tsv` lists (`imageSources`, Ansible `aion_image_sources`).
+    pub image_sources: Vec<ImageSource>,
     pub hosts: Vec<Host>,
     pub span: Span,
+}
+
+/// One entry of `imageSources`: a path (absolute after loading) and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSource {
+    pub path: PathBuf,
+    pub span: Span,
+    /// JSON pointer of the entry, e.g. `/imageSources/0`.
+    pub pointer: String,
 }
 
 /// Revisions kept when the inventory does not say (as Helm's `--history-max`).
@@ -244,6 +257,7 @@ pub const TOP_KEYS: &[&str] = &[
     "knownHosts",
     "kubeconfig",
     "revisionHistory",
+    "imageSources",
     "services",
     "dataSweeper",
     "ssh",
@@ -301,6 +315,7 @@ pub const ANSIBLE_GLOBAL_VARS: &[&str] = &[
     "aion_known_hosts",
     "aion_kubeconfig",
     "aion_revision_history",
+    "aion_image_sources",
 ];
 /// Ansible groups whose hosts are masters.
 pub const MASTER_GROUPS: &[&str] = &["master", "masters", "kube_control_plane"];
@@ -703,6 +718,8 @@ struct Globals {
     known_hosts: Option<String>,
     kubeconfig: Option<String>,
     revision_history: Option<u32>,
+    /// `imageSources` as written: path, position, pointer.
+    image_sources: Vec<(String, Span, String)>,
 }
 
 fn finish(
@@ -731,6 +748,7 @@ fn finish(
         known_hosts,
         kubeconfig,
         revision_history,
+        image_sources,
     } = g;
     let mode = mode.unwrap_or(if workers == 0 {
         Mode::Single
@@ -815,6 +833,14 @@ fn finish(
                 .map(|s| resolve_path(dir, &s))
                 .unwrap_or_else(|| dir.join(".aion").join("kubeconfig")),
             revision_history: revision_history.unwrap_or(DEFAULT_REVISION_HISTORY),
+            image_sources: image_sources
+                .into_iter()
+                .map(|(path, span, pointer)| ImageSource {
+                    path: resolve_path(dir, &path),
+                    span,
+                    pointer,
+                })
+                .collect(),
             hosts,
             span: r.span(root),
         },
@@ -830,6 +856,7 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loca
     let mut known_hosts = None;
     let mut kubeconfig = None;
     let mut revision_history = None;
+    let mut image_sources = Vec::new();
     let mut global_at = Origins::default();
     let mut base = Partial::default();
     let mut drafts = Vec::new();
@@ -850,6 +877,9 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loca
         }
         if let Some((n, p)) = f.get("revisionHistory") {
             revision_history = read_revision_history(&mut r, n, &p, "revisionHistory");
+        }
+        if let Some((n, p)) = f.get("imageSources") {
+            image_sources = read_image_sources(&mut r, n, &p, "imageSources");
         }
         if let Some((n, p)) = f.get("services") {
             let v = r.string(n, &p, "services");
@@ -949,6 +979,7 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loca
             known_hosts,
             kubeconfig,
             revision_history,
+            image_sources,
         },
         drafts,
         r,
@@ -1155,6 +1186,7 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loc
     let mut known_hosts = None;
     let mut kubeconfig = None;
     let mut revision_history = None;
+    let mut image_sources = Vec::new();
     let mut global_at = Origins::default();
     for (k, n, p) in std::mem::take(&mut w.globals) {
         match k {
@@ -1169,6 +1201,7 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loc
             }
             "aion_kubeconfig" => kubeconfig = w.r.string(n, &p, k),
             "aion_revision_history" => revision_history = read_revision_history(&mut w.r, n, &p, k),
+            "aion_image_sources" => image_sources = read_image_sources(&mut w.r, n, &p, k),
             _ => {}
         }
     }
@@ -1203,10 +1236,37 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loc
             known_hosts,
             kubeconfig,
             revision_history,
+            image_sources,
         },
         drafts,
         w.r,
     )
+}
+
+/// `imageSources`: a list of paths, each kept with its position (for errors about it).
+fn read_image_sources(
+    r: &mut Reader,
+    n: &Node,
+    p: &str,
+    field: &str,
+) -> Vec<(String, Span, String)> {
+    if n.is_null() {
+        return Vec::new();
+    }
+    let Some(items) = n.as_seq() else {
+        r.type_error(n, p, field, "a list of paths");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{p}/{i}");
+        if let Some(s) = r.string(item, &ip, field)
+            && !s.is_empty()
+        {
+            out.push((s, r.span(item), ip));
+        }
+    }
+    out
 }
 
 fn valid_cidr(s: &str) -> bool {
@@ -1467,6 +1527,19 @@ fn check_at(inv: &Inventory, located: &Located, diags: &mut Vec<Diagnostic>) {
             )
             .with_hint("use `mode: cluster`, or remove the workers"),
         );
+    }
+    for src in &inv.image_sources {
+        if !src.path.exists() {
+            diags.push(
+                Diagnostic::error(
+                    "image-source-missing",
+                    format!("image source {} does not exist", src.path.display()),
+                    src.span.clone(),
+                    src.pointer.clone(),
+                )
+                .with_hint("an OCI image-layout directory, an OCI archive (.tar) or an images.tsv list; relative paths are resolved against the inventory's directory"),
+            );
+        }
     }
     if let Some(k) = &inv.known_hosts
         && !k.exists()

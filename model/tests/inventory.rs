@@ -346,3 +346,85 @@ all:
         false,
     );
 }
+
+/// `imageSources` (native) and `aion_image_sources` (Ansible `all.vars`): paths relative to the
+/// inventory, kept in order; a path that does not exist is an error at its entry.
+#[test]
+fn image_sources_native_and_ansible() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("layout")).unwrap();
+    std::fs::write(dir.path().join("app.tar"), b"").unwrap();
+    let native = "\
+imageSources:
+  - layout
+  - app.tar
+  - missing.tar
+hosts:
+  - {name: m, address: 10.0.0.2, role: master}
+";
+    let file = dir.path().join("inventory.yml");
+    let l = inventory::load_str(native, &file).expect("loads");
+    let paths: Vec<PathBuf> = l
+        .value
+        .image_sources
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            dir.path().join("layout"),
+            dir.path().join("app.tar"),
+            dir.path().join("missing.tar")
+        ]
+    );
+    let errs: Vec<&Diagnostic> = l.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let d = errs[0];
+    assert_eq!(d.code, "image-source-missing");
+    assert_eq!(d.pointer, "/imageSources/2");
+    assert_eq!((d.span.line, d.span.column), (4, 5), "{d}");
+    let text = d.to_string();
+    assert!(
+        text.contains("inventory.yml:4:5") && text.contains("missing.tar"),
+        "{text}"
+    );
+    at(
+        "imageSources: [/nonexistent/a.tar]\nhosts:\n  - {name: m, address: 10.0.0.2, role: master}\n",
+        "image-source-missing",
+        "/imageSources/0",
+        (1, 16),
+        false,
+    );
+
+    let ansible = "\
+all:
+  vars:
+    aion_image_sources: [layout]
+  children:
+    masters:
+      hosts:
+        m: {ansible_host: 10.0.0.2}
+";
+    let l = inventory::load_str(ansible, &file).expect("loads");
+    assert!(
+        l.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        l.diagnostics
+    );
+    assert_eq!(l.value.image_sources.len(), 1);
+    assert_eq!(l.value.image_sources[0].path, dir.path().join("layout"));
+    assert_eq!(
+        l.value.image_sources[0].pointer,
+        "/all/vars/aion_image_sources/0"
+    );
+    // not a list: a type error naming the key
+    let (_, d) = load_text(
+        "imageSources: app.tar\nhosts:\n  - {name: m, address: 10.0.0.2, role: master}\n",
+    );
+    assert!(
+        d.iter()
+            .any(|d| d.is_error() && d.pointer == "/imageSources"),
+        "{d:#?}"
+    );
+}

@@ -1085,6 +1085,7 @@ resources:
             known_hosts: None,
             kubeconfig: dir.path().join(".aion/kubeconfig"),
             revision_history: aion_model::inventory::DEFAULT_REVISION_HISTORY,
+            image_sources: Vec::new(),
             hosts: vec![inv_host("m1", Role::Master), inv_host("w1", Role::Worker)],
             span: Default::default(),
         };
