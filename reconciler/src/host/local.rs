@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Host, HostError, Output};
+use super::{BOOTSTRAP, Host, HostError, Input, Output, bootstrap_header, write_input};
 
 #[derive(Debug, Clone)]
 pub struct LocalHost {
@@ -19,6 +19,19 @@ pub struct LocalHost {
     pub root: PathBuf,
     /// Directory put first on `PATH`.
     pub bin: Option<PathBuf>,
+}
+
+impl LocalHost {
+    /// `sh` with `AION_ROOT` and `PATH` set.
+    fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.env("AION_ROOT", &self.root);
+        if let Some(bin) = &self.bin {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", bin.display()));
+        }
+        cmd
+    }
 }
 
 impl Host for LocalHost {
@@ -31,12 +44,8 @@ impl Host for LocalHost {
             host: self.name.clone(),
             source,
         };
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-s").env("AION_ROOT", &self.root);
-        if let Some(bin) = &self.bin {
-            let path = std::env::var("PATH").unwrap_or_default();
-            cmd.env("PATH", format!("{}:{path}", bin.display()));
-        }
+        let mut cmd = self.command();
+        cmd.arg("-s");
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -56,5 +65,88 @@ impl Host for LocalHost {
             stdout: out.stdout,
             stderr: out.stderr,
         })
+    }
+
+    async fn run_with_input(&self, script: &str, input: &[Input]) -> Result<Output, HostError> {
+        let err = |source| HostError::Local {
+            host: self.name.clone(),
+            source,
+        };
+        let mut child = self
+            .command()
+            .args(["-c", BOOTSTRAP])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(err)?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let header = bootstrap_header(script);
+        let write = async move {
+            let r = write_input(&mut stdin, &header, input).await;
+            let _ = stdin.shutdown().await;
+            r
+        };
+        let (w, out) = tokio::join!(write, child.wait_with_output());
+        let out = out.map_err(err)?;
+        if let Err((Some(path), message)) = w {
+            return Err(HostError::Input {
+                host: self.name.clone(),
+                path,
+                message,
+            });
+        }
+        Ok(Output {
+            status: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script arrives first, then every part in order; each `head -c` gets exactly its
+    /// part (the bootstrap leaves the input unread), file ranges included.
+    #[tokio::test]
+    async fn run_with_input_streams_parts_after_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blob");
+        std::fs::write(&file, b"0123456789abcdef").unwrap();
+        let h = LocalHost {
+            name: "l".into(),
+            root: dir.path().to_path_buf(),
+            bin: None,
+        };
+        // trailing newlines of the script survive the bootstrap
+        let script = "set -e\na=$(head -c 3)\nb=$(head -c 4)\nc=$(head -c 5)\nprintf '%s|%s|%s' \"$a\" \"$b\" \"$c\"\n\n\n";
+        let input = [
+            Input::Bytes(b"xyz".to_vec()),
+            Input::File {
+                path: file.clone(),
+                offset: 10,
+                len: 4,
+            },
+            Input::Bytes(b"tail!".to_vec()),
+        ];
+        let out = h.run_with_input(script, &input).await.unwrap();
+        assert!(out.success(), "{}", out.combined());
+        assert_eq!(out.stdout_str(), "xyz|abcd|tail!");
+        // a file shorter than the range: an error naming the file
+        let short = [Input::File {
+            path: file.clone(),
+            offset: 10,
+            len: 100,
+        }];
+        let e = h
+            .run_with_input("cat >/dev/null\n", &short)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, HostError::Input { path, .. } if *path == file),
+            "{e}"
+        );
     }
 }

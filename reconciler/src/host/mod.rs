@@ -58,6 +58,94 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    /// A local file streamed to a script could not be read (or is shorter than said).
+    #[error("{host}: cannot read {path} to send it: {message}")]
+    Input {
+        host: String,
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+/// One part of what [`Host::run_with_input`] streams to a script's stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Bytes(Vec<u8>),
+    /// `len` bytes of a local file from `offset` (a blob in an OCI layout directory, or
+    /// inside an archive), read while sending: never held in memory whole.
+    File {
+        path: std::path::PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Input {
+    pub fn len(&self) -> u64 {
+        match self {
+            Input::Bytes(b) => b.len() as u64,
+            Input::File { len, .. } => *len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a script with input is started: a fixed bootstrap reads the script's length, then the
+/// script, and evaluates it with the rest of stdin (the input) still unread. The script never
+/// appears on a command line; `read` takes the length byte by byte and `head -c` never reads
+/// past what it is asked for, so the input stays for the script.
+pub const BOOTSTRAP: &str =
+    "IFS= read -r n || exit 97; s=$(head -c \"$n\"; echo x); s=${s%x}; eval \"$s\"";
+
+/// The bytes that precede the input on stdin: the script's length, a newline, the script.
+pub fn bootstrap_header(script: &str) -> Vec<u8> {
+    let mut h = format!("{}\n", script.len()).into_bytes();
+    h.extend_from_slice(script.as_bytes());
+    h
+}
+
+/// Write `header` then every input to `w`, in chunks (files read as they are sent).
+pub async fn write_input<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    header: &[u8],
+    input: &[Input],
+) -> Result<(), (Option<std::path::PathBuf>, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+    w.write_all(header)
+        .await
+        .map_err(|e| (None, e.to_string()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    for part in input {
+        match part {
+            Input::Bytes(b) => w.write_all(b).await.map_err(|e| (None, e.to_string()))?,
+            Input::File { path, offset, len } => {
+                let local = |e: std::io::Error| (Some(path.clone()), e.to_string());
+                let mut f = tokio::fs::File::open(path).await.map_err(local)?;
+                f.seek(std::io::SeekFrom::Start(*offset))
+                    .await
+                    .map_err(local)?;
+                let mut left = *len;
+                while left > 0 {
+                    let want = left.min(buf.len() as u64) as usize;
+                    let n = f.read(&mut buf[..want]).await.map_err(local)?;
+                    if n == 0 {
+                        return Err((
+                            Some(path.clone()),
+                            format!("ends {left} byte(s) before offset {}", offset + len),
+                        ));
+                    }
+                    w.write_all(&buf[..n])
+                        .await
+                        .map_err(|e| (None, e.to_string()))?;
+                    left -= n as u64;
+                }
+            }
+        }
+    }
+    w.flush().await.map_err(|e| (None, e.to_string()))?;
+    Ok(())
 }
 
 /// One device the engine can run scripts on.
@@ -66,4 +154,11 @@ pub trait Host: Send + Sync {
     fn name(&self) -> &str;
     /// Run `script` with `sh` as root (the script arrives on stdin, never on a command line).
     fn run(&self, script: &str) -> impl Future<Output = Result<Output, HostError>> + Send;
+    /// Run `script` as root with `input` streamed on its stdin (see [`BOOTSTRAP`]): the script
+    /// reads it (e.g. `head -c SIZE > file` per part). Files are read while sending.
+    fn run_with_input(
+        &self,
+        script: &str,
+        input: &[Input],
+    ) -> impl Future<Output = Result<Output, HostError>> + Send;
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 
-use super::{Host, HostError, Output};
+use super::{BOOTSTRAP, Host, HostError, Input, Output, bootstrap_header, write_input};
 
 /// How to reach hosts; the same for every host of an inventory.
 #[derive(Debug, Clone)]
@@ -299,6 +299,72 @@ impl Host for SshHost {
             if out.status.code().is_none() {
                 return Err(transport(e.to_string()));
             }
+        }
+        Ok(Output {
+            status: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
+    async fn run_with_input(&self, script: &str, input: &[Input]) -> Result<Output, HostError> {
+        self.run_streamed(script, input).await
+    }
+}
+
+impl SshHost {
+    /// `sh` (through `sudo -n` when not root) with `args`.
+    fn sh(&self, args: &[&str]) -> openssh::OwningCommand<Arc<Session>> {
+        let mut c = if self.sudo {
+            let mut c = Session::to_command(Arc::clone(&self.session), "sudo");
+            c.args(["-n", "sh"]);
+            c
+        } else {
+            Session::to_command(Arc::clone(&self.session), "sh")
+        };
+        c.args(args);
+        c
+    }
+
+    /// [`Host::run_with_input`] over this connection: one more channel on the master.
+    async fn run_streamed(&self, script: &str, input: &[Input]) -> Result<Output, HostError> {
+        let transport = |message: String| HostError::Transport {
+            host: self.name.clone(),
+            message,
+        };
+        let mut child = self
+            .sh(&["-c", BOOTSTRAP])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .await
+            .map_err(|e| transport(error_chain(&e)))?;
+        let mut stdin = child
+            .stdin()
+            .take()
+            .ok_or_else(|| transport("no stdin".into()))?;
+        let header = bootstrap_header(script);
+        let write = async move {
+            let r = write_input(&mut stdin, &header, input).await;
+            let _ = stdin.shutdown().await;
+            drop(stdin);
+            r
+        };
+        let (w, out) = tokio::join!(write, child.wait_with_output());
+        let out = out.map_err(|e| transport(error_chain(&e)))?;
+        match w {
+            Err((Some(path), message)) => {
+                return Err(HostError::Input {
+                    host: self.name.clone(),
+                    path,
+                    message,
+                });
+            }
+            // The script may end before reading everything (it refused the input): not a
+            // transport error when it gave a status.
+            Err((None, e)) if out.status.code().is_none() => return Err(transport(e)),
+            _ => {}
         }
         Ok(Output {
             status: out.status.code().unwrap_or(-1),
