@@ -27,6 +27,9 @@ pub struct FactRequest {
     pub users: BTreeSet<String>,
     /// check id → read-only shell snippet; exit status 0 means "already done".
     pub checks: BTreeMap<String, String>,
+    /// What containerd's `k8s.io` namespace holds (images and content blobs): asked when the
+    /// inventory has image sources.
+    pub containerd: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +91,18 @@ pub struct HostFacts {
     /// user → groups; None = no such user.
     pub users: BTreeMap<String, Option<BTreeSet<String>>>,
     pub checks: BTreeMap<String, bool>,
+    /// containerd's `k8s.io` namespace, when asked for; None when not asked or `ctr` is missing
+    /// or cannot reach containerd (then every image has to be sent).
+    pub containerd: Option<ContainerdFacts>,
+}
+
+/// What containerd already holds (`ctr -n k8s.io images ls`, `content ls -q`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerdFacts {
+    /// image reference → manifest (or index) digest.
+    pub images: BTreeMap<String, String>,
+    /// Digests of the committed content blobs.
+    pub content: BTreeSet<String>,
 }
 
 impl HostFacts {
@@ -191,6 +206,18 @@ k() {
                 sh_quote(id)
             ));
         }
+        if self.containerd {
+            // Two `ctr` calls; a host without ctr, or whose containerd does not answer, says
+            // `CTR 0` (nothing there: everything is sent).
+            s.push_str(
+                r#"if command -v ctr >/dev/null 2>&1 && ci=$(ctr -n k8s.io images ls 2>/dev/null) && cc=$(ctr -n k8s.io content ls -q 2>/dev/null); then
+  printf 'CTR\t1\n'
+  printf '%s\n' "$ci" | awk 'NR > 1 && NF >= 3 {printf "I\t%s\t%s\n", $1, $3}'
+  printf '%s\n' "$cc" | awk 'NF >= 1 {printf "L\t%s\n", $1}'
+else printf 'CTR\t0\n'; fi
+"#,
+            );
+        }
         s.push_str("echo END\n");
         s
     }
@@ -271,6 +298,22 @@ pub fn parse(host: &str, stdout: &str, stderr: &str) -> Result<HostFacts, FactsE
             }
             ["C", id, status] => {
                 facts.checks.insert(id.to_string(), *status == "0");
+            }
+            ["CTR", "1"] => facts.containerd = Some(ContainerdFacts::default()),
+            ["CTR", _] => facts.containerd = None,
+            ["I", reference, digest] => {
+                facts
+                    .containerd
+                    .get_or_insert_with(ContainerdFacts::default)
+                    .images
+                    .insert(reference.to_string(), digest.to_string());
+            }
+            ["L", digest] => {
+                facts
+                    .containerd
+                    .get_or_insert_with(ContainerdFacts::default)
+                    .content
+                    .insert(digest.to_string());
             }
             ["END"] => ended = true,
             _ => return Err(bad("unexpected record")),
@@ -356,6 +399,51 @@ mod tests {
         assert!(f.users["aion"].as_ref().unwrap().contains("sudo"));
         assert_eq!(f.users["ghost"], None);
         assert!(f.checks["swap"] && !f.checks["init"]);
+    }
+
+    #[test]
+    fn containerd_records_and_a_host_without_ctr() {
+        let out = "CTR\t1\nI\taion.local/a:1\tsha256:aa\nL\tsha256:aa\nL\tsha256:bb\nEND\n";
+        let f = parse("h", out, "").unwrap();
+        let c = f.containerd.unwrap();
+        assert_eq!(c.images["aion.local/a:1"], "sha256:aa");
+        assert!(c.content.contains("sha256:bb") && c.content.len() == 2);
+        let f = parse("h", "CTR\t0\nEND\n", "").unwrap();
+        assert_eq!(f.containerd, None);
+        // not asked: no ctr in the script
+        assert!(!FactRequest::default().script().contains("ctr"));
+        let req = FactRequest {
+            containerd: true,
+            ..FactRequest::default()
+        };
+        assert!(req.script().contains("ctr -n k8s.io content ls -q"));
+    }
+
+    /// The script runs where there is no ctr (a scratch root without containerd): `CTR 0`.
+    #[tokio::test]
+    async fn containerd_facts_without_ctr_say_none() {
+        use crate::host::Host as _;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        // a `ctr` that cannot reach containerd
+        std::fs::write(bin.join("ctr"), "#!/bin/sh\nexit 1\n").unwrap();
+        let mut p = std::fs::metadata(bin.join("ctr")).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o755);
+        std::fs::set_permissions(bin.join("ctr"), p).unwrap();
+        let h = crate::host::local::LocalHost {
+            name: "l".into(),
+            root: dir.path().to_path_buf(),
+            bin: Some(bin),
+        };
+        let req = FactRequest {
+            user: "root".into(),
+            containerd: true,
+            ..FactRequest::default()
+        };
+        let out = h.run(&req.script()).await.unwrap();
+        let f = parse("l", &out.stdout_str(), "").unwrap();
+        assert_eq!(f.containerd, None);
     }
 
     #[test]
