@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::change::{Action, Change, ClusterStep};
 use crate::facts::{self, HostFacts};
 use crate::host::Host;
+use crate::images;
 use crate::plan::{self, ClusterCheck, HostPlan, Plan};
 use crate::progress::{Log, Progress, tail};
 use crate::roles::{HostSpec, LocalFacts, Resource};
@@ -31,9 +32,15 @@ pub trait ClusterOps: Send + Sync {
     fn run(&self, step: &ClusterStep) -> impl Future<Output = Result<String, String>> + Send;
 }
 
-/// Gather one host's facts (one script, one round trip).
-pub async fn gather<H: Host>(host: &H, spec: &HostSpec) -> Result<HostFacts, String> {
-    let req = plan::fact_request(spec);
+/// Gather one host's facts (one script, one round trip); with `containerd`, also what its
+/// containerd holds (images, content blobs).
+pub async fn gather<H: Host>(
+    host: &H,
+    spec: &HostSpec,
+    containerd: bool,
+) -> Result<HostFacts, String> {
+    let mut req = plan::fact_request(spec);
+    req.containerd = containerd;
     let script = req.script();
     tracing::trace!(host = %host.name(), "facts script:\n{script}");
     let out = host.run(&script).await.map_err(|e| e.to_string())?;
@@ -75,12 +82,15 @@ pub fn local_facts(specs: &[HostSpec]) -> LocalFacts {
 }
 
 /// Plan every host: facts in parallel (at most `parallel` at once), cluster steps checked
-/// when the master has nothing left to do on the host side.
+/// when the master has nothing left to do on the host side; the images of `images` (host →
+/// the images its pods run, empty without `imageSources`) against its containerd, whose
+/// facts come in the same round trip.
 pub async fn plan_all<H: Host, C: ClusterOps>(
     specs: &[HostSpec],
     hosts: &BTreeMap<String, Result<Arc<H>, String>>,
     cluster: &C,
     parallel: usize,
+    images: &images::Wanted,
 ) -> Plan {
     let local = local_facts(specs);
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
@@ -98,6 +108,7 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
                 unchanged: 0,
                 error: Some(error),
                 warnings: Vec::new(),
+                images: Vec::new(),
             };
             let host = match hosts.get(&spec.host.name) {
                 Some(Ok(h)) => h.clone(),
@@ -105,7 +116,8 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
                 None => return unreachable("not connected".into()),
             };
             let t = std::time::Instant::now();
-            let facts = match gather(host.as_ref(), spec).await {
+            let wanted = images.get(&spec.host.name);
+            let facts = match gather(host.as_ref(), spec, wanted.is_some()).await {
                 Ok(f) => f,
                 Err(e) => return unreachable(e),
             };
@@ -136,7 +148,12 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
                     .collect(),
             };
             match plan::plan_host(spec, &facts, local, &checks) {
-                Ok(p) => p,
+                Ok(mut p) => {
+                    if let Some(w) = wanted {
+                        p.images = images::plan_host(w, facts.containerd.as_ref());
+                    }
+                    p
+                }
                 Err(e) => unreachable(e.to_string()),
             }
         }
@@ -164,6 +181,9 @@ impl HostOutcome {
 pub struct ApplyReport {
     pub hosts: Vec<(String, HostOutcome)>,
     pub changed: usize,
+    /// What each host received in the images phase.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub images: Vec<(String, images::Received)>,
 }
 
 impl ApplyReport {
@@ -249,7 +269,134 @@ pub async fn apply<H: Host, C: ClusterOps>(plan: &Plan, cx: &Context<'_, H, C>) 
             Some((hp.host.clone(), o))
         })
         .collect();
-    ApplyReport { hosts, changed }
+    ApplyReport {
+        hosts,
+        changed,
+        images: Vec::new(),
+    }
+}
+
+/// Send and import one host's images: the blobs it lacks streamed over the open connection
+/// into a staging directory, each checked (size, SHA-256) on the host before
+/// `ctr -n k8s.io images import` (see [`images::receive_script`]). Ok: what it received;
+/// Err: (short error, full output for the log).
+pub async fn send_images<H: Host>(
+    host: &H,
+    user: &str,
+    changes: &[images::ImageChange],
+) -> Result<images::Received, (String, String)> {
+    let script = images::receive_script(user, changes);
+    let input = images::send_input(changes);
+    let out = host
+        .run_with_input(&script, &input)
+        .await
+        .map_err(|e| (e.to_string(), String::new()))?;
+    if !out.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err((
+            format!(
+                "images not imported (exit {}): {}",
+                out.status,
+                tail(err.trim(), 3).replace('\n', " | ")
+            ),
+            out.combined(),
+        ));
+    }
+    Ok(images::parse_received(&out.stdout_str()))
+}
+
+/// The images phase (after the host changes, before the cluster): every host that converged
+/// and has images to import gets them, in parallel up to the cap. A host whose images fail is
+/// `Failed` at step `images`.
+pub async fn apply_images<H: Host, C: ClusterOps>(
+    plan: &Plan,
+    report: &mut ApplyReport,
+    cx: &Context<'_, H, C>,
+) {
+    let sem = Semaphore::new(cx.parallel.max(1));
+    let todo: Vec<(&HostPlan, Arc<H>)> = plan
+        .hosts
+        .iter()
+        .filter(|hp| !hp.images.is_empty() && report.outcome(&hp.host).is_some_and(HostOutcome::ok))
+        .filter_map(|hp| match cx.hosts.get(&hp.host) {
+            Some(Ok(h)) => Some((hp, h.clone())),
+            _ => None,
+        })
+        .collect();
+    let results = join_all(todo.iter().map(|(hp, h)| {
+        let sem = &sem;
+        async move {
+            let _permit = sem.acquire().await;
+            let what = format!(
+                "images: {} ({} to send)",
+                hp.images.len(),
+                images::human_bytes(hp.images.iter().map(|i| i.bytes).sum())
+            );
+            cx.progress.step(&hp.host, 0, 1, &what);
+            let r = send_images(h.as_ref(), &hp.user, &hp.images).await;
+            match &r {
+                Ok(got) => {
+                    let lines: Vec<String> = got
+                        .imported
+                        .iter()
+                        .map(|(r, d)| format!("imported {r} {d}"))
+                        .collect();
+                    cx.log.write(
+                        &hp.host,
+                        &format!(
+                            "images ok: {} blob(s), {} byte(s) received",
+                            got.blobs.len(),
+                            got.bytes()
+                        ),
+                        &lines.join("\n"),
+                    );
+                    cx.progress.host_done(
+                        &hp.host,
+                        &format!(
+                            "{} image(s) imported ({} sent)",
+                            got.imported.len(),
+                            images::human_bytes(got.bytes())
+                        ),
+                        true,
+                    );
+                }
+                Err((error, output)) => {
+                    cx.log
+                        .write(&hp.host, &format!("images FAILED: {error}"), output);
+                    cx.progress.failure(
+                        &hp.host,
+                        "images",
+                        &cx.log.redact(&tail(output, TAIL_LINES)),
+                    );
+                    cx.progress
+                        .host_done(&hp.host, &format!("failed at images: {error}"), false);
+                }
+            }
+            (hp.host.clone(), hp.images.len(), r)
+        }
+    }))
+    .await;
+    for (host, n, r) in results {
+        match r {
+            Ok(got) => {
+                report.changed += n;
+                if let Some((_, HostOutcome::Converged { changed })) =
+                    report.hosts.iter_mut().find(|(h, _)| *h == host)
+                {
+                    *changed += n;
+                }
+                report.images.push((host, got));
+            }
+            Err((error, _)) => {
+                if let Some((_, o)) = report.hosts.iter_mut().find(|(h, _)| *h == host) {
+                    *o = HostOutcome::Failed {
+                        step: "images".into(),
+                        error,
+                    };
+                }
+            }
+        }
+    }
 }
 
 async fn run_phase<H: Host, C: ClusterOps>(
@@ -1131,7 +1278,7 @@ resources:
         specs: &[HostSpec],
         cluster: &FakeCluster,
     ) -> (Plan, ApplyReport, String) {
-        let plan = plan_all(specs, &b.hosts, cluster, 4).await;
+        let plan = plan_all(specs, &b.hosts, cluster, 4, &images::Wanted::new()).await;
         let log = Log::create(&b.dir.path().join("logs")).unwrap();
         let progress = Progress::new(false);
         let cx = Context {
@@ -1257,7 +1404,7 @@ resources:
         let mut inv = b.inv.clone();
         inv.hosts[1].vars.gpu = true;
         let specs = crate::roles::load_with(&inv, ROLES).unwrap();
-        let plan3 = plan_all(&specs, &b.hosts, &cluster, 4).await;
+        let plan3 = plan_all(&specs, &b.hosts, &cluster, 4, &images::Wanted::new()).await;
         assert!(plan3.host("m1").unwrap().changes.is_empty());
         let ids: Vec<&str> = plan3
             .host("w1")

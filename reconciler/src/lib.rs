@@ -8,6 +8,7 @@ pub mod execute;
 pub mod facts;
 pub mod graph;
 pub mod host;
+pub mod images;
 pub mod kubeclient;
 pub mod live;
 pub mod lock;

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::change::{Action, Change, ChangeKind, ClusterStep};
 use crate::facts::{FactRequest, HostFacts};
+use crate::images::ImageChange;
 use crate::roles::{HostSpec, LocalFacts, ResourceError};
 use crate::shell::sh_quote;
 
@@ -39,6 +40,9 @@ pub struct HostPlan {
     /// What the plan cannot do and the person should know (each names the setting).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Images to send and import (inventories with `imageSources`), after the host changes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageChange>,
 }
 
 /// Counts over the whole plan.
@@ -49,6 +53,9 @@ pub struct Counts {
     pub unchanged: usize,
     pub failed_hosts: usize,
     pub warnings: usize,
+    /// Images to import, and the bytes to send for them.
+    pub images: usize,
+    pub image_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +73,8 @@ impl Plan {
             if h.error.is_some() {
                 counts.failed_hosts += 1;
             }
+            counts.images += h.images.len();
+            counts.image_bytes += h.images.iter().map(|i| i.bytes).sum::<u64>();
             for c in &h.changes {
                 match c.kind {
                     ChangeKind::Create => counts.create += 1,
@@ -77,7 +86,7 @@ impl Plan {
     }
 
     pub fn has_changes(&self) -> bool {
-        self.counts.create + self.counts.change > 0
+        self.counts.create + self.counts.change + self.counts.images > 0
     }
 
     pub fn host(&self, name: &str) -> Option<&HostPlan> {
@@ -191,6 +200,7 @@ pub fn plan_host(
         unchanged,
         error: None,
         warnings,
+        images: Vec::new(),
     })
 }
 

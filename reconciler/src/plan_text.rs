@@ -65,6 +65,14 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
                 }
             }
         }
+        for i in &h.images {
+            let sign = if i.replaces.is_some() {
+                style.paint("33", "~")
+            } else {
+                style.paint("32", "+")
+            };
+            let _ = writeln!(out, "  {sign} {}", i.describe());
+        }
         let _ = writeln!(out, "  {} unchanged", h.unchanged);
     }
     let c = plan.counts;
@@ -73,6 +81,14 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
         "Hosts: {} to create, {} to change, {} unchanged",
         c.create, c.change, c.unchanged
     );
+    if c.images > 0 {
+        let _ = write!(
+            out,
+            ", {} image(s) to import ({} to send)",
+            c.images,
+            crate::images::human_bytes(c.image_bytes)
+        );
+    }
     if c.failed_hosts > 0 {
         let _ = write!(out, ", {} host(s) could not be planned", c.failed_hosts);
     }
@@ -117,6 +133,7 @@ mod tests {
             unchanged: 3,
             error: None,
             warnings: vec![],
+            images: vec![],
         };
         let bad = HostPlan {
             host: "w".into(),
@@ -134,6 +151,8 @@ mod tests {
                 unchanged: 3,
                 failed_hosts: 1,
                 warnings: 0,
+                images: 0,
+                image_bytes: 0,
             }
         );
         let t = render_text(&p, Style { color: false });

@@ -28,6 +28,7 @@ use crate::cluster::history::{self, History};
 use crate::cluster::{self, ClusterPlan, ExecuteOptions};
 use crate::execute::{self, ApplyReport, Context, HostOutcome, kube_steps::KubeCluster};
 use crate::host::ssh::{SshHost, SshOptions};
+use crate::images;
 use crate::lock::{self, LocalLock};
 use crate::manifest::{Manifests, ObjectKey};
 use crate::plan::Plan;
@@ -146,6 +147,8 @@ pub struct Prepared {
     pub cluster: KubeCluster,
     /// `<inventory dir>/.aion`: local lock, logs, SSH control sockets.
     pub state_dir: PathBuf,
+    /// host → the images its pods run, resolved in `imageSources` (empty without them).
+    pub images: images::Wanted,
 }
 
 /// Load the inventory, render the roles (duplicate hostnames and bad roles fail here, before
@@ -170,6 +173,8 @@ pub async fn prepare(o: &Options) -> anyhow::Result<Prepared> {
     }
     let inventory = loaded.value;
     let specs = roles::load(&inventory)?;
+    // Images: an image no source has fails here, before any connection.
+    let images = wanted_images(&o.inventory, &inventory)?;
     let flannel = roles::render_template(&inventory, "flannel.yaml")?;
     let cluster = KubeCluster::new(
         inventory.kubeconfig.clone(),
@@ -198,6 +203,34 @@ pub async fn prepare(o: &Options) -> anyhow::Result<Prepared> {
         hosts: conns.into_iter().collect(),
         cluster,
         state_dir,
+        images,
+    })
+}
+
+/// Each host's images from the inventory's `imageSources` (none without them): the images of
+/// the pods the rendered manifests put on it, found in the sources. Every image no source has
+/// is reported (host, object, reference), and nothing goes on.
+pub fn wanted_images(path: &Path, inventory: &Inventory) -> anyhow::Result<images::Wanted> {
+    if inventory.image_sources.is_empty() {
+        return Ok(images::Wanted::new());
+    }
+    let (_, manifests) = load_and_render(path)?;
+    let paths: Vec<PathBuf> = inventory
+        .image_sources
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    let catalog = images::read_sources(&paths)?;
+    images::resolve(&images::needed(&manifests), &catalog).map_err(|errors| {
+        anyhow::anyhow!(
+            "{} image(s) in no image source; nothing was sent:\n{}",
+            errors.len(),
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     })
 }
 
@@ -244,7 +277,7 @@ pub async fn plan_cluster(inventory: &Path, kubeconfig: &Path) -> anyhow::Result
 /// cluster part needs only the kubeconfig, not the host facts).
 pub async fn plan_both(o: &Options, p: &Prepared) -> (Plan, anyhow::Result<ClusterPart>) {
     tokio::join!(
-        execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel),
+        execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel, &p.images),
         plan_cluster(&o.inventory, &p.inventory.kubeconfig)
     )
 }
@@ -305,6 +338,7 @@ impl Outcome {
                 .map(|h| (h.host.clone(), HostOutcome::Converged { changed: 0 }))
                 .collect(),
             changed: 0,
+            images: Vec::new(),
         };
         Outcome {
             plan,
@@ -338,11 +372,13 @@ pub async fn apply(
             let result = async {
                 // 2. Re-plan under the locks (someone may have changed the hosts meanwhile);
                 //    this is the plan shown and executed.
-                let plan = execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel).await;
+                let plan =
+                    execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel, &p.images).await;
                 show_plan(Shown::Hosts(&plan))?;
                 let log = Log::create(&p.state_dir.join("logs"))?;
                 // 3. Hosts in phases: masters (host changes, then their cluster steps), then
-                //    the workers in parallel.
+                //    the workers in parallel; then each converged host's images (only the
+                //    blobs it lacks, verified on the host before the import).
                 let report = apply_hosts(&plan, &p, &log, o.parallel).await;
                 // 4. Cluster plan: the rendered manifests against the live cluster, once every
                 //    host converged (the manifests pin pods to those nodes).
@@ -437,8 +473,9 @@ impl Locks {
     }
 }
 
-/// Phase 3: execute the host changes of `plan` (see [`execute::apply`]), with progress on
-/// stderr (bars on a terminal without `NO_COLOR`) and everything in `log`.
+/// Phase 3: execute the host changes of `plan` (see [`execute::apply`]), then its images
+/// ([`execute::apply_images`]), with progress on stderr (bars on a terminal without
+/// `NO_COLOR`) and everything in `log`.
 async fn apply_hosts(plan: &Plan, p: &Prepared, log: &Log, parallel: usize) -> ApplyReport {
     let fancy = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -450,7 +487,9 @@ async fn apply_hosts(plan: &Plan, p: &Prepared, log: &Log, parallel: usize) -> A
         log,
         parallel,
     };
-    execute::apply(plan, &cx).await
+    let mut report = execute::apply(plan, &cx).await;
+    execute::apply_images(plan, &mut report, &cx).await;
+    report
 }
 
 /// What the cluster should hold: the inventory and manifests the cluster plan was made from.
