@@ -1,0 +1,543 @@
+//! Images for devices without a registry, on the real testbed (real containerd on every host):
+//! OCI images built here (layout directory, uncompressed tar layers written in Rust) are named by
+//! a microservice on every host; the testbed's own images (`images.tsv` of `scripts/images`) are
+//! the second source, for the core, which the hosts already have.
+//!
+//! 1. The hosts are provisioned without image sources (nothing about images happens).
+//! 2. With `imageSources`: the first plan shows image A on every host with every blob's bytes;
+//!    apply sends exactly those; the second plan shows nothing to send.
+//! 3. Image B shares A's base layer: the plan and apply send only B's own blobs (bytes counted).
+//! 4. Image C, one of whose blobs in the source does not match its digest: refused on every
+//!    host, nothing imported, no staging left.
+//! 5. An image no source has: `plan` fails naming the host, the object and the reference.
+//!
+//! Every image of the test is named `aion.local/aion-imgtest-…`; a guard removes them from
+//! every host's containerd at the end, also on failure, then the cluster objects and the hosts
+//! are reset as the other testbed tests leave them.
+//!
+//! Fails (never skips) under `AION_REQUIRE_TESTBED=1 AION_REQUIRE_K8S=1`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use aion_integration_tests::k8s;
+use aion_integration_tests::testbed::{self, Testbed, inventory_copy, rt};
+use aion_reconcile::commands::plan::{Common, Format};
+use aion_reconcile::reconcile;
+use sha2::Digest as _;
+
+/// Every image of this test is `aion.local/<PREFIX>…`.
+const PREFIX: &str = "aion-imgtest-";
+
+fn digest(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+/// A ustar archive of `files` (path → content) under one directory.
+fn tar(dir: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    fn header(name: &str, size: usize, kind: u8, mode: &str) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(format!("{mode}\0").as_bytes());
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[148..156].copy_from_slice(b"        ");
+        h[156] = kind;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&header(&format!("{dir}/"), 0, b'5', "0000755"));
+    for (name, content) in files {
+        out.extend_from_slice(&header(
+            &format!("{dir}/{name}"),
+            content.len(),
+            b'0',
+            "0000644",
+        ));
+        out.extend_from_slice(content);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// `n` pseudo-random bytes from `seed` (xorshift): layers that do not compress away and differ
+/// per run.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An OCI image-layout directory being written.
+struct Layout {
+    dir: PathBuf,
+    index: Vec<serde_json::Value>,
+}
+
+/// One image written into a layout: its reference, manifest digest, blobs (digest, size) and
+/// each layer's digest.
+#[derive(Debug, Clone)]
+struct Built {
+    reference: String,
+    digest: String,
+    blobs: Vec<(String, u64)>,
+    layers: Vec<String>,
+}
+
+impl Built {
+    fn bytes(&self) -> u64 {
+        self.blobs.iter().map(|b| b.1).sum()
+    }
+}
+
+impl Layout {
+    fn new(dir: PathBuf) -> Layout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        Layout {
+            dir,
+            index: Vec::new(),
+        }
+    }
+
+    fn put(&self, blob: &[u8]) -> (String, u64) {
+        let d = digest(blob);
+        std::fs::write(self.blob_path(&d), blob).unwrap();
+        (d, blob.len() as u64)
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// An image of `layers` (uncompressed tars) named `reference`, for this machine's platform.
+    fn image(&mut self, reference: &str, layers: &[Vec<u8>]) -> Built {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let ls: Vec<(String, u64)> = layers.iter().map(|l| self.put(l)).collect();
+        let config = serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": ["/imgtest/none"]},
+            "rootfs": {"type": "layers", "diff_ids": ls.iter().map(|l| l.0.clone()).collect::<Vec<_>>()},
+        })
+        .to_string();
+        let c = self.put(config.as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c.0, "size": c.1},
+            "layers": ls.iter().map(|l| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.0, "size": l.1
+            })).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let m = self.put(manifest.as_bytes());
+        self.index.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m.0, "size": m.1,
+            "annotations": {"io.containerd.image.name": reference},
+        }));
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::json!({"schemaVersion": 2, "manifests": self.index}).to_string(),
+        )
+        .unwrap();
+        let mut blobs = vec![m.clone(), c];
+        blobs.extend(ls.iter().cloned());
+        Built {
+            reference: reference.to_string(),
+            digest: m.0,
+            blobs,
+            layers: ls.into_iter().map(|l| l.0).collect(),
+        }
+    }
+}
+
+/// The testbed's images list (`scripts/images`): the core's images, which the hosts have.
+fn testbed_images_list() -> PathBuf {
+    let dir = std::env::var_os("AION_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/aion/images")
+        });
+    let list = dir.join("images.tsv");
+    assert!(
+        list.is_file(),
+        "{} missing: the testbed's images are listed there by `scripts/images build`",
+        list.display()
+    );
+    list
+}
+
+/// Each host's services file: the test's microservices (idle: `startup: no`, so no pod runs
+/// the test images; they are needed all the same).
+fn write_services(tb: &Testbed, dir: &Path, names: &[&str]) {
+    for h in &tb.hosts {
+        let mut s = format!("deviceName: {}\nmicroservices:\n", h.name);
+        for n in names {
+            s.push_str(&format!(
+                "  {PREFIX}{n}:\n    startup: no\n    always: yes\n    scale: 1\n    tag: \"1\"\n"
+            ));
+        }
+        std::fs::write(dir.join(format!("services-{}.yml", h.name)), s).unwrap();
+    }
+}
+
+/// The testbed inventory with each host running its services file from `dir`, and the given
+/// image sources.
+fn inventory(tb: &Testbed, dir: &Path, sources: &[PathBuf]) -> PathBuf {
+    let services_dir = dir.to_path_buf();
+    let sources = sources.to_vec();
+    inventory_copy(tb, dir, move |text| {
+        let mut out = String::new();
+        if !sources.is_empty() {
+            out.push_str("imageSources:\n");
+            for s in &sources {
+                out.push_str(&format!("  - {}\n", s.display()));
+            }
+        }
+        for line in text.lines() {
+            if line.trim_start().starts_with("services: ") {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if let Some(name) = line.strip_prefix("  - name: ") {
+                out.push_str(&format!(
+                    "    services: {}\n",
+                    services_dir
+                        .join(format!("services-{}.yml", name.trim()))
+                        .display()
+                ));
+            }
+        }
+        out
+    })
+}
+
+fn common(inventory: &Path) -> Common {
+    Common {
+        inventory: inventory.to_owned(),
+        parallel: 16,
+        accept_new_host_keys: false,
+        connect_timeout: 5,
+        ssh_persist: 60,
+        output: Format::Text,
+    }
+}
+
+fn apply(inventory: &Path) -> reconcile::Outcome {
+    let args = aion_reconcile::commands::apply::Args {
+        common: common(inventory),
+        lock_stale_after: 7200,
+        wait: false,
+        atomic: false,
+        timeout: 600,
+    };
+    let outcome = aion_reconcile::commands::apply::run_blocking(&args).unwrap();
+    print!("{}", outcome.summary());
+    outcome
+}
+
+fn plan(inventory: &Path) -> anyhow::Result<aion_reconcile::plan::Plan> {
+    let (plan, _cluster) = rt().block_on(reconcile::plan(&common(inventory).options()))?;
+    print!(
+        "{}",
+        aion_reconcile::plan_text::render_text(
+            &plan,
+            aion_reconcile::plan_text::Style { color: false }
+        )
+    );
+    Ok(plan)
+}
+
+/// Each host's images of this test in its containerd: reference → digest.
+fn host_images(tb: &Testbed) -> BTreeMap<String, BTreeMap<String, String>> {
+    tb.hosts
+        .iter()
+        .map(|h| {
+            let out = tb.run_as_root(h, "ctr -n k8s.io images ls");
+            let imgs = out
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() >= 3 && f[0].contains(PREFIX))
+                        .then(|| (f[0].to_string(), f[2].to_string()))
+                })
+                .collect();
+            (h.name.clone(), imgs)
+        })
+        .collect()
+}
+
+/// At the end, also on failure: the test's images out of every host's containerd, then the
+/// cluster objects and the hosts as the other testbed tests expect them.
+struct Cleanup<'a> {
+    tb: &'a Testbed,
+    down: Option<aion_reconcile::commands::down::Args>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let rm = format!(
+            "command -v ctr >/dev/null || exit 0; ctr -n k8s.io images ls -q | grep -F {PREFIX} | while read -r r; do ctr -n k8s.io images rm --sync \"$r\" >/dev/null; done; \
+             rm -rf /var/lib/aion/images/.staging.*; echo cleaned"
+        );
+        for h in &self.tb.hosts {
+            let ok = self
+                .tb
+                .ssh(h, &testbed::as_root(h, &rm))
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cleaned"));
+            eprintln!(
+                "cleanup: test images removed from {}: {}",
+                h.name,
+                if ok { "yes" } else { "FAILED" }
+            );
+        }
+        if let Some(down) = self.down.take() {
+            let _ = aion_reconcile::commands::down::run(&down);
+        }
+        if !std::thread::panicking() {
+            self.tb.reset_all();
+        } else {
+            // (panic-free while unwinding: ResetIfFailed's way)
+            let _guard = testbed::ResetIfFailed(self.tb);
+        }
+    }
+}
+
+#[test]
+fn images_are_sent_once_only_what_is_missing_and_verified() {
+    let Some(tb) = testbed::require() else { return };
+    let Some(cluster) = k8s::require() else {
+        return;
+    };
+    let list = testbed_images_list();
+    let dir = tempfile::tempdir().unwrap();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+
+    // Images: A and B share a base layer (different per run: nothing of it is on a host yet).
+    let mut layout = Layout::new(dir.path().join("layout"));
+    let base = tar("imgtest", &[("base.bin", &noise(nonce, 384 * 1024))]);
+    let a = layout.image(
+        &format!("aion.local/{PREFIX}a:1"),
+        &[
+            base.clone(),
+            tar("imgtest", &[("a.bin", &noise(nonce + 1, 48 * 1024))]),
+        ],
+    );
+    let b = layout.image(
+        &format!("aion.local/{PREFIX}b:1"),
+        &[
+            base.clone(),
+            tar("imgtest", &[("b.bin", &noise(nonce + 2, 96 * 1024))]),
+        ],
+    );
+    let c = layout.image(
+        &format!("aion.local/{PREFIX}c:1"),
+        &[
+            base,
+            tar("imgtest", &[("c.bin", &noise(nonce + 3, 16 * 1024))]),
+        ],
+    );
+    assert_eq!(a.layers[0], b.layers[0]);
+    let sources = vec![layout.dir.clone(), list];
+
+    let down = || aion_reconcile::commands::down::Args {
+        inventory: dir.path().join("inventory.yml"),
+        kubeconfig: Some(cluster.kubeconfig().to_owned()),
+        dry_run: false,
+    };
+    write_services(&tb, dir.path(), &["a"]);
+    inventory(&tb, dir.path(), &[]);
+    let _cleanup = Cleanup {
+        tb: &tb,
+        down: Some(down()),
+    };
+    tb.reset_all();
+    assert_eq!(aion_reconcile::commands::down::run(&down()).unwrap(), 0);
+
+    // 1. Provision the hosts, no image sources.
+    let inv = inventory(&tb, dir.path(), &[]);
+    let t0 = std::time::Instant::now();
+    let outcome = apply(&inv);
+    assert!(outcome.ok(), "provisioning apply:\n{}", outcome.summary());
+    assert!(outcome.report.images.is_empty());
+    eprintln!("provisioning apply: {:.0} s", t0.elapsed().as_secs_f64());
+
+    // 2. With image sources: A on every host, every blob.
+    let inv = inventory(&tb, dir.path(), &sources);
+    let p = plan(&inv).unwrap();
+    for h in &tb.hosts {
+        let hp = p.host(&h.name).unwrap();
+        assert_eq!(hp.error, None);
+        let refs: Vec<&str> = hp.images.iter().map(|i| i.reference.as_str()).collect();
+        assert_eq!(
+            refs,
+            [a.reference.as_str()],
+            "{}: only the test image (the core is there)",
+            h.name
+        );
+        let i = &hp.images[0];
+        assert_eq!(i.digest, a.digest);
+        assert_eq!((i.bytes, i.blobs, i.blobs_total), (a.bytes(), 4, 4));
+        assert_eq!(i.replaces, None);
+    }
+    let text = aion_reconcile::plan_text::render_text(
+        &p,
+        aion_reconcile::plan_text::Style { color: false },
+    );
+    assert!(
+        text.contains(&format!(
+            "  + image {} — {} ({} to send: 4 of 4 blobs)",
+            a.reference,
+            a.digest,
+            aion_reconcile::images::human_bytes(a.bytes())
+        )),
+        "{text}"
+    );
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["hosts"][0]["images"][0]["bytes"], a.bytes());
+    assert_eq!(json["hosts"][0]["images"][0]["reference"], a.reference);
+
+    let outcome = apply(&inv);
+    assert!(outcome.ok(), "apply with A:\n{}", outcome.summary());
+    assert_eq!(outcome.report.images.len(), tb.hosts.len());
+    for (host, got) in &outcome.report.images {
+        eprintln!(
+            "{host}: A: {} bytes in {} blobs",
+            got.bytes(),
+            got.blobs.len()
+        );
+        assert_eq!(got.bytes(), a.bytes(), "{host}");
+        assert_eq!(got.imported, vec![(a.reference.clone(), a.digest.clone())]);
+    }
+    for (host, imgs) in host_images(&tb) {
+        assert_eq!(imgs.get(&a.reference), Some(&a.digest), "{host}: {imgs:?}");
+    }
+    let p = plan(&inv).unwrap();
+    assert_eq!(p.counts.images, 0, "second plan: nothing to send");
+    assert!(p.hosts.iter().all(|h| h.images.is_empty()));
+
+    // 3. B shares A's base layer: only B's own blobs (manifest, config, its layer).
+    write_services(&tb, dir.path(), &["a", "b"]);
+    let own_b: u64 = b.bytes() - b.blobs[2].1;
+    let p = plan(&inv).unwrap();
+    for hp in &p.hosts {
+        assert_eq!(hp.images.len(), 1, "{}", hp.host);
+        let i = &hp.images[0];
+        assert_eq!(i.reference, b.reference);
+        assert_eq!(
+            (i.bytes, i.blobs, i.blobs_total),
+            (own_b, 3, 4),
+            "{}",
+            hp.host
+        );
+    }
+    let outcome = apply(&inv);
+    assert!(outcome.ok(), "apply with B:\n{}", outcome.summary());
+    for (host, got) in &outcome.report.images {
+        eprintln!(
+            "{host}: B: {} bytes in {} blobs (of {} in the image)",
+            got.bytes(),
+            got.blobs.len(),
+            b.bytes()
+        );
+        assert_eq!(got.bytes(), own_b, "{host}: only B's own blobs");
+        assert!(got.blobs.iter().all(|(d, _)| *d != b.layers[0]));
+    }
+    // containerd took the base layer from its content store: B is there, unpacked.
+    for (host, imgs) in host_images(&tb) {
+        assert_eq!(imgs.get(&b.reference), Some(&b.digest), "{host}: {imgs:?}");
+    }
+    for h in &tb.hosts {
+        let out = tb.run_as_root(
+            h,
+            &format!(
+                "ctr -n k8s.io images check | grep -F {} || true",
+                testbed::shell_quote(&b.reference)
+            ),
+        );
+        assert!(out.contains("complete"), "{}: {out}", h.name);
+    }
+
+    // 4. C's own layer does not match its digest in the source: refused, nothing imported.
+    write_services(&tb, dir.path(), &["a", "b", "c"]);
+    let c_layer = layout.blob_path(&c.layers[1]);
+    let mut bad = std::fs::read(&c_layer).unwrap();
+    let last = bad.len() - 1025; // inside the file's data, before the end blocks
+    bad[last] ^= 0xff;
+    std::fs::write(&c_layer, &bad).unwrap();
+    let outcome = apply(&inv);
+    assert!(!outcome.ok(), "a corrupt blob must fail the apply");
+    for h in &tb.hosts {
+        match outcome.report.outcome(&h.name) {
+            Some(aion_reconcile::execute::HostOutcome::Failed { step, error }) => {
+                assert_eq!(step, "images");
+                assert!(
+                    error.contains("does not match") && error.contains(&c.layers[1]),
+                    "{}: {error}",
+                    h.name
+                );
+            }
+            other => panic!("{}: {other:?}", h.name),
+        }
+        let left = tb.run_as_root(h, "ls -A /var/lib/aion/images");
+        assert_eq!(left.trim(), "", "{}: staging left behind", h.name);
+    }
+    assert!(
+        outcome.cluster.is_err(),
+        "the cluster part is skipped when the images failed"
+    );
+    for (host, imgs) in host_images(&tb) {
+        assert!(
+            !imgs.contains_key(&c.reference),
+            "{host}: C imported: {imgs:?}"
+        );
+    }
+
+    // 5. An image no source has: plan fails naming host, object and reference.
+    write_services(&tb, dir.path(), &["a", "ghost"]);
+    let e = plan(&inv).unwrap_err();
+    let msg = format!("{e:#}");
+    for h in &tb.hosts {
+        assert!(
+            msg.contains(&format!("host {}: Deployment/", h.name))
+                && msg.contains(&format!(
+                    "image aion.local/{PREFIX}ghost:1 is in no image source"
+                )),
+            "{msg}"
+        );
+    }
+    assert!(msg.contains("nothing was sent"), "{msg}");
+    let after = host_images(&tb);
+    assert!(
+        after
+            .values()
+            .all(|imgs| !imgs.keys().any(|r| r.contains("ghost"))),
+        "{after:?}"
+    );
+}
