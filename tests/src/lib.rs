@@ -3,5 +3,6 @@
 
 pub mod chromium;
 pub mod k8s;
+pub mod oci;
 pub mod rabbitmq;
 pub mod testbed;

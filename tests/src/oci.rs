@@ -1,0 +1,149 @@
+//! OCI images written by the tests themselves (no registry is reachable): uncompressed tar
+//! layers, an OCI image-layout directory, images for this machine's platform.
+
+use std::path::PathBuf;
+
+use sha2::Digest as _;
+
+pub fn digest(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+/// A ustar archive of `files` (path → content) under one directory.
+pub fn tar(dir: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    fn header(name: &str, size: usize, kind: u8, mode: &str) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(format!("{mode}\0").as_bytes());
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[148..156].copy_from_slice(b"        ");
+        h[156] = kind;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&header(&format!("{dir}/"), 0, b'5', "0000755"));
+    for (name, content) in files {
+        out.extend_from_slice(&header(
+            &format!("{dir}/{name}"),
+            content.len(),
+            b'0',
+            "0000644",
+        ));
+        out.extend_from_slice(content);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// `n` pseudo-random bytes from `seed` (xorshift): layers that do not compress away and differ
+/// per run.
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An OCI image-layout directory being written.
+pub struct Layout {
+    pub dir: PathBuf,
+    index: Vec<serde_json::Value>,
+}
+
+/// One image written into a layout: its reference, manifest digest, blobs (digest, size) and
+/// each layer's digest.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub reference: String,
+    pub digest: String,
+    pub blobs: Vec<(String, u64)>,
+    pub layers: Vec<String>,
+}
+
+impl Built {
+    pub fn bytes(&self) -> u64 {
+        self.blobs.iter().map(|b| b.1).sum()
+    }
+}
+
+impl Layout {
+    pub fn new(dir: PathBuf) -> Layout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        Layout {
+            dir,
+            index: Vec::new(),
+        }
+    }
+
+    pub fn put(&self, blob: &[u8]) -> (String, u64) {
+        let d = digest(blob);
+        std::fs::write(self.blob_path(&d), blob).unwrap();
+        (d, blob.len() as u64)
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// An image of `layers` (uncompressed tars) named `reference`, for this machine's platform.
+    pub fn image(&mut self, reference: &str, layers: &[Vec<u8>]) -> Built {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let ls: Vec<(String, u64)> = layers.iter().map(|l| self.put(l)).collect();
+        let config = serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": ["/imgtest/none"]},
+            "rootfs": {"type": "layers", "diff_ids": ls.iter().map(|l| l.0.clone()).collect::<Vec<_>>()},
+        })
+        .to_string();
+        let c = self.put(config.as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c.0, "size": c.1},
+            "layers": ls.iter().map(|l| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.0, "size": l.1
+            })).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let m = self.put(manifest.as_bytes());
+        self.index.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m.0, "size": m.1,
+            "annotations": {"io.containerd.image.name": reference},
+        }));
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::json!({"schemaVersion": 2, "manifests": self.index}).to_string(),
+        )
+        .unwrap();
+        let mut blobs = vec![m.clone(), c];
+        blobs.extend(ls.iter().cloned());
+        Built {
+            reference: reference.to_string(),
+            digest: m.0,
+            blobs,
+            layers: ls.into_iter().map(|l| l.0).collect(),
+        }
+    }
+}
