@@ -803,9 +803,12 @@ pub const IMPORTED: &str = "IMPORTED";
 /// `index.json` and the staged blobs; containerd takes the others from its content store), then
 /// checks that containerd names each image at its digest. The staging directory is removed on
 /// every exit. Exit 3: a blob arrived short; 4: a blob does not match its digest (nothing
-/// imported in either case); 5: after the import an image is missing.
+/// imported in either case); 5: after the import an image is missing; 6: no `ctr`.
 pub fn receive_script(user: &str, changes: &[ImageChange]) -> String {
     let mut s = crate::shell::prelude(user);
+    s.push_str(
+        "command -v ctr >/dev/null 2>&1 || { echo \"no ctr on this host: containerd must be installed before images are imported\" >&2; exit 6; }\n",
+    );
     s.push_str(&format!(
         "set -e\nD={}\nmkdir -p \"$D\"\nS=$(mktemp -d \"$D/.staging.XXXXXX\")\n\
          trap 'rm -rf \"$S\"' EXIT\ntrap 'exit 130' INT TERM HUP\n\
