@@ -156,8 +156,12 @@ struct Cleanup<'a> {
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
+        // Every name of the test's images: theirs and the `sha256:<id>` names the CRI adds
+        // (same target digest).
         let rm = format!(
-            "command -v ctr >/dev/null || exit 0; ctr -n k8s.io images ls -q | grep -F {PREFIX} | while read -r r; do ctr -n k8s.io images rm --sync \"$r\" >/dev/null; done; \
+            "command -v ctr >/dev/null || {{ echo cleaned; exit 0; }}; \
+             ctr -n k8s.io images ls | awk -v p={PREFIX} 'NR > 1 {{ r[NR] = $1; d[NR] = $3; if (index($1, p)) t[$3] = 1 }} END {{ for (i in r) if (d[i] in t) print r[i] }}' | \
+             while read -r r; do ctr -n k8s.io images rm --sync \"$r\" >/dev/null; done; \
              rm -rf /var/lib/aion/images/.staging.*; echo cleaned"
         );
         for h in &self.tb.hosts {
