@@ -170,3 +170,84 @@ mod tests {
         assert!(json["hosts"][0]["changes"][0].get("action").is_none());
     }
 }
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+    use crate::images::ImageChange;
+    use crate::plan::HostPlan;
+
+    fn image(reference: &str, replaces: Option<&str>, bytes: u64, blobs: usize) -> ImageChange {
+        ImageChange {
+            reference: reference.into(),
+            digest: "sha256:new".into(),
+            replaces: replaces.map(str::to_string),
+            bytes,
+            blobs,
+            blobs_total: 4,
+            bytes_total: 4096,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            send: Vec::new(),
+            source: Default::default(),
+            manifest_size: 400,
+        }
+    }
+
+    /// Images alone are changes (apply has something to do, `--detailed-exitcode` 2); each is a
+    /// `+`/`~` line; the summary counts them and their bytes; JSON has the image objects.
+    #[test]
+    fn image_lines_counts_and_json() {
+        let h = HostPlan {
+            host: "w1".into(),
+            address: "10.0.0.3".into(),
+            role: aion_model::inventory::Role::Worker,
+            user: "root".into(),
+            changes: vec![],
+            unchanged: 5,
+            error: None,
+            warnings: vec![],
+            images: vec![
+                image("aion.local/a:1", None, 3072, 3),
+                image("aion.local/b:1", Some("sha256:old"), 1024, 1),
+            ],
+        };
+        let p = Plan::new(vec![h]);
+        assert!(p.has_changes());
+        assert_eq!((p.counts.images, p.counts.image_bytes), (2, 4096));
+        let t = render_text(&p, Style { color: false });
+        assert!(
+            t.contains("  + image aion.local/a:1 — sha256:new (3.0 KiB to send: 3 of 4 blobs)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "  ~ image aion.local/b:1 — sha256:new (1.0 KiB to send: 1 of 4 blobs) replaces sha256:old\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.ends_with(
+                "Hosts: 0 to create, 0 to change, 5 unchanged, 2 image(s) to import (4.0 KiB to send)\n"
+            ),
+            "{t}"
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        let i = &json["hosts"][0]["images"];
+        assert_eq!(i[0]["reference"], "aion.local/a:1");
+        assert_eq!(i[0]["bytes"], 3072);
+        assert!(i[0].get("replaces").is_none() && i[0].get("send").is_none());
+        assert_eq!(i[1]["replaces"], "sha256:old");
+        assert_eq!(json["counts"]["image_bytes"], 4096);
+        // nothing to send: no images key at all
+        let none = Plan::new(vec![HostPlan {
+            images: vec![],
+            ..p.hosts[0].clone()
+        }]);
+        assert!(!none.has_changes());
+        assert!(
+            serde_json::to_value(&none).unwrap()["hosts"][0]
+                .get("images")
+                .is_none()
+        );
+    }
+}
