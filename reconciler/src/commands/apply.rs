@@ -72,6 +72,14 @@ impl Outcome {
             Some(Err(e)) => out.push_str(&format!("wait: {e}\n")),
             None => {}
         }
+        for (h, got) in &self.report.images {
+            out.push_str(&format!(
+                "  {h}: {} image(s) imported, {} sent in {} blob(s)\n",
+                got.imported.len(),
+                crate::images::human_bytes(got.bytes()),
+                got.blobs.len()
+            ));
+        }
         for (h, o) in &self.report.hosts {
             if !o.ok() {
                 out.push_str(&format!("  {h}: {}\n", describe(o)));
