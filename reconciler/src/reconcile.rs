@@ -6,7 +6,8 @@
 //! * [`prepare`]: load the inventory, render the roles, connect to every host; [`plan_both`]:
 //!   the host plan and the cluster part, side by side; [`plan`]: both, for `plan`.
 //! * [`apply`]: plan read-only, and when anything would change, the phases in order — lock,
-//!   re-plan under the locks, hosts in phases, cluster plan, cluster apply, then wait when asked.
+//!   re-plan under the locks, hosts in phases, images, cluster plan, cluster apply, then wait
+//!   when asked.
 //!   It executes exactly the plan it shows (through the caller's [`ShowPlan`]); re-running
 //!   resumes, since the facts show what is already done.
 //!
@@ -377,13 +378,24 @@ pub async fn apply(
                 show_plan(Shown::Hosts(&plan))?;
                 let log = Log::create(&p.state_dir.join("logs"))?;
                 // 3. Hosts in phases: masters (host changes, then their cluster steps), then
-                //    the workers in parallel; then each converged host's images (only the
-                //    blobs it lacks, verified on the host before the import).
-                let report = apply_hosts(&plan, &p, &log, o.parallel).await;
-                // 4. Cluster plan: the rendered manifests against the live cluster, once every
+                //    the workers in parallel.
+                let progress = Progress::new(fancy_progress());
+                let cx = Context {
+                    hosts: &p.hosts,
+                    cluster: &p.cluster,
+                    progress: &progress,
+                    log: &log,
+                    parallel: o.parallel,
+                };
+                let mut report = execute::apply(&plan, &cx).await;
+                // 4. Images: each converged host gets the images it lacks (only the blobs
+                //    it lacks, checked on the host before the import), before the cluster
+                //    part runs pods that need them.
+                execute::apply_images(&plan, &mut report, &cx).await;
+                // 5. Cluster plan: the rendered manifests against the live cluster, once every
                 //    host converged (the manifests pin pods to those nodes).
                 let (cluster, revision) = match plan_cluster_after(&report, o, &p).await {
-                    // 5. Cluster apply: server-side apply in kind order, then prune; record the
+                    // 6. Cluster apply: server-side apply in kind order, then prune; record the
                     //    revision; under --atomic, wait for what changed, else roll back.
                     Ok(desired) if desired.plan.has_changes() => {
                         show_plan(Shown::Cluster(&desired.plan))?;
@@ -414,7 +426,7 @@ pub async fn apply(
     };
     close(p.hosts).await;
     let mut outcome = result?;
-    // 6. Wait, when asked and everything applied: every rendered workload ready.
+    // 7. Wait, when asked and everything applied: every rendered workload ready.
     if let Some(timeout) = a.wait
         && outcome.report.ok()
         && outcome.cluster.is_ok()
@@ -473,23 +485,9 @@ impl Locks {
     }
 }
 
-/// Phase 3: execute the host changes of `plan` (see [`execute::apply`]), then its images
-/// ([`execute::apply_images`]), with progress on stderr (bars on a terminal without
-/// `NO_COLOR`) and everything in `log`.
-async fn apply_hosts(plan: &Plan, p: &Prepared, log: &Log, parallel: usize) -> ApplyReport {
-    let fancy = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let progress = Progress::new(fancy);
-    let cx = Context {
-        hosts: &p.hosts,
-        cluster: &p.cluster,
-        progress: &progress,
-        log,
-        parallel,
-    };
-    let mut report = execute::apply(plan, &cx).await;
-    execute::apply_images(plan, &mut report, &cx).await;
-    report
+/// Progress bars for phases 3 and 4: on a terminal without `NO_COLOR` (else plain lines).
+fn fancy_progress() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// What the cluster should hold: the inventory and manifests the cluster plan was made from.
@@ -499,7 +497,7 @@ struct Desired {
     plan: ClusterPlan,
 }
 
-/// Phase 4: the cluster part, planned after the hosts; skipped (an error naming the hosts) when
+/// Phase 5: the cluster part, planned after the hosts; skipped (an error naming the hosts) when
 /// not every host converged.
 async fn plan_cluster_after(
     report: &ApplyReport,
@@ -534,7 +532,7 @@ async fn plan_cluster_after(
     planned.await.map_err(|e| output::chain(&*e))
 }
 
-/// How phase 5 ended.
+/// How phase 6 ended.
 struct ClusterApplied {
     /// A summary, or what failed (under `--atomic`: what did not become ready, and the
     /// rollback).
@@ -542,7 +540,7 @@ struct ClusterApplied {
     revision: Option<u32>,
 }
 
-/// Phase 5: apply the cluster plan and record the revision; under `--atomic`, wait for what
+/// Phase 6: apply the cluster plan and record the revision; under `--atomic`, wait for what
 /// changed and roll back to the previous revision when it fails. Without a client for the
 /// kubeconfig, the whole apply fails.
 async fn apply_cluster(d: &Desired, atomic: Option<Duration>) -> anyhow::Result<ClusterApplied> {
@@ -698,7 +696,7 @@ not rolled back: {}",
     }
 }
 
-/// Phase 6, `--wait`: every Deployment, Job and Service this inventory renders becomes ready
+/// Phase 7, `--wait`: every Deployment, Job and Service this inventory renders becomes ready
 /// (Deployments the runtime scales to 0 count as ready at 0), and pruned objects are gone.
 /// Progress goes to stderr as `<object>: <what>`.
 async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<String, String> {
