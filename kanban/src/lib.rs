@@ -17,18 +17,27 @@
 // lapin::Error is large; our errors carry it on the cold (failure) path only.
 #![allow(clippy::result_large_err)]
 
+// The client library: all a microservice compiles with `default-features = false`.
 pub mod amqp;
 pub mod client;
 pub mod config;
-pub mod lifecycle;
-pub mod live;
-pub mod live_serve;
 pub mod message;
 pub mod output;
-pub mod replicator;
-pub mod router;
 pub mod routing;
-pub mod sweeper;
 pub mod topology;
+
+// The runtime (feature `runtime`, on by default): the `aion-kanban` binary's parts.
+#[cfg(feature = "runtime")]
+pub mod lifecycle;
+#[cfg(feature = "runtime")]
+pub mod live;
+#[cfg(feature = "runtime")]
+pub mod live_serve;
+#[cfg(feature = "runtime")]
+pub mod replicator;
+#[cfg(feature = "runtime")]
+pub mod router;
+#[cfg(feature = "runtime")]
+pub mod sweeper;
 
 pub use message::Kanban;

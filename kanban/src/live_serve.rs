@@ -11,7 +11,7 @@
 //! Any other method is answered 405, any other path 404. A document is built at most once per
 //! [`MIN_REFRESH`] however many clients poll; nothing is gathered while nobody asks.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,15 +31,18 @@ use rusqlite::{Connection as Db, OpenFlags, params};
 use tokio::sync::Mutex;
 
 use crate::config::ServicesSource;
-use crate::live::{self, EdgeSpec, Hop, InstanceSpec, LastError, PodObs, Workload};
+use crate::live::{self, EdgeSpec, Hop, InstanceSpec, PodObs, Tally, Workload};
 use crate::topology;
 
 /// The page (HTML, inline CSS and JS).
 pub const PAGE: &str = include_str!("live_page.html");
 /// A document younger than this is served again instead of gathering anew.
 pub const MIN_REFRESH: Duration = Duration::from_millis(900);
-/// Records kept in memory beyond the window (for trails): at most this many.
+/// The newest records whose kanban is read and kept (for trails): at most this many.
 const TRAIL_RECORDS: usize = 300;
+/// On the first read (or after the database was replaced) only this many of the newest records
+/// are read: the window's, at up to ~1,600 kanbans/s.
+const RECORDS_PER_FIRST_READ: i64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -150,9 +153,10 @@ struct Gatherer {
     derived: Option<Derived>,
     /// Highest record id read so far.
     cursor: i64,
-    /// Records of the window (and the last [`TRAIL_RECORDS`] for trails), oldest first.
-    hops: VecDeque<Hop>,
-    last_errors: HashMap<String, LastError>,
+    /// The records read so far, tallied (the records themselves are not kept).
+    tally: Tally,
+    /// The replicator's database, opened read-only once (reopened after an error).
+    db: Option<Db>,
     amqp: Option<Connection>,
     cached: Option<(Instant, Arc<String>)>,
 }
@@ -173,93 +177,69 @@ impl Gatherer {
             .ok_or_else(|| "no services.yml".into())
     }
 
-    /// New records since the last read; drops those older than the window beyond the last
-    /// [`TRAIL_RECORDS`].
+    /// Tallies the records written since the last read. Only the newest [`TRAIL_RECORDS`]
+    /// records' kanbans are read (for trails); the rest are counted from their small columns.
     fn read_records(&mut self, now_us: i64) -> Result<(), String> {
         let Some(path) = self.opts.db.clone() else {
             return Err("no replicator database (--db none)".into());
         };
-        if !path.exists() {
-            return Err(format!("{}: no records yet", path.display()));
-        }
-        let db = Db::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let first = self.cursor == 0;
-        // On the first read only the newest rows matter (the window, the trails).
-        let floor = if first {
-            db.query_row("SELECT COALESCE(MAX(id), 0) FROM kanban", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(|e| format!("{}: {e}", path.display()))?
-                - 100_000
-        } else {
-            self.cursor
-        };
-        let mut st = db
-            .prepare_cached(
-                "SELECT id, at, source, connection_key, outcome, detail, kanban FROM kanban
-                 WHERE id > ?1 ORDER BY id",
-            )
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut rows = st
-            .query(params![floor])
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut fresh = Vec::new();
-        while let Some(r) = rows
-            .next()
-            .map_err(|e| format!("{}: {e}", path.display()))?
-        {
-            let get = |i| r.get::<_, String>(i).unwrap_or_default();
-            let id: i64 = r.get(0).unwrap_or_default();
-            let Some(at_us) = live::parse_at(&get(1)) else {
-                continue;
-            };
-            fresh.push((
-                id,
-                at_us,
-                get(2),
-                get(3),
-                get(4),
-                get(5),
-                r.get_ref(6)
-                    .ok()
-                    .and_then(|v| v.as_str().ok().map(str::to_owned)),
-            ));
-            self.cursor = self.cursor.max(id);
-        }
-        let n = fresh.len();
-        for (i, (id, at_us, source, connection_key, outcome, detail, body)) in
-            fresh.into_iter().enumerate()
-        {
-            // Bodies only for the newest rows (trails); the rest count for rates.
-            let metadata = if i + TRAIL_RECORDS >= n {
-                body.and_then(|b| {
-                    serde_json::from_str::<serde_json::Value>(&b)
-                        .ok()
-                        .and_then(|v| v.get("metadata").and_then(|m| m.as_object().cloned()))
-                })
-            } else {
-                None
-            };
-            self.hops.push_back(Hop {
-                id,
-                at_us,
-                source,
-                connection_key,
-                outcome,
-                detail,
-                metadata,
-            });
-        }
-        let from = now_us - self.opts.window_seconds.max(1) * 1_000_000;
-        while self.hops.len() > TRAIL_RECORDS && self.hops.front().is_some_and(|h| h.at_us <= from)
-        {
-            if let Some(h) = self.hops.pop_front() {
-                // Keep what an error record says after it leaves the window.
-                for (k, e) in live::last_errors(std::slice::from_ref(&h)) {
-                    self.last_errors.insert(k, e);
-                }
+        let fail = |e: rusqlite::Error| format!("{}: {e}", path.display());
+        if self.db.is_none() {
+            if !path.exists() {
+                return Err(format!("{}: no records yet", path.display()));
             }
+            let db = Db::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+            self.db = Some(db);
+        }
+        let Some(db) = self.db.as_ref() else {
+            return Err("no replicator database".into());
+        };
+        let result = (|| {
+            let newest: i64 = db
+                .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM kanban")?
+                .query_row([], |r| r.get(0))?;
+            if newest < self.cursor {
+                // A new database (the old one was removed): start again from its newest rows.
+                self.cursor = 0;
+            }
+            let floor = self.cursor.max(newest - RECORDS_PER_FIRST_READ);
+            let bodies_from = newest - TRAIL_RECORDS as i64;
+            let mut st = db.prepare_cached(
+                "SELECT id, at, source, connection_key, outcome, detail,
+                        CASE WHEN id > ?2 THEN kanban END
+                 FROM kanban WHERE id > ?1 AND id <= ?3 ORDER BY id",
+            )?;
+            let mut rows = st.query(params![floor, bodies_from, newest])?;
+            while let Some(r) = rows.next()? {
+                let get = |i| r.get::<_, String>(i).unwrap_or_default();
+                let id: i64 = r.get(0).unwrap_or_default();
+                self.cursor = self.cursor.max(id);
+                let Some(at_us) = live::parse_at(&get(1)) else {
+                    continue;
+                };
+                let metadata = r
+                    .get_ref(6)
+                    .ok()
+                    .and_then(|v| v.as_str().ok())
+                    .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+                    .and_then(|v| v.get("metadata").and_then(|m| m.as_object().cloned()));
+                let hop = Hop {
+                    id,
+                    at_us,
+                    source: get(2),
+                    connection_key: get(3),
+                    outcome: get(4),
+                    detail: get(5),
+                    metadata,
+                };
+                self.tally.add(hop, now_us);
+            }
+            Ok::<_, rusqlite::Error>(())
+        })();
+        self.tally.expire(now_us);
+        if let Err(e) = result {
+            self.db = None;
+            return Err(fail(e));
         }
         Ok(())
     }
@@ -324,6 +304,7 @@ impl Gatherer {
                 (Arc::new(ServicesFile::default()), Vec::new(), Vec::new())
             }
         };
+        self.tally.set_edges(&edges);
         if let Err(e) = self.read_records(now_us) {
             problems.insert("records".into(), e);
         }
@@ -358,20 +339,14 @@ impl Gatherer {
             namespace: self.opts.namespace.clone(),
             device,
             now_us,
-            window_seconds: self.opts.window_seconds,
             instances,
             workloads,
             pods,
             queues,
-            // Moved in and back out below: no copy of the window's records per refresh.
-            hops: Vec::from(std::mem::take(&mut self.hops)),
-            last_errors: self.last_errors.clone(),
-            edges,
             trail_limit: self.opts.trail_limit,
             problems,
         };
-        let doc = live::build(&inputs);
-        self.hops = VecDeque::from(inputs.hops);
+        let doc = live::build(&inputs, &self.tally);
         let body = Arc::new(serde_json::to_string(&doc).unwrap_or_else(|e| {
             format!("{{\"version\":\"v1\",\"problems\":{{\"json\":\"{e}\"}}}}")
         }));
@@ -581,12 +556,13 @@ pub async fn spawn(
             source,
         })?;
     let bound = listener.local_addr().unwrap_or(sa);
+    let tally = Tally::new(opts.window_seconds, TRAIL_RECORDS);
     let state = Arc::new(Mutex::new(Gatherer {
         opts,
         derived: None,
         cursor: 0,
-        hops: VecDeque::new(),
-        last_errors: HashMap::new(),
+        tally,
+        db: None,
         amqp: None,
         cached: None,
     }));

@@ -1428,6 +1428,7 @@ microservices:
             json!([
                 {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "verbs": ["get", "list", "watch", "patch"]},
                 {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "patch", "delete"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
             ])
         );
         assert!(m.objects().all(|o| !o.key.kind.starts_with("Cluster")));
