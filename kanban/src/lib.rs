@@ -11,6 +11,7 @@
 //!   input queues, a record copy for the runtime).
 //! * [`config`]: `services.yml` source, reload on SIGHUP and file change.
 //! * [`sweeper`]: the data sweeper (`data-sweeper.yml`).
+//! * [`transfer`]: files of forwarded kanbans as verified chunks (wire format, staging).
 //! * [`live`]: the live page's model (pure: instance states, rates, trails); [`live_serve`]: its
 //!   HTTP shell (`run --live ADDR`).
 
@@ -39,5 +40,7 @@ pub mod replicator;
 pub mod router;
 #[cfg(feature = "runtime")]
 pub mod sweeper;
+#[cfg(feature = "runtime")]
+pub mod transfer;
 
 pub use message::Kanban;

@@ -27,6 +27,7 @@ use crate::output::RecordBatch;
 use crate::replicator::{self, Record, Replicator};
 use crate::routing::{self, Decision, Hop};
 use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE};
+use crate::transfer::{self, Committed, TransferError};
 use serde_json::value::RawValue;
 
 pub use crate::config::{ConfigError, ServicesSource, load_services};
@@ -88,8 +89,12 @@ pub struct Forwarded {
     pub number: i32,
     pub from_device: String,
     pub kanban: Kanban,
+    /// Files inline (base64; older senders).
     #[serde(default)]
     pub files: Vec<ForwardedFile>,
+    /// Files sent ahead as chunks ([`transfer`]): the commit of that transfer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<transfer::Manifest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +104,10 @@ pub struct ForwardedFile {
     /// Base64 content.
     pub data: String,
 }
+
+/// How long a commit whose files are incomplete waits for its chunks before it is
+/// dead-lettered (a chunk requeued after a disk error lands behind its commit).
+const INCOMPLETE_PATIENCE: Duration = Duration::from_secs(120);
 
 enum End {
     Reload,
@@ -168,6 +177,10 @@ struct Session {
     device: String,
     publish: Channel,
     remotes: HashMap<String, (Connection, Channel)>,
+    /// Chunks of files forwarded to this device, until their commit.
+    staging: transfer::Staging,
+    /// When a commit was first found incomplete (its chunks may be behind it, requeued).
+    incomplete: HashMap<String, std::time::Instant>,
 }
 
 /// What a consumed message came from.
@@ -254,7 +267,12 @@ async fn session(
         device,
         publish,
         remotes: HashMap::new(),
+        staging: transfer::Staging::new(&opts.data_dir),
+        incomplete: HashMap::new(),
     };
+    // Transfers abandoned by their sender (a link cut restarts them under a new id).
+    s.staging
+        .sweep(Duration::from_secs(3600), Duration::from_secs(7 * 24 * 3600));
     let inflight = Settler::start();
     let every = opts.check_interval;
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -650,6 +668,13 @@ impl Session {
     }
 
     async fn remote_channel(&mut self, device: &str, addr: &str) -> Result<&Channel, AmqpError> {
+        if self
+            .remotes
+            .get(device)
+            .is_some_and(|(c, ch)| !c.status().connected() || !ch.status().connected())
+        {
+            self.remotes.remove(device);
+        }
         if !self.remotes.contains_key(device) {
             let url = self
                 .opts
@@ -674,19 +699,32 @@ impl Session {
         number: i32,
         k: &Kanban,
     ) -> Result<(), ForwardError> {
-        let files = read_files(&self.opts.data_dir, &k.file_list).map_err(ForwardError::Reject)?;
-        let env = Forwarded {
-            service: service.into(),
-            number,
-            from_device: self.device.clone(),
-            kanban: k.clone(),
-            files,
-        };
-        let body = serde_json::to_vec(&env).map_err(|e| ForwardError::Reject(e.to_string()))?;
+        let files =
+            resolve_files(&self.opts.data_dir, &k.file_list).map_err(ForwardError::Reject)?;
+        let from_device = self.device.clone();
         let ch = self
             .remote_channel(device, addr)
             .await
             .map_err(|e| ForwardError::Retry(e.to_string()))?;
+        // Files go ahead as confirmed chunks; the kanban follows as the transfer's commit.
+        let manifest = if files.is_empty() {
+            None
+        } else {
+            Some(
+                transfer::send_files(ch, INBOUND_QUEUE, &files)
+                    .await
+                    .map_err(ForwardError::Retry)?,
+            )
+        };
+        let env = Forwarded {
+            service: service.into(),
+            number,
+            from_device,
+            kanban: k.clone(),
+            files: Vec::new(),
+            transfer: manifest,
+        };
+        let body = serde_json::to_vec(&env).map_err(|e| ForwardError::Reject(e.to_string()))?;
         amqp::publish_confirmed(ch, INBOUND_QUEUE, &body, amqp::json_props())
             .await
             .map_err(|e| ForwardError::Retry(e.to_string()))
@@ -703,6 +741,22 @@ impl Session {
             detail: String::new(),
             kanban: String::new(),
         };
+        if let Some(chunk) = transfer::decode_chunk(&d.data) {
+            match chunk.and_then(|(h, data)| self.staging.write_chunk(&h, data)) {
+                Ok(()) => inflight.now(&d, None),
+                Err(TransferError::Io(e)) => {
+                    tracing::error!("storing a forwarded file's chunk: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    inflight.requeue(&d);
+                }
+                Err(e) => {
+                    return self
+                        .reject(&d, INBOUND_DLQ, INBOUND_QUEUE, e.to_string(), rec, inflight)
+                        .await;
+                }
+            }
+            return Ok(());
+        }
         let reject = |reason: String| reason;
         let parsed: Result<Forwarded, String> = serde_json::from_slice(&d.data)
             .map_err(|e| reject(format!("not a forwarded kanban: {e}")));
@@ -734,8 +788,53 @@ impl Session {
             .opts
             .data_dir
             .join(format!("{}_{}", ms.label_base(), f.number));
+        let committed = match &f.transfer {
+            Some(m) => self.staging.commit(m, &dir),
+            None => Ok(Committed::Stored(Vec::new())),
+        };
+        let chunked = match committed {
+            Ok(Committed::Stored(paths)) => {
+                if let Some(m) = &f.transfer {
+                    self.incomplete.remove(&m.transfer);
+                }
+                paths
+            }
+            Ok(Committed::Duplicate) => {
+                // Delivered before (a redelivered commit): at most once per transfer.
+                inflight.now(&d, None);
+                return Ok(());
+            }
+            Err(TransferError::Incomplete { .. })
+                if self
+                    .incomplete
+                    .entry(f.transfer.as_ref().map_or_else(String::new, |m| m.transfer.clone()))
+                    .or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    < INCOMPLETE_PATIENCE =>
+            {
+                // Chunks requeued behind their commit: wait for them.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                inflight.requeue(&d);
+                return Ok(());
+            }
+            Err(TransferError::Io(e)) => {
+                tracing::error!("committing forwarded files under {}: {e}", dir.display());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                inflight.requeue(&d);
+                return Ok(());
+            }
+            Err(e) => {
+                rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
+                return self
+                    .reject(&d, INBOUND_DLQ, INBOUND_QUEUE, e.to_string(), rec, inflight)
+                    .await;
+            }
+        };
         let stored = match store_files(&dir, &f.files) {
-            Ok(p) => p,
+            Ok(p) => p
+                .into_iter()
+                .chain(chunked.iter().map(|p| p.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>(),
             Err(e) => {
                 // Disk trouble: keep the message and retry later.
                 tracing::error!("storing forwarded files under {}: {e}", dir.display());
@@ -745,7 +844,7 @@ impl Session {
             }
         };
         let mut k = f.kanban.clone();
-        if !f.files.is_empty() {
+        if !f.files.is_empty() || f.transfer.is_some() {
             k.file_list = stored;
         }
         k.next_device_name = self.device.clone();
@@ -992,6 +1091,21 @@ enum ForwardError {
 /// (the data directory's parent), as upstream's send-anything did; a path that resolves
 /// (symlinks included) outside the AION home is refused.
 pub fn read_files(data_dir: &Path, list: &[String]) -> Result<Vec<ForwardedFile>, String> {
+    resolve_files(data_dir, list)?
+        .into_iter()
+        .map(|(name, real)| {
+            let data = std::fs::read(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+            Ok(ForwardedFile {
+                name,
+                data: base64::engine::general_purpose::STANDARD.encode(data),
+            })
+        })
+        .collect()
+}
+
+/// The name to store each `fileList` entry under and its real path, checked as [`read_files`]
+/// says (inside the AION home, symlinks resolved).
+pub fn resolve_files(data_dir: &Path, list: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
     if list.is_empty() {
         // Nothing to read: a missing data directory is not this kanban's problem.
         return Ok(Vec::new());
@@ -1013,15 +1127,14 @@ pub fn read_files(data_dir: &Path, list: &[String]) -> Result<Vec<ForwardedFile>
             if !real.starts_with(&home_c) {
                 return Err(format!("fileList entry {p} is outside {}", home.display()));
             }
-            let data = std::fs::read(&real).map_err(|e| format!("fileList entry {p}: {e}"))?;
+            if !real.is_file() {
+                return Err(format!("fileList entry {p} is not a file"));
+            }
             let name = real
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(ForwardedFile {
-                name,
-                data: base64::engine::general_purpose::STANDARD.encode(data),
-            })
+            Ok((name, real))
         })
         .collect()
 }
