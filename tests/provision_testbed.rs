@@ -35,7 +35,15 @@ fn common(inventory: &Path) -> Common {
 fn plan(inventory: &Path) -> Plan {
     rt().block_on(async {
         let p = prepare(&common(inventory).options()).await.unwrap();
-        let plan = execute::plan_all(&p.specs, &p.hosts, &p.cluster, 16, &p.images).await;
+        let plan = execute::plan_all(
+            &p.specs,
+            &p.hosts,
+            &p.cluster,
+            16,
+            &p.images,
+            p.inventory.previous_images,
+        )
+        .await;
         close(p.hosts).await;
         plan
     })
