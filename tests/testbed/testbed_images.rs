@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use aion_integration_tests::component;
 use aion_integration_tests::k8s;
 use aion_integration_tests::oci::{Layout, noise, tar};
 use aion_integration_tests::testbed::{self, Testbed, inventory_copy, rt};
@@ -190,6 +191,7 @@ impl Drop for Cleanup<'_> {
 #[test]
 fn images_are_sent_once_only_what_is_missing_and_verified() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::exclusive();
     let Some(cluster) = k8s::require() else {
         return;
     };

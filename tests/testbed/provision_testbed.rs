@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use aion_integration_tests::component;
 use aion_integration_tests::k8s;
 use aion_integration_tests::testbed::{
     self, ResetIfFailed, Testbed, TestbedHost, inventory_copy, last_octet, rt,
@@ -121,6 +122,7 @@ fn set_link(tb: &Testbed, h: &TestbedHost, up: bool) {
 #[test]
 fn provision_testbed_end_to_end() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::exclusive();
     let dir = tempfile::tempdir().unwrap();
     let inv = inventory_copy(&tb, dir.path(), |t| t);
     let master = tb.master().clone();
