@@ -430,6 +430,7 @@ fn host_content(tb: &Testbed, h: &testbed::TestbedHost) -> Vec<String> {
 /// ready and none runs 1 or 2 any more, and keeps 2; a second plan shows nothing.
 #[test]
 fn old_versions_are_removed_after_the_new_pods_are_ready() {
+    let _hosts = component::exclusive();
     let Some(tb) = testbed::require() else { return };
     let Some(cluster) = k8s::require() else {
         return;
