@@ -12,7 +12,7 @@
 //!   file, and the sink stores the same bytes the sensor wrote.
 //!
 //! Names are unique per run (microservices, so their queues, and the namespace, so the records
-//! queue); the queues are deleted at the end, as in `tests/kanban_client.rs`.
+//! queue); the queues are deleted at the end, as in `tests/rabbitmq/kanban_client.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

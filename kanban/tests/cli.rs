@@ -1,5 +1,5 @@
 //! The `aion-kanban log` and `aion-kanban sweep` commands, run as the built binary: what an
-//! operator types on a device. (`run` is exercised by `tests/kanban_wiring.rs` with the rendered
+//! operator types on a device. (`run` is exercised by `tests/rabbitmq/kanban_wiring.rs` with the rendered
 //! container's command line.)
 
 use std::path::Path;

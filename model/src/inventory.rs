@@ -84,6 +84,10 @@ pub struct Inventory {
     /// source that has a reference wins): OCI image-layout directories, OCI archives (tar) and
     /// `images.tsv` lists (`imageSources`, Ansible `aion_image_sources`).
     pub image_sources: Vec<ImageSource>,
+    /// After a version up, how many previous versions of each image repository a host keeps in
+    /// its containerd for rollback (`previousImages`, Ansible `aion_previous_images`); older
+    /// ones no pod uses are removed. Default [`DEFAULT_PREVIOUS_IMAGES`].
+    pub previous_images: u32,
     pub hosts: Vec<Host>,
     pub span: Span,
 }
@@ -99,6 +103,10 @@ pub struct ImageSource {
 
 /// Revisions kept when the inventory does not say (as Helm's `--history-max`).
 pub const DEFAULT_REVISION_HISTORY: u32 = 10;
+
+/// Previous versions of an image repository a host keeps when the inventory does not say: one,
+/// the version a rollback goes back to.
+pub const DEFAULT_PREVIOUS_IMAGES: u32 = 1;
 
 impl Inventory {
     pub fn masters(&self) -> impl Iterator<Item = &Host> {
@@ -258,6 +266,7 @@ pub const TOP_KEYS: &[&str] = &[
     "kubeconfig",
     "revisionHistory",
     "imageSources",
+    "previousImages",
     "services",
     "dataSweeper",
     "ssh",
@@ -316,6 +325,7 @@ pub const ANSIBLE_GLOBAL_VARS: &[&str] = &[
     "aion_kubeconfig",
     "aion_revision_history",
     "aion_image_sources",
+    "aion_previous_images",
 ];
 /// Ansible groups whose hosts are masters.
 pub const MASTER_GROUPS: &[&str] = &["master", "masters", "kube_control_plane"];
@@ -565,6 +575,27 @@ fn read_revision_history(r: &mut Reader, n: &Node, p: &str, field: &str) -> Opti
     }
 }
 
+fn read_previous_images(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<u32> {
+    let v = r.int32(n, p, field)?;
+    match u32::try_from(v) {
+        Ok(keep) if keep <= 100 => Some(keep),
+        _ => {
+            r.diags.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`{field}` must be between 0 and 100 previous versions, found {v}"),
+                    r.span(n),
+                    p,
+                )
+                .with_hint(
+                    "the default keeps 1 previous version of each image for rollback; 0 keeps none",
+                ),
+            );
+            None
+        }
+    }
+}
+
 fn read_role(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<Role> {
     read_choice(
         r,
@@ -718,6 +749,7 @@ struct Globals {
     known_hosts: Option<String>,
     kubeconfig: Option<String>,
     revision_history: Option<u32>,
+    previous_images: Option<u32>,
     /// `imageSources` as written: path, position, pointer.
     image_sources: Vec<(String, Span, String)>,
 }
@@ -748,6 +780,7 @@ fn finish(
         known_hosts,
         kubeconfig,
         revision_history,
+        previous_images,
         image_sources,
     } = g;
     let mode = mode.unwrap_or(if workers == 0 {
@@ -833,6 +866,7 @@ fn finish(
                 .map(|s| resolve_path(dir, &s))
                 .unwrap_or_else(|| dir.join(".aion").join("kubeconfig")),
             revision_history: revision_history.unwrap_or(DEFAULT_REVISION_HISTORY),
+            previous_images: previous_images.unwrap_or(DEFAULT_PREVIOUS_IMAGES),
             image_sources: image_sources
                 .into_iter()
                 .map(|(path, span, pointer)| ImageSource {
@@ -856,6 +890,7 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loca
     let mut known_hosts = None;
     let mut kubeconfig = None;
     let mut revision_history = None;
+    let mut previous_images = None;
     let mut image_sources = Vec::new();
     let mut global_at = Origins::default();
     let mut base = Partial::default();
@@ -877,6 +912,9 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loca
         }
         if let Some((n, p)) = f.get("revisionHistory") {
             revision_history = read_revision_history(&mut r, n, &p, "revisionHistory");
+        }
+        if let Some((n, p)) = f.get("previousImages") {
+            previous_images = read_previous_images(&mut r, n, &p, "previousImages");
         }
         if let Some((n, p)) = f.get("imageSources") {
             image_sources = read_image_sources(&mut r, n, &p, "imageSources");
@@ -979,6 +1017,7 @@ fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loca
             known_hosts,
             kubeconfig,
             revision_history,
+            previous_images,
             image_sources,
         },
         drafts,
@@ -1186,6 +1225,7 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loc
     let mut known_hosts = None;
     let mut kubeconfig = None;
     let mut revision_history = None;
+    let mut previous_images = None;
     let mut image_sources = Vec::new();
     let mut global_at = Origins::default();
     for (k, n, p) in std::mem::take(&mut w.globals) {
@@ -1201,6 +1241,7 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loc
             }
             "aion_kubeconfig" => kubeconfig = w.r.string(n, &p, k),
             "aion_revision_history" => revision_history = read_revision_history(&mut w.r, n, &p, k),
+            "aion_previous_images" => previous_images = read_previous_images(&mut w.r, n, &p, k),
             "aion_image_sources" => image_sources = read_image_sources(&mut w.r, n, &p, k),
             _ => {}
         }
@@ -1236,6 +1277,7 @@ fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inventory>, Loc
             known_hosts,
             kubeconfig,
             revision_history,
+            previous_images,
             image_sources,
         },
         drafts,

@@ -428,3 +428,50 @@ all:
         "{d:#?}"
     );
 }
+
+/// `previousImages` (native) and `aion_previous_images` (Ansible `all.vars`): how many
+/// previous image versions a host keeps; default 1, 0 allowed, out of range is an error at it.
+#[test]
+fn previous_images_native_ansible_default_and_range() {
+    let file = Path::new("inventory.yml");
+    let host = "hosts:\n  - {name: m, address: 10.0.0.2, role: master}\n";
+    let l = inventory::load_str(host, file).expect("loads");
+    assert_eq!(l.value.previous_images, 1);
+    let l = inventory::load_str(&format!("previousImages: 0\n{host}"), file).expect("loads");
+    assert!(
+        l.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        l.diagnostics
+    );
+    assert_eq!(l.value.previous_images, 0);
+    at(
+        &format!("previousImages: 101\n{host}"),
+        "invalid-value",
+        "/previousImages",
+        (1, 17),
+        false,
+    );
+    at(
+        &format!("previousImages: -1\n{host}"),
+        "invalid-value",
+        "/previousImages",
+        (1, 17),
+        false,
+    );
+    let ansible = "\
+all:
+  vars:
+    aion_previous_images: 3
+  children:
+    masters:
+      hosts:
+        m: {ansible_host: 10.0.0.2}
+";
+    let l = inventory::load_str(ansible, file).expect("loads");
+    assert!(
+        l.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        l.diagnostics
+    );
+    assert_eq!(l.value.previous_images, 3);
+}

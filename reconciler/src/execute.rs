@@ -84,13 +84,15 @@ pub fn local_facts(specs: &[HostSpec]) -> LocalFacts {
 /// Plan every host: facts in parallel (at most `parallel` at once), cluster steps checked
 /// when the master has nothing left to do on the host side; the images of `images` (host →
 /// the images its pods run, empty without `imageSources`) against its containerd, whose
-/// facts come in the same round trip.
+/// facts come in the same round trip, and the old versions beyond the `keep_images` previous
+/// ones of each image repository it runs (removed after the cluster part, `- image`).
 pub async fn plan_all<H: Host, C: ClusterOps>(
     specs: &[HostSpec],
     hosts: &BTreeMap<String, Result<Arc<H>, String>>,
     cluster: &C,
     parallel: usize,
     images: &images::Wanted,
+    keep_images: u32,
 ) -> Plan {
     let local = local_facts(specs);
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
@@ -109,6 +111,7 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
                 error: Some(error),
                 warnings: Vec::new(),
                 images: Vec::new(),
+                image_removals: Vec::new(),
             };
             let host = match hosts.get(&spec.host.name) {
                 Some(Ok(h)) => h.clone(),
@@ -151,6 +154,8 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
                 Ok(mut p) => {
                     if let Some(w) = wanted {
                         p.images = images::plan_host(w, facts.containerd.as_ref());
+                        p.image_removals =
+                            images::plan_removals(w, facts.containerd.as_ref(), keep_images);
                     }
                     p
                 }
@@ -184,6 +189,9 @@ pub struct ApplyReport {
     /// What each host received in the images phase.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub images: Vec<(String, images::Received)>,
+    /// Old image versions each host removed after the new pods were ready.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub image_removals: Vec<(String, Vec<String>)>,
 }
 
 impl ApplyReport {
@@ -273,6 +281,7 @@ pub async fn apply<H: Host, C: ClusterOps>(plan: &Plan, cx: &Context<'_, H, C>) 
         hosts,
         changed,
         images: Vec::new(),
+        image_removals: Vec::new(),
     }
 }
 
@@ -303,6 +312,80 @@ pub async fn send_images<H: Host>(
         ));
     }
     Ok(images::parse_received(&out.stdout_str()))
+}
+
+/// The old-images phase (after the cluster part, once the new pods are ready): each host that
+/// converged removes its planned old versions that no pod on it uses (`in_use`: host → the
+/// images and image IDs its pods name); one still in use is kept for a later apply. A host
+/// whose removal fails is `Failed` at step `old images`. Returns the removals kept in use.
+pub async fn remove_old_images<H: Host, C: ClusterOps>(
+    plan: &Plan,
+    report: &mut ApplyReport,
+    cx: &Context<'_, H, C>,
+    in_use: &BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Vec<(String, images::ImageRemoval)> {
+    let empty = std::collections::BTreeSet::new();
+    let mut busy = Vec::new();
+    let mut todo = Vec::new();
+    for hp in &plan.hosts {
+        if hp.image_removals.is_empty() || !report.outcome(&hp.host).is_some_and(HostOutcome::ok) {
+            continue;
+        }
+        let Some(Ok(h)) = cx.hosts.get(&hp.host) else {
+            continue;
+        };
+        let (remove, used) =
+            images::not_in_use(&hp.image_removals, in_use.get(&hp.host).unwrap_or(&empty));
+        busy.extend(used.into_iter().map(|r| (hp.host.clone(), r)));
+        if !remove.is_empty() {
+            todo.push((hp, h.clone(), remove));
+        }
+    }
+    let sem = Semaphore::new(cx.parallel.max(1));
+    let results = join_all(todo.iter().map(|(hp, h, remove)| {
+        let sem = &sem;
+        async move {
+            let _permit = sem.acquire().await;
+            let r = match h.run(&images::remove_script(&hp.user, remove)).await {
+                Ok(out) if out.success() => Ok(images::parse_removed(&out.stdout_str())),
+                Ok(out) => Err((
+                    format!(
+                        "old images not removed (exit {}): {}",
+                        out.status,
+                        tail(String::from_utf8_lossy(&out.stderr).trim(), 3).replace('\n', " | ")
+                    ),
+                    out.combined(),
+                )),
+                Err(e) => Err((e.to_string(), String::new())),
+            };
+            match &r {
+                Ok(gone) => cx.log.write(
+                    &hp.host,
+                    &format!("old images removed: {}", gone.len()),
+                    &gone.join("\n"),
+                ),
+                Err((e, out)) => cx
+                    .log
+                    .write(&hp.host, &format!("old images FAILED: {e}"), out),
+            }
+            (hp.host.clone(), r)
+        }
+    }))
+    .await;
+    for (host, r) in results {
+        match r {
+            Ok(gone) => report.image_removals.push((host, gone)),
+            Err((error, _)) => {
+                if let Some((_, o)) = report.hosts.iter_mut().find(|(h, _)| *h == host) {
+                    *o = HostOutcome::Failed {
+                        step: "old images".into(),
+                        error,
+                    };
+                }
+            }
+        }
+    }
+    busy
 }
 
 /// The images phase (after the host changes, before the cluster): every host that converged
@@ -1232,6 +1315,7 @@ resources:
             known_hosts: None,
             kubeconfig: dir.path().join(".aion/kubeconfig"),
             revision_history: aion_model::inventory::DEFAULT_REVISION_HISTORY,
+            previous_images: aion_model::inventory::DEFAULT_PREVIOUS_IMAGES,
             image_sources: Vec::new(),
             hosts: vec![inv_host("m1", Role::Master), inv_host("w1", Role::Worker)],
             span: Default::default(),
@@ -1278,7 +1362,7 @@ resources:
         specs: &[HostSpec],
         cluster: &FakeCluster,
     ) -> (Plan, ApplyReport, String) {
-        let plan = plan_all(specs, &b.hosts, cluster, 4, &images::Wanted::new()).await;
+        let plan = plan_all(specs, &b.hosts, cluster, 4, &images::Wanted::new(), 1).await;
         let log = Log::create(&b.dir.path().join("logs")).unwrap();
         let progress = Progress::new(false);
         let cx = Context {
@@ -1404,7 +1488,7 @@ resources:
         let mut inv = b.inv.clone();
         inv.hosts[1].vars.gpu = true;
         let specs = crate::roles::load_with(&inv, ROLES).unwrap();
-        let plan3 = plan_all(&specs, &b.hosts, &cluster, 4, &images::Wanted::new()).await;
+        let plan3 = plan_all(&specs, &b.hosts, &cluster, 4, &images::Wanted::new(), 1).await;
         assert!(plan3.host("m1").unwrap().changes.is_empty());
         let ids: Vec<&str> = plan3
             .host("w1")

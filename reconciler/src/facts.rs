@@ -96,6 +96,12 @@ pub struct HostFacts {
     pub containerd: Option<ContainerdFacts>,
 }
 
+/// The label the receiving script (`images`) puts on each image it imports: when (nanoseconds
+/// since the epoch). The host itself records the order of versions, so "the previous N" does
+/// not depend on tags being comparable; images without it (preloaded, or imported by hand)
+/// count as older than any labelled one.
+pub const IMPORTED_LABEL: &str = "aion.io/imported";
+
 /// What containerd already holds (`ctr -n k8s.io images ls`, `content ls -q`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerdFacts {
@@ -103,6 +109,9 @@ pub struct ContainerdFacts {
     pub images: BTreeMap<String, String>,
     /// Digests of the committed content blobs.
     pub content: BTreeSet<String>,
+    /// image reference → when `apply` imported it (the `aion.io/imported` label, ns since the
+    /// epoch); images without the label are not here.
+    pub imported: BTreeMap<String, u64>,
 }
 
 impl HostFacts {
@@ -212,7 +221,7 @@ k() {
             s.push_str(
                 r#"if command -v ctr >/dev/null 2>&1 && ci=$(ctr -n k8s.io images ls 2>/dev/null) && cc=$(ctr -n k8s.io content ls -q 2>/dev/null); then
   printf 'CTR\t1\n'
-  printf '%s\n' "$ci" | awk 'NR > 1 && NF >= 3 {printf "I\t%s\t%s\n", $1, $3}'
+  printf '%s\n' "$ci" | awk 'NR > 1 && NF >= 3 {printf "I\t%s\t%s\t%s\n", $1, $3, $NF}'
   printf '%s\n' "$cc" | awk 'NF >= 1 {printf "L\t%s\n", $1}'
 else printf 'CTR\t0\n'; fi
 "#,
@@ -301,12 +310,22 @@ pub fn parse(host: &str, stdout: &str, stderr: &str) -> Result<HostFacts, FactsE
             }
             ["CTR", "1"] => facts.containerd = Some(ContainerdFacts::default()),
             ["CTR", _] => facts.containerd = None,
-            ["I", reference, digest] => {
-                facts
+            ["I", reference, digest, rest @ ..] if rest.len() <= 1 => {
+                let c = facts
                     .containerd
-                    .get_or_insert_with(ContainerdFacts::default)
-                    .images
-                    .insert(reference.to_string(), digest.to_string());
+                    .get_or_insert_with(ContainerdFacts::default);
+                c.images.insert(reference.to_string(), digest.to_string());
+                // The last column of `ctr images ls`: `k=v,k=v` or `-`.
+                let at = rest.first().and_then(|labels| {
+                    labels.split(',').find_map(|kv| {
+                        kv.strip_prefix(IMPORTED_LABEL)
+                            .and_then(|v| v.strip_prefix('='))
+                            .and_then(|v| v.parse::<u64>().ok())
+                    })
+                });
+                if let Some(at) = at {
+                    c.imported.insert(reference.to_string(), at);
+                }
             }
             ["L", digest] => {
                 facts
@@ -408,6 +427,16 @@ mod tests {
         let c = f.containerd.unwrap();
         assert_eq!(c.images["aion.local/a:1"], "sha256:aa");
         assert!(c.content.contains("sha256:bb") && c.content.len() == 2);
+        assert!(c.imported.is_empty());
+        // with `ctr images ls`' labels column: the import time of the images apply imported
+        let out = "CTR\t1\nI\taion.local/a:1\tsha256:aa\tio.cri-containerd.image=managed,aion.io/imported=1700000000000000001\n\
+                   I\taion.local/a:2\tsha256:bb\t-\nI\tsha256:cc\tsha256:aa\tio.cri-containerd.image=managed\nEND\n";
+        let c = parse("h", out, "").unwrap().containerd.unwrap();
+        assert_eq!(c.images.len(), 3);
+        assert_eq!(
+            c.imported.into_iter().collect::<Vec<_>>(),
+            [("aion.local/a:1".to_string(), 1_700_000_000_000_000_001)]
+        );
         let f = parse("h", "CTR\t0\nEND\n", "").unwrap();
         assert_eq!(f.containerd, None);
         // not asked: no ctr in the script

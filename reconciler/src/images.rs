@@ -761,6 +761,144 @@ impl ImageChange {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Old versions (pure): what a version up leaves behind
+// ---------------------------------------------------------------------------------------------
+
+/// The label the receiving script puts on each image it imports (defined beside the facts that
+/// read it).
+pub use crate::facts::IMPORTED_LABEL;
+
+/// An old version of an image a host no longer needs: `- image <ref>` in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageRemoval {
+    /// Normalised reference (the name containerd has).
+    pub reference: String,
+    /// The manifest digest it names on the host (removed only while it still does).
+    pub digest: String,
+    /// The other names of the same image (the CRI's `sha256:<id>` and `<repo>@sha256:…`
+    /// names), removed with it: while any name is left, containerd keeps the content.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// The repository of a tag reference (`aion.local/app:2` → `aion.local/app`); None for the
+/// names that are not tags (`sha256:<id>`, `<repo>@sha256:…`): those are aliases.
+pub fn repository(reference: &str) -> Option<&str> {
+    if reference.contains('@') || reference.starts_with("sha256:") {
+        return None;
+    }
+    let slash = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[slash..].rfind(':') {
+        Some(i) => Some(&reference[..slash + i]),
+        None => Some(reference),
+    }
+}
+
+/// The old versions a host can drop: images in its containerd of the same repository as an
+/// image it runs (`images`), under another tag and at another digest, beyond the `keep` most
+/// recently imported ones (by [`IMPORTED_LABEL`], newest first; unlabelled ones are the oldest,
+/// then by reference, highest first). Whether a pod still uses one is checked by `apply` when
+/// it removes them, after the new pods are ready ([`not_in_use`]).
+pub fn plan_removals(
+    images: &[SourceImage],
+    have: Option<&ContainerdFacts>,
+    keep: u32,
+) -> Vec<ImageRemoval> {
+    let Some(have) = have else {
+        return Vec::new();
+    };
+    let wanted_refs: BTreeSet<&str> = images.iter().map(|i| i.reference.as_str()).collect();
+    let wanted_digests: BTreeSet<&str> = images.iter().map(|i| i.digest.as_str()).collect();
+    let repos: BTreeSet<&str> = images
+        .iter()
+        .filter_map(|i| repository(&i.reference))
+        .collect();
+    // repository → its old tags (reference, digest, imported at)
+    let mut old: BTreeMap<&str, Vec<(&str, &str, u64)>> = BTreeMap::new();
+    for (r, d) in &have.images {
+        let Some(repo) = repository(r) else { continue };
+        if repos.contains(repo)
+            && !wanted_refs.contains(r.as_str())
+            && !wanted_digests.contains(d.as_str())
+        {
+            let at = have.imported.get(r).copied().unwrap_or(0);
+            old.entry(repo).or_default().push((r, d, at));
+        }
+    }
+    let mut out = Vec::new();
+    for (_, mut tags) in old {
+        tags.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| b.0.cmp(a.0)));
+        let (kept, gone) = tags.split_at(tags.len().min(keep as usize));
+        for (r, d, _) in gone {
+            // The image's other names go with it, unless a kept or wanted tag names it too.
+            let shared =
+                kept.iter().any(|k| k.1 == *d) || gone.iter().any(|g| g.1 == *d && g.0 < *r);
+            let aliases = if shared {
+                Vec::new()
+            } else {
+                have.images
+                    .iter()
+                    .filter(|(n, nd)| nd == d && repository(n).is_none())
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            };
+            out.push(ImageRemoval {
+                reference: r.to_string(),
+                digest: d.to_string(),
+                aliases,
+            });
+        }
+    }
+    out
+}
+
+/// The removals no pod uses: `in_use` holds what the host's pods name (their images, as
+/// normalised references, and their image IDs: digests and `<repo>@sha256:…`). Returns (to
+/// remove, still in use).
+pub fn not_in_use(
+    removals: &[ImageRemoval],
+    in_use: &BTreeSet<String>,
+) -> (Vec<ImageRemoval>, Vec<ImageRemoval>) {
+    removals.iter().cloned().partition(|r| {
+        !in_use.contains(&r.reference)
+            && !in_use.contains(&r.digest)
+            && !r.aliases.iter().any(|a| in_use.contains(a))
+    })
+}
+
+/// Marker line of [`remove_script`]: an image removed (reference).
+pub const REMOVED: &str = "REMOVED";
+
+/// The script that removes `removals` from the host's containerd (`k8s.io`), each only while
+/// its reference still names the planned digest (someone may have re-tagged it since the
+/// plan), with its aliases, synchronously (`--sync`: the content is gone when it reports).
+pub fn remove_script(user: &str, removals: &[ImageRemoval]) -> String {
+    let mut s = crate::shell::prelude(user);
+    s.push_str("set -e\nhave=$(ctr -n k8s.io images ls | awk 'NR > 1 {print $1 \" \" $3}')\n");
+    for r in removals {
+        let want = format!("{} {}", r.reference, r.digest);
+        let mut names = vec![sh_quote(&r.reference)];
+        names.extend(r.aliases.iter().map(|a| sh_quote(a)));
+        s.push_str(&format!(
+            "if printf '%s\\n' \"$have\" | grep -qxF {w}; then ctr -n k8s.io images rm --sync {n} >&2; printf '{REMOVED}\\t%s\\n' {r}; fi\n",
+            w = sh_quote(&want),
+            n = names.join(" "),
+            r = sh_quote(&r.reference),
+        ));
+    }
+    s
+}
+
+/// The references [`remove_script`] reported removed.
+pub fn parse_removed(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(REMOVED)?.strip_prefix('\t'))
+        .map(str::to_string)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Apply (pure): the receiving script and its input
 // ---------------------------------------------------------------------------------------------
 
@@ -835,14 +973,16 @@ pub fn receive_script(user: &str, changes: &[ImageChange]) -> String {
     s.push_str(&format!(
         "printf '%s' '{{\"imageLayoutVersion\":\"1.0.0\"}}' > \"$S/oci-layout\"\nprintf '%s' {} > \"$S/index.json\"\n\
          (cd \"$S\" && tar -cf - oci-layout index.json blobs) | ctr -n k8s.io images import - >&2\n\
-         have=$(ctr -n k8s.io images ls | awk 'NR > 1 {{print $1 \" \" $3}}')\n",
+         have=$(ctr -n k8s.io images ls | awk 'NR > 1 {{print $1 \" \" $3}}')\n\
+         t=$(date +%s%N)\n",
         sh_quote(&index_json(changes))
     ));
     for c in changes {
         let want = format!("{} {}", c.reference, c.digest);
         s.push_str(&format!(
-            "if printf '%s\\n' \"$have\" | grep -qxF {w}; then printf '{IMPORTED}\\t%s\\n' {w}; else echo \"after the import, containerd has no \"{w} >&2; exit 5; fi\n",
-            w = sh_quote(&want)
+            "if printf '%s\\n' \"$have\" | grep -qxF {w}; then ctr -n k8s.io images label {r} \"{IMPORTED_LABEL}=$t\" >/dev/null; printf '{IMPORTED}\\t%s\\n' {w}; else echo \"after the import, containerd has no \"{w} >&2; exit 5; fi\n",
+            w = sh_quote(&want),
+            r = sh_quote(&c.reference),
         ));
     }
     s
@@ -1115,6 +1255,7 @@ mod tests {
             ]
             .into(),
             content: [base.clone()].into(),
+            imported: BTreeMap::new(),
         };
         let p = plan_host(&wanted["w1"], Some(&have));
         assert_eq!(p.len(), 1);
@@ -1130,6 +1271,7 @@ mod tests {
             ]
             .into(),
             content: BTreeSet::new(),
+            imported: BTreeMap::new(),
         };
         assert!(plan_host(&wanted["w1"], Some(&have)).is_empty());
 
@@ -1188,6 +1330,7 @@ mod tests {
         let have = ContainerdFacts {
             images: BTreeMap::new(),
             content: [digest(b"base")].into(),
+            imported: BTreeMap::new(),
         };
         let changes = plan_host(std::slice::from_ref(&img), Some(&have));
         let script = receive_script("root", &changes);
@@ -1235,5 +1378,163 @@ mod tests {
         );
         assert!(!root.join("imported.tar").exists());
         assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    }
+
+    fn source(reference: &str, digest: &str) -> SourceImage {
+        SourceImage {
+            reference: reference.into(),
+            digest: digest.into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            blobs: vec![],
+            source: PathBuf::new(),
+        }
+    }
+
+    fn facts(images: &[(&str, &str, Option<u64>)]) -> ContainerdFacts {
+        ContainerdFacts {
+            images: images
+                .iter()
+                .map(|(r, d, _)| (r.to_string(), d.to_string()))
+                .collect(),
+            content: BTreeSet::new(),
+            imported: images
+                .iter()
+                .filter_map(|(r, _, at)| Some((r.to_string(), (*at)?)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn repositories_of_tags_and_aliases() {
+        assert_eq!(repository("aion.local/app:2"), Some("aion.local/app"));
+        assert_eq!(
+            repository("localhost:5000/app:2"),
+            Some("localhost:5000/app")
+        );
+        assert_eq!(repository("localhost:5000/app"), Some("localhost:5000/app"));
+        assert_eq!(repository("sha256:abc"), None);
+        assert_eq!(repository("aion.local/app@sha256:abc"), None);
+    }
+
+    /// Version up: the old tags of a repository the host runs, beyond the `keep` most recently
+    /// imported, are removed with their aliases; other repositories, the running tag, a tag at
+    /// the running digest and a host without facts are left alone.
+    #[test]
+    fn old_versions_beyond_the_kept_ones_are_removed() {
+        let run = [source("aion.local/app:4", "sha256:d4")];
+        let have = facts(&[
+            ("aion.local/app:1", "sha256:d1", None),
+            ("aion.local/app:2", "sha256:d2", Some(200)),
+            ("aion.local/app:3", "sha256:d3", Some(300)),
+            ("aion.local/app:4", "sha256:d4", Some(400)),
+            ("aion.local/app:latest", "sha256:d4", None),
+            ("aion.local/app@sha256:d2", "sha256:d2", None),
+            ("sha256:cfg2", "sha256:d2", None),
+            ("sha256:cfg3", "sha256:d3", None),
+            ("aion.local/other:1", "sha256:o1", None),
+        ]);
+        let gone = |keep| {
+            plan_removals(&run, Some(&have), keep)
+                .into_iter()
+                .map(|r| (r.reference, r.digest, r.aliases))
+                .collect::<Vec<_>>()
+        };
+        // keep 1: app:3 (newest import) stays; app:2 goes with its aliases; app:1 (no label:
+        // oldest) goes
+        assert_eq!(
+            gone(1),
+            [
+                (
+                    "aion.local/app:2".to_string(),
+                    "sha256:d2".to_string(),
+                    vec![
+                        "aion.local/app@sha256:d2".to_string(),
+                        "sha256:cfg2".to_string()
+                    ]
+                ),
+                ("aion.local/app:1".into(), "sha256:d1".into(), vec![]),
+            ]
+        );
+        assert_eq!(gone(2).len(), 1);
+        assert_eq!(gone(3), []);
+        assert_eq!(gone(0).len(), 3);
+        assert_eq!(plan_removals(&run, None, 1), []);
+        // two old tags of one image: its aliases go with the last of them only
+        let have = facts(&[
+            ("aion.local/app:4", "sha256:d4", None),
+            ("aion.local/app:a", "sha256:d1", None),
+            ("aion.local/app:b", "sha256:d1", None),
+            ("sha256:cfg1", "sha256:d1", None),
+        ]);
+        let r = plan_removals(&run, Some(&have), 0);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.iter().map(|r| r.aliases.len()).sum::<usize>(), 1, "{r:?}");
+    }
+
+    #[test]
+    fn removals_a_pod_uses_are_kept() {
+        let r = |reference: &str, digest: &str, aliases: &[&str]| ImageRemoval {
+            reference: reference.into(),
+            digest: digest.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        };
+        let all = [
+            r("aion.local/a:1", "sha256:a", &[]),
+            r("aion.local/b:1", "sha256:b", &[]),
+            r("aion.local/c:1", "sha256:c", &["sha256:cfgc"]),
+            r("aion.local/d:1", "sha256:d", &[]),
+        ];
+        let in_use: BTreeSet<String> = ["aion.local/a:1", "sha256:b", "sha256:cfgc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (remove, busy) = not_in_use(&all, &in_use);
+        assert_eq!(remove, [all[3].clone()]);
+        assert_eq!(busy.len(), 3);
+    }
+
+    /// The removal script against a `ctr` stand-in: removes a reference only while it names
+    /// the planned digest, with its aliases, and reports what it removed.
+    #[tokio::test]
+    async fn remove_script_removes_only_at_the_planned_digest() {
+        use crate::host::Host as _;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let log = dir.path().join("ctr.log");
+        std::fs::write(
+            bin.join("ctr"),
+            format!(
+                "#!/bin/sh\nif [ \"$3 $4\" = 'images ls' ]; then printf 'REF TYPE DIGEST SIZE PLATFORMS LABELS\\naion.local/a:1 x sha256:a 1 KiB linux/amd64 -\\naion.local/b:1 x sha256:bnew 1 KiB linux/amd64 -\\n'; exit 0; fi\nprintf '%s\\n' \"$*\" >> {}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(bin.join("ctr"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let removals = [
+            ImageRemoval {
+                reference: "aion.local/a:1".into(),
+                digest: "sha256:a".into(),
+                aliases: vec!["sha256:cfga".into()],
+            },
+            ImageRemoval {
+                reference: "aion.local/b:1".into(),
+                digest: "sha256:bold".into(),
+                aliases: vec![],
+            },
+        ];
+        let h = crate::host::local::LocalHost {
+            name: "l".into(),
+            root: dir.path().to_path_buf(),
+            bin: Some(bin),
+        };
+        let out = h.run(&remove_script("root", &removals)).await.unwrap();
+        assert!(out.success(), "{}", out.combined());
+        assert_eq!(parse_removed(&out.stdout_str()), ["aion.local/a:1"]);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-n k8s.io images rm --sync aion.local/a:1 sha256:cfga\n"
+        );
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::change::{Action, Change, ChangeKind, ClusterStep};
 use crate::facts::{FactRequest, HostFacts};
-use crate::images::ImageChange;
+use crate::images::{ImageChange, ImageRemoval};
 use crate::roles::{HostSpec, LocalFacts, ResourceError};
 use crate::shell::sh_quote;
 
@@ -43,6 +43,9 @@ pub struct HostPlan {
     /// Images to send and import (inventories with `imageSources`), after the host changes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageChange>,
+    /// Old versions to remove from its containerd once the new pods are ready (`- image`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_removals: Vec<ImageRemoval>,
 }
 
 /// Counts over the whole plan.
@@ -56,6 +59,8 @@ pub struct Counts {
     /// Images to import, and the bytes to send for them.
     pub images: usize,
     pub image_bytes: u64,
+    /// Old image versions to remove.
+    pub image_removals: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +80,7 @@ impl Plan {
             }
             counts.images += h.images.len();
             counts.image_bytes += h.images.iter().map(|i| i.bytes).sum::<u64>();
+            counts.image_removals += h.image_removals.len();
             for c in &h.changes {
                 match c.kind {
                     ChangeKind::Create => counts.create += 1,
@@ -86,7 +92,8 @@ impl Plan {
     }
 
     pub fn has_changes(&self) -> bool {
-        self.counts.create + self.counts.change + self.counts.images > 0
+        self.counts.create + self.counts.change + self.counts.images + self.counts.image_removals
+            > 0
     }
 
     pub fn host(&self, name: &str) -> Option<&HostPlan> {
@@ -201,6 +208,7 @@ pub fn plan_host(
         error: None,
         warnings,
         images: Vec::new(),
+        image_removals: Vec::new(),
     })
 }
 

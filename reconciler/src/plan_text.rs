@@ -73,6 +73,15 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
             };
             let _ = writeln!(out, "  {sign} {}", i.describe());
         }
+        for r in &h.image_removals {
+            let _ = writeln!(
+                out,
+                "  {} image {} — {} (an old version no longer run; removed once the new pods are ready)",
+                style.paint("31", "-"),
+                r.reference,
+                r.digest
+            );
+        }
         let _ = writeln!(out, "  {} unchanged", h.unchanged);
     }
     let c = plan.counts;
@@ -88,6 +97,9 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
             c.images,
             crate::images::human_bytes(c.image_bytes)
         );
+    }
+    if c.image_removals > 0 {
+        let _ = write!(out, ", {} old image(s) to remove", c.image_removals);
     }
     if c.failed_hosts > 0 {
         let _ = write!(out, ", {} host(s) could not be planned", c.failed_hosts);
@@ -134,6 +146,7 @@ mod tests {
             error: None,
             warnings: vec![],
             images: vec![],
+            image_removals: vec![],
         };
         let bad = HostPlan {
             host: "w".into(),
@@ -153,6 +166,7 @@ mod tests {
                 warnings: 0,
                 images: 0,
                 image_bytes: 0,
+                image_removals: 0,
             }
         );
         let t = render_text(&p, Style { color: false });
@@ -210,6 +224,7 @@ mod image_tests {
                 image("aion.local/a:1", None, 3072, 3),
                 image("aion.local/b:1", Some("sha256:old"), 1024, 1),
             ],
+            image_removals: vec![],
         };
         let p = Plan::new(vec![h]);
         assert!(p.has_changes());
@@ -247,6 +262,56 @@ mod image_tests {
         assert!(
             serde_json::to_value(&none).unwrap()["hosts"][0]
                 .get("images")
+                .is_none()
+        );
+    }
+
+    /// Old versions alone are changes; each is a `- image` line, counted in the summary, and
+    /// an `image_removals` list in JSON (absent when empty).
+    #[test]
+    fn image_removal_lines_counts_and_json() {
+        let h = HostPlan {
+            host: "w1".into(),
+            address: "10.0.0.3".into(),
+            role: aion_model::inventory::Role::Worker,
+            user: "root".into(),
+            changes: vec![],
+            unchanged: 5,
+            error: None,
+            warnings: vec![],
+            images: vec![],
+            image_removals: vec![crate::images::ImageRemoval {
+                reference: "aion.local/a:1".into(),
+                digest: "sha256:one".into(),
+                aliases: vec!["sha256:cfg".into()],
+            }],
+        };
+        let p = Plan::new(vec![h]);
+        assert!(p.has_changes());
+        assert_eq!(p.counts.image_removals, 1);
+        let t = render_text(&p, Style { color: false });
+        assert!(
+            t.contains("  - image aion.local/a:1 — sha256:one (an old version no longer run; removed once the new pods are ready)\n"),
+            "{t}"
+        );
+        assert!(
+            t.ends_with("Hosts: 0 to create, 0 to change, 5 unchanged, 1 old image(s) to remove\n"),
+            "{t}"
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        let r = &json["hosts"][0]["image_removals"];
+        assert_eq!(r[0]["reference"], "aion.local/a:1");
+        assert_eq!(r[0]["digest"], "sha256:one");
+        assert_eq!(r[0]["aliases"][0], "sha256:cfg");
+        assert_eq!(json["counts"]["image_removals"], 1);
+        let none = Plan::new(vec![HostPlan {
+            image_removals: vec![],
+            ..p.hosts[0].clone()
+        }]);
+        assert!(!none.has_changes());
+        assert!(
+            serde_json::to_value(&none).unwrap()["hosts"][0]
+                .get("image_removals")
                 .is_none()
         );
     }

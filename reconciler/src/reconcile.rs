@@ -76,6 +76,9 @@ pub struct ApplyOptions {
     /// `--atomic`: after the cluster apply, wait this long for what changed to become ready;
     /// if it does not, roll back to the previous revision.
     pub atomic: Option<Duration>,
+    /// How long, after the cluster part, the new pods may take to become ready before old
+    /// image versions are removed (they are kept when they are not ready by then).
+    pub ready_timeout: Duration,
 }
 
 /// A part of the plan `apply` is about to execute, shown before it runs.
@@ -278,7 +281,14 @@ pub async fn plan_cluster(inventory: &Path, kubeconfig: &Path) -> anyhow::Result
 /// cluster part needs only the kubeconfig, not the host facts).
 pub async fn plan_both(o: &Options, p: &Prepared) -> (Plan, anyhow::Result<ClusterPart>) {
     tokio::join!(
-        execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel, &p.images),
+        execute::plan_all(
+            &p.specs,
+            &p.hosts,
+            &p.cluster,
+            o.parallel,
+            &p.images,
+            p.inventory.previous_images,
+        ),
         plan_cluster(&o.inventory, &p.inventory.kubeconfig)
     )
 }
@@ -321,6 +331,9 @@ pub struct Outcome {
     /// The revision this apply recorded (the cluster changed), or the rollback's revision when
     /// an `--atomic` apply was rolled back.
     pub revision: Option<u32>,
+    /// Old image versions: what was removed, or why none were (the new pods did not become
+    /// ready); None when the plan had none to remove.
+    pub old_images: Option<Result<String, String>>,
 }
 
 impl Outcome {
@@ -328,6 +341,7 @@ impl Outcome {
         self.report.ok()
             && self.cluster.is_ok()
             && self.readiness.as_ref().is_none_or(|r| r.is_ok())
+            && self.old_images.as_ref().is_none_or(|r| r.is_ok())
     }
 
     /// Nothing had to change: every host converged, nothing ran, no lock was taken.
@@ -340,6 +354,7 @@ impl Outcome {
                 .collect(),
             changed: 0,
             images: Vec::new(),
+            image_removals: Vec::new(),
         };
         Outcome {
             plan,
@@ -349,6 +364,7 @@ impl Outcome {
             locked: false,
             readiness: None,
             revision: None,
+            old_images: None,
         }
     }
 }
@@ -373,8 +389,15 @@ pub async fn apply(
             let result = async {
                 // 2. Re-plan under the locks (someone may have changed the hosts meanwhile);
                 //    this is the plan shown and executed.
-                let plan =
-                    execute::plan_all(&p.specs, &p.hosts, &p.cluster, o.parallel, &p.images).await;
+                let plan = execute::plan_all(
+                    &p.specs,
+                    &p.hosts,
+                    &p.cluster,
+                    o.parallel,
+                    &p.images,
+                    p.inventory.previous_images,
+                )
+                .await;
                 show_plan(Shown::Hosts(&plan))?;
                 let log = Log::create(&p.state_dir.join("logs"))?;
                 // 3. Hosts in phases: masters (host changes, then their cluster steps), then
@@ -408,6 +431,17 @@ pub async fn apply(
                 if let Err(e) = &cluster {
                     log.write("cluster", "FAILED", e);
                 }
+                // 7. Old images: once the cluster part converged and the new pods are ready,
+                //    each host removes the old versions no pod on it uses (the previous N of
+                //    each repository stay, for rollback).
+                let old_images = if plan.counts.image_removals > 0 && cluster.is_ok() {
+                    Some(remove_old_images(o, &p, &plan, &mut report, &cx, a.ready_timeout).await)
+                } else {
+                    None
+                };
+                if let Some(Err(e)) = &old_images {
+                    log.write("old images", "KEPT", e);
+                }
                 anyhow::Ok(Outcome {
                     plan,
                     report,
@@ -416,6 +450,7 @@ pub async fn apply(
                     locked: true,
                     readiness: None,
                     revision,
+                    old_images,
                 })
             }
             .await;
@@ -699,6 +734,125 @@ not rolled back: {}",
 /// Phase 7, `--wait`: every Deployment, Job and Service this inventory renders becomes ready
 /// (Deployments the runtime scales to 0 count as ready at 0), and pruned objects are gone.
 /// Progress goes to stderr as `<object>: <what>`.
+/// Step 7 of [`apply`]: wait until every workload is ready and no pod on a host with old
+/// versions is still terminating (its containers may still run the old image), then remove
+/// on each host the old versions no pod there names.
+async fn remove_old_images(
+    o: &Options,
+    p: &Prepared,
+    plan: &Plan,
+    report: &mut ApplyReport,
+    cx: &Context<'_, SshHost, KubeCluster>,
+    timeout: Duration,
+) -> Result<String, String> {
+    let start = std::time::Instant::now();
+    wait_for_workloads(&o.inventory, timeout)
+        .await
+        .map_err(|e| format!("old image versions kept: the new pods are not ready: {e}"))?;
+    let client = kubeclient::client_from(&p.inventory.kubeconfig)
+        .await
+        .map_err(|e| output::chain(&e))?;
+    let hosts: std::collections::BTreeSet<&str> = plan
+        .hosts
+        .iter()
+        .filter(|h| !h.image_removals.is_empty())
+        .map(|h| h.host.as_str())
+        .collect();
+    let in_use = loop {
+        let (in_use, terminating) = pod_images(&client, &hosts).await?;
+        if terminating.is_empty() {
+            break in_use;
+        }
+        if start.elapsed() >= timeout {
+            return Err(format!(
+                "old image versions kept: pods still terminating after {} s: {}",
+                timeout.as_secs(),
+                terminating.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let busy = execute::remove_old_images(plan, report, cx, &in_use).await;
+    let removed: usize = report.image_removals.iter().map(|(_, r)| r.len()).sum();
+    let mut s = format!(
+        "old images: {removed} removed on {} host(s)",
+        report.image_removals.len()
+    );
+    if !busy.is_empty() {
+        let names: Vec<String> = busy
+            .iter()
+            .map(|(h, r)| format!("{h}: {}", r.reference))
+            .collect();
+        s.push_str(&format!(
+            "; kept, a pod still uses them: {}",
+            names.join(", ")
+        ));
+    }
+    Ok(s)
+}
+
+/// The images the pods on `hosts` name (node → their images as normalised references and
+/// their image IDs: `sha256:<id>`, `<repo>@sha256:…` and the bare digest), and the pods there
+/// that are terminating.
+async fn pod_images(
+    client: &kube::Client,
+    hosts: &std::collections::BTreeSet<&str>,
+) -> Result<
+    (
+        BTreeMap<String, std::collections::BTreeSet<String>>,
+        Vec<String>,
+    ),
+    String,
+> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods = kube::Api::<Pod>::all(client.clone())
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| format!("listing pods: {e}"))?;
+    let mut in_use: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut terminating = Vec::new();
+    for pod in pods.items {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        if !hosts.contains(node.as_str()) {
+            continue;
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            terminating.push(format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.name.as_deref().unwrap_or("")
+            ));
+        }
+        let set = in_use.entry(node).or_default();
+        let spec = pod.spec.as_ref();
+        for c in spec.into_iter().flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        }) {
+            if let Some(i) = &c.image {
+                set.insert(images::normalize(i));
+            }
+        }
+        let status = pod.status.as_ref();
+        for cs in status.into_iter().flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+        }) {
+            set.insert(images::normalize(&cs.image));
+            set.insert(cs.image_id.clone());
+            if let Some((_, d)) = cs.image_id.split_once('@') {
+                set.insert(d.to_string());
+            }
+        }
+    }
+    Ok((in_use, terminating))
+}
+
 async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<String, String> {
     let (inv, manifests) = load_and_render(inventory).map_err(|e| output::chain(&*e))?;
     let keys: Vec<ObjectKey> = manifests

@@ -1445,7 +1445,7 @@ microservices:
         assert_eq!(get("AION_DEVICE"), Some(json!("edge-master")));
         assert_eq!(get("AION_KUBECONFIG"), Some(json!("in-cluster")));
         // The record store is on the mounted data volume (the contract with the binary itself
-        // is checked by tests/kanban_wiring.rs).
+        // is checked by tests/rabbitmq/kanban_wiring.rs).
         assert_eq!(
             get("AION_KANBAN_DB"),
             Some(json!("/var/lib/aion/Data/aion-kanban/kanban.db"))

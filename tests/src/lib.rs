@@ -2,6 +2,7 @@
 //! testbed and RabbitMQ, and failing (never skipping) under CI when one is missing.
 
 pub mod chromium;
+pub mod component;
 pub mod k8s;
 pub mod oci;
 pub mod rabbitmq;

@@ -11,6 +11,13 @@ pub fn digest(b: &[u8]) -> String {
 
 /// A ustar archive of `files` (path → content) under one directory.
 pub fn tar(dir: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let files: Vec<(&str, &[u8], &str)> = files.iter().map(|(n, c)| (*n, *c, "0000644")).collect();
+    tar_modes(dir, &files)
+}
+
+/// A ustar archive of `files` (path → content, octal mode such as `0000755`) under one
+/// directory.
+pub fn tar_modes(dir: &str, files: &[(&str, &[u8], &str)]) -> Vec<u8> {
     fn header(name: &str, size: usize, kind: u8, mode: &str) -> [u8; 512] {
         let mut h = [0u8; 512];
         h[..name.len()].copy_from_slice(name.as_bytes());
@@ -29,13 +36,8 @@ pub fn tar(dir: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
     }
     let mut out = Vec::new();
     out.extend_from_slice(&header(&format!("{dir}/"), 0, b'5', "0000755"));
-    for (name, content) in files {
-        out.extend_from_slice(&header(
-            &format!("{dir}/{name}"),
-            content.len(),
-            b'0',
-            "0000644",
-        ));
+    for (name, content, mode) in files {
+        out.extend_from_slice(&header(&format!("{dir}/{name}"), content.len(), b'0', mode));
         out.extend_from_slice(content);
         out.resize(out.len().div_ceil(512) * 512, 0);
     }
@@ -103,6 +105,11 @@ impl Layout {
 
     /// An image of `layers` (uncompressed tars) named `reference`, for this machine's platform.
     pub fn image(&mut self, reference: &str, layers: &[Vec<u8>]) -> Built {
+        self.image_cmd(reference, layers, &["/imgtest/none"])
+    }
+
+    /// An image of `layers` whose containers run `cmd`.
+    pub fn image_cmd(&mut self, reference: &str, layers: &[Vec<u8>], cmd: &[&str]) -> Built {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
@@ -112,7 +119,7 @@ impl Layout {
         let config = serde_json::json!({
             "architecture": arch,
             "os": "linux",
-            "config": {"Cmd": ["/imgtest/none"]},
+            "config": {"Cmd": cmd},
             "rootfs": {"type": "layers", "diff_ids": ls.iter().map(|l| l.0.clone()).collect::<Vec<_>>()},
         })
         .to_string();

@@ -43,6 +43,7 @@ impl Args {
             lock_stale_after: Duration::from_secs(self.lock_stale_after),
             wait: self.wait.then(|| Duration::from_secs(self.timeout)),
             atomic: self.atomic.then(|| Duration::from_secs(self.timeout)),
+            ready_timeout: Duration::from_secs(self.timeout),
         }
     }
 }
@@ -72,6 +73,16 @@ impl Outcome {
             Some(Err(e)) => out.push_str(&format!("wait: {e}\n")),
             None => {}
         }
+        match &self.old_images {
+            Some(Ok(s)) => out.push_str(&format!("{s}\n")),
+            Some(Err(e)) => out.push_str(&format!("{e}\n")),
+            None => {}
+        }
+        for (h, gone) in &self.report.image_removals {
+            for r in gone {
+                out.push_str(&format!("  {h}: removed old image {r}\n"));
+            }
+        }
         for (h, got) in &self.report.images {
             out.push_str(&format!(
                 "  {h}: {} image(s) imported, {} sent in {} blob(s)\n",
@@ -100,6 +111,7 @@ impl Outcome {
             "locked": self.locked,
             "readiness": self.readiness.as_ref().map(|r| r.as_ref().map_err(|e| e.clone())),
             "revision": self.revision,
+            "old_images": self.old_images.as_ref().map(|r| r.as_ref().map_err(|e| e.clone())),
         })
     }
 }

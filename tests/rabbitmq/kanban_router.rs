@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aion_integration_tests::component;
 use aion_integration_tests::rabbitmq::kanban::{
     all_queues, assert_delivered_as_routed, ids, json_of, rows_by_id, services, start_router,
 };
@@ -24,6 +25,7 @@ fn header(props: &lapin::BasicProperties, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_routing_rule() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("rr");
     let cfg = services(&format!(
         r#"
@@ -124,6 +126,7 @@ microservices:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_dead_lettered_and_consumer_keeps_going() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("dl");
     let cfg = services(&format!(
         r#"
@@ -208,6 +211,7 @@ microservices:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_device_forwarding_with_files() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("xd");
     let home_a = tempfile::tempdir().unwrap();
     let home_b = tempfile::tempdir().unwrap();
@@ -303,6 +307,7 @@ microservices:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_redeclared_when_services_file_changes() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("rl");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("services.yml");
@@ -355,7 +360,7 @@ fn spawn_child(file: &Path, url: &str) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "router_child_process",
+            "kanban_router::router_child_process",
             "--ignored",
             "--nocapture",
         ])
@@ -369,6 +374,7 @@ fn spawn_child(file: &Path, url: &str) -> std::process::Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_killed_mid_stream_loses_nothing() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("kl");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("services.yml");
@@ -453,6 +459,7 @@ async fn router_killed_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_resubscribes_after_the_broker_cancels_a_consumer() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("cc");
     let cfg = services(&format!(
         r#"

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use aion_integration_tests::component;
 use aion_integration_tests::rabbitmq::kanban::{all_queues, ids, json_of, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::amqp::SharedConnection;
@@ -148,6 +149,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
         .with_test_writer()
         .try_init();
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::exclusive_async().await;
     // The broker this test restarts must be the script's instance b.
     if !b.url_b.contains("127.0.0.1:5673") {
         let msg = format!(
@@ -381,7 +383,7 @@ fn spawn_child(role: &str, envs: &[(&str, String)]) -> std::process::Child {
     let mut c = std::process::Command::new(std::env::current_exe().unwrap());
     c.args([
         "--exact",
-        "faults_child_process",
+        "kanban_faults::faults_child_process",
         "--ignored",
         "--nocapture",
     ])
@@ -418,6 +420,7 @@ fn rewrite_unnoticeably(file: &Path, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_router_and_client() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("hu");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("services.yml");

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 #[path = "testbed_nodes/live_page.rs"]
 mod live_page;
 
+use aion_integration_tests::component;
 use aion_integration_tests::k8s::{self, TestCluster};
 use aion_integration_tests::testbed::{self, ResetIfFailed, inventory_copy, rt};
 use aion_reconcile::commands::plan::{Common, Format};
@@ -93,6 +94,7 @@ fn processor_ns_of(workers: &[testbed::TestbedHost]) -> String {
 #[test]
 fn real_nodes_run_the_installation_and_down_removes_it() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::exclusive();
     let Some(cluster) = k8s::require() else {
         return;
     };

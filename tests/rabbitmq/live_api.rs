@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aion_integration_tests::component;
 use aion_integration_tests::rabbitmq::kanban::{services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::live_serve::{self, LiveOptions};
@@ -47,7 +48,7 @@ impl Drop for DeleteQueues {
 
 fn schema_errors(doc: &Value) -> Vec<String> {
     let schema: Value =
-        serde_json::from_str(include_str!("../schemas/live-v1.schema.json")).unwrap();
+        serde_json::from_str(include_str!("../../schemas/live-v1.schema.json")).unwrap();
     let v = jsonschema::validator_for(&schema).unwrap();
     v.iter_errors(doc)
         .map(|e| format!("{}: {e}", e.instance_path()))
@@ -57,6 +58,7 @@ fn schema_errors(doc: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_api_matches_its_schema_and_shows_queues_rates_and_trails() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("live");
     let cfg = services(&format!(
         r#"

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use aion_integration_tests::component;
 use aion_integration_tests::k8s;
 use aion_integration_tests::testbed::{
     self, ResetIfFailed, Testbed, TestbedHost, inventory_copy, last_octet, rt,
@@ -35,7 +36,15 @@ fn common(inventory: &Path) -> Common {
 fn plan(inventory: &Path) -> Plan {
     rt().block_on(async {
         let p = prepare(&common(inventory).options()).await.unwrap();
-        let plan = execute::plan_all(&p.specs, &p.hosts, &p.cluster, 16, &p.images).await;
+        let plan = execute::plan_all(
+            &p.specs,
+            &p.hosts,
+            &p.cluster,
+            16,
+            &p.images,
+            p.inventory.previous_images,
+        )
+        .await;
         close(p.hosts).await;
         plan
     })
@@ -113,6 +122,7 @@ fn set_link(tb: &Testbed, h: &TestbedHost, up: bool) {
 #[test]
 fn provision_testbed_end_to_end() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::exclusive();
     let dir = tempfile::tempdir().unwrap();
     let inv = inventory_copy(&tb, dir.path(), |t| t);
     let master = tb.master().clone();

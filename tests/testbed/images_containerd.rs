@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use aion_integration_tests::component;
 use aion_integration_tests::oci::{Layout, noise, tar};
 use aion_reconcile::facts::{self, FactRequest};
 use aion_reconcile::host::Host as _;
@@ -92,6 +93,7 @@ async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
         eprintln!("SKIPPED: {why}");
         return;
     }
+    let _hosts = component::exclusive_async().await;
     let t = tempfile::tempdir().unwrap();
     let ctd = t.path().join("ctd");
     std::fs::create_dir_all(&ctd).unwrap();

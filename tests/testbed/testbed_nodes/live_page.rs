@@ -57,7 +57,7 @@ fn get(netns: &str, url: &str) -> Result<String, String> {
 
 fn schema_errors(doc: &Value) -> Vec<String> {
     let schema: Value =
-        serde_json::from_str(include_str!("../../schemas/live-v1.schema.json")).unwrap();
+        serde_json::from_str(include_str!("../../../schemas/live-v1.schema.json")).unwrap();
     let v = jsonschema::validator_for(&schema).unwrap();
     v.iter_errors(doc)
         .map(|e| format!("{}: {e}", e.instance_path()))

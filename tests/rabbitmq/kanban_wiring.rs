@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use aion_integration_tests::component;
 use aion_integration_tests::rabbitmq::kanban::{json_of, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::client::ClientConfig;
@@ -62,7 +63,7 @@ fn kanban_binary() -> PathBuf {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let explicit = std::env::var_os("AION_KANBAN_BIN").map(PathBuf::from);
-    // target/<profile>/deps/kanban_wiring-<hash> → target/<profile>/aion-kanban
+    // target/<profile>/deps/rabbitmq-<hash> → target/<profile>/aion-kanban
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let bin = explicit
@@ -573,6 +574,7 @@ const FACE_QUEUES: [&str; 5] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_env_queues_are_declared_and_usable() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("wq");
     let input =
         repo().join("reconciler/tests/golden/inputs/aion-service-definitions-face-recognition.yml");

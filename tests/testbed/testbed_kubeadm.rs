@@ -7,6 +7,7 @@
 //! the hosts other tests provision are left as they were. The test deletes the Nodes and the
 //! bootstrap tokens it made.
 
+use aion_integration_tests::component;
 use aion_integration_tests::{k8s, testbed};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, DeleteParams};
@@ -42,6 +43,7 @@ rm -rf /etc/kubernetes /var/lib/kubelet /var/lib/aion-standins/kubeadm
 #[tokio::test(flavor = "multi_thread")]
 async fn kubeadm_init_token_and_join_register_real_nodes() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::exclusive_async().await;
     let Some(cluster) = k8s::require() else {
         return;
     };

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use aion_integration_tests::component;
 use aion_integration_tests::k8s;
 use aion_integration_tests::oci::{Layout, noise, tar};
 use aion_integration_tests::testbed::{self, Testbed, inventory_copy, rt};
@@ -190,6 +191,7 @@ impl Drop for Cleanup<'_> {
 #[test]
 fn images_are_sent_once_only_what_is_missing_and_verified() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::exclusive();
     let Some(cluster) = k8s::require() else {
         return;
     };
@@ -401,4 +403,184 @@ fn images_are_sent_once_only_what_is_missing_and_verified() {
             .all(|imgs| !imgs.keys().any(|r| r.contains("ghost"))),
         "{after:?}"
     );
+}
+
+/// Each host's services file: one running microservice `<PREFIX>v` at `tag`.
+fn write_running_service(tb: &Testbed, dir: &Path, tag: u32) {
+    for h in &tb.hosts {
+        let s = format!(
+            "deviceName: {}\nmicroservices:\n  {PREFIX}v:\n    startup: yes\n    always: yes\n    scale: 1\n    tag: \"{tag}\"\n",
+            h.name
+        );
+        std::fs::write(dir.join(format!("services-{}.yml", h.name)), s).unwrap();
+    }
+}
+
+/// Each host's content blobs (`ctr content ls -q`).
+fn host_content(tb: &Testbed, h: &testbed::TestbedHost) -> Vec<String> {
+    tb.run_as_root(h, "ctr -n k8s.io content ls -q")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Version up: a running microservice goes 1 → 2 → 3. After 1 → 2 the previous version stays
+/// (default `previousImages: 1`); the plan for 3 shows `- image …v:1` on every host (text and
+/// JSON); apply removes it (its own blobs leave the content store) only once the pods of 3 are
+/// ready and none runs 1 or 2 any more, and keeps 2; a second plan shows nothing.
+#[test]
+fn old_versions_are_removed_after_the_new_pods_are_ready() {
+    let _hosts = component::exclusive();
+    let Some(tb) = testbed::require() else { return };
+    let Some(cluster) = k8s::require() else {
+        return;
+    };
+    let list = testbed_images_list();
+    let dir = tempfile::tempdir().unwrap();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+
+    // Three versions: the same busybox layer (a static binary from this machine) and a small
+    // layer of its own each; the container loops until SIGTERM, so an old pod goes at once.
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
+    let bin = aion_integration_tests::oci::tar_modes("bin", &[("busybox", &busybox, "0000755")]);
+    let mut layout = Layout::new(dir.path().join("layout"));
+    let cmd = [
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
+    ];
+    let v: Vec<_> = (1..=3u64)
+        .map(|n| {
+            layout.image_cmd(
+                &format!("aion.local/{PREFIX}v:{n}"),
+                &[
+                    bin.clone(),
+                    // (`noise` ignores the seed's lowest bit: even steps)
+                    tar("imgtest", &[("v.bin", &noise(nonce + 2 * n, 32 * 1024))]),
+                ],
+                &cmd,
+            )
+        })
+        .collect();
+    let sources = vec![layout.dir.clone(), list];
+
+    let down = || aion_reconcile::commands::down::Args {
+        inventory: dir.path().join("inventory.yml"),
+        kubeconfig: Some(cluster.kubeconfig().to_owned()),
+        dry_run: false,
+    };
+    write_running_service(&tb, dir.path(), 1);
+    let inv = inventory(&tb, dir.path(), &sources);
+    let _cleanup = Cleanup {
+        tb: &tb,
+        down: Some(down()),
+    };
+    tb.reset_all();
+    assert_eq!(aion_reconcile::commands::down::run(&down()).unwrap(), 0);
+
+    // 1, then 2: nothing to remove yet (1 is the previous version).
+    for n in 1..=2u32 {
+        write_running_service(&tb, dir.path(), n);
+        let p = plan(&inv).unwrap();
+        assert_eq!(p.counts.image_removals, 0, "version {n}");
+        let outcome = apply(&inv);
+        assert!(outcome.ok(), "apply of version {n}:\n{}", outcome.summary());
+        assert_eq!(outcome.old_images, None);
+        for (host, imgs) in host_images(&tb) {
+            assert_eq!(
+                imgs.get(&v[n as usize - 1].reference),
+                Some(&v[n as usize - 1].digest),
+                "{host}"
+            );
+        }
+    }
+
+    // 3: the plan shows 1's removal on every host, in text and JSON.
+    write_running_service(&tb, dir.path(), 3);
+    let p = plan(&inv).unwrap();
+    assert_eq!(p.counts.image_removals, tb.hosts.len());
+    let text = aion_reconcile::plan_text::render_text(
+        &p,
+        aion_reconcile::plan_text::Style { color: false },
+    );
+    for hp in &p.hosts {
+        let refs: Vec<&str> = hp
+            .image_removals
+            .iter()
+            .map(|r| r.reference.as_str())
+            .collect();
+        assert_eq!(refs, [v[0].reference.as_str()], "{}", hp.host);
+        assert_eq!(hp.image_removals[0].digest, v[0].digest);
+        assert_eq!(hp.images.len(), 1, "{}", hp.host);
+        assert_eq!(hp.images[0].reference, v[2].reference);
+    }
+    assert!(
+        text.contains(&format!("  - image {} — {}", v[0].reference, v[0].digest)),
+        "{text}"
+    );
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(
+        json["hosts"][0]["image_removals"][0]["reference"],
+        v[0].reference
+    );
+
+    let own_layer_1 = v[0].layers[1].clone();
+    let outcome = apply(&inv);
+    assert!(outcome.ok(), "apply of version 3:\n{}", outcome.summary());
+    assert!(
+        matches!(&outcome.old_images, Some(Ok(s)) if s.starts_with(&format!("old images: {} removed", tb.hosts.len()))),
+        "{:?}",
+        outcome.old_images
+    );
+    assert_eq!(outcome.report.image_removals.len(), tb.hosts.len());
+    for (host, gone) in &outcome.report.image_removals {
+        assert_eq!(gone, &[v[0].reference.clone()], "{host}");
+    }
+    // On every host: 3 and 2 there, 1 gone with its own layer; no pod runs 1 or 2.
+    for h in &tb.hosts {
+        let imgs = &host_images(&tb)[&h.name];
+        assert_eq!(imgs.get(&v[2].reference), Some(&v[2].digest), "{}", h.name);
+        assert_eq!(imgs.get(&v[1].reference), Some(&v[1].digest), "{}", h.name);
+        assert!(!imgs.contains_key(&v[0].reference), "{}: {imgs:?}", h.name);
+        assert!(
+            !imgs.values().any(|d| *d == v[0].digest),
+            "{}: an alias of 1 left: {imgs:?}",
+            h.name
+        );
+        let content = host_content(&tb, h);
+        assert!(
+            !content.contains(&own_layer_1) && !content.contains(&v[0].digest),
+            "{}: 1's blobs still in the content store",
+            h.name
+        );
+        assert!(content.contains(&v[1].layers[1]), "{}", h.name);
+    }
+    let pods: Vec<String> = rt().block_on(async {
+        let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
+            .await
+            .unwrap();
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .flat_map(|p| p.spec.into_iter().flat_map(|s| s.containers))
+            .filter_map(|c| c.image)
+            .collect()
+    });
+    let pods = pods.join("\n");
+    assert!(
+        !pods.contains(&v[0].reference) && !pods.contains(&v[1].reference),
+        "{pods}"
+    );
+    assert!(pods.contains(&v[2].reference), "{pods}");
+
+    // A second plan: nothing.
+    let p = plan(&inv).unwrap();
+    assert_eq!((p.counts.images, p.counts.image_removals), (0, 0));
 }

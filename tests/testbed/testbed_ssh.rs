@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
+use aion_integration_tests::component;
 use aion_integration_tests::testbed::{self, TestbedHost};
 use aion_model::Role;
 
@@ -23,6 +24,7 @@ fn unique(tag: &str) -> String {
 #[test]
 fn generated_inventory_loads_without_errors_and_names_one_master() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::shared();
     assert_eq!(
         tb.hosts.iter().filter(|h| h.role == Role::Master).count(),
         1,
@@ -57,6 +59,7 @@ fn generated_inventory_loads_without_errors_and_names_one_master() {
 #[test]
 fn every_host_answers_over_ssh_with_its_own_address_hostname_and_user() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::shared();
     let mut hostnames = HashSet::new();
     for h in &tb.hosts {
         let out = tb.run(
@@ -79,6 +82,7 @@ fn every_host_answers_over_ssh_with_its_own_address_hostname_and_user() {
 #[test]
 fn non_root_login_has_passwordless_sudo() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::shared();
     let h = tb
         .hosts
         .iter()
@@ -92,6 +96,7 @@ fn non_root_login_has_passwordless_sudo() {
 #[test]
 fn files_are_private_per_host_and_atomic_renames_work() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::shared();
     let marker = unique("probe");
     let dirs = [
         "/etc",
@@ -148,6 +153,7 @@ fn files_are_private_per_host_and_atomic_renames_work() {
 #[test]
 fn hostname_can_be_changed_only_through_etc_hostname_and_hostname() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::shared();
     let h = tb.workers().last().expect("a worker");
     // No systemd on the hosts: hostnamectl is absent, as on any host without systemd as PID 1.
     let out = tb.ssh(h, "command -v hostnamectl").expect("ssh");
@@ -172,6 +178,7 @@ fn hostname_can_be_changed_only_through_etc_hostname_and_hostname() {
 #[test]
 fn a_changed_or_unknown_host_key_is_refused() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::shared();
     let dir = std::env::temp_dir().join(unique("tb-known-hosts"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let key = dir.join("other");
@@ -223,6 +230,7 @@ fn a_changed_or_unknown_host_key_is_refused() {
 #[test]
 fn package_and_service_stand_ins_keep_the_real_contracts() {
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::shared();
     let h = tb.workers().next().expect("a worker");
     let out = tb.scratch(
         h,
@@ -297,6 +305,7 @@ fn connection_outlives_the_persist_time_during_a_run() {
     use aion_reconcile::host::Host as _;
     use aion_reconcile::host::ssh::{SshHost, SshOptions};
     let Some(tb) = testbed::require() else { return };
+    let _hosts = component::shared();
     let inv = aion_model::inventory::load(&tb.inventory).unwrap().value;
     let host = inv
         .hosts

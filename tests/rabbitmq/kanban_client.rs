@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aion_integration_tests::component;
 use aion_integration_tests::rabbitmq::kanban::{
     all_queues, assert_delivered_as_routed, ids, json_of, rows_by_id, services, start_router,
 };
@@ -28,6 +29,7 @@ fn kanban(v: Value) -> Kanban {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_routing_rule_through_the_client() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("cr");
     let yaml = format!(
         r#"
@@ -227,6 +229,7 @@ microservices:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeclared_target_is_declared_and_reload_uses_new_routes() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("cn");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("services.yml");
@@ -326,6 +329,7 @@ async fn undeclared_target_is_declared_and_reload_uses_new_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_reach_only_the_runtime_of_the_clients_namespace() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("nsr");
     let cfg = services(&format!(
         "deviceName: self\nmicroservices:\n  {p}a:\n    nextService:\n      default: [{{name: {p}b}}]\n  {p}b: {{}}\n"
@@ -426,6 +430,7 @@ async fn records_reach_only_the_runtime_of_the_clients_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_receives_sends_and_routes_on_one_connection() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("c1");
     let yaml = format!(
         "deviceName: self\nmicroservices:\n  {p}a:\n    nextService:\n      default: [{{name: {p}b}}]\n  {p}b: {{}}\n"
@@ -493,6 +498,7 @@ async fn a_client_receives_sends_and_routes_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_redelivers_and_success_removes() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("rq");
     let queue = format!("{p}a-001.in");
     let (conn, ch) = amqp::connect(&b.url).await;

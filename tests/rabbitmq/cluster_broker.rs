@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aion_integration_tests::component;
 use aion_integration_tests::rabbitmq::kanban::{ids, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
 use aion_kanban::router::{RouterOptions, ServicesSource};
@@ -116,6 +117,7 @@ async fn consumers(conn: &Connection, queue: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_are_isolated_on_one_broker_and_device_amqp_crosses() {
     let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
     let p = rabbitmq::unique("vh");
     let (master, worker) = (format!("{p}-m"), format!("{p}-w"));
     let (dev_a, dev_b) = (format!("{p}-dev-a"), format!("{p}-dev-b"));
