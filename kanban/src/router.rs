@@ -271,8 +271,10 @@ async fn session(
         incomplete: HashMap::new(),
     };
     // Transfers abandoned by their sender (a link cut restarts them under a new id).
-    s.staging
-        .sweep(Duration::from_secs(3600), Duration::from_secs(7 * 24 * 3600));
+    s.staging.sweep(
+        Duration::from_secs(3600),
+        Duration::from_secs(7 * 24 * 3600),
+    );
     let inflight = Settler::start();
     let every = opts.check_interval;
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -807,7 +809,11 @@ impl Session {
             Err(TransferError::Incomplete { .. })
                 if self
                     .incomplete
-                    .entry(f.transfer.as_ref().map_or_else(String::new, |m| m.transfer.clone()))
+                    .entry(
+                        f.transfer
+                            .as_ref()
+                            .map_or_else(String::new, |m| m.transfer.clone()),
+                    )
                     .or_insert_with(std::time::Instant::now)
                     .elapsed()
                     < INCOMPLETE_PATIENCE =>

@@ -79,7 +79,11 @@ pub fn new_id() -> String {
 }
 
 fn check_id(id: &str) -> Result<(), TransferError> {
-    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         Ok(())
     } else {
         Err(TransferError::Invalid(format!("bad transfer id `{id}`")))
@@ -114,7 +118,9 @@ pub fn encode_chunk(h: &ChunkHeader, data: &[u8]) -> Vec<u8> {
 pub fn decode_chunk(body: &[u8]) -> Option<Result<(ChunkHeader, &[u8]), TransferError>> {
     let rest = body.strip_prefix(CHUNK_MAGIC)?;
     let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-        return Some(Err(TransferError::Invalid("chunk without a header line".into())));
+        return Some(Err(TransferError::Invalid(
+            "chunk without a header line".into(),
+        )));
     };
     Some(
         serde_json::from_slice::<ChunkHeader>(&rest[..nl])
@@ -275,7 +281,8 @@ impl Staging {
             .write(true)
             .open(&path)
             .map_err(|e| io(e, &path))?;
-        f.seek(SeekFrom::Start(h.offset)).map_err(|e| io(e, &path))?;
+        f.seek(SeekFrom::Start(h.offset))
+            .map_err(|e| io(e, &path))?;
         f.write_all(data).map_err(|e| io(e, &path))?;
         f.sync_data().map_err(|e| io(e, &path))
     }

@@ -533,3 +533,164 @@ microservices:
     r.stop().await;
     amqp::delete(&ch, &all_queues(&cfg)).await;
 }
+
+/// A TCP proxy to `upstream` that cuts every connection once, after `cut_after` bytes went
+/// upstream in total (the link to the other installation drops mid-transfer), and carries
+/// everything after that. Returns its address and a flag that says the cut happened.
+async fn link_cutting_proxy(
+    upstream: String,
+    cut_after: u64,
+) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let kill = Arc::new(tokio::sync::Notify::new());
+    let flag = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let (cut, sent, kill) = (cut.clone(), sent.clone(), kill.clone());
+            let killed = kill.clone();
+            tokio::spawn(async move {
+                let up = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                        if total > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                            kill.notify_waiters();
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                    _ = killed.notified() => {}
+                }
+                // Dropping both halves of both sockets cuts the connection.
+            });
+        }
+    });
+    (addr, flag)
+}
+
+/// A file far larger than one AMQP message crosses to another installation's broker as chunks;
+/// the link is cut mid-transfer: the kanban arrives once, its file whole (sha256 equal), and no
+/// partial file is ever visible under its name (#18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_file_crosses_in_chunks_through_a_link_cut() {
+    use sha2::{Digest, Sha256};
+    // Alone: every router on broker b consumes its `aion-kanban.inbound`.
+    let _brokers = component::exclusive_async().await;
+    let Some(b) = rabbitmq::require() else { return };
+    let p = rabbitmq::unique("lf");
+    let home_a = tempfile::tempdir().unwrap();
+    let home_b = tempfile::tempdir().unwrap();
+    let cfg_a = services(&format!(
+        "deviceName: self\ndevices:\n  other: {{addr: 127.0.0.1}}\nmicroservices:\n  {p}a:\n    nextService:\n      default: [{{name: {p}c, device: other}}]\n"
+    ));
+    let cfg_b = services(&format!(
+        "deviceName: other\nmicroservices:\n  {p}c: {{}}\n"
+    ));
+    // 48 MiB of incompressible bytes (384 chunks).
+    const SIZE: usize = 48 << 20;
+    let mut data = vec![0u8; SIZE];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for w in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+    }
+    let want = hex::encode(Sha256::digest(&data));
+    std::fs::create_dir_all(home_a.path().join(format!("Data/{p}a_1"))).unwrap();
+    std::fs::write(home_a.path().join(format!("Data/{p}a_1/clip.bin")), &data).unwrap();
+    drop(data);
+
+    // The other installation's broker is reached only through the link, which drops once
+    // after 16 MiB went across.
+    let b_hostport = b
+        .url_b
+        .split_once('@')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (proxy, cut) = link_cutting_proxy(b_hostport.clone(), 16 << 20).await;
+    let via_link = b.url_b.replacen(&b_hostport, &proxy, 1);
+
+    let mut oa = RouterOptions::new(
+        ServicesSource::Value(Arc::new(cfg_a.clone())),
+        b.url.clone(),
+    );
+    oa.data_dir = home_a.path().join("Data");
+    oa.device_amqp.insert("other".into(), via_link);
+    let mut ob = RouterOptions::new(
+        ServicesSource::Value(Arc::new(cfg_b.clone())),
+        b.url_b.clone(),
+    );
+    ob.data_dir = home_b.path().join("Data");
+    let ra = start_router(oa, None);
+    let rb = start_router(ob, None);
+    let (conn_a, ch_a) = amqp::connect(&b.url).await;
+    let (conn_b, ch_b) = amqp::connect(&b.url_b).await;
+    assert!(amqp::wait_declared(&conn_a, &format!("{p}a-001.out"), WAIT).await);
+    assert!(amqp::wait_declared(&conn_b, &format!("{p}c-001.in"), WAIT).await);
+
+    // Whenever the file is visible under its name, it is whole.
+    let stored = home_b.path().join(format!("Data/{p}c_1/clip.bin"));
+    let watch = {
+        let stored = stored.clone();
+        tokio::spawn(async move {
+            let mut seen_partial = None;
+            for _ in 0..12_000 {
+                if let Ok(m) = std::fs::metadata(&stored) {
+                    if m.len() != SIZE as u64 {
+                        seen_partial = Some(m.len());
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen_partial
+        })
+    };
+    let k = json!({"connectionKey": "default", "fileList": [format!("Data/{p}a_1/clip.bin")], "metadata": {"id": 1}});
+    amqp::publish(&ch_a, &format!("{p}a-001.out"), k.to_string().as_bytes()).await;
+
+    let got = amqp::take(&ch_b, &format!("{p}c-001.in"), 1, Duration::from_secs(120)).await;
+    assert_eq!(got.len(), 1, "the kanban with its file did not arrive");
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the link was never cut: the test did not test a cut"
+    );
+    assert_eq!(watch.await.unwrap(), None, "a partial file was visible");
+    let v = json_of(&got[0].0);
+    assert_eq!(v["fileList"], json!([stored.to_string_lossy()]));
+    let got_sha = hex::encode(Sha256::digest(std::fs::read(&stored).unwrap()));
+    assert_eq!(got_sha, want, "the file arrived changed");
+    // Once: nothing more arrives (the cut transfer was restarted, not delivered twice).
+    let more = amqp::take(&ch_b, &format!("{p}c-001.in"), 1, Duration::from_secs(3)).await;
+    assert!(more.is_empty(), "delivered twice: {more:?}");
+    ra.stop().await;
+    rb.stop().await;
+    amqp::delete(&ch_a, &all_queues(&cfg_a)).await;
+    amqp::delete(&ch_b, &all_queues(&cfg_b)).await;
+}
