@@ -48,7 +48,14 @@ pub fn tar_modes(dir: &str, files: &[(&str, &[u8], &str)]) -> Vec<u8> {
 /// `n` pseudo-random bytes from `seed` (xorshift): layers that do not compress away and differ
 /// per run.
 pub fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
+    // splitmix64 of the seed: every seed its own non-zero xorshift state (`seed | 1` made
+    // seeds 2k and 2k+1 give the same bytes).
+    let mut x = {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)).max(1)
+    };
     (0..n)
         .map(|_| {
             x ^= x << 13;
@@ -152,5 +159,18 @@ impl Layout {
             blobs,
             layers: ls.into_iter().map(|l| l.0).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::noise;
+
+    #[test]
+    fn neighbouring_seeds_give_different_bytes() {
+        for seed in [0u64, 1, 2, 3, 1_000, 1_001, u64::MAX - 1] {
+            assert_ne!(noise(seed, 64), noise(seed + 1, 64), "seed {seed}");
+        }
+        assert_eq!(noise(7, 64), noise(7, 64), "deterministic");
     }
 }
