@@ -27,13 +27,14 @@ pub fn print_error(err: &anyhow::Error) {
 /// An error and its causes joined by `: `, each said once. Many errors already show their
 /// cause in their own text (`cannot read X: <io error>`) and also return it as `source()`;
 /// printing the chain naively says `No such file or directory` twice. A cause whose text the
-/// line already ends with is skipped.
+/// line already contains is skipped (not only at its end: kube's `ApiError: {0} ({0:?})` puts
+/// its Status in the middle).
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(c) = cause {
         let said = c.to_string();
-        if !said.is_empty() && !text.ends_with(&said) {
+        if !said.is_empty() && !text.contains(&said) {
             text.push_str(": ");
             text.push_str(&said);
         }
@@ -73,6 +74,34 @@ mod tests {
         assert_eq!(
             chain(&*err),
             format!("loading the inventory: cannot read missing.yml: {io_text}")
+        );
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("denied: {reason}")]
+    struct Status {
+        reason: String,
+    }
+
+    /// The shape of kube's `Error::Api`: the cause's text in the middle of the message.
+    #[derive(Debug, thiserror::Error)]
+    #[error("ApiError: {source} (code 403)")]
+    struct ApiError {
+        #[source]
+        source: Status,
+    }
+
+    #[test]
+    fn a_cause_said_in_the_middle_is_not_said_again() {
+        let err = anyhow::Error::new(ApiError {
+            source: Status {
+                reason: "secrets is forbidden".into(),
+            },
+        })
+        .context("reading the history");
+        assert_eq!(
+            chain(&*err),
+            "reading the history: ApiError: denied: secrets is forbidden (code 403)"
         );
     }
 }

@@ -203,7 +203,7 @@ impl SshHost {
         let session = b
             .connect_mux(&destination)
             .await
-            .map_err(|e| err(error_chain(&e)))?;
+            .map_err(|e| err(crate::output::chain(&e)))?;
         let session = Arc::new(session);
         Ok(SshHost {
             name: host.name.clone(),
@@ -243,17 +243,6 @@ impl SshHost {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 impl Host for SshHost {
     fn name(&self) -> &str {
         &self.name
@@ -279,7 +268,7 @@ impl Host for SshHost {
             .stderr(Stdio::piped())
             .spawn()
             .await
-            .map_err(|e| transport(error_chain(&e)))?;
+            .map_err(|e| transport(crate::output::chain(&e)))?;
         let mut stdin = child
             .stdin()
             .take()
@@ -292,7 +281,7 @@ impl Host for SshHost {
             r
         };
         let (w, out) = tokio::join!(write, child.wait_with_output());
-        let out = out.map_err(|e| transport(error_chain(&e)))?;
+        let out = out.map_err(|e| transport(crate::output::chain(&e)))?;
         if let Err(e) = w {
             // A script that exits before reading all of stdin is not a transport error
             // when it produced a status.
@@ -339,7 +328,7 @@ impl SshHost {
             .stderr(Stdio::piped())
             .spawn()
             .await
-            .map_err(|e| transport(error_chain(&e)))?;
+            .map_err(|e| transport(crate::output::chain(&e)))?;
         let mut stdin = child
             .stdin()
             .take()
@@ -352,7 +341,7 @@ impl SshHost {
             r
         };
         let (w, out) = tokio::join!(write, child.wait_with_output());
-        let out = out.map_err(|e| transport(error_chain(&e)))?;
+        let out = out.map_err(|e| transport(crate::output::chain(&e)))?;
         match w {
             Err((Some(path), message)) => {
                 return Err(HostError::Input {
