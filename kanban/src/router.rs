@@ -109,6 +109,9 @@ pub struct ForwardedFile {
 /// dead-lettered (a chunk requeued after a disk error lands behind its commit).
 const INCOMPLETE_PATIENCE: Duration = Duration::from_secs(120);
 
+/// The pause before a delivery that met passing trouble is put back in its queue.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 enum End {
     Reload,
     Shutdown,
@@ -566,8 +569,7 @@ impl Session {
             for (queue, c) in confirms {
                 let _ = amqp::confirmed(&queue, c).await;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            inflight.requeue(&d);
+            inflight.requeue_later(&d).await;
             return Ok(());
         }
         rec.outcome = "routed".into();
@@ -748,8 +750,7 @@ impl Session {
                 Ok(()) => inflight.now(&d, None),
                 Err(TransferError::Io(e)) => {
                     tracing::error!("storing a forwarded file's chunk: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    inflight.requeue(&d);
+                    inflight.requeue_later(&d).await;
                 }
                 Err(e) => {
                     return self
@@ -819,14 +820,12 @@ impl Session {
                     < INCOMPLETE_PATIENCE =>
             {
                 // Chunks requeued behind their commit: wait for them.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                inflight.requeue(&d);
+                inflight.requeue_later(&d).await;
                 return Ok(());
             }
             Err(TransferError::Io(e)) => {
                 tracing::error!("committing forwarded files under {}: {e}", dir.display());
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                inflight.requeue(&d);
+                inflight.requeue_later(&d).await;
                 return Ok(());
             }
             Err(e) => {
@@ -844,8 +843,7 @@ impl Session {
             Err(e) => {
                 // Disk trouble: keep the message and retry later.
                 tracing::error!("storing forwarded files under {}: {e}", dir.display());
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                inflight.requeue(&d);
+                inflight.requeue_later(&d).await;
                 return Ok(());
             }
         };
@@ -1052,6 +1050,13 @@ impl Settler {
         self.job(async move { s.done(false, None) });
     }
 
+    /// Wait [`RETRY_PAUSE`], then put `d` back in its queue: for trouble that may pass (a
+    /// remote broker, the disk, chunks still on their way), so the redelivery is not a hot loop.
+    async fn requeue_later(&self, d: &Delivery) {
+        tokio::time::sleep(RETRY_PAUSE).await;
+        self.requeue(d);
+    }
+
     /// Finish everything queued.
     async fn drain(self) {
         drop(self.tx);
@@ -1093,24 +1098,9 @@ enum ForwardError {
     Reject(String),
 }
 
-/// Read the files of a `fileList` to forward them. Relative paths are relative to the AION home
-/// (the data directory's parent), as upstream's send-anything did; a path that resolves
-/// (symlinks included) outside the AION home is refused.
-pub fn read_files(data_dir: &Path, list: &[String]) -> Result<Vec<ForwardedFile>, String> {
-    resolve_files(data_dir, list)?
-        .into_iter()
-        .map(|(name, real)| {
-            let data = std::fs::read(&real).map_err(|e| format!("{}: {e}", real.display()))?;
-            Ok(ForwardedFile {
-                name,
-                data: base64::engine::general_purpose::STANDARD.encode(data),
-            })
-        })
-        .collect()
-}
-
-/// The name to store each `fileList` entry under and its real path, checked as [`read_files`]
-/// says (inside the AION home, symlinks resolved).
+/// The name to store each `fileList` entry under and its real path, to forward them. Relative
+/// paths are relative to the AION home (the data directory's parent), as upstream's
+/// send-anything did; a path that resolves (symlinks included) outside the AION home is refused.
 pub fn resolve_files(data_dir: &Path, list: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
     if list.is_empty() {
         // Nothing to read: a missing data directory is not this kanban's problem.
@@ -1207,22 +1197,31 @@ mod tests {
         std::fs::write(outside.path().join("secret"), b"s").unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), data.join("a_1/link")).unwrap();
 
-        let files = read_files(&data, &["Data/a_1/x.jpg".into()]).unwrap();
-        assert_eq!(files[0].name, "x.jpg");
+        let files = resolve_files(&data, &["Data/a_1/x.jpg".into()]).unwrap();
+        assert_eq!(files[0].0, "x.jpg");
         let abs = data.join("a_1/x.jpg").to_string_lossy().into_owned();
-        assert_eq!(read_files(&data, &[abs]).unwrap().len(), 1);
+        assert_eq!(resolve_files(&data, &[abs]).unwrap().len(), 1);
         assert!(
-            read_files(&data, &["Data/a_1/link".into()])
+            resolve_files(&data, &["Data/a_1/link".into()])
                 .unwrap_err()
                 .contains("outside")
         );
-        assert!(read_files(&data, &["Data/missing".into()]).is_err());
+        assert!(resolve_files(&data, &["Data/missing".into()]).is_err());
         // No files to send: the data directory need not exist (the kanban is forwarded, not
         // dead-lettered for a missing directory).
         let nowhere = home.path().join("no/such/Data");
-        assert_eq!(read_files(&nowhere, &[]).unwrap().len(), 0);
-        assert!(read_files(&nowhere, &["Data/x".into()]).is_err());
+        assert_eq!(resolve_files(&nowhere, &[]).unwrap().len(), 0);
+        assert!(resolve_files(&nowhere, &["Data/x".into()]).is_err());
 
+        // Files inline, as an older sender forwarded them, are stored by the receiver.
+        let files: Vec<ForwardedFile> = files
+            .iter()
+            .map(|(name, real)| ForwardedFile {
+                name: name.clone(),
+                data: base64::engine::general_purpose::STANDARD
+                    .encode(std::fs::read(real).unwrap()),
+            })
+            .collect();
         let stored = store_files(&data.join("b_2"), &files).unwrap();
         assert_eq!(std::fs::read(&stored[0]).unwrap(), b"jpeg");
         let bad = ForwardedFile {
