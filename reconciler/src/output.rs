@@ -3,6 +3,15 @@
 
 use std::io::IsTerminal;
 
+/// `-o` of every command that prints either text for people or JSON for programs (`plan`,
+/// `apply`, `diff`, `status`, `history`, `rollback`). `validate` and `graph` have their own
+/// ([`crate::commands::validate::DiagnosticFormat`], [`crate::commands::graph::GraphFormat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
 /// Whether to colour output written to stdout.
 pub fn use_color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()

@@ -26,7 +26,7 @@ use futures::future::join_all;
 use tokio::sync::Semaphore;
 
 use crate::cluster::history::{self, History};
-use crate::cluster::{self, ClusterPlan, ExecuteOptions};
+use crate::cluster::{self, ClusterApplyOptions, ClusterPlan};
 use crate::execute::{self, ApplyReport, Context, HostOutcome, kube_steps::KubeCluster};
 use crate::host::ssh::{SshHost, SshOptions};
 use crate::images;
@@ -582,11 +582,11 @@ async fn apply_cluster(d: &Desired, atomic: Option<Duration>) -> anyhow::Result<
     let client = kubeclient::client_from(&d.inventory.kubeconfig).await?;
     let history = History::of(&client, &d.inventory);
     let keep = d.inventory.revision_history;
-    let opts = ExecuteOptions {
+    let opts = ClusterApplyOptions {
         progress: atomic.map(|_| cluster::stderr_progress()),
-        ..ExecuteOptions::default()
+        ..ClusterApplyOptions::default()
     };
-    let applied = match cluster::execute(&client, &d.plan, &opts).await {
+    let applied = match cluster::apply_plan(&client, &d.plan, &opts).await {
         Ok(r) => r,
         // Nothing recorded: the cluster holds a part of this apply. Under --atomic, the
         // previous revision is restored; otherwise the next apply converges it.
@@ -645,7 +645,9 @@ fn changed_workloads(plan: &ClusterPlan) -> Vec<ObjectKey> {
         .filter(|c| {
             matches!(
                 c.action,
-                cluster::Action::Create | cluster::Action::Change | cluster::Action::Replace
+                cluster::ObjectAction::Create
+                    | cluster::ObjectAction::Change
+                    | cluster::ObjectAction::Replace
             ) && matches!(c.key.kind.as_str(), "Deployment" | "Job")
         })
         .map(|c| c.key.clone())
@@ -676,9 +678,9 @@ could not mark revision {n} failed: {}",
             output::chain(&e)
         ));
     }
-    let opts = ExecuteOptions {
+    let opts = ClusterApplyOptions {
         progress: Some(cluster::stderr_progress()),
-        ..ExecuteOptions::default()
+        ..ClusterApplyOptions::default()
     };
     let rolled = async {
         let rollback = history::plan_rollback(client, history, None, opts.concurrency).await?;
@@ -863,7 +865,7 @@ async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<Strin
     let client = kubeclient::client_from(&inv.kubeconfig)
         .await
         .map_err(|e| output::chain(&e))?;
-    let opts = ExecuteOptions {
+    let opts = ClusterApplyOptions {
         progress: Some(cluster::stderr_progress()),
         ..Default::default()
     };
@@ -957,9 +959,9 @@ pub async fn rollback(
     let locks = Locks::take(&state_dir, master, r.lock_stale_after).await?;
     let result = async {
         let history = History::of(&client, &inv);
-        let opts = ExecuteOptions {
+        let opts = ClusterApplyOptions {
             progress: Some(cluster::stderr_progress()),
-            ..ExecuteOptions::default()
+            ..ClusterApplyOptions::default()
         };
         let plan = history::plan_rollback(&client, &history, r.to, opts.concurrency).await?;
         let target = plan.target.number;

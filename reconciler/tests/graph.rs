@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use aion_reconcile::commands::graph::{self, Args, Format};
+use aion_reconcile::commands::graph::{self, Args, GraphFormat};
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
@@ -21,7 +21,7 @@ fn normal_config() -> PathBuf {
     repo("reconciler/tests/golden/inputs/aion-core-test-normal_config.yml")
 }
 
-fn args(inventory: Option<PathBuf>, services: Option<PathBuf>, format: Format) -> Args {
+fn args(inventory: Option<PathBuf>, services: Option<PathBuf>, format: GraphFormat) -> Args {
     Args {
         inventory,
         services,
@@ -52,10 +52,10 @@ fn compare(name: &str, actual: &str) {
     );
 }
 
-const FORMATS: [(Format, &str); 3] = [
-    (Format::Svg, "svg"),
-    (Format::Dot, "dot"),
-    (Format::Mermaid, "mmd"),
+const FORMATS: [(GraphFormat, &str); 3] = [
+    (GraphFormat::Svg, "svg"),
+    (GraphFormat::Dot, "dot"),
+    (GraphFormat::Mermaid, "mmd"),
 ];
 
 #[test]
@@ -82,11 +82,11 @@ fn graph_golden_single_services_file() {
 #[test]
 fn graph_svg_is_xml_with_every_label() {
     for a in [
-        args(Some(cluster_inventory()), None, Format::Svg),
-        args(None, Some(normal_config()), Format::Svg),
+        args(Some(cluster_inventory()), None, GraphFormat::Svg),
+        args(None, Some(normal_config()), GraphFormat::Svg),
     ] {
         let (g, _) = graph::load(&a).unwrap();
-        let svg = graph::render(&g, Format::Svg);
+        let svg = graph::render(&g, GraphFormat::Svg);
         let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
         let root = doc.root_element();
         assert_eq!(root.tag_name().name(), "svg");

@@ -8,7 +8,7 @@ use std::path::Path;
 use aion_integration_tests::k8s;
 use aion_model::{Inventory, ServicesFile};
 use aion_reconcile::cluster::history::{History, RollbackPlan};
-use aion_reconcile::cluster::{self, Action, ClusterError, ExecuteOptions};
+use aion_reconcile::cluster::{self, ClusterApplyOptions, ClusterError, ObjectAction};
 use aion_reconcile::manifest::{Manifests, ObjectKey};
 use aion_reconcile::render;
 use aion_reconcile::revision::Origin;
@@ -103,7 +103,7 @@ async fn settled_versions(client: &kube::Client, inv: &str) -> BTreeMap<ObjectKe
     panic!("resourceVersions of inventory {inv} never settled");
 }
 
-fn keys(plan: &cluster::ClusterPlan, action: Action) -> Vec<String> {
+fn keys(plan: &cluster::ClusterPlan, action: ObjectAction) -> Vec<String> {
     plan.changes
         .iter()
         .filter(|c| c.action == action)
@@ -118,21 +118,24 @@ async fn apply_noop_edit_prune_down() {
     let client = tc.client().await;
     let ns = tc.fresh_namespace().await;
     let inv = inventory(&ns, &ns);
-    let opts = ExecuteOptions::default();
+    let opts = ClusterApplyOptions::default();
 
     // 1. First apply creates everything.
     let m = rendered(&inv, SERVICES);
     let total = m.objects().count();
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
     // The namespace exists already (made by the test), so it is adopted (changed: our labels).
-    assert_eq!(keys(&plan, Action::Change), [format!("Namespace/{ns}")]);
+    assert_eq!(
+        keys(&plan, ObjectAction::Change),
+        [format!("Namespace/{ns}")]
+    );
     assert_eq!(
         plan.counts.create,
         total - 1,
         "{}",
         plan.render_text(false, false)
     );
-    let report = cluster::execute(&client, &plan, &opts).await.unwrap();
+    let report = cluster::apply_plan(&client, &plan, &opts).await.unwrap();
     assert_eq!(report.created.len(), total - 1);
     let v1 = settled_versions(&client, &ns).await;
     assert_eq!(v1.len(), total, "every rendered object carries our labels");
@@ -141,7 +144,7 @@ async fn apply_noop_edit_prune_down() {
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
     assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
     assert_eq!(plan.counts.unchanged, total);
-    let report = cluster::execute(&client, &plan, &opts).await.unwrap();
+    let report = cluster::apply_plan(&client, &plan, &opts).await.unwrap();
     assert!(report.created.is_empty() && report.configured.is_empty() && report.deleted.is_empty());
     assert_eq!(versions(&client, &ns).await, v1);
 
@@ -151,14 +154,14 @@ async fn apply_noop_edit_prune_down() {
     let m2 = rendered(&inv, &edited);
     let plan = cluster::plan(&client, &m2, &inv).await.unwrap();
     assert_eq!(
-        keys(&plan, Action::Change),
+        keys(&plan, ObjectAction::Change),
         [format!("Deployment/{ns}/beta-001")]
     );
     assert_eq!(plan.counts.unchanged, total - 1);
     let diff = plan
         .changes
         .iter()
-        .find(|c| c.action == Action::Change)
+        .find(|c| c.action == ObjectAction::Change)
         .unwrap();
     let diff = diff.diff.as_deref().unwrap();
     let changed: Vec<String> = diff
@@ -171,7 +174,7 @@ async fn apply_noop_edit_prune_down() {
         .map(|l| format!("{}{}", &l[..1], l[1..].trim()))
         .collect();
     assert_eq!(changed, ["-value: info", "+value: debug"], "{diff}");
-    let report = cluster::execute(&client, &plan, &opts).await.unwrap();
+    let report = cluster::apply_plan(&client, &plan, &opts).await.unwrap();
     assert_eq!(
         report
             .configured
@@ -197,7 +200,7 @@ async fn apply_noop_edit_prune_down() {
     assert_ne!(removed, edited);
     let m3 = rendered(&inv, &removed);
     let plan = cluster::plan(&client, &m3, &inv).await.unwrap();
-    let mut deleted = keys(&plan, Action::Delete);
+    let mut deleted = keys(&plan, ObjectAction::Delete);
     deleted.sort();
     assert_eq!(
         deleted,
@@ -206,7 +209,10 @@ async fn apply_noop_edit_prune_down() {
             format!("Service/{ns}/gamma-001-srv")
         ]
     );
-    assert!(keys(&plan, Action::Change).is_empty() && keys(&plan, Action::Create).is_empty());
+    assert!(
+        keys(&plan, ObjectAction::Change).is_empty()
+            && keys(&plan, ObjectAction::Create).is_empty()
+    );
     // An object of another inventory in the same namespace, with our managed-by label, is
     // never pruned.
     let foreign = serde_json::json!({
@@ -219,7 +225,7 @@ async fn apply_noop_edit_prune_down() {
     cluster::apply_objects(&client, &[foreign]).await.unwrap();
     let plan = cluster::plan(&client, &m3, &inv).await.unwrap();
     assert_eq!(plan.counts.delete, 2);
-    cluster::execute(&client, &plan, &opts).await.unwrap();
+    cluster::apply_plan(&client, &plan, &opts).await.unwrap();
     let v3 = versions(&client, &ns).await;
     assert_eq!(v3.len(), total - 2);
     assert!(v3.keys().all(|k| !k.name.starts_with("gamma-")));
@@ -252,7 +258,7 @@ async fn applied_in_fresh_namespace(
     let inv = inventory(&ns, &ns);
     let m = rendered(&inv, SERVICES);
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
-    cluster::execute(&client, &plan, &ExecuteOptions::default())
+    cluster::apply_plan(&client, &plan, &ClusterApplyOptions::default())
         .await
         .unwrap();
     (client, ns, inv, m)
@@ -285,13 +291,13 @@ async fn conflicts_with_another_manager_are_reported() {
 
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
     assert_eq!(
-        keys(&plan, Action::Conflict),
+        keys(&plan, ObjectAction::Conflict),
         [format!("Deployment/{ns}/alpha-001")]
     );
     let c = plan
         .changes
         .iter()
-        .find(|c| c.action == Action::Conflict)
+        .find(|c| c.action == ObjectAction::Conflict)
         .unwrap();
     let msg = c.message.as_deref().unwrap();
     assert!(msg.contains("intruder") && msg.contains("image"), "{msg}");
@@ -302,7 +308,7 @@ async fn conflicts_with_another_manager_are_reported() {
     );
 
     let before = settled_versions(&client, &ns).await;
-    let err = cluster::execute(&client, &plan, &ExecuteOptions::default())
+    let err = cluster::apply_plan(&client, &plan, &ClusterApplyOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -316,11 +322,11 @@ async fn conflicts_with_another_manager_are_reported() {
         "nothing applied on conflict"
     );
 
-    let forced = ExecuteOptions {
+    let forced = ClusterApplyOptions {
         force_conflicts: true,
-        ..ExecuteOptions::default()
+        ..ClusterApplyOptions::default()
     };
-    cluster::execute(&client, &plan, &forced).await.unwrap();
+    cluster::apply_plan(&client, &plan, &forced).await.unwrap();
     let live = deployments.get("alpha-001").await.unwrap();
     let live = serde_json::to_value(&live).unwrap();
     assert_eq!(
@@ -330,7 +336,7 @@ async fn conflicts_with_another_manager_are_reported() {
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
     assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
 
-    cluster::down(&client, &ns, &ExecuteOptions::default())
+    cluster::down(&client, &ns, &ClusterApplyOptions::default())
         .await
         .unwrap();
     tc.delete_namespace(&ns).await;
@@ -357,10 +363,10 @@ async fn invalid_values_fail_before_anything_is_sent() {
     let m = rendered(&inv, bad);
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
     assert_eq!(
-        keys(&plan, Action::Invalid),
+        keys(&plan, ObjectAction::Invalid),
         [format!("Deployment/{ns}/hungry-001")]
     );
-    let err = cluster::execute(&client, &plan, &ExecuteOptions::default())
+    let err = cluster::apply_plan(&client, &plan, &ClusterApplyOptions::default())
         .await
         .unwrap_err();
     let msg = err.to_string();
@@ -383,7 +389,7 @@ async fn invalid_values_fail_before_anything_is_sent() {
 async fn wait_names_what_is_not_ready() {
     let Some(tc) = k8s::require() else { return };
     let (client, ns, _, m) = applied_in_fresh_namespace(&tc).await;
-    let opts = ExecuteOptions::default();
+    let opts = ClusterApplyOptions::default();
     let of_kind = |kinds: &[&str]| -> Vec<ObjectKey> {
         m.objects()
             .map(|o| o.key.clone())
@@ -448,10 +454,10 @@ async fn objects_being_deleted_are_not_work_to_do() {
     let text = plan.render_text(false, false);
     // The namespace, and what is still in it, goes without anything more to do.
     assert!(
-        keys(&plan, Action::Deleting).contains(&format!("Namespace/{ns}")),
+        keys(&plan, ObjectAction::Deleting).contains(&format!("Namespace/{ns}")),
         "{text}"
     );
-    assert!(keys(&plan, Action::Delete).is_empty(), "{text}");
+    assert!(keys(&plan, ObjectAction::Delete).is_empty(), "{text}");
     assert!(
         !plan.has_changes(),
         "nothing to do while it is being deleted:\n{text}"
@@ -473,7 +479,7 @@ async fn objects_being_deleted_are_not_work_to_do() {
         .unwrap();
     assert_eq!(
         ns_change.action,
-        Action::Replace,
+        ObjectAction::Replace,
         "{}",
         plan.render_text(false, false)
     );
@@ -491,7 +497,7 @@ async fn objects_being_deleted_are_not_work_to_do() {
         &client,
         &empty,
         std::time::Duration::from_secs(120),
-        &ExecuteOptions::default(),
+        &ClusterApplyOptions::default(),
     )
     .await
     .unwrap();
@@ -527,18 +533,18 @@ async fn runtime_class_for_gpu_hosts_is_applied_and_pruned() {
     let _ = runtime_classes.delete("nvidia", &Default::default()).await;
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
     assert!(
-        keys(&plan, Action::Create).contains(&"RuntimeClass/nvidia".to_string()),
+        keys(&plan, ObjectAction::Create).contains(&"RuntimeClass/nvidia".to_string()),
         "{}",
         plan.render_text(false, false)
     );
-    cluster::execute(&client, &plan, &ExecuteOptions::default())
+    cluster::apply_plan(&client, &plan, &ClusterApplyOptions::default())
         .await
         .unwrap();
     let rc = runtime_classes.get("nvidia").await.unwrap();
     assert_eq!(rc.data["handler"], "nvidia");
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
     assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
-    cluster::down(&client, &inv.name, &ExecuteOptions::default())
+    cluster::down(&client, &inv.name, &ClusterApplyOptions::default())
         .await
         .unwrap();
     assert!(runtime_classes.get_opt("nvidia").await.unwrap().is_none());
@@ -569,7 +575,7 @@ async fn apply_and_record(
 ) -> u32 {
     let plan = cluster::plan(client, m, inv).await.unwrap();
     assert!(plan.has_changes(), "{}", plan.render_text(false, false));
-    cluster::execute(client, &plan, &ExecuteOptions::default())
+    cluster::apply_plan(client, &plan, &ClusterApplyOptions::default())
         .await
         .unwrap();
     let inputs = BTreeMap::from([("inventory".to_string(), "test".to_string())]);
@@ -738,7 +744,7 @@ async fn revisions_history_rollback() {
     // down takes the history with it.
     assert_eq!(history.delete_all().await.unwrap(), 3);
     assert!(history.list().await.unwrap().is_empty());
-    cluster::down(&client, &ns, &ExecuteOptions::default())
+    cluster::down(&client, &ns, &ClusterApplyOptions::default())
         .await
         .unwrap();
     tc.delete_namespace(&ns).await;

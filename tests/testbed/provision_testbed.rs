@@ -13,8 +13,9 @@ use aion_integration_tests::k8s;
 use aion_integration_tests::testbed::{
     self, ResetIfFailed, Testbed, TestbedHost, inventory_copy, last_octet, rt,
 };
-use aion_reconcile::commands::plan::{Common, Format};
+use aion_reconcile::commands::plan::Common;
 use aion_reconcile::execute::{self, HostOutcome};
+use aion_reconcile::output::OutputFormat;
 use aion_reconcile::plan::Plan;
 use aion_reconcile::reconcile::{Outcome, close, prepare};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -29,7 +30,7 @@ fn common(inventory: &Path) -> Common {
         connect_timeout: 3,
         // (reuse the SSH connections between the steps of the test, as consecutive runs do)
         ssh_persist: 60,
-        output: Format::Text,
+        output: OutputFormat::Text,
     }
 }
 

@@ -24,7 +24,8 @@ use aion_integration_tests::component;
 use aion_integration_tests::k8s;
 use aion_integration_tests::oci::{Layout, noise, tar};
 use aion_integration_tests::testbed::{self, Testbed, inventory_copy, rt};
-use aion_reconcile::commands::plan::{Common, Format};
+use aion_reconcile::commands::plan::Common;
+use aion_reconcile::output::OutputFormat;
 use aion_reconcile::reconcile;
 
 /// Every image of this test is `aion.local/<PREFIX>…`.
@@ -99,7 +100,7 @@ fn common(inventory: &Path) -> Common {
         accept_new_host_keys: false,
         connect_timeout: 5,
         ssh_persist: 60,
-        output: Format::Text,
+        output: OutputFormat::Text,
     }
 }
 

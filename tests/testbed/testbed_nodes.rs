@@ -22,7 +22,8 @@ mod live_page;
 use aion_integration_tests::component;
 use aion_integration_tests::k8s::{self, TestCluster};
 use aion_integration_tests::testbed::{self, ResetIfFailed, inventory_copy, rt};
-use aion_reconcile::commands::plan::{Common, Format};
+use aion_reconcile::commands::plan::Common;
+use aion_reconcile::output::OutputFormat;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use kube::Api;
@@ -37,7 +38,7 @@ fn apply_args(inventory: &Path) -> aion_reconcile::commands::apply::Args {
             accept_new_host_keys: false,
             connect_timeout: 5,
             ssh_persist: 60,
-            output: Format::Text,
+            output: OutputFormat::Text,
         },
         lock_stale_after: 7200,
         wait: true,
@@ -891,7 +892,7 @@ fn atomic_upgrade_is_rolled_back(
         inventory: inv.to_owned(),
         kubeconfig: None,
         detailed_exitcode: true,
-        output: aion_reconcile::commands::diff::Format::Text,
+        output: OutputFormat::Text,
         revision: None,
         concurrency: 16,
     };

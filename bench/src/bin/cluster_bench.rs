@@ -464,7 +464,8 @@ fn child_apply(inv: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
     rt.block_on(async {
         let client = aion_reconcile::kubeclient::client_from(kubeconfig).await?;
         let plan = aion_reconcile::cluster::plan(&client, &manifests, &inv).await?;
-        let report = aion_reconcile::cluster::execute(&client, &plan, &Default::default()).await?;
+        let report =
+            aion_reconcile::cluster::apply_plan(&client, &plan, &Default::default()).await?;
         eprintln!("{}", report.summary());
         // As `apply` does: a cluster apply that changed something is a revision.
         if plan.has_changes() {

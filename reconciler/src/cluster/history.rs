@@ -284,9 +284,9 @@ pub async fn execute_rollback(
     rollback: &RollbackPlan,
     after_failed: Option<u32>,
     keep: u32,
-    opts: &super::ExecuteOptions,
+    opts: &super::ClusterApplyOptions,
 ) -> Result<(super::ExecuteReport, u32), HistoryError> {
-    let report = super::execute(client, &rollback.plan, opts).await?;
+    let report = super::apply_plan(client, &rollback.plan, opts).await?;
     let origin = Origin::Rollback {
         to: rollback.target.number,
         after_failed,

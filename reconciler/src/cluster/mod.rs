@@ -176,7 +176,7 @@ fn api_err(key: &ObjectKey, source: kube::Error) -> ClusterError {
 /// What applying would do to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub enum ObjectAction {
     /// Absent in the cluster.
     Create,
     /// Present; the dry-run differs from the live object.
@@ -197,17 +197,17 @@ pub enum Action {
     Invalid,
 }
 
-impl Action {
+impl ObjectAction {
     pub fn symbol(self) -> &'static str {
         match self {
-            Action::Create => "+",
-            Action::Change => "~",
-            Action::Replace => "-/+",
-            Action::Delete => "-",
-            Action::Deleting => "(-)",
-            Action::Unchanged => "=",
-            Action::Conflict => "!",
-            Action::Invalid => "x",
+            ObjectAction::Create => "+",
+            ObjectAction::Change => "~",
+            ObjectAction::Replace => "-/+",
+            ObjectAction::Delete => "-",
+            ObjectAction::Deleting => "(-)",
+            ObjectAction::Unchanged => "=",
+            ObjectAction::Conflict => "!",
+            ObjectAction::Invalid => "x",
         }
     }
 }
@@ -216,7 +216,7 @@ impl Action {
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectChange {
     pub key: ObjectKey,
-    pub action: Action,
+    pub action: ObjectAction,
     /// Node whose manifests hold it (from the `aion.latona.io/node` label for deletes).
     pub node: Option<String>,
     /// Microservice name or `core/<part>`.
@@ -234,7 +234,7 @@ pub struct ObjectChange {
 
 /// Number of objects per action.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
+pub struct ObjectCounts {
     pub create: usize,
     pub change: usize,
     pub replace: usize,
@@ -250,24 +250,24 @@ pub struct Counts {
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterPlan {
     pub inventory: String,
-    pub counts: Counts,
+    pub counts: ObjectCounts,
     /// Desired objects in apply order, then deletions.
     pub changes: Vec<ObjectChange>,
 }
 
 impl ClusterPlan {
     fn from_changes(inventory: String, changes: Vec<ObjectChange>) -> ClusterPlan {
-        let mut counts = Counts::default();
+        let mut counts = ObjectCounts::default();
         for c in &changes {
             match c.action {
-                Action::Create => counts.create += 1,
-                Action::Change => counts.change += 1,
-                Action::Replace => counts.replace += 1,
-                Action::Delete => counts.delete += 1,
-                Action::Deleting => counts.deleting += 1,
-                Action::Unchanged => counts.unchanged += 1,
-                Action::Conflict => counts.conflict += 1,
-                Action::Invalid => counts.invalid += 1,
+                ObjectAction::Create => counts.create += 1,
+                ObjectAction::Change => counts.change += 1,
+                ObjectAction::Replace => counts.replace += 1,
+                ObjectAction::Delete => counts.delete += 1,
+                ObjectAction::Deleting => counts.deleting += 1,
+                ObjectAction::Unchanged => counts.unchanged += 1,
+                ObjectAction::Conflict => counts.conflict += 1,
+                ObjectAction::Invalid => counts.invalid += 1,
             }
         }
         ClusterPlan {
@@ -282,7 +282,7 @@ impl ClusterPlan {
     pub fn has_changes(&self) -> bool {
         self.changes
             .iter()
-            .any(|c| !matches!(c.action, Action::Unchanged | Action::Deleting))
+            .any(|c| !matches!(c.action, ObjectAction::Unchanged | ObjectAction::Deleting))
     }
 
     /// One line of counts, e.g. `cluster: 2 to create, 1 to change, 0 to delete, 40 unchanged`.
@@ -313,16 +313,16 @@ impl ClusterPlan {
         use owo_colors::OwoColorize;
         let mut out = String::new();
         for c in &self.changes {
-            if c.action == Action::Unchanged {
+            if c.action == ObjectAction::Unchanged {
                 continue;
             }
             let head = format!("{} {}", c.action.symbol(), c.key);
             let head = if color {
                 match c.action {
-                    Action::Create => head.green().to_string(),
-                    Action::Delete => head.red().to_string(),
-                    Action::Change | Action::Replace => head.yellow().to_string(),
-                    Action::Deleting => head.dimmed().to_string(),
+                    ObjectAction::Create => head.green().to_string(),
+                    ObjectAction::Delete => head.red().to_string(),
+                    ObjectAction::Change | ObjectAction::Replace => head.yellow().to_string(),
+                    ObjectAction::Deleting => head.dimmed().to_string(),
                     _ => head.red().bold().to_string(),
                 }
             } else {
@@ -345,8 +345,8 @@ impl ClusterPlan {
                 }
             }
             let show = match c.action {
-                Action::Change | Action::Replace => true,
-                Action::Create => show_created,
+                ObjectAction::Change | ObjectAction::Replace => true,
+                ObjectAction::Create => show_created,
                 _ => false,
             };
             if show && let Some(d) = &c.diff {
@@ -373,7 +373,7 @@ async fn plan_one(
     key: &ObjectKey,
     desired: &Value,
     known_live: Option<&Value>,
-) -> Result<(Action, Option<String>, Option<String>), ClusterError> {
+) -> Result<(ObjectAction, Option<String>, Option<String>), ClusterError> {
     let mk = managed_kind(&key.kind).ok_or_else(|| ClusterError::UnsupportedKind {
         object: key.to_string(),
         kind: key.kind.clone(),
@@ -381,7 +381,7 @@ async fn plan_one(
     if let Some(live) = known_live
         && normalize::certainly_unchanged(desired, live, FIELD_MANAGER)
     {
-        return Ok((Action::Unchanged, None, None));
+        return Ok((ObjectAction::Unchanged, None, None));
     }
     if known_live.is_some() {
         tracing::debug!(object = %key, "no-op not provable locally; asking the server (dry-run)");
@@ -405,12 +405,12 @@ async fn plan_one(
             match live {
                 None => {
                     let diff = normalize::unified_diff("", &new, "/dev/null", &label);
-                    Ok((Action::Create, Some(diff), None))
+                    Ok((ObjectAction::Create, Some(diff), None))
                 }
                 Some(live) => {
                     let live = normalize::normalize(&live);
                     if live == dry {
-                        return Ok((Action::Unchanged, None, None));
+                        return Ok((ObjectAction::Unchanged, None, None));
                     }
                     let old = normalize::to_yaml(&live);
                     let diff = normalize::unified_diff(
@@ -419,24 +419,24 @@ async fn plan_one(
                         &format!("live/{label}"),
                         &format!("desired/{label}"),
                     );
-                    Ok((Action::Change, Some(diff), None))
+                    Ok((ObjectAction::Change, Some(diff), None))
                 }
             }
         }
         Err(e) => match status_of(&e) {
-            Some((409, _, msg)) => Ok((Action::Conflict, None, Some(msg.to_owned()))),
+            Some((409, _, msg)) => Ok((ObjectAction::Conflict, None, Some(msg.to_owned()))),
             Some((422, _, msg)) if live.is_some() && msg.contains("field is immutable") => Ok((
-                Action::Replace,
+                ObjectAction::Replace,
                 None,
                 Some(format!("{msg}\n(will be deleted and created again)")),
             )),
-            Some((422 | 400, _, msg)) => Ok((Action::Invalid, None, Some(msg.to_owned()))),
+            Some((422 | 400, _, msg)) => Ok((ObjectAction::Invalid, None, Some(msg.to_owned()))),
             // The namespace does not exist yet (it is created first by `execute`), so the
             // server cannot dry-run the object: it is a create.
             Some((404, _, _)) if live.is_none() => {
                 let new = normalize::to_yaml(&normalize::normalize(desired));
                 Ok((
-                    Action::Create,
+                    ObjectAction::Create,
                     Some(normalize::unified_diff("", &new, "/dev/null", &label)),
                     Some("namespace does not exist yet: not validated by the server".into()),
                 ))
@@ -490,8 +490,8 @@ fn identity(k: &ObjectKey) -> (String, Option<String>, String) {
 /// objects this inventory owns that are no longer desired (to prune). Sends no change.
 ///
 /// # Errors
-/// API errors other than conflicts/invalid objects (which become [`Action::Conflict`] /
-/// [`Action::Invalid`] entries), e.g. an unreachable server or missing permissions.
+/// API errors other than conflicts/invalid objects (which become [`ObjectAction::Conflict`] /
+/// [`ObjectAction::Invalid`] entries), e.g. an unreachable server or missing permissions.
 pub async fn plan(
     client: &kube::Client,
     manifests: &Manifests,
@@ -522,7 +522,7 @@ pub async fn plan_with(
             // apply waits until it is gone, then creates it.
             let new = normalize::to_yaml(&normalize::normalize(&desired));
             let r = (
-                Action::Replace,
+                ObjectAction::Replace,
                 Some(normalize::unified_diff(
                     "",
                     &new,
@@ -589,9 +589,9 @@ pub async fn plan_with(
                 owner: label(LABEL_NAME),
                 key,
                 action: if since.is_some() {
-                    Action::Deleting
+                    ObjectAction::Deleting
                 } else {
-                    Action::Delete
+                    ObjectAction::Delete
                 },
                 message: since.map(|t| {
                     if t.starts_with("namespace ") {
@@ -627,7 +627,7 @@ pub fn stderr_progress() -> ProgressFn {
 
 /// How [`execute`] runs.
 #[derive(Clone)]
-pub struct ExecuteOptions {
+pub struct ClusterApplyOptions {
     /// Take ownership of fields other managers own (`--force-conflicts`).
     pub force_conflicts: bool,
     /// Delete objects of this inventory that are no longer desired (default true).
@@ -639,9 +639,9 @@ pub struct ExecuteOptions {
     pub progress: Option<ProgressFn>,
 }
 
-impl Default for ExecuteOptions {
+impl Default for ClusterApplyOptions {
     fn default() -> Self {
-        ExecuteOptions {
+        ClusterApplyOptions {
             force_conflicts: false,
             prune: true,
             wait: None,
@@ -651,9 +651,9 @@ impl Default for ExecuteOptions {
     }
 }
 
-impl std::fmt::Debug for ExecuteOptions {
+impl std::fmt::Debug for ClusterApplyOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecuteOptions")
+        f.debug_struct("ClusterApplyOptions")
             .field("force_conflicts", &self.force_conflicts)
             .field("prune", &self.prune)
             .field("wait", &self.wait)
@@ -686,7 +686,7 @@ impl ExecuteReport {
     }
 }
 
-fn emit(opts: &ExecuteOptions, key: &ObjectKey, what: impl Into<String>) {
+fn emit(opts: &ClusterApplyOptions, key: &ObjectKey, what: impl Into<String>) {
     if let Some(p) = &opts.progress {
         p(&Event {
             key: key.clone(),
@@ -773,12 +773,12 @@ async fn delete_key(
 /// # Errors
 /// [`ClusterError::Invalid`] / [`ClusterError::Conflicts`] before anything is sent;
 /// [`ClusterError::Failed`] with every object that failed; [`ClusterError::NotReady`] on timeout.
-pub async fn execute(
+pub async fn apply_plan(
     client: &kube::Client,
     plan: &ClusterPlan,
-    opts: &ExecuteOptions,
+    opts: &ClusterApplyOptions,
 ) -> Result<ExecuteReport, ClusterError> {
-    let list = |a: Action| -> Vec<&ObjectChange> {
+    let list = |a: ObjectAction| -> Vec<&ObjectChange> {
         plan.changes.iter().filter(|c| c.action == a).collect()
     };
     let fmt_list = |v: &[&ObjectChange]| {
@@ -787,14 +787,14 @@ pub async fn execute(
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let invalid = list(Action::Invalid);
+    let invalid = list(ObjectAction::Invalid);
     if !invalid.is_empty() {
         return Err(ClusterError::Invalid {
             count: invalid.len(),
             list: fmt_list(&invalid),
         });
     }
-    let conflicts = list(Action::Conflict);
+    let conflicts = list(ObjectAction::Conflict);
     if !conflicts.is_empty() && !opts.force_conflicts {
         return Err(ClusterError::Conflicts {
             count: conflicts.len(),
@@ -811,7 +811,10 @@ pub async fn execute(
     for c in &plan.changes {
         if matches!(
             c.action,
-            Action::Create | Action::Change | Action::Replace | Action::Conflict
+            ObjectAction::Create
+                | ObjectAction::Change
+                | ObjectAction::Replace
+                | ObjectAction::Conflict
         ) {
             by_rank.entry(kind_rank(&c.key.kind)).or_default().push(c);
         }
@@ -823,11 +826,11 @@ pub async fn execute(
                 .desired
                 .as_ref()
                 .expect("desired objects carry their value");
-            if c.action == Action::Replace {
+            if c.action == ObjectAction::Replace {
                 // A namespace being deleted waits for its contents: give it time.
                 delete_key(client, &c.key, Some(Duration::from_secs(300))).await?;
             }
-            apply_value(client, &c.key, value, c.action == Action::Conflict).await?;
+            apply_value(client, &c.key, value, c.action == ObjectAction::Conflict).await?;
             Ok::<_, ClusterError>(c)
         }))
         .buffer_unordered(opts.concurrency.max(1))
@@ -837,11 +840,11 @@ pub async fn execute(
             match r {
                 Ok(c) => {
                     let what = match c.action {
-                        Action::Create => {
+                        ObjectAction::Create => {
                             report.created.push(c.key.clone());
                             "created"
                         }
-                        Action::Replace => {
+                        ObjectAction::Replace => {
                             report.replaced.push(c.key.clone());
                             "replaced"
                         }
@@ -865,7 +868,7 @@ pub async fn execute(
     }
 
     if opts.prune {
-        let deletes = list(Action::Delete);
+        let deletes = list(ObjectAction::Delete);
         let mut by_rank: BTreeMap<std::cmp::Reverse<u8>, Vec<&ObjectChange>> = BTreeMap::new();
         for c in deletes {
             by_rank
@@ -907,7 +910,7 @@ pub async fn execute(
         let keys: Vec<ObjectKey> = plan
             .changes
             .iter()
-            .filter(|c| c.action != Action::Delete)
+            .filter(|c| c.action != ObjectAction::Delete)
             .map(|c| c.key.clone())
             .filter(|k| {
                 matches!(
@@ -927,7 +930,7 @@ pub async fn wait_ready(
     client: &kube::Client,
     keys: &[ObjectKey],
     timeout: Duration,
-    opts: &ExecuteOptions,
+    opts: &ClusterApplyOptions,
 ) -> Result<(), ClusterError> {
     let start = Instant::now();
     let mut pending: Vec<ObjectKey> = keys.to_vec();
@@ -1011,7 +1014,7 @@ pub async fn wait_pruned(
     client: &kube::Client,
     manifests: &Manifests,
     timeout: Duration,
-    opts: &ExecuteOptions,
+    opts: &ClusterApplyOptions,
 ) -> Result<(), ClusterError> {
     let start = Instant::now();
     let desired: HashSet<_> = manifests.objects().map(|o| identity(&o.key)).collect();
@@ -1094,7 +1097,7 @@ pub async fn apply_objects(client: &kube::Client, objs: &[Value]) -> Result<(), 
 pub async fn down(
     client: &kube::Client,
     inventory: &str,
-    opts: &ExecuteOptions,
+    opts: &ClusterApplyOptions,
 ) -> Result<Vec<ObjectKey>, ClusterError> {
     let mut owned: Vec<ObjectKey> = list_owned(client, inventory)
         .await?

@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
-use crate::commands::plan::{Common, Format, print_plan};
+use crate::commands::plan::{Common, print_plan};
 use crate::execute::HostOutcome;
+use crate::output::OutputFormat;
 use crate::reconcile::{self, Outcome, Shown};
 
 #[derive(Debug, clap::Args)]
@@ -119,8 +120,8 @@ impl Outcome {
 pub fn run(args: &Args) -> anyhow::Result<u8> {
     let outcome = run_blocking(args)?;
     match args.common.output {
-        Format::Text => print!("{}", outcome.summary()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&outcome.to_json())?),
+        OutputFormat::Text => print!("{}", outcome.summary()),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outcome.to_json())?),
     }
     Ok(if outcome.ok() { 0 } else { 1 })
 }
@@ -137,10 +138,10 @@ pub fn run_blocking(args: &Args) -> anyhow::Result<Outcome> {
 /// [`reconcile::apply`] with these flags. Prints the plan (text mode) and the progress; the
 /// summary is the caller's.
 pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
-    let text = args.common.output == Format::Text;
+    let text = args.common.output == OutputFormat::Text;
     let show_plan = move |shown: Shown<'_>| {
         match shown {
-            Shown::Hosts(plan) if text => print_plan(plan, Format::Text)?,
+            Shown::Hosts(plan) if text => print_plan(plan, OutputFormat::Text)?,
             Shown::Cluster(plan) if text => {
                 println!("Cluster changes, planned now that the hosts converged:");
                 print!("{}", plan.render_text(crate::output::use_color(), false));

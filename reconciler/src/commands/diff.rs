@@ -2,6 +2,7 @@
 //! apply compared with the live objects. Exit codes as `kubectl diff`: 0 no differences,
 //! 1 differences, >1 error; with `--detailed-exitcode` (Terraform): 0 none, 2 differences, 1 error.
 
+use crate::output::OutputFormat;
 use std::path::PathBuf;
 
 use crate::cluster;
@@ -20,8 +21,8 @@ pub struct Args {
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    pub output: Format,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
     /// Compare the live cluster with revision N (`history` lists them) instead of what the
     /// inventory renders today: what `rollback --to N` would change.
     #[arg(long, value_name = "N")]
@@ -29,12 +30,6 @@ pub struct Args {
     /// API requests in flight.
     #[arg(long, default_value_t = cluster::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
@@ -73,8 +68,8 @@ fn diff(args: &Args) -> anyhow::Result<bool> {
         anyhow::Ok(cluster::plan_with(&client, &manifests, &inv.name, args.concurrency).await?)
     })?;
     match args.output {
-        Format::Text => print!("{}", plan.render_text(crate::output::use_color(), true)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        OutputFormat::Text => print!("{}", plan.render_text(crate::output::use_color(), true)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
     }
     Ok(plan.has_changes())
 }

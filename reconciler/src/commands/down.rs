@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::cluster::history::History;
-use crate::cluster::{self, ExecuteOptions};
+use crate::cluster::{self, ClusterApplyOptions};
 use crate::kubeclient;
 
 #[derive(Debug, clap::Args)]
@@ -35,9 +35,9 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             println!("{} object(s) would be deleted", owned.len());
             return anyhow::Ok(());
         }
-        let opts = ExecuteOptions {
+        let opts = ClusterApplyOptions {
             progress: Some(cluster::stderr_progress()),
-            ..ExecuteOptions::default()
+            ..ClusterApplyOptions::default()
         };
         let deleted = cluster::down(&client, &inv.name, &opts).await?;
         // The history goes too: it describes an installation that is no longer there.

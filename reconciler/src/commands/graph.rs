@@ -17,7 +17,7 @@ use crate::graph::{self, Graph};
 use crate::render::HostName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub enum GraphFormat {
     /// A standalone SVG drawing (laid out by aion-reconcile itself).
     Svg,
     /// Graphviz DOT.
@@ -37,8 +37,8 @@ pub struct Args {
     #[arg(value_name = "SERVICES_YML")]
     pub services: Option<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Svg)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = GraphFormat::Svg)]
+    pub format: GraphFormat,
     /// Write to FILE (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -99,11 +99,11 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
 }
 
 /// The graph in `format` (pure).
-pub fn render(graph: &Graph, format: Format) -> String {
+pub fn render(graph: &Graph, format: GraphFormat) -> String {
     match format {
-        Format::Svg => graph::svg::render(graph),
-        Format::Dot => graph::dot::render(graph),
-        Format::Mermaid => graph::mermaid::render(graph),
+        GraphFormat::Svg => graph::svg::render(graph),
+        GraphFormat::Dot => graph::dot::render(graph),
+        GraphFormat::Mermaid => graph::mermaid::render(graph),
     }
 }
 

@@ -2,6 +2,7 @@
 //! last, each with what changed against the one before it per microservice (`+ ~ -`, image
 //! changes called out). A revision that cannot be read is listed with why; the others still are.
 
+use crate::output::OutputFormat;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -19,14 +20,8 @@ pub struct Args {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    pub output: Format,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// One revision as `history` shows it.
@@ -139,8 +134,8 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     })?;
     let entries = entries(&revisions);
     match args.output {
-        Format::Text => print!("{}", render_text(&inv.name, &entries)),
-        Format::Json => println!(
+        OutputFormat::Text => print!("{}", render_text(&inv.name, &entries)),
+        OutputFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "inventory": inv.name,

@@ -2,18 +2,13 @@
 //! `apply` would change, per host and resource, and in the cluster. Nothing is changed. The
 //! planning is [`crate::reconcile`]'s; this module parses the flags and prints.
 
+use crate::output::OutputFormat;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::plan::Plan;
 use crate::plan_text;
 use crate::reconcile::{self, ClusterPart};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
 
 /// Flags shared by `plan` and `apply`.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,8 +30,8 @@ pub struct Common {
     #[arg(long, default_value_t = 60)]
     pub ssh_persist: u64,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
-    pub output: Format,
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 impl Common {
@@ -61,9 +56,9 @@ pub struct Args {
     pub detailed_exitcode: bool,
 }
 
-pub fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
+pub fn print_plan(plan: &Plan, format: OutputFormat) -> anyhow::Result<()> {
     match format {
-        Format::Text => print!(
+        OutputFormat::Text => print!(
             "{}",
             plan_text::render_text(
                 plan,
@@ -72,7 +67,7 @@ pub fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
                 }
             )
         ),
-        Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(plan)?),
     }
     Ok(())
 }
@@ -86,8 +81,8 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         let (plan, cluster) = reconcile::plan(&args.common.options()).await?;
         let cluster_changes = matches!(&cluster, Ok(ClusterPart::Planned(c)) if c.has_changes());
         match args.common.output {
-            Format::Text => {
-                print_plan(&plan, Format::Text)?;
+            OutputFormat::Text => {
+                print_plan(&plan, OutputFormat::Text)?;
                 match &cluster {
                     Ok(ClusterPart::NotYet) => {
                         println!(
@@ -100,7 +95,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
                     Err(e) => println!("Cluster: cannot plan: {}", crate::output::chain(&**e)),
                 }
             }
-            Format::Json => {
+            OutputFormat::Json => {
                 let c = match &cluster {
                     Ok(ClusterPart::Planned(c)) => serde_json::to_value(c)?,
                     Ok(ClusterPart::NotYet) => serde_json::Value::Null,

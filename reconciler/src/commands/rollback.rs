@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::history::RollbackPlan;
-use crate::commands::plan::{Common, Format};
+use crate::commands::plan::Common;
+use crate::output::OutputFormat;
 use crate::reconcile::{self, RollbackOptions};
 
 #[derive(Debug, clap::Args)]
@@ -37,7 +38,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
-    let json = args.common.output == Format::Json;
+    let json = args.common.output == OutputFormat::Json;
     let yes = args.yes;
     let confirm = move |p: &RollbackPlan| -> anyhow::Result<bool> {
         if !json {

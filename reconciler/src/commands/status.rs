@@ -17,8 +17,8 @@ pub struct Args {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = super::diff::Format::Text)]
-    pub output: super::diff::Format,
+    #[arg(short, long, value_enum, default_value_t = crate::output::OutputFormat::Text)]
+    pub output: crate::output::OutputFormat,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<u8> {
@@ -32,7 +32,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         let live = crate::live::fetch(&client, &namespaces).await;
         anyhow::Ok((rows, live))
     })?;
-    if args.output == super::diff::Format::Json {
+    if args.output == crate::output::OutputFormat::Json {
         let doc = serde_json::json!({"objects": rows, "namespaces": live});
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use aion_model::{Diagnostic, Inventory, LoadError, Severity, inventory, services, validate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub enum DiagnosticFormat {
     /// rustc-like: position, source line, caret, hint.
     Human,
     /// A JSON list of {file, line, column, pointer, severity, code, message, hint}.
@@ -26,8 +26,8 @@ pub struct Args {
     #[arg(long)]
     pub strict: bool,
     /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-    pub output: Format,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DiagnosticFormat::Human)]
+    pub output: DiagnosticFormat,
     /// services.yml files.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -179,8 +179,8 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         eprintln!("error: {e}");
     }
     match args.output {
-        Format::Json => println!("{}", render_json(&report.diagnostics)),
-        Format::Human => print!("{}", render_human(&report, crate::output::use_color())),
+        DiagnosticFormat::Json => println!("{}", render_json(&report.diagnostics)),
+        DiagnosticFormat::Human => print!("{}", render_human(&report, crate::output::use_color())),
     }
     Ok(report.exit_code())
 }
