@@ -65,6 +65,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/core/rabbitmq.yaml.j2"),
     ),
     (
+        "core/broker-credentials.yaml.j2",
+        include_str!("../../templates/core/broker-credentials.yaml.j2"),
+    ),
+    (
         "core/redis.yaml.j2",
         include_str!("../../templates/core/redis.yaml.j2"),
     ),
@@ -179,9 +183,11 @@ struct CoreCtx {
     redis_image: String,
     kanban_image: String,
     rabbitmq_url: String,
-    /// The broker's `conf.d` file, `definitions.json` and their checksum (master only uses them).
+    /// The broker's `conf.d` file, its rendered definition files (virtual hosts, permissions)
+    /// and their checksum (master only uses them).
     rabbitmq_conf: String,
-    rabbitmq_definitions: String,
+    rabbitmq_vhosts: String,
+    rabbitmq_permissions: String,
     rabbitmq_checksum: String,
     /// `aion-kanban` arguments: `run` and one `--device-amqp NAME=URL` per other device.
     kanban_args: Vec<String>,
@@ -215,6 +221,18 @@ impl Renderer {
         for (name, src) in TEMPLATES {
             env.add_template(name, src)
                 .expect("built-in templates compile (covered by tests)");
+        }
+        // Names of the broker's generated Secret and its files, shared by several templates.
+        for (name, value) in [
+            ("secret_name", broker::SECRET_NAME),
+            ("password_key", broker::SECRET_PASSWORD_KEY),
+            ("password_env", broker::PASSWORD_ENV),
+            ("user_file", broker::SECRET_USER_FILE),
+            ("vhosts_file", broker::VHOSTS_FILE),
+            ("permissions_file", broker::PERMISSIONS_FILE),
+            ("definitions_dir", broker::DEFINITIONS_DIR),
+        ] {
+            env.add_global(name, value);
         }
         Renderer {
             env,
@@ -453,8 +471,10 @@ pub fn render(
         .collect();
     let vhosts: Vec<String> = devices.iter().map(|(_, v)| v.clone()).collect();
     let rabbitmq_conf = broker::config();
-    let rabbitmq_definitions = broker::definitions_json(&vhosts);
-    let rabbitmq_checksum = broker::config_checksum(&rabbitmq_conf, &rabbitmq_definitions);
+    let rabbitmq_vhosts = broker::vhosts_json(&vhosts);
+    let rabbitmq_permissions = broker::permissions_json(&vhosts);
+    let rabbitmq_checksum =
+        broker::config_checksum(&rabbitmq_conf, &[&rabbitmq_vhosts, &rabbitmq_permissions]);
 
     let mut nodes = Vec::new();
     let mut node_ports: BTreeMap<i32, String> = BTreeMap::new();
@@ -493,7 +513,8 @@ pub fn render(
             ),
             rabbitmq_url: rabbitmq_url.clone(),
             rabbitmq_conf: rabbitmq_conf.clone(),
-            rabbitmq_definitions: rabbitmq_definitions.clone(),
+            rabbitmq_vhosts: rabbitmq_vhosts.clone(),
+            rabbitmq_permissions: rabbitmq_permissions.clone(),
             rabbitmq_checksum: rabbitmq_checksum.clone(),
             kanban_args: kanban_args.clone(),
             sweeper_config: p
@@ -514,6 +535,14 @@ pub fn render(
                 &mut objects,
             )?;
         }
+        renderer.render(
+            "core/broker-credentials.yaml.j2",
+            &context(&core("broker-credentials")),
+            node,
+            "core/broker-credentials",
+            "broker credentials",
+            &mut objects,
+        )?;
         renderer.render(
             "core/rbac.yaml.j2",
             &context(&core("aion-kanban")),
@@ -1183,6 +1212,7 @@ microservices:
         assert_eq!(
             c["env"],
             json!([
+                {"name": "AION_BROKER_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "aion-broker", "key": "password"}}},
                 {"name": "SERVICE_NAME", "value": "sample-job"},
                 {"name": "ANSWER", "value": "yes"},
                 {"name": "MYSQL_PORT", "value": "3306"},
@@ -1190,7 +1220,7 @@ microservices:
                 {"name": "DEVICE_NAME", "value": "edge-master"},
                 {"name": "DEBUG", "value": "false"},
                 {"name": "MS_NUMBER", "value": "1"},
-                {"name": "RABBITMQ_URL", "value": "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/%2f"},
+                {"name": "RABBITMQ_URL", "value": "amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.default.svc.cluster.local:5672/%2f"},
                 {"name": "QUEUE_ORIGIN", "value": "sample-job-001.in"},
                 {"name": "QUEUE_TO", "value": "sample-job-001.out"},
                 {"name": "AION_SERVICES", "value": "/var/lib/aion/config/services.yml"},
@@ -1401,6 +1431,7 @@ microservices:
                 "ServiceAccount/default/aion-kanban",
                 "Role/default/aion-kanban",
                 "RoleBinding/default/aion-kanban",
+                "Secret/default/aion-broker",
                 "ConfigMap/default/rabbitmq-config",
                 "Deployment/default/rabbitmq",
                 "Deployment/default/redis-cluster",
@@ -1484,10 +1515,10 @@ microservices:
                     && o.key.kind == "Deployment"
             })
             .unwrap();
-        let env = &kanban.value["spec"]["template"]["spec"]["containers"][0]["env"][0];
+        let env = &kanban.value["spec"]["template"]["spec"]["containers"][0]["env"][1];
         assert_eq!(
             env["value"],
-            "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/edge-worker-1"
+            "amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.default.svc.cluster.local:5672/edge-worker-1"
         );
     }
 
@@ -1534,22 +1565,27 @@ microservices:
         let m = render(&inv, &files).unwrap();
         let cm = &find(&m, "ConfigMap", "rabbitmq-config");
         assert_eq!(cm.node, "edge-master");
-        let defs: serde_json::Value =
-            serde_json::from_str(cm.value["data"]["definitions.json"].as_str().unwrap()).unwrap();
+        let vhosts = [
+            "default".to_owned(),
+            "edge-worker-1".into(),
+            "edge-worker-2".into(),
+        ];
         assert_eq!(
-            defs,
-            broker::definitions(&[
-                "default".into(),
-                "edge-worker-1".into(),
-                "edge-worker-2".into()
-            ])
+            cm.value["data"][broker::VHOSTS_FILE].as_str(),
+            Some(broker::vhosts_json(&vhosts).as_str())
+        );
+        assert_eq!(
+            cm.value["data"][broker::PERMISSIONS_FILE].as_str(),
+            Some(broker::permissions_json(&vhosts).as_str())
         );
         assert_eq!(
             cm.value["data"]["aion.conf"].as_str().unwrap(),
             broker::config()
         );
         let url = |vhost: &str| {
-            format!("amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/{vhost}")
+            format!(
+                "amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.default.svc.cluster.local:5672/{vhost}"
+            )
         };
         for (node, ns, device) in [
             ("edge-master", "default", "edge-master"),
@@ -1597,7 +1633,10 @@ microservices:
                 sum,
                 broker::config_checksum(
                     cm["data"]["aion.conf"].as_str().unwrap(),
-                    cm["data"]["definitions.json"].as_str().unwrap()
+                    &[
+                        cm["data"][broker::VHOSTS_FILE].as_str().unwrap(),
+                        cm["data"][broker::PERMISSIONS_FILE].as_str().unwrap()
+                    ]
                 )
             );
             sum
@@ -1609,14 +1648,111 @@ microservices:
         let m = render(&single("prj"), &[]).unwrap();
         let cm = &find(&m, "ConfigMap", "rabbitmq-config").value;
         let defs: serde_json::Value =
-            serde_json::from_str(cm["data"]["definitions.json"].as_str().unwrap()).unwrap();
+            serde_json::from_str(cm["data"][broker::VHOSTS_FILE].as_str().unwrap()).unwrap();
         assert_eq!(defs["vhosts"], json!([{"name": "/"}]));
         let c = kanban_container(&m, "edge-master");
         assert_eq!(
             env_of(c, "AION_RABBITMQ_URL").as_deref(),
-            Some("amqp://aion:aion@rabbitmq.prj.svc.cluster.local:5672/%2f")
+            Some("amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.prj.svc.cluster.local:5672/%2f")
         );
         assert_eq!(c["args"], json!(["run"]));
+    }
+
+    /// No password is rendered: each namespace gets an empty Secret `aion-broker` marked for
+    /// generation; every container that talks to the broker reads the password from it first
+    /// and its URLs (env and args) refer to it; the broker imports the user from the Secret.
+    #[test]
+    fn broker_password_comes_from_a_generated_secret_never_from_the_render() {
+        let inv = three_hosts("");
+        let files = vec![(
+            "edge-worker-1".to_owned(),
+            services("microservices:\n  cam:\n    always: yes\n"),
+        )];
+        let m = render(&inv, &files).unwrap();
+        let text =
+            serde_json::to_string(&m.objects().map(|o| &o.value).collect::<Vec<_>>()).unwrap();
+        assert!(!text.contains("aion:aion@"), "a fixed password is rendered");
+        assert!(
+            !text.contains("\"password\":"),
+            "a password field is rendered"
+        );
+        for ns in ["default", "edge-worker-1", "edge-worker-2"] {
+            let secret = m
+                .objects()
+                .find(|o| {
+                    o.key.kind == "Secret"
+                        && o.key.name == broker::SECRET_NAME
+                        && o.key.namespace.as_deref() == Some(ns)
+                })
+                .unwrap_or_else(|| panic!("no Secret aion-broker in {ns}"));
+            assert_eq!(
+                secret.value["metadata"]["annotations"]["aion.latona.io/generated"],
+                "broker-credentials"
+            );
+            assert!(secret.value.get("data").is_none(), "{}", secret.value);
+            assert!(secret.value.get("stringData").is_none(), "{}", secret.value);
+        }
+        let password_first = |c: &serde_json::Value| {
+            let first = &c["env"][0];
+            assert_eq!(first["name"], broker::PASSWORD_ENV, "{c}");
+            assert_eq!(
+                first["valueFrom"]["secretKeyRef"],
+                json!({"name": broker::SECRET_NAME, "key": broker::SECRET_PASSWORD_KEY})
+            );
+        };
+        let runtime = kanban_container(&m, "edge-worker-1");
+        password_first(runtime);
+        let ms = m.objects().find(|o| o.key.name == "cam-001").unwrap();
+        let mc = &ms.value["spec"]["template"]["spec"]["containers"][0];
+        password_first(mc);
+        assert!(
+            env_of(mc, "RABBITMQ_URL")
+                .unwrap()
+                .starts_with("amqp://aion:$(AION_BROKER_PASSWORD)@")
+        );
+        // The broker: the ConfigMap's two files and the Secret's user file in one directory,
+        // each mounted alone (a mounted volume directory would bring the kubelet's `..data`).
+        let broker = &find(&m, "Deployment", "rabbitmq").value["spec"]["template"]["spec"];
+        let mounts: Vec<(String, String, String)> = broker["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| {
+                v["mountPath"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(broker::DEFINITIONS_DIR)
+            })
+            .map(|v| {
+                let s = |k: &str| v[k].as_str().unwrap().to_owned();
+                (s("name"), s("mountPath"), s("subPath"))
+            })
+            .collect();
+        let at = |f: &str| format!("{}/{f}", broker::DEFINITIONS_DIR);
+        assert_eq!(
+            mounts,
+            [
+                (
+                    "rabbitmq-config".into(),
+                    at(broker::VHOSTS_FILE),
+                    broker::VHOSTS_FILE.into()
+                ),
+                (
+                    "broker-credentials".into(),
+                    at(broker::SECRET_USER_FILE),
+                    broker::SECRET_USER_FILE.into()
+                ),
+                (
+                    "rabbitmq-config".into(),
+                    at(broker::PERMISSIONS_FILE),
+                    broker::PERMISSIONS_FILE.into()
+                ),
+            ]
+        );
+        let volumes = broker["volumes"].as_array().unwrap();
+        assert!(volumes.contains(
+            &json!({"name": "broker-credentials", "secret": {"secretName": broker::SECRET_NAME}})
+        ));
     }
 
     /// AION_SWEEPER_CONFIG only on the runtime of a host whose inventory names a data-sweeper.yml.
@@ -1822,7 +1958,8 @@ microservices:
         let t = &find(&m, "Deployment", "t-001").value;
         let c = &t["spec"]["template"]["spec"]["containers"][0];
         for (i, v) in tricky.iter().enumerate() {
-            assert_eq!(c["env"][i + 1]["value"], *v);
+            // env[0] is the broker password, env[1] SERVICE_NAME.
+            assert_eq!(c["env"][i + 2]["value"], *v);
             assert_eq!(c["command"][i], *v);
         }
     }

@@ -1,6 +1,8 @@
 //! Cluster mode's one broker, on a real RabbitMQ (`scripts/rabbitmq.sh start`, instance `a` at
-//! `AION_RABBITMQ_URL`): the broker definitions `render` produces (ConfigMap `rabbitmq-config`)
-//! are imported with `rabbitmqctl import_definitions`, then
+//! `AION_RABBITMQ_URL`): the broker definitions `render` produces (ConfigMap `rabbitmq-config`:
+//! virtual hosts, permissions) and the user file of the Secret `apply` generates, for a fresh
+//! password, are imported with `rabbitmqctl import_definitions` in the order the broker reads
+//! its definitions directory, then
 //! * the rendered user logs in to each namespace's virtual host (and not with a wrong password,
 //!   nor to a virtual host that was not rendered);
 //! * two aion-kanban runtimes configured as the rendered Deployments say (broker URL, device,
@@ -11,18 +13,21 @@
 //!   the other namespace's virtual host.
 //!
 //! The virtual hosts are named after this run's namespaces and deleted at the end (also when the
-//! test fails); the user `aion` stays on the test broker.
+//! test fails); the user `aion` stays on the test broker (with this run's password).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aion_integration_tests::component;
 use aion_integration_tests::rabbitmq::kanban::{ids, services, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
+use aion_integration_tests::{component, pod_env};
 use aion_kanban::router::{RouterOptions, ServicesSource};
+use aion_reconcile::cluster::generated;
 use aion_reconcile::manifest::Manifests;
 use aion_reconcile::render;
+use aion_reconcile::render::broker;
+use base64::Engine;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
@@ -65,24 +70,21 @@ fn kanban_container<'a>(m: &'a Manifests, node: &str) -> (&'a str, &'a Value) {
     )
 }
 
-fn env_value(c: &Value, key: &str) -> String {
-    c["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == key)
-        .and_then(|e| e["value"].as_str())
-        .unwrap_or_else(|| panic!("no env {key}: {c}"))
-        .to_string()
+fn env_value(env: &[(String, String)], key: &str) -> String {
+    env.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no env {key}: {env:?}"))
 }
 
-/// `--device-amqp NAME=URL` pairs of a rendered container's args.
-fn device_amqp(c: &Value) -> HashMap<String, String> {
-    let args: Vec<&str> = c["args"]
+/// `--device-amqp NAME=URL` pairs of a rendered container's args, expanded as the kubelet does
+/// with the container's `env`.
+fn device_amqp(c: &Value, env: &[(String, String)]) -> HashMap<String, String> {
+    let args: Vec<String> = c["args"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| a.as_str().unwrap())
+        .map(|a| pod_env::expand(a.as_str().unwrap(), env))
         .collect();
     assert_eq!(args[0], "run");
     args[1..]
@@ -144,30 +146,77 @@ async fn namespaces_are_isolated_on_one_broker_and_device_amqp_crosses() {
     )
     .unwrap();
 
-    // The broker definitions, as the ConfigMap holds them, imported into the test broker.
+    // The broker definitions, as the ConfigMap and the generated Secret hold them, imported
+    // into the test broker in file-name order (as the broker reads its definitions directory).
     let cm = m
         .objects()
         .find(|o| o.key.kind == "ConfigMap" && o.key.name == "rabbitmq-config")
         .expect("rendered ConfigMap rabbitmq-config");
-    let defs_text = cm.value["data"]["definitions.json"].as_str().unwrap();
-    let defs: Value = serde_json::from_str(defs_text).unwrap();
+    let vhosts: Value =
+        serde_json::from_str(cm.value["data"][broker::VHOSTS_FILE].as_str().unwrap()).unwrap();
     assert_eq!(
-        defs["vhosts"],
+        vhosts["vhosts"],
         json!([{"name": master.clone()}, {"name": worker.clone()}])
     );
+    let password = generated::fresh_password().unwrap();
+    let placeholder = m
+        .objects()
+        .find(|o| o.key.kind == "Secret" && o.key.name == broker::SECRET_NAME)
+        .expect("rendered Secret aion-broker");
+    let secret = generated::with_password(&placeholder.value, &password);
+    let secret_file = |key: &str| {
+        let b64 = secret["data"][key].as_str().unwrap();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
     let _cleanup = Vhosts(vec![master.clone(), worker.clone()]);
     let dir = tempfile::tempdir().unwrap();
-    let defs_file = dir.path().join("definitions.json");
-    std::fs::write(&defs_file, defs_text).unwrap();
-    rabbitmq::ctl("a", &["import_definitions", defs_file.to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("import_definitions: {e}"));
+    let files = [
+        (
+            broker::VHOSTS_FILE,
+            cm.value["data"][broker::VHOSTS_FILE]
+                .as_str()
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
+            broker::SECRET_USER_FILE,
+            secret_file(broker::SECRET_USER_FILE),
+        ),
+        (
+            broker::PERMISSIONS_FILE,
+            cm.value["data"][broker::PERMISSIONS_FILE]
+                .as_str()
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+        ),
+    ];
+    for (name, bytes) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        rabbitmq::ctl("a", &["import_definitions", path.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("import_definitions {name}: {e}"));
+    }
+    let in_pod = |c: &Value, ns: &str| -> Vec<(String, String)> {
+        pod_env::resolve(c, ns, |name, key| {
+            assert_eq!(
+                (name, key),
+                (broker::SECRET_NAME, broker::SECRET_PASSWORD_KEY)
+            );
+            String::from_utf8(secret_file(key)).unwrap()
+        })
+    };
 
     // Each runtime as its Deployment says, pointed at the test broker.
     let mut routers = Vec::new();
     let mut ms_urls = Vec::new();
     for (node, file) in [(&master, &file_a), (&worker, &file_b)] {
         let (ns, c) = kanban_container(&m, node);
-        let url = on_test_broker(&env_value(c, "AION_RABBITMQ_URL"), &b.url);
+        let env = in_pod(c, ns);
+        let url = on_test_broker(&env_value(&env, "AION_RABBITMQ_URL"), &b.url);
         // The microservices of the namespace get the same virtual host.
         let ms_pod = m
             .objects()
@@ -175,7 +224,10 @@ async fn namespaces_are_isolated_on_one_broker_and_device_amqp_crosses() {
             .unwrap();
         let ms_url = on_test_broker(
             &env_value(
-                &ms_pod.value["spec"]["template"]["spec"]["containers"][0],
+                &in_pod(
+                    &ms_pod.value["spec"]["template"]["spec"]["containers"][0],
+                    ns,
+                ),
                 "RABBITMQ_URL",
             ),
             &b.url,
@@ -186,9 +238,9 @@ async fn namespaces_are_isolated_on_one_broker_and_device_amqp_crosses() {
             .unwrap_or_else(|e| panic!("user aion cannot log in to {ns}'s vhost ({url}): {e}"));
         drop(conn);
         let mut opts = RouterOptions::new(ServicesSource::Value(Arc::new(file.clone())), url);
-        opts.device = Some(env_value(c, "AION_DEVICE"));
+        opts.device = Some(env_value(&env, "AION_DEVICE"));
         opts.namespace = Some(ns.to_string());
-        opts.device_amqp = device_amqp(c)
+        opts.device_amqp = device_amqp(c, &env)
             .into_iter()
             .map(|(d, u)| (d, on_test_broker(&u, &b.url)))
             .collect();
@@ -199,7 +251,12 @@ async fn namespaces_are_isolated_on_one_broker_and_device_amqp_crosses() {
         ms_urls.push(ms_url);
     }
     // The password is checked, and only rendered virtual hosts exist.
-    let wrong = ms_urls[0].replacen("aion:aion@", "aion:wrong@", 1);
+    assert!(
+        ms_urls[0].contains(&format!("aion:{password}@")),
+        "{}",
+        ms_urls[0]
+    );
+    let wrong = ms_urls[0].replacen(&format!("aion:{password}@"), "aion:wrong@", 1);
     assert!(
         login(&wrong).await.is_err(),
         "logged in with a wrong password"
@@ -270,9 +327,9 @@ async fn namespaces_are_isolated_on_one_broker_and_device_amqp_crosses() {
 fn rendered_urls_are_pointed_at_the_test_broker() {
     assert_eq!(
         on_test_broker(
-            "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/edge-1",
+            "amqp://aion:pw@rabbitmq.default.svc.cluster.local:5672/edge-1",
             "amqp://guest:guest@127.0.0.1:5673/%2f"
         ),
-        "amqp://aion:aion@127.0.0.1:5673/edge-1"
+        "amqp://aion:pw@127.0.0.1:5673/edge-1"
     );
 }

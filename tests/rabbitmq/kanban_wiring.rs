@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use aion_integration_tests::component;
 use aion_integration_tests::rabbitmq::kanban::{json_of, start_router};
 use aion_integration_tests::rabbitmq::{self, amqp};
+use aion_integration_tests::{component, pod_env};
 use aion_kanban::client::ClientConfig;
 use aion_kanban::router::{RouterOptions, ServicesSource};
 use aion_reconcile::manifest::Manifests;
@@ -33,6 +33,9 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
+
+/// Stands in for the password `apply` generates into the Secret `aion-broker`.
+const TEST_PASSWORD: &str = "0123456789abcdef0123456789abcdef";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -259,24 +262,16 @@ fn check_core(
                 None => v.to_string(),
             }
         };
-        let mut env: Vec<(String, String)> = Vec::new();
-        let mut container_env: HashMap<String, String> = HashMap::new();
-        for e in c["env"].as_array().unwrap() {
-            let name = e["name"].as_str().unwrap().to_string();
-            let value = if let Some(v) = e["value"].as_str() {
-                v.to_string()
-            } else {
-                match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                    // What the kubelet fills in: the pod's namespace.
-                    Some("metadata.namespace") => {
-                        d["metadata"]["namespace"].as_str().unwrap().to_string()
-                    }
-                    other => panic!("{rel}: env {name}: unexpected valueFrom {other:?}"),
-                }
-            };
-            container_env.insert(name.clone(), value.clone());
-            env.push((name, remap(&value)));
-        }
+        // As the kubelet gives them: the pod's namespace, a stand-in for the broker Secret's
+        // generated password, `$(VAR)` references expanded.
+        let resolved = pod_env::resolve(c, d["metadata"]["namespace"].as_str().unwrap(), |_, _| {
+            TEST_PASSWORD.to_owned()
+        });
+        let container_env: HashMap<String, String> = resolved.iter().cloned().collect();
+        let env: Vec<(String, String)> = resolved
+            .iter()
+            .map(|(k, v)| (k.clone(), remap(v)))
+            .collect();
         // What host provisioning writes into the config directory.
         let services_in_pod = container_env
             .get("AION_SERVICES")
@@ -311,8 +306,12 @@ fn check_core(
             .as_array()
             .unwrap()
             .iter()
-            .map(|v| remap(v.as_str().unwrap()))
+            .map(|v| remap(&pod_env::expand(v.as_str().unwrap(), &resolved)))
             .collect();
+        assert!(
+            !args.iter().any(|a| a.contains("$(")),
+            "{rel}: an unexpanded reference in {args:?}"
+        );
         let out = std::process::Command::new(&bin)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -425,18 +424,13 @@ fn check_core(
                 "{rel}: {}",
                 o.key.name
             );
-            let env: HashMap<String, String> =
-                w["spec"]["template"]["spec"]["containers"][0]["env"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| {
-                        let v = e["value"].as_str().unwrap_or_else(|| {
-                            panic!("{rel}: {}: env {e} is not a plain value", o.key.name)
-                        });
-                        (e["name"].as_str().unwrap().to_string(), v.to_string())
-                    })
-                    .collect();
+            let env: HashMap<String, String> = pod_env::resolve(
+                &w["spec"]["template"]["spec"]["containers"][0],
+                ns,
+                |_, _| TEST_PASSWORD.to_owned(),
+            )
+            .into_iter()
+            .collect();
             let cfg = ClientConfig::from_vars(|k| env.get(k).cloned())
                 .unwrap_or_else(|e| panic!("{rel}: {}: {e}", o.key.name));
             if cfg.services.is_none() {
@@ -499,17 +493,10 @@ fn microservice_pods_satisfy_the_client() {
             let name = w["metadata"]["name"].as_str().unwrap();
             let pod = &w["spec"]["template"]["spec"];
             let c = &pod["containers"][0];
-            let env: HashMap<String, String> = c["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    (
-                        e["name"].as_str().unwrap().to_string(),
-                        e["value"].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect();
+            let env: HashMap<String, String> =
+                pod_env::resolve(c, "default", |_, _| TEST_PASSWORD.to_owned())
+                    .into_iter()
+                    .collect();
             let cfg = ClientConfig::from_vars(|k| env.get(k).cloned())
                 .unwrap_or_else(|e| panic!("{example}: {name}: {e}"));
             let ms = services
@@ -521,7 +508,9 @@ fn microservice_pods_satisfy_the_client() {
             assert_eq!(
                 cfg.url,
                 user("RABBITMQ_URL").unwrap_or_else(|| {
-                    "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/%2f".into()
+                    format!(
+                        "amqp://aion:{TEST_PASSWORD}@rabbitmq.default.svc.cluster.local:5672/%2f"
+                    )
                 }),
                 "{name}"
             );

@@ -5,5 +5,6 @@ pub mod chromium;
 pub mod component;
 pub mod k8s;
 pub mod oci;
+pub mod pod_env;
 pub mod rabbitmq;
 pub mod testbed;

@@ -25,7 +25,7 @@ use aion_integration_tests::testbed::{self, ResetIfFailed, inventory_copy, rt};
 use aion_reconcile::commands::plan::Common;
 use aion_reconcile::output::OutputFormat;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
@@ -88,6 +88,42 @@ async fn running_pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<(S
 }
 
 /// The namespace of the processor: its host's (the second worker).
+/// The last lines of every container log on `host` (the kubelet's files under /var/log/pods):
+/// what a failed kanban test prints, since pods are gone once it cleans up.
+fn pod_logs(tb: &testbed::Testbed, host: &testbed::TestbedHost) -> String {
+    let out = tb.run_as_root(
+        host,
+        "for f in /var/log/pods/*/*/*.log; do [ -f \"$f\" ] || continue; \
+         echo \"== $f\"; tail -n 15 \"$f\" | cut -c1-400; done 2>&1",
+    );
+    format!("--- {}\n{out}", host.name)
+}
+
+/// Fails when a file under `dir` holds `secret`, plainly or base64-encoded.
+fn assert_files_do_not_hold(dir: &Path, secret: &str) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    let mut checked = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(
+                    !text.contains(secret) && !text.contains(&b64),
+                    "{} holds the broker password",
+                    p.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no file under {}", dir.display());
+}
+
 fn processor_ns_of(workers: &[testbed::TestbedHost]) -> String {
     workers[1].name.clone()
 }
@@ -248,12 +284,15 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
             {
                 break v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no kanban with its file reached the sink on {} in 180 s; processor: {:?}",
-                master.name,
-                processors.get_opt("processor-001").await.ok().flatten().and_then(|d| d.status)
-            );
+            if Instant::now() >= deadline {
+                let logs: String = tb.hosts.iter().map(|h| pod_logs(&tb, h)).collect();
+                panic!(
+                    "no kanban with its file reached the sink on {} in 180 s; processor: {:?}\n\
+                     the last lines of every container's log:\n{logs}",
+                    master.name,
+                    processors.get_opt("processor-001").await.ok().flatten().and_then(|d| d.status)
+                );
+            }
             tokio::time::sleep(Duration::from_secs(2)).await;
         };
         eprintln!("stored by the sink: {stored}");
@@ -265,6 +304,15 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
             );
             assert_eq!(check.trim(), "present", "the kanban's file {f} was stored with it");
         }
+        // The pods logged in with the password `apply` generated into the Secret aion-broker;
+        // it is in no file under the inventory's directory (rendered output, state, apply logs).
+        let secret = Api::<Secret>::namespaced(client.clone(), "default")
+            .get("aion-broker")
+            .await
+            .unwrap();
+        let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
+        assert_eq!(password.len(), 32);
+        assert_files_do_not_hold(dir.path(), &password);
         let processor = processors.get("processor-001").await.unwrap();
         assert_eq!(
             processor.metadata.annotations.as_ref().and_then(|a| a.get("aion.latona.io/start")),

@@ -11,6 +11,7 @@
 //! * **Order**: namespaces, RBAC, config, workloads, services ([`crate::manifest::kind_rank`]);
 //!   deletes in reverse. Within one rank, requests run with bounded concurrency.
 
+pub mod generated;
 pub mod history;
 pub mod normalize;
 
@@ -81,6 +82,13 @@ pub const MANAGED_KINDS: &[ManagedKind] = &[
         version: "v1",
         kind: "RoleBinding",
         plural: "rolebindings",
+        namespaced: true,
+    },
+    ManagedKind {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
         namespaced: true,
     },
     ManagedKind {
@@ -164,6 +172,8 @@ pub enum ClusterError {
     },
     #[error("{count} object(s) failed:\n{list}")]
     Failed { count: usize, list: String },
+    #[error("cannot generate the {0}; nothing was applied")]
+    Generate(String),
 }
 
 fn api_err(key: &ObjectKey, source: kube::Error) -> ClusterError {
@@ -514,9 +524,20 @@ pub async fn plan_with(
         owned.iter().map(|(k, v)| (identity(k), v)).collect();
     let live = &live;
     let objects: Vec<_> = manifests.objects().collect();
+    // Generated values (the broker password) as the cluster holds them, preferring the broker's
+    // own namespace: placeholders are planned with it, so they stay unchanged once applied.
+    let broker_ns = objects
+        .iter()
+        .find(|o| o.key.kind == "Deployment" && o.key.name == "rabbitmq")
+        .and_then(|o| o.key.namespace.as_deref());
+    let password = generated::live_password(owned.iter().map(|(_, v)| v), broker_ns);
+    let password = &password;
     let results: Vec<_> = stream::iter(objects.iter().map(|o| async move {
         let known = live.get(&identity(&o.key)).copied();
-        let desired = normalize::keep_runtime_fields(&o.value, known);
+        let mut desired = normalize::keep_runtime_fields(&o.value, known);
+        if let Some(p) = password {
+            desired = generated::with_password(&desired, p);
+        }
         if let Some(since) = known.and_then(normalize::being_deleted) {
             // Still going away (e.g. a namespace pruned by the last apply, desired again):
             // apply waits until it is gone, then creates it.
@@ -802,6 +823,22 @@ pub async fn apply_plan(
         });
     }
 
+    // No namespace holds a broker password yet: make one, for every placeholder.
+    let fresh = if plan
+        .changes
+        .iter()
+        .filter_map(|c| c.desired.as_ref())
+        .any(generated::needs_data)
+    {
+        Some(
+            generated::fresh_password()
+                .map_err(|e| ClusterError::Generate(format!("broker password ({e})")))?,
+        )
+    } else {
+        None
+    };
+    let fresh = &fresh;
+
     let mut report = ExecuteReport {
         unchanged: plan.counts.unchanged,
         ..ExecuteReport::default()
@@ -826,6 +863,14 @@ pub async fn apply_plan(
                 .desired
                 .as_ref()
                 .expect("desired objects carry their value");
+            let filled;
+            let value = match fresh {
+                Some(p) if generated::needs_data(value) => {
+                    filled = generated::with_password(value, p);
+                    &filled
+                }
+                _ => value,
+            };
             if c.action == ObjectAction::Replace {
                 // A namespace being deleted waits for its contents: give it time.
                 delete_key(client, &c.key, Some(Duration::from_secs(300))).await?;

@@ -106,8 +106,10 @@ pub fn sort_keys(v: Value) -> Value {
     }
 }
 
-/// YAML text of a value (for diffs and review).
+/// YAML text of a value (for diffs and review); a Secret's values are
+/// [masked](super::generated::mask).
 pub fn to_yaml(v: &Value) -> String {
+    let v = &super::generated::mask(v);
     serde_saphyr::to_string(v)
         .unwrap_or_else(|_| serde_json::to_string_pretty(v).unwrap_or_default() + "\n")
 }

@@ -3,55 +3,46 @@
 //!
 //! One broker serves the whole installation (on the master). Each AION namespace gets its own
 //! virtual host (cluster mode: the namespace's name; single mode: `/`, as upstream), so queue
-//! names (`<name>-NNN.in`, `aion-kanban.inbound`, …) of two namespaces never meet. The user and
-//! the virtual hosts come from a definitions file the broker imports at boot
-//! (`load_definitions`); a blank node that imports definitions creates neither the default
-//! user `guest` nor the default virtual host `/` (RabbitMQ's "Nuances of Boot-time Definition
-//! Import"), so both are listed here when wanted.
+//! names (`<name>-NNN.in`, `aion-kanban.inbound`, …) of two namespaces never meet.
 //!
-//! The password hash uses RabbitMQ's `rabbit_password_hashing_sha256` scheme:
-//! `base64(salt ‖ sha256(salt ‖ utf8(password)))` with a 4-byte salt. The salt is derived from
-//! the user and password instead of drawn at random, so a re-render gives the same bytes and
-//! `diff` shows nothing.
-
-use base64::Engine;
-use sha2::{Digest, Sha256};
+//! The broker imports, at every boot, a directory of definition files (`load_definitions`
+//! pointing at a directory: RabbitMQ imports its `*.json` files one by one, in name order; a
+//! blank node that imports definitions creates neither the default user `guest` nor the default
+//! virtual host `/`, so both are listed here when wanted):
+//! * `10-vhosts.json` (ConfigMap `rabbitmq-config`, rendered): the virtual hosts;
+//! * `20-user.json` (Secret `aion-broker`, generated at the first apply, never rendered): the
+//!   user `aion` and its password;
+//! * `30-permissions.json` (ConfigMap, rendered): the user's permissions on each virtual host
+//!   (after the user exists: a permission for a missing user is refused).
+//!
+//! The password exists only in the Secret `aion-broker` of every AION namespace (the same value
+//! in each). Pods read it into [`PASSWORD_ENV`] and the URLs rendered here say
+//! `$(AION_BROKER_PASSWORD)`, which Kubernetes expands in `env` values and `args`; so no
+//! rendered file, plan or revision ever holds it.
 
 /// The broker user every aion-kanban runtime and microservice pod logs in as.
 pub const USER: &str = "aion";
-/// Its password. Fixed, like upstream's (`guest:guest` in its manifests): the broker is a
-/// ClusterIP Service, reachable only from inside the cluster (README, differences).
-pub const PASSWORD: &str = "aion";
-/// `hashing_algorithm` of the user in the definitions file.
-pub const HASHING: &str = "rabbit_password_hashing_sha256";
-/// Where the broker reads the definitions (the ConfigMap's `definitions.json`).
-pub const DEFINITIONS_PATH: &str = "/etc/rabbitmq/definitions.json";
+/// The Secret (in every AION namespace) that holds the broker password.
+pub const SECRET_NAME: &str = "aion-broker";
+/// The Secret's key with the password alone.
+pub const SECRET_PASSWORD_KEY: &str = "password";
+/// The Secret's key with the user's definitions file.
+pub const SECRET_USER_FILE: &str = "20-user.json";
+/// The ConfigMap's key with the virtual hosts' definitions file.
+pub const VHOSTS_FILE: &str = "10-vhosts.json";
+/// The ConfigMap's key with the permissions' definitions file.
+pub const PERMISSIONS_FILE: &str = "30-permissions.json";
+/// The pod environment variable that carries the password (from the Secret); it comes first in
+/// a container's `env`, so later values (and `args`) can say `$(AION_BROKER_PASSWORD)`.
+pub const PASSWORD_ENV: &str = "AION_BROKER_PASSWORD";
+/// Where the broker reads the definition files (a projected volume of the ConfigMap and the
+/// Secret).
+pub const DEFINITIONS_DIR: &str = "/etc/rabbitmq/definitions.d";
 /// Extra config file, beside the image's own `conf.d/10-defaults.conf`.
 pub const CONF_PATH: &str = "/etc/rabbitmq/conf.d/20-aion.conf";
 
 /// The AMQP port of the broker's Service.
 const PORT: u16 = 5672;
-
-/// RabbitMQ's salted SHA-256 password hash with the given salt.
-pub fn password_hash_with_salt(password: &str, salt: [u8; 4]) -> String {
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(password.as_bytes());
-    let mut out = salt.to_vec();
-    out.extend_from_slice(&h.finalize());
-    base64::engine::general_purpose::STANDARD.encode(out)
-}
-
-/// The hash with a salt derived from `user` and `password` (deterministic).
-pub fn password_hash(user: &str, password: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"aion-reconcile rabbitmq salt\0");
-    h.update(user.as_bytes());
-    h.update(b"\0");
-    h.update(password.as_bytes());
-    let d = h.finalize();
-    password_hash_with_salt(password, [d[0], d[1], d[2], d[3]])
-}
 
 /// The virtual host of a namespace's pods: its own name in cluster mode, `/` in single mode
 /// (one namespace, upstream's URL).
@@ -63,11 +54,12 @@ pub fn vhost(cluster: bool, namespace: &str) -> String {
     }
 }
 
-/// `amqp://user:pass@rabbitmq.<broker_ns>.svc.cluster.local:5672/<vhost>` with the virtual host
-/// percent-encoded (`/` → `%2f`).
+/// `amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.<broker_ns>.svc.cluster.local:5672/<vhost>`
+/// with the virtual host percent-encoded (`/` → `%2f`). The password reference is expanded by
+/// Kubernetes in the pod (the generated password is hex: nothing to encode).
 pub fn amqp_url(broker_ns: &str, vhost: &str) -> String {
     format!(
-        "amqp://{USER}:{PASSWORD}@rabbitmq.{broker_ns}.svc.cluster.local:{PORT}/{}",
+        "amqp://{USER}:$({PASSWORD_ENV})@rabbitmq.{broker_ns}.svc.cluster.local:{PORT}/{}",
         encode_vhost(vhost)
     )
 }
@@ -85,56 +77,71 @@ fn encode_vhost(vhost: &str) -> String {
     out
 }
 
-/// The definitions file: the user, every virtual host, and the user's full permissions on each
-/// (`configure`/`write`/`read` = `.*`). Virtual hosts are deduplicated, in the given order.
-pub fn definitions(vhosts: &[String]) -> serde_json::Value {
+/// Virtual hosts deduplicated, in the given order.
+fn unique(vhosts: &[String]) -> Vec<&str> {
     let mut seen: Vec<&str> = Vec::new();
     for v in vhosts {
         if !seen.contains(&v.as_str()) {
             seen.push(v);
         }
     }
-    serde_json::json!({
-        "users": [{
-            "name": USER,
-            "password_hash": password_hash(USER, PASSWORD),
-            "hashing_algorithm": HASHING,
-            "tags": [],
-        }],
-        "vhosts": seen.iter().map(|v| serde_json::json!({"name": v})).collect::<Vec<_>>(),
-        "permissions": seen.iter().map(|v| serde_json::json!({
+    seen
+}
+
+/// Pretty JSON with a trailing newline, as written into the ConfigMap or the Secret.
+fn file(v: serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(&v).expect("a JSON value always serializes");
+    s.push('\n');
+    s
+}
+
+/// `10-vhosts.json`: every virtual host.
+pub fn vhosts_json(vhosts: &[String]) -> String {
+    file(serde_json::json!({
+        "vhosts": unique(vhosts).iter().map(|v| serde_json::json!({"name": v})).collect::<Vec<_>>(),
+    }))
+}
+
+/// `30-permissions.json`: the user's full permissions (`configure`/`write`/`read` = `.*`) on
+/// every virtual host.
+pub fn permissions_json(vhosts: &[String]) -> String {
+    file(serde_json::json!({
+        "permissions": unique(vhosts).iter().map(|v| serde_json::json!({
             "user": USER,
             "vhost": v,
             "configure": ".*",
             "write": ".*",
             "read": ".*",
         })).collect::<Vec<_>>(),
-    })
+    }))
 }
 
-/// `definitions.json` as written into the ConfigMap (pretty, trailing newline).
-pub fn definitions_json(vhosts: &[String]) -> String {
-    let mut s =
-        serde_json::to_string_pretty(&definitions(vhosts)).expect("a JSON value always serializes");
-    s.push('\n');
-    s
+/// `20-user.json` (the Secret's): the user with its password. RabbitMQ hashes a `password`
+/// given in definitions with its configured algorithm at import.
+pub fn user_json(password: &str) -> String {
+    file(serde_json::json!({
+        "users": [{"name": USER, "password": password, "tags": []}],
+    }))
 }
 
-/// The config file added to the image's `conf.d`: import the definitions at boot.
+/// The config file added to the image's `conf.d`: import the definitions directory at boot.
 pub fn config() -> String {
     format!(
         "# Written by aion-reconcile: the user and one virtual host per AION namespace.\n\
-         load_definitions = {DEFINITIONS_PATH}\n"
+         load_definitions = {DEFINITIONS_DIR}\n"
     )
 }
 
-/// Hex SHA-256 over the config and the definitions: a pod-template annotation, so the broker
-/// restarts (and imports the new definitions) when a namespace is added.
-pub fn config_checksum(config: &str, definitions: &str) -> String {
+/// Hex SHA-256 over the config and the rendered definition files: a pod-template annotation,
+/// so the broker restarts (and imports the new definitions) when a namespace is added.
+pub fn config_checksum(config: &str, files: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(config.as_bytes());
-    h.update(b"\0");
-    h.update(definitions.as_bytes());
+    for f in files {
+        h.update(b"\0");
+        h.update(f.as_bytes());
+    }
     hex::encode(h.finalize())
 }
 
@@ -160,42 +167,20 @@ pub fn device_amqp(own_device: &str, devices: &[(String, String)], broker_ns: &s
 mod tests {
     use super::*;
 
-    /// The worked example of RabbitMQ's password guide: salt `908D C60A`, password `test12`.
     #[test]
-    fn hash_matches_rabbitmq_worked_example() {
+    fn definition_files_list_vhosts_user_and_permissions() {
+        let vhosts = [
+            "default".to_owned(),
+            "edge-worker-1".into(),
+            "default".into(),
+        ];
+        let v: serde_json::Value = serde_json::from_str(&vhosts_json(&vhosts)).unwrap();
         assert_eq!(
-            password_hash_with_salt("test12", [0x90, 0x8d, 0xc6, 0x0a]),
-            "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR"
+            v,
+            serde_json::json!({"vhosts": [{"name": "default"}, {"name": "edge-worker-1"}]})
         );
-    }
-
-    /// Deterministic, and it verifies: salt ‖ sha256(salt ‖ password).
-    #[test]
-    fn hash_is_deterministic_and_verifies() {
-        let a = password_hash(USER, PASSWORD);
-        assert_eq!(a, password_hash(USER, PASSWORD));
-        assert_ne!(a, password_hash(USER, "other"));
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(&a)
-            .unwrap();
-        assert_eq!(raw.len(), 4 + 32);
-        let mut h = Sha256::new();
-        h.update(&raw[..4]);
-        h.update(PASSWORD.as_bytes());
-        assert_eq!(&raw[4..], h.finalize().as_slice());
-    }
-
-    #[test]
-    fn definitions_list_user_vhosts_and_permissions() {
-        let d = definitions(&["default".into(), "edge-worker-1".into(), "default".into()]);
-        assert_eq!(d["users"][0]["name"], USER);
-        assert_eq!(d["users"][0]["hashing_algorithm"], HASHING);
-        assert_eq!(d["users"][0]["tags"], serde_json::json!([]));
-        assert_eq!(
-            d["vhosts"],
-            serde_json::json!([{"name": "default"}, {"name": "edge-worker-1"}])
-        );
-        let perms = d["permissions"].as_array().unwrap();
+        let p: serde_json::Value = serde_json::from_str(&permissions_json(&vhosts)).unwrap();
+        let perms = p["permissions"].as_array().unwrap();
         assert_eq!(perms.len(), 2);
         for (p, v) in perms.iter().zip(["default", "edge-worker-1"]) {
             assert_eq!(
@@ -203,21 +188,26 @@ mod tests {
                 &serde_json::json!({"user": USER, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"})
             );
         }
+        let u: serde_json::Value = serde_json::from_str(&user_json("0123abcd")).unwrap();
         assert_eq!(
-            definitions_json(&["/".into()]),
-            definitions_json(&["/".into()])
+            u,
+            serde_json::json!({"users": [{"name": USER, "password": "0123abcd", "tags": []}]})
         );
+        // The files RabbitMQ reads in name order: vhosts, then the user, then permissions.
+        let mut names = [PERMISSIONS_FILE, SECRET_USER_FILE, VHOSTS_FILE];
+        names.sort();
+        assert_eq!(names, [VHOSTS_FILE, SECRET_USER_FILE, PERMISSIONS_FILE]);
     }
 
     #[test]
     fn urls_encode_the_vhost() {
         assert_eq!(
             amqp_url("default", "/"),
-            "amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/%2f"
+            "amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.default.svc.cluster.local:5672/%2f"
         );
         assert_eq!(
             amqp_url("prj", "edge-worker-1"),
-            "amqp://aion:aion@rabbitmq.prj.svc.cluster.local:5672/edge-worker-1"
+            "amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.prj.svc.cluster.local:5672/edge-worker-1"
         );
         assert_eq!(encode_vhost("a b/c"), "a%20b%2fc");
         assert_eq!(vhost(false, "prj"), "/");
@@ -234,8 +224,8 @@ mod tests {
         assert_eq!(
             device_amqp("w1", &devices, "default"),
             [
-                "m=amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/default",
-                "w2=amqp://aion:aion@rabbitmq.default.svc.cluster.local:5672/edge-worker-2",
+                "m=amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.default.svc.cluster.local:5672/default",
+                "w2=amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.default.svc.cluster.local:5672/edge-worker-2",
             ]
         );
         // A shared services.yml with one deviceName: every host is "the same" device, no map.
@@ -254,16 +244,11 @@ mod tests {
     }
 
     #[test]
-    fn config_loads_the_definitions_and_checksum_tracks_both() {
-        assert!(config().contains("load_definitions = /etc/rabbitmq/definitions.json\n"));
-        let a = config_checksum(&config(), &definitions_json(&["a".into()]));
-        assert_eq!(
-            a,
-            config_checksum(&config(), &definitions_json(&["a".into()]))
-        );
-        assert_ne!(
-            a,
-            config_checksum(&config(), &definitions_json(&["a".into(), "b".into()]))
-        );
+    fn config_loads_the_definitions_and_checksum_tracks_every_file() {
+        assert!(config().contains("load_definitions = /etc/rabbitmq/definitions.d\n"));
+        let a = config_checksum(&config(), &["x", "y"]);
+        assert_eq!(a, config_checksum(&config(), &["x", "y"]));
+        assert_ne!(a, config_checksum(&config(), &["x", "z"]));
+        assert_ne!(a, config_checksum(&config(), &["xy", ""]));
     }
 }

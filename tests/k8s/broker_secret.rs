@@ -1,0 +1,145 @@
+//! The broker password on the real kube-apiserver: `apply` generates it once into the Secret
+//! `aion-broker` of every AION namespace; a second `plan` keeps it (no changes); a namespace
+//! whose Secret went missing gets the same password back; neither the plan's text nor its JSON
+//! nor any diff ever shows it.
+
+use std::path::Path;
+
+use aion_integration_tests::k8s;
+use aion_model::Inventory;
+use aion_reconcile::cluster::{self, ClusterApplyOptions, ObjectAction};
+use aion_reconcile::render::{self, broker};
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams};
+
+fn cluster_inventory(name: &str, master_ns: &str, worker_ns: &str) -> Inventory {
+    let text = format!(
+        "name: {name}\nmode: cluster\nhosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {master_ns}}}\n  - name: edge-worker\n    address: 127.0.0.2\n    role: worker\n    vars: {{namespace: {worker_ns}}}\n"
+    );
+    let loaded =
+        aion_model::inventory::load_str(&text, Path::new("/tmp/aion-test/inventory.yml")).unwrap();
+    assert!(
+        loaded.diagnostics.iter().all(|d| !d.is_error()),
+        "{:?}",
+        loaded.diagnostics
+    );
+    loaded.value
+}
+
+/// The Secret's keys, decoded.
+async fn secret_data(client: &kube::Client, ns: &str) -> (String, String) {
+    let s = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(broker::SECRET_NAME)
+        .await
+        .unwrap_or_else(|e| panic!("Secret {ns}/aion-broker: {e}"));
+    let data = s.data.unwrap_or_default();
+    let text = |k: &str| {
+        String::from_utf8(
+            data.get(k)
+                .unwrap_or_else(|| panic!("{ns}/aion-broker has no key {k}"))
+                .0
+                .clone(),
+        )
+        .unwrap()
+    };
+    (
+        text(broker::SECRET_PASSWORD_KEY),
+        text(broker::SECRET_USER_FILE),
+    )
+}
+
+/// Fails when `text` holds the password, plainly or base64-encoded.
+fn assert_hidden(text: &str, password: &str, what: &str) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(password);
+    assert!(
+        !text.contains(password) && !text.contains(&b64),
+        "{what} shows the broker password:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn broker_password_is_generated_once_kept_and_never_shown() {
+    let Some(tc) = k8s::require() else { return };
+    aion_reconcile::kubeclient::install_crypto_provider();
+    let client = tc.client().await;
+    let (ns_m, ns_w) = (tc.fresh_namespace().await, tc.fresh_namespace().await);
+    let inv = cluster_inventory(&ns_m, &ns_m, &ns_w);
+    let m = render::render(&inv, &[]).unwrap();
+    let opts = ClusterApplyOptions::default();
+
+    // 1. First plan: a Secret to create in each namespace, without data (made at apply).
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    for ns in [&ns_m, &ns_w] {
+        let key = format!("Secret/{ns}/aion-broker");
+        let c = plan
+            .changes
+            .iter()
+            .find(|c| c.key.to_string() == key)
+            .unwrap_or_else(|| panic!("no {key} in\n{}", plan.render_text(false, true)));
+        assert_eq!(c.action, ObjectAction::Create, "{key}");
+    }
+    let first_texts = [
+        plan.render_text(false, true),
+        serde_json::to_string(&plan).unwrap(),
+    ];
+    cluster::apply_plan(&client, &plan, &opts).await.unwrap();
+
+    // 2. One password, in both namespaces, with the broker's user file beside it.
+    let (password, user_file) = secret_data(&client, &ns_m).await;
+    assert_eq!(password.len(), 32, "{password:?}");
+    assert!(password.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(user_file, broker::user_json(&password));
+    assert_eq!(
+        secret_data(&client, &ns_w).await,
+        (password.clone(), user_file.clone())
+    );
+    for t in &first_texts {
+        assert_hidden(t, &password, "the first plan");
+    }
+
+    // 3. A second plan keeps it: nothing to do.
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
+
+    // 4. The worker namespace's Secret goes missing: planned as a create (its diff masked),
+    //    applied with the installation's password, not a new one.
+    Api::<Secret>::namespaced(client.clone(), &ns_w)
+        .delete(broker::SECRET_NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    let changed: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != ObjectAction::Unchanged)
+        .map(|c| format!("{} {}", c.action.symbol(), c.key))
+        .collect();
+    assert_eq!(changed, [format!("+ Secret/{ns_w}/aion-broker")]);
+    let text = plan.render_text(false, true);
+    assert!(text.contains("(hidden: "), "{text}");
+    assert_hidden(&text, &password, "the plan after a Secret went missing");
+    assert_hidden(
+        &serde_json::to_string(&plan).unwrap(),
+        &password,
+        "plan -o json",
+    );
+    cluster::apply_plan(&client, &plan, &opts).await.unwrap();
+    assert_eq!(secret_data(&client, &ns_w).await.0, password);
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
+
+    // 5. `down` removes them with everything else of the inventory.
+    cluster::down(&client, &inv.name, &opts).await.unwrap();
+    for ns in [&ns_m, &ns_w] {
+        let left = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(broker::SECRET_NAME)
+            .await
+            .unwrap();
+        assert!(
+            left.is_none_or(|s| s.metadata.deletion_timestamp.is_some()),
+            "{ns}"
+        );
+        tc.delete_namespace(ns).await;
+    }
+}
