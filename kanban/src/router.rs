@@ -281,18 +281,29 @@ async fn session(
     let inflight = Settler::start();
     let every = opts.check_interval;
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // A broker that shuts down does not always end a consumer stream or a publish in flight
+    // (seen under load: the router sat idle after a broker restart while its queue filled), so
+    // the session also ends when either of its connections is no longer connected, even in
+    // the middle of handling a delivery (which then stays unacked and comes again).
+    let lost = connection_lost(&conn, &pub_conn);
+    tokio::pin!(lost);
     let end = loop {
         tokio::select! {
             biased;
             _ = &mut *shutdown => break Ok(End::Shutdown),
             _ = opts.reload.notified() => break Ok(End::Reload),
+            e = &mut lost => break Err(e),
             next = streams.next() => match next {
                 None => break Err(anyhow::anyhow!("all consumers were cancelled")),
                 // One consumer failed or was cancelled by the broker: a new session subscribes
                 // to every queue again (the others' unacked kanbans are redelivered).
                 Some((_, Err(e))) => break Err(e.into()),
                 Some((src, Ok(d))) => {
-                    if let Err(e) = s.handle(src, d, &inflight).await {
+                    let handled = tokio::select! {
+                        r = s.handle(src, d, &inflight) => r,
+                        e = &mut lost => Err(e),
+                    };
+                    if let Err(e) = handled {
                         break Err(e);
                     }
                 }
@@ -315,6 +326,30 @@ async fn session(
         let _ = c.close(200, "bye".into()).await;
     }
     end
+}
+
+/// How often [`connection_lost`] looks at the connections.
+const CONNECTION_CHECK: Duration = Duration::from_millis(250);
+
+/// Resolves once `consume` or `publish` has left the connected state (closed by the broker,
+/// errored, or closing), with what happened.
+async fn connection_lost(consume: &Connection, publish: &Connection) -> anyhow::Error {
+    loop {
+        tokio::time::sleep(CONNECTION_CHECK).await;
+        for (what, c) in [("consuming", consume), ("publishing", publish)] {
+            let status = c.status();
+            if !status.connected() {
+                let state = if status.errored() {
+                    "errored"
+                } else if status.closing() || status.closed() {
+                    "closed"
+                } else {
+                    "not connected"
+                };
+                return anyhow::anyhow!("the {what} connection is {state}");
+            }
+        }
+    }
 }
 
 impl Session {
