@@ -102,7 +102,13 @@ pub struct HostFacts {
 /// count as older than any labelled one.
 pub const IMPORTED_LABEL: &str = "aion.io/imported";
 
-/// What containerd already holds (`ctr -n k8s.io images ls`, `content ls -q`).
+/// Where a host keeps image blobs that arrived and were verified but are not imported yet
+/// (`images::receive_script` moves each one here as soon as its digest checks out, and empties
+/// it after an import): an apply cut mid-transfer resumes from them.
+pub const IMAGE_BLOB_CACHE: &str = "/var/lib/aion/images/blobs/sha256";
+
+/// What containerd already holds (`ctr -n k8s.io images ls`, `content ls -q`), and the blobs
+/// waiting in [`IMAGE_BLOB_CACHE`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerdFacts {
     /// image reference → manifest (or index) digest.
@@ -112,6 +118,8 @@ pub struct ContainerdFacts {
     /// image reference → when `apply` imported it (the `aion.io/imported` label, ns since the
     /// epoch); images without the label are not here.
     pub imported: BTreeMap<String, u64>,
+    /// Digests of verified blobs in [`IMAGE_BLOB_CACHE`] (a cut transfer's), not yet imported.
+    pub staged: BTreeSet<String>,
 }
 
 impl HostFacts {
@@ -217,12 +225,15 @@ k() {
         }
         if self.containerd {
             // Two `ctr` calls; a host without ctr, or whose containerd does not answer, says
-            // `CTR 0` (nothing there: everything is sent).
+            // `CTR 0` (nothing there: everything is sent). Then the verified blobs a cut apply
+            // left in the cache (`B` records).
+            s.push_str(&format!("aion_blobs={}\n", path_expr(IMAGE_BLOB_CACHE)));
             s.push_str(
                 r#"if command -v ctr >/dev/null 2>&1 && ci=$(ctr -n k8s.io images ls 2>/dev/null) && cc=$(ctr -n k8s.io content ls -q 2>/dev/null); then
   printf 'CTR\t1\n'
   printf '%s\n' "$ci" | awk 'NR > 1 && NF >= 3 {printf "I\t%s\t%s\t%s\n", $1, $3, $NF}'
   printf '%s\n' "$cc" | awk 'NF >= 1 {printf "L\t%s\n", $1}'
+  for f in "$aion_blobs"/*; do [ -f "$f" ] && printf 'B\tsha256:%s\n' "${f##*/}"; done
 else printf 'CTR\t0\n'; fi
 "#,
             );
@@ -334,6 +345,13 @@ pub fn parse(host: &str, stdout: &str, stderr: &str) -> Result<HostFacts, FactsE
                     .content
                     .insert(digest.to_string());
             }
+            ["B", digest] => {
+                facts
+                    .containerd
+                    .get_or_insert_with(ContainerdFacts::default)
+                    .staged
+                    .insert(digest.to_string());
+            }
             ["END"] => ended = true,
             _ => return Err(bad("unexpected record")),
         }
@@ -422,11 +440,13 @@ mod tests {
 
     #[test]
     fn containerd_records_and_a_host_without_ctr() {
-        let out = "CTR\t1\nI\taion.local/a:1\tsha256:aa\nL\tsha256:aa\nL\tsha256:bb\nEND\n";
+        let out =
+            "CTR\t1\nI\taion.local/a:1\tsha256:aa\nL\tsha256:aa\nL\tsha256:bb\nB\tsha256:cc\nEND\n";
         let f = parse("h", out, "").unwrap();
         let c = f.containerd.unwrap();
         assert_eq!(c.images["aion.local/a:1"], "sha256:aa");
         assert!(c.content.contains("sha256:bb") && c.content.len() == 2);
+        assert_eq!(c.staged, ["sha256:cc".to_string()].into());
         assert!(c.imported.is_empty());
         // with `ctr images ls`' labels column: the import time of the images apply imported
         let out = "CTR\t1\nI\taion.local/a:1\tsha256:aa\tio.cri-containerd.image=managed,aion.io/imported=1700000000000000001\n\

@@ -18,10 +18,12 @@
 //!   `content ls`), one [`ImageChange`] per image the host does not have at that digest, with
 //!   only the blobs its content store lacks (a blob shared by two images is sent once).
 //! * **Apply** ([`receive_script`], pure): one script per host that receives the blobs on stdin
-//!   into a staging directory under [`STAGING_DIR`], checks each one's size and SHA-256, and only
-//!   then imports an archive of `oci-layout`, `index.json` and the staged blobs with
-//!   `ctr -n k8s.io images import -` (containerd takes the blobs it already has from its content
-//!   store). The staging directory is removed on every exit (trap).
+//!   into a staging directory under [`STAGING_DIR`], checks each one's size and SHA-256 as it
+//!   arrives and moves it into the host's blob cache ([`crate::facts::IMAGE_BLOB_CACHE`]), and
+//!   once all are there imports an archive of `oci-layout`, `index.json` and the cached blobs
+//!   with `ctr -n k8s.io images import -` (containerd takes the blobs it already has from its
+//!   content store), then empties the cache. A cut connection leaves only verified blobs in the
+//!   cache and nothing imported; the next plan counts them as there (facts) and sends the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -34,7 +36,9 @@ use crate::host::Input;
 use crate::manifest::Manifests;
 use crate::shell::{path_expr, sh_quote};
 
-/// Where a host stages received blobs (one fresh directory per apply, removed at its end).
+/// Where a host stages received blobs: the blob being received in a fresh `.staging.*`
+/// directory per apply (removed at its end), each verified blob in
+/// [`crate::facts::IMAGE_BLOB_CACHE`] beneath it until the import.
 pub const STAGING_DIR: &str = "/var/lib/aion/images";
 
 const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -691,7 +695,8 @@ pub struct ImageChange {
 }
 
 /// What a host lacks of `images`: an [`ImageChange`] for each one it does not have at that
-/// digest, sending only blobs neither its content store nor an earlier image of this plan has.
+/// digest, sending only blobs neither its content store, nor its blob cache (verified blobs of
+/// a cut transfer), nor an earlier image of this plan has.
 /// Without containerd facts (no ctr yet) everything is sent.
 pub fn plan_host(images: &[SourceImage], have: Option<&ContainerdFacts>) -> Vec<ImageChange> {
     let empty = ContainerdFacts::default();
@@ -706,7 +711,11 @@ pub fn plan_host(images: &[SourceImage], have: Option<&ContainerdFacts>) -> Vec<
         let send: Vec<Blob> = img
             .blobs
             .iter()
-            .filter(|b| !have.content.contains(&b.digest) && sending.insert(&b.digest))
+            .filter(|b| {
+                !have.content.contains(&b.digest)
+                    && !have.staged.contains(&b.digest)
+                    && sending.insert(&b.digest)
+            })
             .cloned()
             .collect();
         out.push(ImageChange {
@@ -935,44 +944,43 @@ pub fn send_input(changes: &[ImageChange]) -> Vec<Input> {
 pub const RECEIVED: &str = "RECEIVED";
 pub const IMPORTED: &str = "IMPORTED";
 
-/// The script that receives `changes`' blobs on stdin (in [`send_input`]'s order) into a fresh
-/// staging directory under [`STAGING_DIR`], checks every blob's size and SHA-256, and only when
-/// all match imports them with `ctr -n k8s.io images import -` (an archive of `oci-layout`,
-/// `index.json` and the staged blobs; containerd takes the others from its content store), then
-/// checks that containerd names each image at its digest. The staging directory is removed on
-/// every exit. Exit 3: a blob arrived short; 4: a blob does not match its digest (nothing
-/// imported in either case); 5: after the import an image is missing; 6: no `ctr`.
+/// The script that receives `changes`' blobs on stdin (in [`send_input`]'s order), one at a
+/// time into a fresh staging directory under [`STAGING_DIR`]; checks each blob's size and
+/// SHA-256 as soon as it is there and moves it into the blob cache
+/// ([`crate::facts::IMAGE_BLOB_CACHE`]); once every blob is in, imports them with
+/// `ctr -n k8s.io images import -` (an archive of `oci-layout`, `index.json` and the cache;
+/// containerd takes the others from its content store), checks that containerd names each image
+/// at its digest, and empties the cache. The staging directory is removed on every exit; a
+/// cut stream leaves the blobs verified so far in the cache, for the next apply not to send
+/// again. Exit 3: a blob arrived short; 4: a blob does not match its digest (nothing imported
+/// in either case); 5: after the import an image is missing; 6: no `ctr`.
 pub fn receive_script(user: &str, changes: &[ImageChange]) -> String {
     let mut s = crate::shell::prelude(user);
     s.push_str(
         "command -v ctr >/dev/null 2>&1 || { echo \"no ctr on this host: containerd must be installed before images are imported\" >&2; exit 6; }\n",
     );
     s.push_str(&format!(
-        "set -e\nD={}\nmkdir -p \"$D\"\nS=$(mktemp -d \"$D/.staging.XXXXXX\")\n\
+        "set -e\nD={}\nC={}\nmkdir -p \"$C\"\nS=$(mktemp -d \"$D/.staging.XXXXXX\")\n\
          trap 'rm -rf \"$S\"' EXIT\ntrap 'exit 130' INT TERM HUP\n\
-         mkdir -p \"$S/blobs/sha256\"\n\
-         get() {{\n  head -c \"$2\" > \"$S/blobs/sha256/$1\"\n  n=$(stat -c %s \"$S/blobs/sha256/$1\")\n  \
+         get() {{\n  head -c \"$2\" > \"$S/blob\"\n  n=$(stat -c %s \"$S/blob\")\n  \
          if [ \"$n\" != \"$2\" ]; then echo \"blob sha256:$1: received $n of $2 bytes (the stream ended early); nothing imported\" >&2; exit 3; fi\n  \
+         h=$(sha256sum \"$S/blob\" | cut -d' ' -f1)\n  \
+         if [ \"$h\" != \"$1\" ]; then echo \"refused: blob sha256:$1 does not match its digest (its content is sha256:$h); nothing imported\" >&2; exit 4; fi\n  \
+         mv \"$S/blob\" \"$C/$1\"\n  \
          printf '{RECEIVED}\\tsha256:%s\\t%s\\n' \"$1\" \"$2\"\n}}\n",
-        path_expr(STAGING_DIR)
+        path_expr(STAGING_DIR),
+        path_expr(crate::facts::IMAGE_BLOB_CACHE),
     ));
-    let mut any = false;
     for c in changes {
         for b in &c.send {
             let hex = b.digest.trim_start_matches("sha256:");
             s.push_str(&format!("get {} {}\n", sh_quote(hex), b.size));
-            any = true;
         }
     }
-    if any {
-        s.push_str(
-            "bad=$(cd \"$S/blobs/sha256\" && sha256sum -- * | awk '$1 != $2 {print \"sha256:\" $2 \" (its content is sha256:\" $1 \")\"}')\n\
-             if [ -n \"$bad\" ]; then echo \"refused: blob(s) whose content does not match the digest: $bad; nothing imported\" >&2; exit 4; fi\n",
-        );
-    }
+    // The archive's `blobs/sha256` is the cache: this apply's blobs and those a cut one left.
     s.push_str(&format!(
         "printf '%s' '{{\"imageLayoutVersion\":\"1.0.0\"}}' > \"$S/oci-layout\"\nprintf '%s' {} > \"$S/index.json\"\n\
-         (cd \"$S\" && tar -cf - oci-layout index.json blobs) | ctr -n k8s.io images import - >&2\n\
+         (cd \"$S\" && tar -cf - oci-layout index.json -C \"$D\" blobs) | ctr -n k8s.io images import - >&2\n\
          have=$(ctr -n k8s.io images ls | awk 'NR > 1 {{print $1 \" \" $3}}')\n\
          t=$(date +%s%N)\n",
         sh_quote(&index_json(changes))
@@ -985,6 +993,8 @@ pub fn receive_script(user: &str, changes: &[ImageChange]) -> String {
             r = sh_quote(&c.reference),
         ));
     }
+    // Imported: containerd has the content now.
+    s.push_str("rm -f \"$C\"/*\n");
     s
 }
 
@@ -1256,6 +1266,7 @@ mod tests {
             .into(),
             content: [base.clone()].into(),
             imported: BTreeMap::new(),
+            staged: BTreeSet::new(),
         };
         let p = plan_host(&wanted["w1"], Some(&have));
         assert_eq!(p.len(), 1);
@@ -1272,6 +1283,7 @@ mod tests {
             .into(),
             content: BTreeSet::new(),
             imported: BTreeMap::new(),
+            staged: BTreeSet::new(),
         };
         assert!(plan_host(&wanted["w1"], Some(&have)).is_empty());
 
@@ -1331,6 +1343,7 @@ mod tests {
             images: BTreeMap::new(),
             content: [digest(b"base")].into(),
             imported: BTreeMap::new(),
+            staged: BTreeSet::new(),
         };
         let changes = plan_host(std::slice::from_ref(&img), Some(&have));
         let script = receive_script("root", &changes);
@@ -1355,7 +1368,10 @@ mod tests {
         assert!(listing.contains("index.json") && listing.contains("oci-layout"));
         assert!(!listing.contains(digest(b"base").trim_start_matches("sha256:")));
         let staging = root.join(STAGING_DIR.trim_start_matches('/'));
-        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        let cache = root.join(crate::facts::IMAGE_BLOB_CACHE.trim_start_matches('/'));
+        // No staging directory left, and the cache emptied by the import.
+        assert_eq!(names(&staging), ["blobs"]);
+        assert!(names(&cache).is_empty(), "{:?}", names(&cache));
 
         // a blob whose bytes do not match its digest: refused, nothing imported
         std::fs::remove_file(root.join("imported.tar")).unwrap();
@@ -1377,7 +1393,161 @@ mod tests {
             "{err}"
         );
         assert!(!root.join("imported.tar").exists());
-        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        assert_eq!(names(&staging), ["blobs"]);
+        // Only verified blobs are kept (each named by its content's digest), not the bad one.
+        let kept = names(&cache);
+        assert!(!kept.contains(&own.digest.trim_start_matches("sha256:").to_string()));
+        for k in &kept {
+            let bytes = std::fs::read(cache.join(k)).unwrap();
+            assert_eq!(digest(&bytes), format!("sha256:{k}"));
+        }
+    }
+
+    /// The names in a directory, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A fake `ctr` for a [`LocalHost`](crate::host::local::LocalHost) under `t`: `images
+    /// import -` keeps the archive, `images ls` lists what it imported, `content ls` nothing.
+    fn host_with_fake_ctr(t: &Path) -> crate::host::local::LocalHost {
+        let root = t.join("root");
+        let bin = t.join("bin");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(
+            bin.join("ctr"),
+            "#!/bin/sh\ncase \"$*\" in\n\
+             *'images import -'*) cat > \"$AION_ROOT/imported.tar\";;\n\
+             *'images ls'*) echo 'REF TYPE DIGEST'; [ -f \"$AION_ROOT/imported.tar\" ] || exit 0; i=$(tar -xOf \"$AION_ROOT/imported.tar\" index.json);\n\
+               n=$(echo \"$i\" | sed 's/.*\"io.containerd.image.name\":\"\\([^\"]*\\)\".*/\\1/'); d=$(echo \"$i\" | sed 's/.*\"digest\":\"\\([^\"]*\\)\".*/\\1/'); echo \"$n x $d\";;\n\
+             esac\n",
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(bin.join("ctr")).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(bin.join("ctr"), perm).unwrap();
+        crate::host::local::LocalHost {
+            name: "l".into(),
+            root,
+            bin: Some(bin),
+        }
+    }
+
+    /// A transfer cut in the middle of a blob: the blobs verified before it stay in the host's
+    /// cache and nothing is imported; the next facts report them, the next plan sends only the
+    /// rest, and the import that follows takes both (every digest checked) and empties the cache.
+    #[tokio::test]
+    async fn a_cut_transfer_resumes_from_the_verified_blobs() {
+        use crate::host::Host as _;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("layout");
+        let (_, d) = image(&dir, &[b"first layer", b"second layer", b"third layer!"]);
+        index(
+            &dir,
+            vec![(d, ANNOTATION_CONTAINERD_NAME, "aion.local/r:1")],
+        );
+        let img = read_sources(std::slice::from_ref(&dir))
+            .unwrap()
+            .get("aion.local/r:1")
+            .unwrap()
+            .clone();
+        let h = host_with_fake_ctr(t.path());
+        let facts = || async {
+            let req = crate::facts::FactRequest {
+                user: "root".into(),
+                containerd: true,
+                ..crate::facts::FactRequest::default()
+            };
+            let out = h.run(&req.script()).await.unwrap();
+            crate::facts::parse(
+                "l",
+                &out.stdout_str(),
+                &String::from_utf8_lossy(&out.stderr),
+            )
+            .unwrap()
+            .containerd
+            .unwrap()
+        };
+        let first = plan_host(std::slice::from_ref(&img), Some(&facts().await));
+        assert_eq!(first[0].blobs, 5, "manifest, config, three layers");
+        // The stream ends half-way through the fourth blob (the connection is cut).
+        let mut input = send_input(&first);
+        let cut_at = 3;
+        let Input::File { path, offset, len } = input[cut_at].clone() else {
+            panic!("blobs are read from files")
+        };
+        input.truncate(cut_at);
+        input.push(Input::File {
+            path,
+            offset,
+            len: len / 2,
+        });
+        let out = h
+            .run_with_input(&receive_script("root", &first), &input)
+            .await
+            .unwrap();
+        assert_eq!(out.status, 3, "{}", out.combined());
+        assert!(!h.root.join("imported.tar").exists(), "nothing imported");
+        let verified: Vec<String> = first[0].send[..cut_at]
+            .iter()
+            .map(|b| b.digest.clone())
+            .collect();
+        let have = facts().await;
+        assert_eq!(
+            have.staged,
+            verified.iter().cloned().collect::<BTreeSet<_>>(),
+            "the verified blobs are reported"
+        );
+
+        // The next plan sends only what is still missing; the import takes both.
+        let second = plan_host(std::slice::from_ref(&img), Some(&have));
+        let rest: Vec<&str> = second[0].send.iter().map(|b| b.digest.as_str()).collect();
+        let expected: Vec<&str> = first[0].send[cut_at..]
+            .iter()
+            .map(|b| b.digest.as_str())
+            .collect();
+        assert_eq!(rest, expected);
+        assert_eq!(
+            second[0].bytes,
+            first[0].send[cut_at..].iter().map(|b| b.size).sum::<u64>()
+        );
+        let out = h
+            .run_with_input(&receive_script("root", &second), &send_input(&second))
+            .await
+            .unwrap();
+        assert!(out.success(), "{}", out.combined());
+        let got = parse_received(&out.stdout_str());
+        assert_eq!(got.bytes(), second[0].bytes);
+        assert_eq!(
+            got.imported,
+            [("aion.local/r:1".to_string(), img.digest.clone())]
+        );
+        let listing = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(h.root.join("imported.tar"))
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        for b in &img.blobs {
+            assert!(
+                listing.contains(&format!(
+                    "blobs/sha256/{}",
+                    b.digest.trim_start_matches("sha256:")
+                )),
+                "{} not in the imported archive:\n{listing}",
+                b.digest
+            );
+        }
+        assert!(
+            facts().await.staged.is_empty(),
+            "the cache is emptied by the import"
+        );
     }
 
     fn source(reference: &str, digest: &str) -> SourceImage {
@@ -1401,6 +1571,7 @@ mod tests {
                 .iter()
                 .filter_map(|(r, _, at)| Some((r.to_string(), (*at)?)))
                 .collect(),
+            staged: BTreeSet::new(),
         }
     }
 

@@ -253,6 +253,12 @@ async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
     let have = facts().await;
     assert!(!have.images.contains_key(&c.reference), "{have:?}");
     assert!(!have.content.contains(&c.layers[1]));
+    // No staging directory left; the bad blob is not among the verified ones kept for a resume.
     let staging = root.join(images::STAGING_DIR.trim_start_matches('/'));
-    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    let left: Vec<String> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["blobs"]);
+    assert!(!have.staged.contains(&c.layers[1]), "{have:?}");
 }

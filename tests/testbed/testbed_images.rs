@@ -369,8 +369,29 @@ fn images_are_sent_once_only_what_is_missing_and_verified() {
             }
             other => panic!("{}: {other:?}", h.name),
         }
+        // No staging directory left; the blob cache holds only verified blobs (for the next
+        // apply to resume from), never the one that did not match.
         let left = tb.run_as_root(h, "ls -A /var/lib/aion/images");
-        assert_eq!(left.trim(), "", "{}: staging left behind", h.name);
+        assert_eq!(left.trim(), "blobs", "{}: staging left behind", h.name);
+        let cached = tb.run_as_root(
+            h,
+            "cd /var/lib/aion/images/blobs/sha256 && for f in *; do [ -f \"$f\" ] && \
+             echo \"$f $(sha256sum < \"$f\" | cut -d' ' -f1)\"; done; true",
+        );
+        for line in cached.lines() {
+            let (name, sum) = line.split_once(' ').unwrap();
+            assert_eq!(
+                name, sum,
+                "{}: cached blob {name} is not what its name says",
+                h.name
+            );
+            assert_ne!(
+                format!("sha256:{name}"),
+                c.layers[1],
+                "{}: the bad blob was kept",
+                h.name
+            );
+        }
     }
     assert!(
         outcome.cluster.is_err(),
