@@ -950,7 +950,9 @@ pub const IMPORTED: &str = "IMPORTED";
 /// ([`crate::facts::IMAGE_BLOB_CACHE`]); once every blob is in, imports them with
 /// `ctr -n k8s.io images import -` (an archive of `oci-layout`, `index.json` and the cache;
 /// containerd takes the others from its content store), checks that containerd names each image
-/// at its digest, and empties the cache. The staging directory is removed on every exit; a
+/// at its digest, and empties the cache. The staging directory is removed on every exit (also
+/// on SIGPIPE: when the connection is cut, the first message to the closed stderr would
+/// otherwise kill the shell before its exit trap, as seen on the testbed); a
 /// cut stream leaves the blobs verified so far in the cache, for the next apply not to send
 /// again. Exit 3: a blob arrived short; 4: a blob does not match its digest (nothing imported
 /// in either case); 5: after the import an image is missing; 6: no `ctr`.
@@ -961,7 +963,7 @@ pub fn receive_script(user: &str, changes: &[ImageChange]) -> String {
     );
     s.push_str(&format!(
         "set -e\nD={}\nC={}\nmkdir -p \"$C\"\nS=$(mktemp -d \"$D/.staging.XXXXXX\")\n\
-         trap 'rm -rf \"$S\"' EXIT\ntrap 'exit 130' INT TERM HUP\n\
+         trap 'rm -rf \"$S\"' EXIT\ntrap 'exit 130' INT TERM HUP PIPE\n\
          get() {{\n  head -c \"$2\" > \"$S/blob\"\n  n=$(stat -c %s \"$S/blob\")\n  \
          if [ \"$n\" != \"$2\" ]; then echo \"blob sha256:$1: received $n of $2 bytes (the stream ended early); nothing imported\" >&2; exit 3; fi\n  \
          h=$(sha256sum \"$S/blob\" | cut -d' ' -f1)\n  \

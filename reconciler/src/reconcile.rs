@@ -51,6 +51,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Keep each host's SSH connection open this long after the run (None: close at the end).
     pub ssh_persist: Option<Duration>,
+    /// `apply --max-upload-rate`: one cap on the bytes per second sent to all hosts together.
+    pub upload_limit: Option<Arc<crate::host::rate::RateLimit>>,
 }
 
 impl Options {
@@ -61,6 +63,7 @@ impl Options {
             connect_timeout: self.connect_timeout,
             control_dir: state_dir.join("ssh"),
             persist: self.ssh_persist,
+            upload_limit: self.upload_limit.clone(),
         }
     }
 }

@@ -639,6 +639,7 @@ async fn revisions_history_rollback() {
         accept_new_host_keys: false,
         connect_timeout: std::time::Duration::from_secs(5),
         ssh_persist: None,
+        upload_limit: None,
     };
     let to = |n: u32| aion_reconcile::reconcile::RollbackOptions {
         to: Some(n),

@@ -58,6 +58,7 @@ fn apply_args(inventory: &Path) -> aion_reconcile::commands::apply::Args {
         wait: false,
         atomic: false,
         timeout: 300,
+        max_upload_rate: None,
     }
 }
 

@@ -7,9 +7,12 @@
 //! 2. With `imageSources`: the first plan shows image A on every host with every blob's bytes;
 //!    apply sends exactly those; the second plan shows nothing to send.
 //! 3. Image B shares A's base layer: the plan and apply send only B's own blobs (bytes counted).
-//! 4. Image C, one of whose blobs in the source does not match its digest: refused on every
+//! 4. A connection cut mid-transfer (the SSH master killed while image D's blobs stream at a
+//!    capped rate): nothing imported, the blobs verified so far stay on the host; the next
+//!    facts report them, the next transfer sends only the rest and the image is complete.
+//! 5. Image C, one of whose blobs in the source does not match its digest: refused on every
 //!    host, nothing imported, no staging left.
-//! 5. An image no source has: `plan` fails naming the host, the object and the reference.
+//! 6. An image no source has: `plan` fails naming the host, the object and the reference.
 //!
 //! Every image of the test is named `aion.local/aion-imgtest-…`; a guard removes them from
 //! every host's containerd at the end, also on failure, then the cluster objects and the hosts
@@ -111,6 +114,7 @@ fn apply(inventory: &Path) -> reconcile::Outcome {
         wait: false,
         atomic: false,
         timeout: 600,
+        max_upload_rate: None,
     };
     let outcome = aion_reconcile::commands::apply::run_blocking(&args).unwrap();
     print!("{}", outcome.summary());
@@ -348,7 +352,19 @@ fn images_are_sent_once_only_what_is_missing_and_verified() {
         assert!(out.contains("complete"), "{}: {out}", h.name);
     }
 
-    // 4. C's own layer does not match its digest in the source: refused, nothing imported.
+    // 4. A cut connection, then a resume: D streams to one host at 1 MiB/s; once two of its
+    //     blobs are in the host's cache, the SSH master is killed.
+    let d = layout.image(
+        &format!("aion.local/{PREFIX}d:1"),
+        &[
+            tar("imgtest", &[("d1.bin", &noise(nonce + 10, 1536 * 1024))]),
+            tar("imgtest", &[("d2.bin", &noise(nonce + 11, 1536 * 1024))]),
+            tar("imgtest", &[("d3.bin", &noise(nonce + 12, 1536 * 1024))]),
+        ],
+    );
+    cut_and_resume(&tb, &inv, &sources, &d);
+
+    // 5. C's own layer does not match its digest in the source: refused, nothing imported.
     write_services(&tb, dir.path(), &["a", "b", "c"]);
     let c_layer = layout.blob_path(&c.layers[1]);
     let mut bad = std::fs::read(&c_layer).unwrap();
@@ -404,7 +420,7 @@ fn images_are_sent_once_only_what_is_missing_and_verified() {
         );
     }
 
-    // 5. An image no source has: plan fails naming host, object and reference.
+    // 6. An image no source has: plan fails naming host, object and reference.
     write_services(&tb, dir.path(), &["a", "ghost"]);
     let e = plan(&inv).unwrap_err();
     let msg = format!("{e:#}");
@@ -425,6 +441,191 @@ fn images_are_sent_once_only_what_is_missing_and_verified() {
             .all(|imgs| !imgs.keys().any(|r| r.contains("ghost"))),
         "{after:?}"
     );
+}
+
+/// Send `img` to the first worker over its own SSH connection at 1 MiB/s, kill the connection's
+/// master once two blobs are verified on the host, then check the resume: the facts report the
+/// verified blobs, a new transfer sends only the others, containerd has the whole image, and
+/// the host's blob cache is empty again.
+fn cut_and_resume(
+    tb: &Testbed,
+    inventory: &Path,
+    sources: &[PathBuf],
+    img: &aion_integration_tests::oci::Built,
+) {
+    use aion_reconcile::host::Host as _;
+    use aion_reconcile::host::rate::RateLimit;
+    use aion_reconcile::host::ssh::{SshHost, SshOptions};
+    use aion_reconcile::images;
+    let target = tb.workers().next().unwrap().clone();
+    let inv = aion_model::inventory::load(inventory).unwrap().value;
+    let host = inv.hosts.iter().find(|h| h.name == target.name).unwrap();
+    let control = tempfile::tempdir().unwrap();
+    let opts = |limit: Option<u64>| SshOptions {
+        known_hosts: inv.known_hosts.clone(),
+        accept_new: false,
+        connect_timeout: std::time::Duration::from_secs(5),
+        control_dir: control.path().join("ssh"),
+        persist: None,
+        upload_limit: limit.map(|r| std::sync::Arc::new(RateLimit::new(r))),
+    };
+    let catalog = images::read_sources(sources).unwrap();
+    let source = catalog.get(&img.reference).unwrap().clone();
+    rt().block_on(async {
+        let h = SshHost::connect(host, &opts(Some(1 << 20))).await.unwrap();
+        let first = images::plan_host(std::slice::from_ref(&source), Some(&containerd_facts(&h).await));
+        assert_eq!(first[0].blobs, 5, "manifest, config, three layers");
+        let script = images::receive_script("root", &first);
+        let input = images::send_input(&first);
+        {
+        let send = h.run_with_input(&script, &input);
+        tokio::pin!(send);
+        // Watch the host's cache from another connection; cut once three blobs (manifest,
+        // config, the first layer) are verified.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let cut = loop {
+            tokio::select! {
+                r = &mut send => panic!("the transfer ended before the cut: {r:?}"),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+            let n = tb.run_as_root(&target, "ls /var/lib/aion/images/blobs/sha256 2>/dev/null | wc -l");
+            if n.trim().parse::<usize>().unwrap_or(0) >= 3 {
+                break kill_masters(control.path());
+            }
+            assert!(std::time::Instant::now() < deadline, "no blob arrived in 60 s");
+        };
+        assert!(cut > 0, "no SSH master to kill");
+        let r = send.await;
+        assert!(
+            r.as_ref().map_or(true, |o| !o.success()),
+            "the cut transfer succeeded: {r:?}"
+        );
+        }
+        h.close().await;
+        // The receiving script ends on the host by itself (its stdin closed) and removes its
+        // staging directory; only the cache stays.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = tb.run_as_root(&target, "ls -A /var/lib/aion/images");
+            if left.trim() == "blobs" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "staging left after the cut: {left}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+
+        // Resume over a new connection (no cap).
+        let h = SshHost::connect(host, &opts(None)).await.unwrap();
+        let have = containerd_facts(&h).await;
+        assert!(!have.images.contains_key(&img.reference), "imported after a cut");
+        assert!(have.staged.len() >= 3, "verified blobs kept: {:?}", have.staged);
+        assert!(
+            have.staged.contains(&img.layers[0]) || have.staged.contains(&img.layers[1]),
+            "a layer among the verified blobs: {:?}",
+            have.staged
+        );
+        let staged_bytes: u64 = img
+            .blobs
+            .iter()
+            .filter(|(d, _)| have.staged.contains(d))
+            .map(|(_, n)| n)
+            .sum();
+        let second = images::plan_host(std::slice::from_ref(&source), Some(&have));
+        assert_eq!(second[0].bytes, img.bytes() - staged_bytes, "only what is missing");
+        let out = h
+            .run_with_input(
+                &images::receive_script("root", &second),
+                &images::send_input(&second),
+            )
+            .await
+            .unwrap();
+        assert!(out.success(), "{}", out.combined());
+        let got = images::parse_received(&out.stdout_str());
+        eprintln!(
+            "cut and resume on {}: {} bytes verified before the cut, {} sent after, {} in the image",
+            target.name,
+            staged_bytes,
+            got.bytes(),
+            img.bytes()
+        );
+        assert_eq!(got.bytes(), img.bytes() - staged_bytes);
+        assert_eq!(got.imported, [(img.reference.clone(), img.digest.clone())]);
+        let have = containerd_facts(&h).await;
+        assert_eq!(have.images.get(&img.reference), Some(&img.digest));
+        assert!(have.staged.is_empty(), "cache left: {:?}", have.staged);
+        let check = tb.run_as_root(
+            &target,
+            &format!(
+                "ctr -n k8s.io images check | grep -F {} || true",
+                testbed::shell_quote(&img.reference)
+            ),
+        );
+        assert!(check.contains("complete"), "{check}");
+        h.close().await;
+    });
+}
+
+/// What the host's containerd holds, and the verified blobs waiting in its cache.
+async fn containerd_facts(
+    h: &aion_reconcile::host::ssh::SshHost,
+) -> aion_reconcile::facts::ContainerdFacts {
+    use aion_reconcile::host::Host as _;
+    let req = aion_reconcile::facts::FactRequest {
+        user: "root".into(),
+        containerd: true,
+        ..aion_reconcile::facts::FactRequest::default()
+    };
+    let out = h.run(&req.script()).await.unwrap();
+    aion_reconcile::facts::parse(
+        h.name(),
+        &out.stdout_str(),
+        &String::from_utf8_lossy(&out.stderr),
+    )
+    .unwrap()
+    .containerd
+    .expect("containerd answers")
+}
+
+/// Kill -9 the master of every control socket under `dir` (`ssh -O check` names its pid): the
+/// connection is cut, not closed. Returns how many were killed.
+fn kill_masters(dir: &Path) -> usize {
+    let mut killed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+                let out = std::process::Command::new("ssh")
+                    .args(["-S"])
+                    .arg(&p)
+                    .args(["-O", "check", "x"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stderr);
+                if let Some(pid) = text
+                    .split("pid=")
+                    .nth(1)
+                    .and_then(|r| r.split(')').next())
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status();
+                    killed += 1;
+                }
+            }
+        }
+    }
+    killed
 }
 
 /// Each host's services file: one running microservice `<PREFIX>v` at `tag`.

@@ -44,6 +44,7 @@ fn apply_args(inventory: &Path) -> aion_reconcile::commands::apply::Args {
         wait: true,
         atomic: false,
         timeout: 600,
+        max_upload_rate: None,
     }
 }
 

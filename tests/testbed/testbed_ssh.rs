@@ -319,6 +319,7 @@ fn connection_outlives_the_persist_time_during_a_run() {
         connect_timeout: std::time::Duration::from_secs(5),
         control_dir: dir.path().join("ssh"),
         persist: Some(std::time::Duration::from_secs(1)),
+        upload_limit: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -35,6 +35,10 @@ pub struct Args {
     /// How long `--wait` and `--atomic` wait, in seconds.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Cap on the bytes per second sent to all hosts together (image blobs, files), e.g.
+    /// `10M`, `500K`; default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = crate::host::rate::parse_rate)]
+    pub max_upload_rate: Option<u64>,
 }
 
 impl Args {
@@ -150,7 +154,11 @@ pub async fn apply(args: &Args) -> anyhow::Result<Outcome> {
         }
         Ok(())
     };
-    reconcile::apply(&args.common.options(), &args.apply_options(), &show_plan).await
+    let mut options = args.common.options();
+    options.upload_limit = args
+        .max_upload_rate
+        .map(|r| std::sync::Arc::new(crate::host::rate::RateLimit::new(r)));
+    reconcile::apply(&options, &args.apply_options(), &show_plan).await
 }
 
 /// One line for a host that did not converge: the failed step and error, or why it was

@@ -43,6 +43,7 @@ impl Common {
             accept_new_host_keys: self.accept_new_host_keys,
             connect_timeout: Duration::from_secs(self.connect_timeout),
             ssh_persist: (self.ssh_persist > 0).then(|| Duration::from_secs(self.ssh_persist)),
+            upload_limit: None,
         }
     }
 }

@@ -83,7 +83,7 @@ impl Host for LocalHost {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let header = bootstrap_header(script);
         let write = async move {
-            let r = write_input(&mut stdin, &header, input).await;
+            let r = write_input(&mut stdin, &header, input, None).await;
             let _ = stdin.shutdown().await;
             r
         };

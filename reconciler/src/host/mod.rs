@@ -10,6 +10,7 @@
 use std::future::Future;
 
 pub mod local;
+pub mod rate;
 pub mod ssh;
 
 /// What a script printed and how it ended.
@@ -106,11 +107,13 @@ pub fn bootstrap_header(script: &str) -> Vec<u8> {
     h
 }
 
-/// Write `header` then every input to `w`, in chunks (files read as they are sent).
+/// Write `header` then every input to `w`, in chunks (files read as they are sent), each chunk
+/// of a file waiting for its turn under `limit` when there is one.
 pub async fn write_input<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     header: &[u8],
     input: &[Input],
+    limit: Option<&rate::RateLimit>,
 ) -> Result<(), (Option<std::path::PathBuf>, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
     w.write_all(header)
@@ -135,6 +138,9 @@ pub async fn write_input<W: tokio::io::AsyncWrite + Unpin>(
                             Some(path.clone()),
                             format!("ends {left} byte(s) before offset {}", offset + len),
                         ));
+                    }
+                    if let Some(l) = limit {
+                        l.take(n).await;
                     }
                     w.write_all(&buf[..n])
                         .await

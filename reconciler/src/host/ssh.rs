@@ -30,6 +30,9 @@ pub struct SshOptions {
     /// Keep each master connection open this long after the run (idle), for the next run to
     /// reuse (as Ansible's ControlPersist does); None: close it at the end.
     pub persist: Option<Duration>,
+    /// The cap on bytes per second sent to all hosts together (`--max-upload-rate`), shared
+    /// by every host connected with these options.
+    pub upload_limit: Option<Arc<super::rate::RateLimit>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,8 @@ pub struct SshHost {
     /// takes its time) would find its connection gone. Dropped at [`close`](Self::close): the
     /// idle time then runs for the next run's reuse.
     keepalive: Option<openssh::Child<Arc<Session>>>,
+    /// See [`SshOptions::upload_limit`].
+    upload_limit: Option<Arc<super::rate::RateLimit>>,
 }
 
 /// Start the keepalive session (best effort: without it a long run may have to reconnect).
@@ -160,6 +165,7 @@ impl SshHost {
                     keepalive: keepalive(&session).await,
                     session,
                     record: Some(record.clone()),
+                    upload_limit: opts.upload_limit.clone(),
                 });
             }
             let _ = std::fs::remove_file(record);
@@ -211,6 +217,7 @@ impl SshHost {
             keepalive: keepalive(&session).await,
             session,
             record,
+            upload_limit: opts.upload_limit.clone(),
         })
     }
 
@@ -335,7 +342,7 @@ impl SshHost {
             .ok_or_else(|| transport("no stdin".into()))?;
         let header = bootstrap_header(script);
         let write = async move {
-            let r = write_input(&mut stdin, &header, input).await;
+            let r = write_input(&mut stdin, &header, input, self.upload_limit.as_deref()).await;
             let _ = stdin.shutdown().await;
             drop(stdin);
             r
