@@ -332,7 +332,7 @@ microservices:
             let k: Value = serde_json::from_str(&r.kanban).unwrap();
             (
                 r.source.clone(),
-                r.outcome.clone(),
+                r.outcome.to_string(),
                 k["metadata"]["seq"].as_u64().unwrap(),
             )
         })

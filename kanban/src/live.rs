@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::replicator::Outcome;
+
 /// The API's version (`/api/v1/...`, `"version"` in the document).
 pub const API_VERSION: &str = "v1";
 /// The default window of the rates, in seconds.
@@ -177,7 +179,7 @@ pub struct Hop {
     pub at_us: i64,
     pub source: String,
     pub connection_key: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub detail: String,
     /// The kanban's `metadata` (trails only; `None` when not read or not a kanban).
     pub metadata: Option<Map<String, Value>>,
@@ -187,7 +189,7 @@ impl Hop {
     /// Where it went: the detail's comma-separated queue names / `device:service#n` (empty for
     /// dead-lettered and no-route records).
     pub fn destinations(&self) -> Vec<&str> {
-        if self.outcome == "dead-lettered" || self.outcome == "no-route" {
+        if self.outcome.dead() {
             return Vec::new();
         }
         self.detail
@@ -327,7 +329,7 @@ pub struct TrailHop {
     pub at: String,
     pub source: String,
     pub connection_key: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub detail: String,
 }
 
@@ -425,7 +427,7 @@ impl Tally {
     /// Count one record (any order of arrival). Records older than the window at `now_us`
     /// count for the last error and trails only.
     pub fn add(&mut self, hop: Hop, now_us: i64) {
-        if hop.outcome == "dead-lettered" || hop.outcome == "no-route" {
+        if hop.outcome.dead() {
             let newer = self
                 .last_errors
                 .get(&hop.source)
@@ -654,7 +656,7 @@ pub fn trails<'a>(
                 at: rfc3339(h.at_us),
                 source: h.source.clone(),
                 connection_key: h.connection_key.clone(),
-                outcome: h.outcome.clone(),
+                outcome: h.outcome,
                 detail: h.detail.clone(),
             });
             at = next[i];
@@ -690,7 +692,7 @@ mod tests {
             at_us,
             source: source.into(),
             connection_key: "default".into(),
-            outcome: "routed".into(),
+            outcome: Outcome::Routed,
             detail: detail.into(),
             metadata: meta.as_object().cloned(),
         }
@@ -755,7 +757,7 @@ mod tests {
                 let mut h = hop(id, now - late, source, dest, json!({}));
                 h.connection_key = key.into();
                 if dest.is_empty() {
-                    h.outcome = "no-route".into();
+                    h.outcome = Outcome::NoRoute;
                 }
                 seen.push(h.clone());
                 tally.add(h, now);
@@ -788,7 +790,7 @@ mod tests {
         // The newest error per source is kept whatever the window.
         let newest = seen
             .iter()
-            .filter(|h| h.outcome == "no-route")
+            .filter(|h| h.outcome == Outcome::NoRoute)
             .max_by_key(|h| h.at_us)
             .unwrap();
         assert_eq!(
@@ -1019,7 +1021,7 @@ mod tests {
         let mut queues = HashMap::new();
         queues.insert("a-001.in".to_string(), (7, 1));
         let mut dl = hop(1, NOW - 100 * S, "a#1", "no route for key x", json!({}));
-        dl.outcome = "no-route".into();
+        dl.outcome = Outcome::NoRoute;
         let st = build(
             &Inputs {
                 now_us: NOW,

@@ -223,12 +223,16 @@ impl Gatherer {
                     .and_then(|v| v.as_str().ok())
                     .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
                     .and_then(|v| v.get("metadata").and_then(|m| m.as_object().cloned()));
+                // A row whose outcome this version does not know is skipped, not guessed.
+                let Ok(outcome) = r.get::<_, crate::replicator::Outcome>(4) else {
+                    continue;
+                };
                 let hop = Hop {
                     id,
                     at_us,
                     source: get(2),
                     connection_key: get(3),
-                    outcome: get(4),
+                    outcome,
                     detail: get(5),
                     metadata,
                 };

@@ -5,13 +5,12 @@
 //! * `aion-kanban log` — query the replicator's record of routed kanbans.
 //! * `aion-kanban sweep [--dry-run]` — one data-sweeper pass.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use aion_kanban::lifecycle::KubeLifecycle;
-use aion_kanban::replicator::{self, Replicator};
+use aion_kanban::replicator::{self, Outcome, Replicator};
 use aion_kanban::router::{self, RouterOptions, ServicesSource};
 use aion_kanban::sweeper;
 use anyhow::Context;
@@ -114,12 +113,21 @@ struct LogArgs {
     connection_key: Option<String>,
     /// routed | terminate | no-route | dead-lettered | forwarded-in
     #[arg(long)]
-    outcome: Option<String>,
+    outcome: Option<Outcome>,
     #[arg(long, short = 'n', default_value_t = 50)]
     limit: u32,
-    /// One JSON object per line.
-    #[arg(long)]
+    /// `json`: one JSON object per line (as `aion-reconcile -o json`).
+    #[arg(short = 'o', long, value_enum, default_value_t = LogFormat::Text)]
+    output: LogFormat,
+    /// The same as `-o json` (kept for scripts written before `-o`).
+    #[arg(long, hide = true)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args)]
@@ -165,6 +173,104 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where on-demand starts get their Kubernetes client (`--kubeconfig` / `AION_KUBECONFIG`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KubeSource {
+    /// Unset: KUBECONFIG / ~/.kube/config / in-cluster, whichever works (else a warning and no
+    /// on-demand start).
+    Discover,
+    /// `in-cluster`: the pod's service account (an error outside a pod).
+    InCluster,
+    /// `none`: no on-demand start.
+    Off,
+    File(PathBuf),
+}
+
+/// `run`'s flags and environment, checked and typed before anything runs (special values such
+/// as `none`, `in-cluster` and `NAME=URL` pairs become what they mean; a bad one is an error
+/// naming the flag), as ripgrep turns its raw flags into a validated configuration.
+#[derive(Debug)]
+struct RunConfig {
+    services: PathBuf,
+    device: Option<String>,
+    amqp: String,
+    /// `--device-amqp NAME=URL`, in the order given.
+    device_amqp: Vec<(String, String)>,
+    remote_amqp_template: String,
+    data_dir: PathBuf,
+    prefetch: u16,
+    /// The replicator's database; None: `--db none`.
+    db: Option<PathBuf>,
+    max_records: u64,
+    kubeconfig: KubeSource,
+    /// Non-blank `--namespace`.
+    namespace: Option<String>,
+    sweeper_config: Option<PathBuf>,
+    live: Option<std::net::SocketAddr>,
+    print_config: bool,
+}
+
+impl RunConfig {
+    fn from_args(a: RunArgs) -> anyhow::Result<RunConfig> {
+        let is_amqp = |u: &str| u.starts_with("amqp://") || u.starts_with("amqps://");
+        let device_amqp = a
+            .device_amqp
+            .iter()
+            .map(|s| match s.split_once('=') {
+                Some((n, u)) if !n.trim().is_empty() && is_amqp(u) => {
+                    Ok((n.to_string(), u.to_string()))
+                }
+                _ => Err(anyhow::anyhow!(
+                    "--device-amqp {:?}: expected NAME=URL with an amqp:// or amqps:// URL",
+                    aion_kanban::amqp::redact(s)
+                )),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if !is_amqp(&a.amqp) {
+            anyhow::bail!(
+                "--amqp / AION_RABBITMQ_URL {:?}: expected an amqp:// or amqps:// URL",
+                aion_kanban::amqp::redact(&a.amqp)
+            );
+        }
+        if !a.remote_amqp_template.contains("{addr}") {
+            anyhow::bail!(
+                "--remote-amqp-template {:?} has no {{addr}} (where a device's address goes)",
+                aion_kanban::amqp::redact(&a.remote_amqp_template)
+            );
+        }
+        let live =
+            match a.live.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => Some(s.parse().map_err(|_| {
+                    anyhow::anyhow!("--live / AION_LIVE_ADDR {s:?}: expected IP:PORT")
+                })?),
+            };
+        let kubeconfig = match a.kubeconfig.as_deref() {
+            None => KubeSource::Discover,
+            Some("in-cluster") => KubeSource::InCluster,
+            Some("none") => KubeSource::Off,
+            Some(p) if p.trim().is_empty() => KubeSource::Discover,
+            Some(p) => KubeSource::File(PathBuf::from(p)),
+        };
+        Ok(RunConfig {
+            services: a.services,
+            device: a.device.filter(|d| !d.is_empty()),
+            amqp: a.amqp,
+            device_amqp,
+            remote_amqp_template: a.remote_amqp_template,
+            data_dir: a.data_dir,
+            prefetch: a.prefetch,
+            db: (a.db != "none").then(|| PathBuf::from(a.db)),
+            max_records: a.max_records,
+            kubeconfig,
+            namespace: a.namespace.filter(|n| !n.trim().is_empty()),
+            sweeper_config: a.sweeper_config,
+            live,
+            print_config: a.print_config,
+        })
+    }
+}
+
 /// The namespace of the microservice workloads: `--namespace`/`AION_NAMESPACE`, else `default`.
 fn workload_namespace(namespace: Option<&str>) -> String {
     namespace
@@ -174,113 +280,102 @@ fn workload_namespace(namespace: Option<&str>) -> String {
 }
 
 /// What `run` resolved from flags, env and services.yml (`run --print-config`).
-fn resolved_config(a: &RunArgs, services: &aion_model::ServicesFile) -> serde_json::Value {
-    let device = a
-        .device
-        .clone()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| services.device_name.clone());
+fn resolved_config(c: &RunConfig, services: &aion_model::ServicesFile) -> serde_json::Value {
+    let redact = aion_kanban::amqp::redact;
     serde_json::json!({
-        "services": a.services,
+        "services": c.services,
         "microservices": services.microservices.len(),
-        "device": device,
-        "amqp": aion_kanban::amqp::redact(&a.amqp),
-        "device_amqp": a.device_amqp.iter().map(|s| aion_kanban::amqp::redact(s)).collect::<Vec<_>>(),
-        "remote_amqp_template": aion_kanban::amqp::redact(&a.remote_amqp_template),
-        "data_dir": a.data_dir,
-        "db": if a.db == "none" { serde_json::Value::Null } else { a.db.clone().into() },
-        "max_records": a.max_records,
-        "kubeconfig": match a.kubeconfig.as_deref() {
-            None => "default",
-            Some(k) => k,
+        "device": c.device.clone().unwrap_or_else(|| services.device_name.clone()),
+        "amqp": redact(&c.amqp),
+        "device_amqp": c.device_amqp.iter().map(|(n, u)| format!("{n}={}", redact(u))).collect::<Vec<_>>(),
+        "remote_amqp_template": redact(&c.remote_amqp_template),
+        "data_dir": c.data_dir,
+        "db": c.db,
+        "max_records": c.max_records,
+        "kubeconfig": match &c.kubeconfig {
+            KubeSource::Discover => "default".to_string(),
+            KubeSource::InCluster => "in-cluster".to_string(),
+            KubeSource::Off => "none".to_string(),
+            KubeSource::File(p) => p.display().to_string(),
         },
-        "namespace": workload_namespace(a.namespace.as_deref()),
-        "records_queue": aion_kanban::topology::records_queue_name(a.namespace.as_deref()),
-        "prefetch": a.prefetch,
-        "sweeper_config": a.sweeper_config,
-        "live": a.live,
+        "namespace": workload_namespace(c.namespace.as_deref()),
+        "records_queue": aion_kanban::topology::records_queue_name(c.namespace.as_deref()),
+        "prefetch": c.prefetch,
+        "sweeper_config": c.sweeper_config,
+        "live": c.live.map(|a| a.to_string()),
     })
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let c = RunConfig::from_args(a)?;
     // Fail early on a bad file; later reloads keep the last good configuration.
-    let services = router::load_services(&a.services)?;
-    if a.print_config {
+    let services = router::load_services(&c.services)?;
+    if c.print_config {
         println!(
             "{}",
-            serde_json::to_string_pretty(&resolved_config(&a, &services))?
+            serde_json::to_string_pretty(&resolved_config(&c, &services))?
         );
         return Ok(());
     }
-    let mut opts = RouterOptions::new(ServicesSource::File(a.services.clone()), a.amqp.clone());
-    opts.device = a.device;
-    opts.namespace = a.namespace.clone().filter(|n| !n.trim().is_empty());
-    opts.device_amqp = a
-        .device_amqp
-        .iter()
-        .map(|s| {
-            s.split_once('=')
-                .map(|(n, u)| (n.to_string(), u.to_string()))
-        })
-        .collect::<Option<HashMap<_, _>>>()
-        .context("--device-amqp takes NAME=URL")?;
-    opts.remote_template = a.remote_amqp_template;
-    opts.data_dir = a.data_dir.clone();
-    opts.prefetch = a.prefetch;
+    let mut opts = RouterOptions::new(ServicesSource::File(c.services.clone()), c.amqp.clone());
+    opts.device = c.device.clone();
+    opts.namespace = c.namespace.clone();
+    opts.device_amqp = c.device_amqp.iter().cloned().collect();
+    opts.remote_template = c.remote_amqp_template.clone();
+    opts.data_dir = c.data_dir.clone();
+    opts.prefetch = c.prefetch;
     let mut writer = None;
-    if a.db != "none" {
-        let (rep, w) = Replicator::open(&PathBuf::from(&a.db), a.max_records)?;
+    if let Some(db) = &c.db {
+        let (rep, w) = Replicator::open(db, c.max_records)?;
         opts.replicator = Some(rep);
         writer = Some(w);
     }
-    let mut kube_client = None;
-    if a.kubeconfig.as_deref() != Some("none") {
-        let client = match &a.kubeconfig {
-            Some(k) if k == "in-cluster" => {
-                let cfg = kube::Config::incluster()
-                    .context("in-cluster Kubernetes config (AION_KUBECONFIG=in-cluster)")?;
-                Some(kube::Client::try_from(cfg)?)
+    let client = match &c.kubeconfig {
+        KubeSource::Off => None,
+        KubeSource::InCluster => {
+            let cfg = kube::Config::incluster()
+                .context("in-cluster Kubernetes config (AION_KUBECONFIG=in-cluster)")?;
+            Some(kube::Client::try_from(cfg)?)
+        }
+        KubeSource::File(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("kubeconfig {}", path.display()))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?;
+            Some(kube::Client::try_from(cfg)?)
+        }
+        KubeSource::Discover => match kube::Client::try_default().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("no Kubernetes client ({e}); on-demand start disabled");
+                None
             }
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("kubeconfig {path}"))?;
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .with_context(|| format!("kubeconfig {path}"))?;
-                Some(kube::Client::try_from(cfg)?)
-            }
-            None => match kube::Client::try_default().await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!("no Kubernetes client ({e}); on-demand start disabled");
-                    None
-                }
-            },
-        };
-        kube_client = client.clone();
-        opts.lifecycle = client.map(|c| {
-            Arc::new(KubeLifecycle::new(
-                c,
-                workload_namespace(a.namespace.as_deref()),
-            ))
-        });
-    }
-    if let Some(addr) = a.live.as_deref().filter(|s| !s.trim().is_empty()) {
+        },
+    };
+    let kube_client = client.clone();
+    opts.lifecycle = client.map(|k| {
+        Arc::new(KubeLifecycle::new(
+            k,
+            workload_namespace(c.namespace.as_deref()),
+        ))
+    });
+    if let Some(addr) = c.live {
         let live = aion_kanban::live_serve::LiveOptions {
-            services: ServicesSource::File(a.services.clone()),
-            namespace: workload_namespace(a.namespace.as_deref()),
+            services: ServicesSource::File(c.services.clone()),
+            namespace: workload_namespace(c.namespace.as_deref()),
             device: opts.device.clone(),
-            amqp_url: a.amqp.clone(),
-            db: (a.db != "none").then(|| PathBuf::from(&a.db)),
+            amqp_url: c.amqp.clone(),
+            db: c.db.clone(),
             kube: kube_client,
             window_seconds: aion_kanban::live::WINDOW_SECONDS,
             trail_limit: 10,
         };
-        aion_kanban::live_serve::spawn(addr, live).await?;
+        aion_kanban::live_serve::spawn(&addr.to_string(), live).await?;
     }
     aion_kanban::config::notify_on_sighup(opts.reload.clone())
         .context("installing the SIGHUP handler")?;
-    if let Some(cfg) = a.sweeper_config.clone() {
+    if let Some(cfg) = c.sweeper_config.clone() {
         let rules = sweeper::load(&cfg)?;
         let Some(schedule) = rules.schedule else {
             anyhow::bail!(
@@ -288,7 +383,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 cfg.display()
             );
         };
-        let data = a.data_dir.clone();
+        let data = c.data_dir.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(sweeper::next_delay(schedule, chrono::Local::now())).await;
@@ -334,8 +429,9 @@ fn log(a: LogArgs) -> anyhow::Result<()> {
         limit: a.limit,
     };
     let rows = replicator::query(&a.db, &q)?;
+    let json = a.json || a.output == LogFormat::Json;
     for (id, r) in rows {
-        if a.json {
+        if json {
             let mut v = serde_json::to_value(&r)?;
             v["id"] = id.into();
             println!("{v}");
@@ -369,5 +465,78 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("{} error(s) while sweeping", r.errors.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> anyhow::Result<RunConfig> {
+        let mut argv = vec![
+            "aion-kanban",
+            "run",
+            "--services",
+            "s.yml",
+            "--amqp",
+            "amqp://u:p@h/%2f",
+        ];
+        argv.extend_from_slice(args);
+        let Cmd::Run(a) = Cli::try_parse_from(argv)?.cmd else {
+            unreachable!("run")
+        };
+        RunConfig::from_args(a)
+    }
+
+    #[test]
+    fn special_values_become_what_they_mean() {
+        let c = config(&[
+            "--db",
+            "none",
+            "--kubeconfig",
+            "in-cluster",
+            "--namespace",
+            " ",
+            "--device-amqp",
+            "cam=amqp://u:p@b/cam",
+            "--device-amqp",
+            "store=amqps://b/store",
+            "--live",
+            "0.0.0.0:8099",
+        ])
+        .unwrap();
+        assert_eq!(c.db, None);
+        assert_eq!(c.kubeconfig, KubeSource::InCluster);
+        assert_eq!(c.namespace, None, "a blank namespace is none");
+        assert_eq!(
+            c.device_amqp,
+            [
+                ("cam".to_string(), "amqp://u:p@b/cam".to_string()),
+                ("store".into(), "amqps://b/store".into())
+            ]
+        );
+        assert_eq!(c.live, Some("0.0.0.0:8099".parse().unwrap()));
+        let c = config(&["--kubeconfig", "/k/config", "--db", "/d.db"]).unwrap();
+        assert_eq!(c.kubeconfig, KubeSource::File("/k/config".into()));
+        assert_eq!(c.db, Some(PathBuf::from("/d.db")));
+        let c = config(&["--kubeconfig", "none"]).unwrap();
+        assert_eq!(c.kubeconfig, KubeSource::Off);
+    }
+
+    /// A bad value is an error naming its flag before anything runs; credentials are redacted.
+    #[test]
+    fn bad_values_name_their_flag() {
+        let err = |args: &[&str]| format!("{:#}", config(args).unwrap_err());
+        let e = err(&["--device-amqp", "amqp://u:secret@b/cam"]);
+        assert!(e.contains("--device-amqp") && e.contains("NAME=URL"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        let e = err(&["--device-amqp", "=amqp://b/x"]);
+        assert!(e.contains("--device-amqp"), "{e}");
+        let e = err(&["--live", "8099"]);
+        assert!(e.contains("--live") && e.contains("IP:PORT"), "{e}");
+        let e = err(&["--remote-amqp-template", "amqp://h/%2f"]);
+        assert!(e.contains("{addr}"), "{e}");
+        let e = err(&["--amqp", "http://h"]);
+        assert!(e.contains("--amqp"), "{e}");
     }
 }

@@ -39,6 +39,81 @@ pub fn timestamp_of_micros(us: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// What the router did with a kanban. Stored and shown as its kebab-case name (`routed`,
+/// `terminate`, `no-route`, `dead-lettered`, `forwarded-in`), as before it was typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Sent on to its next service(s) or device(s).
+    Routed,
+    /// The end of its path (`nextService` names none for its key).
+    Terminate,
+    /// No route for its connection key: dead-lettered.
+    NoRoute,
+    /// Undecodable or refused: dead-lettered.
+    DeadLettered,
+    /// Received from another device.
+    ForwardedIn,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Routed,
+        Outcome::Terminate,
+        Outcome::NoRoute,
+        Outcome::DeadLettered,
+        Outcome::ForwardedIn,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Routed => "routed",
+            Outcome::Terminate => "terminate",
+            Outcome::NoRoute => "no-route",
+            Outcome::DeadLettered => "dead-lettered",
+            Outcome::ForwardedIn => "forwarded-in",
+        }
+    }
+
+    /// Whether the kanban went nowhere (it is in the dead-letter queue).
+    pub fn dead(self) -> bool {
+        matches!(self, Outcome::NoRoute | Outcome::DeadLettered)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Outcome, String> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+                format!("{s:?} is not an outcome ({})", names.join(", "))
+            })
+    }
+}
+
+impl rusqlite::types::ToSql for Outcome {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Outcome {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        v.as_str()?
+            .parse()
+            .map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// RFC 3339 UTC time the router handled it.
@@ -49,8 +124,8 @@ pub struct Record {
     pub source: String,
     pub connection_key: String,
     pub process_number: i64,
-    /// What happened: `routed`, `terminate`, `no-route`, `dead-lettered`, `forwarded-in`.
-    pub outcome: String,
+    /// What happened.
+    pub outcome: Outcome,
     /// Where it went (queues / devices), or the dead-letter reason.
     pub detail: String,
     /// The kanban as JSON (or the undecodable body, lossily as text).
@@ -218,7 +293,7 @@ fn prune(conn: &Connection, max_rows: u64) -> rusqlite::Result<usize> {
 pub struct Query {
     pub source: Option<String>,
     pub connection_key: Option<String>,
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     pub limit: u32,
 }
 
@@ -274,7 +349,7 @@ mod tests {
             source: format!("a#{}", i % 2 + 1),
             connection_key: "default".into(),
             process_number: i,
-            outcome: "routed".into(),
+            outcome: Outcome::Routed,
             detail: "b-001.in".into(),
             kanban: "{}".into(),
         }

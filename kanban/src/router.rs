@@ -24,7 +24,7 @@ use crate::amqp::{self, AmqpError};
 use crate::lifecycle::KubeLifecycle;
 use crate::message::Kanban;
 use crate::output::RecordBatch;
-use crate::replicator::{self, Record, Replicator};
+use crate::replicator::{self, Outcome, Record, Replicator};
 use crate::routing::{self, Decision, Hop};
 use crate::topology::{self, INBOUND_DLQ, INBOUND_QUEUE};
 use crate::transfer::{self, Committed, TransferError};
@@ -442,7 +442,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         self.dead_letter(dlq, &d.data, &reason, source_queue)
             .await?;
-        rec.outcome = "dead-lettered".into();
+        rec.outcome = Outcome::DeadLettered;
         rec.detail = reason;
         let replicator = self.opts.replicator.clone();
         settler.now(
@@ -493,7 +493,8 @@ impl Session {
             source: source.clone(),
             connection_key: String::new(),
             process_number: 0,
-            outcome: String::new(),
+            // Until decided below; every path sets it (reject: dead-lettered).
+            outcome: Outcome::DeadLettered,
             detail: String::new(),
             kanban: String::new(),
         };
@@ -517,7 +518,7 @@ impl Session {
                 if let (Some(lc), Some(ms)) = (&self.opts.lifecycle, ms) {
                     lc.forget(ms, number);
                 }
-                rec.outcome = "terminate".into();
+                rec.outcome = Outcome::Terminate;
                 inflight.now(&d, self.record_after(rec));
                 return Ok(());
             }
@@ -526,7 +527,7 @@ impl Session {
                     "{source}: no nextService for connection key `{}` and no `default`",
                     k.connection_key
                 );
-                rec.outcome = "no-route".into();
+                rec.outcome = Outcome::NoRoute;
                 inflight.now(&d, self.record_after(rec));
                 return Ok(());
             }
@@ -607,7 +608,7 @@ impl Session {
             inflight.requeue_later(&d).await;
             return Ok(());
         }
-        rec.outcome = "routed".into();
+        rec.outcome = Outcome::Routed;
         rec.detail = details.join(", ");
         let replicator = self.opts.replicator.clone();
         let lifecycle = self.opts.lifecycle.clone();
@@ -681,7 +682,7 @@ impl Session {
                 source: batch.source.clone(),
                 connection_key: r.connection_key.clone(),
                 process_number: r.process_number,
-                outcome: "routed".into(),
+                outcome: Outcome::Routed,
                 detail,
                 kanban: r.kanban.get().to_owned(),
             });
@@ -776,7 +777,8 @@ impl Session {
             source: "device:?".into(),
             connection_key: String::new(),
             process_number: 0,
-            outcome: String::new(),
+            // Until decided below; every path sets it (reject: dead-lettered).
+            outcome: Outcome::DeadLettered,
             detail: String::new(),
             kanban: String::new(),
         };
@@ -905,7 +907,7 @@ impl Session {
         rec.source = format!("device:{}", f.from_device);
         rec.connection_key = k.connection_key.clone();
         rec.process_number = k.process_number.into();
-        rec.outcome = "forwarded-in".into();
+        rec.outcome = Outcome::ForwardedIn;
         rec.detail = queue.clone();
         rec.kanban = String::from_utf8_lossy(&k.encode()).into_owned();
         let replicator = self.opts.replicator.clone();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use aion_kanban::replicator::{Record, Replicator};
+use aion_kanban::replicator::{Outcome, Record, Replicator};
 
 fn aion_kanban(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_aion-kanban"))
@@ -29,15 +29,15 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn record(source: &str, key: &str, outcome: &str, id: i64) -> Record {
+fn record(source: &str, key: &str, outcome: Outcome, id: i64) -> Record {
     Record {
         at: "2026-11-26T06:00:00Z".into(),
         source_queue: format!("{}.out", source.replace('#', "-00")),
         source: source.into(),
         connection_key: key.into(),
         process_number: 1,
-        outcome: outcome.into(),
-        detail: if outcome == "dead-lettered" {
+        outcome,
+        detail: if outcome == Outcome::DeadLettered {
             "undecodable".into()
         } else {
             "b-001.in".into()
@@ -51,19 +51,36 @@ fn log_lists_and_filters_the_replicator_rows() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kanban.db");
     let (rep, writer) = Replicator::open(&db, 1000).unwrap();
-    rep.record(record("a#1", "default", "routed", 1));
-    rep.record(record("a#2", "split", "routed", 2));
-    rep.record(record("c#1", "default", "dead-lettered", 3));
+    rep.record(record("a#1", "default", Outcome::Routed, 1));
+    rep.record(record("a#2", "split", Outcome::Routed, 2));
+    rep.record(record("c#1", "default", Outcome::DeadLettered, 3));
     rep.flush();
     drop(rep);
     writer.join();
     let db = db.to_str().unwrap();
 
-    let all = aion_kanban(&["log", "--db", db, "--json"]);
+    let all = aion_kanban(&["log", "--db", db, "-o", "json"]);
     assert!(all.status.success(), "{all:?}");
     let rows = json_lines(&all);
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert!(rows.iter().all(|r| r["id"].is_i64()), "{rows:?}");
+    assert_eq!(
+        rows[0]["outcome"], "dead-lettered",
+        "stored and shown by its name"
+    );
+    // `--json`, from before `-o`, still works.
+    assert_eq!(
+        json_lines(&aion_kanban(&["log", "--db", db, "--json"])),
+        rows
+    );
+    // An outcome that does not exist: refused by the flag parser, naming the known ones.
+    let bad = aion_kanban(&["log", "--db", db, "--outcome", "lost"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("\"lost\" is not an outcome") && err.contains("forwarded-in"),
+        "{err}"
+    );
 
     // `--source a` takes a and its instances; `--outcome` and `--connection-key` filter.
     let a = aion_kanban(&["log", "--db", db, "--json", "--source", "a"]);

@@ -201,7 +201,11 @@ microservices:
         .map(|(id, r)| {
             (
                 *id,
-                (r.source_queue.clone(), r.outcome.clone(), r.detail.clone()),
+                (
+                    r.source_queue.clone(),
+                    r.outcome.to_string(),
+                    r.detail.clone(),
+                ),
             )
         })
         .collect();
@@ -403,7 +407,7 @@ async fn records_reach_only_the_runtime_of_the_clients_namespace() {
         .iter()
         .map(|(_, r)| {
             assert_eq!(r.source_queue, records_a, "{r:?}");
-            assert_eq!(r.outcome, "routed");
+            assert_eq!(r.outcome, replicator::Outcome::Routed);
             assert_eq!(r.detail, format!("{p}b-001.in"));
             json_of(r.kanban.as_bytes())["metadata"]["id"]
                 .as_i64()

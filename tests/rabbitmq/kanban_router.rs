@@ -115,9 +115,9 @@ microservices:
     // The replicator recorded every kanban with what happened to it.
     let by_id = rows_by_id(&db, &p);
     assert_eq!(by_id.len(), 6, "{by_id:?}");
-    assert_eq!(by_id[&5].outcome, "no-route");
-    assert_eq!(by_id[&6].outcome, "terminate");
-    assert!([1, 2, 3, 4].iter().all(|i| by_id[i].outcome == "routed"));
+    assert_eq!(by_id[&5].outcome, replicator::Outcome::NoRoute);
+    assert_eq!(by_id[&6].outcome, replicator::Outcome::Terminate);
+    assert!([1, 2, 3, 4].iter().all(|i| by_id[i].outcome == replicator::Outcome::Routed));
     assert_eq!(by_id[&3].connection_key, "split");
     assert_eq!(by_id[&3].detail, format!("{p}c-001.in, {p}b-002.in"));
     amqp::delete(&ch, &all_queues(&cfg)).await;
@@ -287,7 +287,7 @@ microservices:
     let rows = replicator::query(
         &db_b,
         &replicator::Query {
-            outcome: Some("forwarded-in".into()),
+            outcome: Some(replicator::Outcome::ForwardedIn),
             limit: 10,
             ..Default::default()
         },
