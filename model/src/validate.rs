@@ -6,7 +6,10 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::diag::Diagnostic;
-use crate::inventory::Inventory;
+use crate::inventory::fields::{valid_cidr, valid_version};
+use crate::inventory::{
+    DEFAULT_KUBERNETES_VERSION, DEFAULT_POD_CIDR, Host, Inventory, Mode, Origins,
+};
 use crate::k8s;
 use crate::read::suggest;
 use crate::services::{Microservice, ServicesFile};
@@ -612,4 +615,259 @@ pub fn loaded_services(
     out.extend(semantic);
     crate::diag::sort(&mut out);
     out
+}
+
+/// [`crate::inventory::check`] with each host's JSON pointer (Ansible hosts live under their group) and where
+/// each setting was written: every finding's pointer and position name the value it is about
+/// (the host's entry when that value was not written but derived, e.g. the namespace of a
+/// worker from its name).
+pub(crate) fn check_inventory_at(
+    inv: &Inventory,
+    located: &crate::inventory::Located,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    let mut addrs: Vec<(&str, usize)> = Vec::new();
+    let none = Origins::default();
+    for (i, h) in inv.hosts.iter().enumerate() {
+        let (ptr, origins) = located
+            .hosts
+            .get(i)
+            .map(|(p, o)| (p.clone(), o))
+            .unwrap_or_else(|| (String::new(), &none));
+        // (pointer, position) of a setting's value, else of the host's entry.
+        let at = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| origins.get(k))
+                .unwrap_or_else(|| (ptr.clone(), h.span.clone()))
+        };
+        let (name_ptr, name_span) = at(&["name"]);
+        if let Some((_, line)) = seen.iter().find(|(n, _)| *n == h.name) {
+            diags.push(
+                Diagnostic::error(
+                    "host-duplicate",
+                    format!(
+                        "host name `{}` is used twice (first at line {line})",
+                        h.name
+                    ),
+                    name_span.clone(),
+                    name_ptr.clone(),
+                )
+                .with_hint(
+                    "host names are hostnames and Kubernetes node names; they must be unique",
+                ),
+            );
+        } else {
+            seen.push((&h.name, name_span.line));
+        }
+        // An address not written is the host's name.
+        let (addr_ptr, addr_span) = at(&["address", "name"]);
+        if let Some((_, line)) = addrs.iter().find(|(a, _)| *a == h.address) {
+            diags.push(
+                Diagnostic::warning(
+                    "address-duplicate",
+                    format!(
+                        "address `{}` is used by two hosts (first at line {line})",
+                        h.address
+                    ),
+                    addr_span.clone(),
+                    addr_ptr.clone(),
+                )
+                .with_hint("two entries for one machine are almost always a mistake"),
+            );
+        } else {
+            addrs.push((&h.address, addr_span.line));
+        }
+        if !h.name.is_empty() && !crate::k8s::is_dns1123_subdomain(&h.name) {
+            diags.push(
+                Diagnostic::error(
+                    "invalid-host-name",
+                    format!("host name `{}` is not a valid Kubernetes node name", h.name),
+                    name_span.clone(),
+                    name_ptr.clone(),
+                )
+                .with_hint(
+                    "use lowercase letters, digits, `-` and `.` (RFC 1123), e.g. `edge-worker-1`",
+                ),
+            );
+        }
+        if !valid_cidr(&h.vars.pod_cidr) {
+            let (pointer, span) = at(&["podCidr"]);
+            diags.push(
+                Diagnostic::error(
+                    "invalid-cidr",
+                    format!(
+                        "podCidr `{}` of host `{}` is not a CIDR",
+                        h.vars.pod_cidr, h.name
+                    ),
+                    span,
+                    pointer,
+                )
+                .with_hint(format!("write it like `{DEFAULT_POD_CIDR}`")),
+            );
+        }
+        if !valid_version(&h.vars.kubernetes_version) {
+            let (pointer, span) = at(&["kubernetesVersion"]);
+            diags.push(
+                Diagnostic::error(
+                    "invalid-version",
+                    format!(
+                        "kubernetesVersion `{}` of host `{}` is not MAJOR.MINOR.PATCH",
+                        h.vars.kubernetes_version, h.name
+                    ),
+                    span,
+                    pointer,
+                )
+                .with_hint(format!(
+                    "quote a full version: `kubernetesVersion: \"{DEFAULT_KUBERNETES_VERSION}\"`"
+                )),
+            );
+        }
+        for san in &h.vars.extra_sans {
+            if san.parse::<std::net::IpAddr>().is_err() && !crate::k8s::is_dns1123_subdomain(san) {
+                let (pointer, span) = at(&["extraSans"]);
+                diags.push(
+                    Diagnostic::error(
+                        "invalid-san",
+                        format!("extra SAN `{san}` of host `{}` is neither an IP address nor a DNS name", h.name),
+                        span,
+                        pointer,
+                    )
+                    .with_hint("use an IP address or a lowercase DNS name"),
+                );
+            }
+        }
+        if !crate::k8s::is_dns1123_label(&h.vars.namespace) {
+            // Not written: a worker's namespace is its name.
+            let (pointer, span) = at(&["namespace", "name"]);
+            diags.push(
+                Diagnostic::error(
+                    "invalid-namespace",
+                    format!(
+                        "namespace `{}` of host `{}` is not a valid Kubernetes namespace",
+                        h.vars.namespace, h.name
+                    ),
+                    span,
+                    pointer,
+                )
+                .with_hint("lowercase letters, digits and `-`, at most 63 characters"),
+            );
+        }
+        for (what, key, p) in [
+            ("services", "services", h.services.as_deref()),
+            ("dataSweeper", "dataSweeper", h.data_sweeper.as_deref()),
+            ("ssh key", "key", h.ssh.key.as_deref()),
+        ] {
+            if let Some(p) = p
+                && !p.exists()
+            {
+                let (pointer, span) = at(&[key]);
+                diags.push(
+                    Diagnostic::warning(
+                        "file-missing",
+                        format!(
+                            "{what} file {} of host `{}` does not exist",
+                            p.display(),
+                            h.name
+                        ),
+                        span,
+                        pointer,
+                    )
+                    .with_hint("relative paths are resolved against the inventory's directory"),
+                );
+            }
+        }
+    }
+    let masters: Vec<&Host> = inv.masters().collect();
+    match masters.len() {
+        0 if !inv.hosts.is_empty() => diags.push(
+            Diagnostic::error(
+                "no-master",
+                "no host has `role: master`",
+                inv.span.clone(),
+                "",
+            )
+            .with_hint(
+                "mark the control-plane host `role: master` (Ansible: put it in a `masters` group)",
+            ),
+        ),
+        n if n > 1 => {
+            // The second master's `role` (its entry when a group made it a master).
+            let i = inv
+                .hosts
+                .iter()
+                .position(|h| std::ptr::eq(h, masters[1]))
+                .unwrap_or(0);
+            let (pointer, span) = located
+                .hosts
+                .get(i)
+                .and_then(|(p, o)| {
+                    o.get("role")
+                        .or_else(|| Some((p.clone(), masters[1].span.clone())))
+                })
+                .unwrap_or_else(|| (String::new(), inv.span.clone()));
+            diags.push(
+                Diagnostic::error(
+                    "multiple-masters",
+                    format!(
+                        "{n} hosts are masters ({}); AION runs one control-plane node",
+                        masters
+                            .iter()
+                            .map(|h| h.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    span,
+                    pointer,
+                )
+                .with_hint("make exactly one host `role: master`"),
+            );
+        }
+        _ => {}
+    }
+    let global = |key: &str| {
+        located
+            .global
+            .get(key)
+            .unwrap_or_else(|| (String::new(), inv.span.clone()))
+    };
+    if inv.mode == Mode::Single && inv.workers().next().is_some() {
+        let (pointer, span) = global("mode");
+        diags.push(
+            Diagnostic::error(
+                "single-with-workers",
+                "`mode: single` but the inventory has workers",
+                span,
+                pointer,
+            )
+            .with_hint("use `mode: cluster`, or remove the workers"),
+        );
+    }
+    for src in &inv.image_sources {
+        if !src.path.exists() {
+            diags.push(
+                Diagnostic::error(
+                    "image-source-missing",
+                    format!("image source {} does not exist", src.path.display()),
+                    src.span.clone(),
+                    src.pointer.clone(),
+                )
+                .with_hint("an OCI image-layout directory, an OCI archive (.tar) or an images.tsv list; relative paths are resolved against the inventory's directory"),
+            );
+        }
+    }
+    if let Some(k) = &inv.known_hosts
+        && !k.exists()
+    {
+        let (pointer, span) = global("knownHosts");
+        diags.push(
+            Diagnostic::warning(
+                "file-missing",
+                format!("knownHosts file {} does not exist", k.display()),
+                span,
+                pointer,
+            )
+            .with_hint("strict host-key checking needs it; relative paths are resolved against the inventory's directory"),
+        );
+    }
 }

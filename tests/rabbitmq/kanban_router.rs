@@ -117,7 +117,11 @@ microservices:
     assert_eq!(by_id.len(), 6, "{by_id:?}");
     assert_eq!(by_id[&5].outcome, replicator::Outcome::NoRoute);
     assert_eq!(by_id[&6].outcome, replicator::Outcome::Terminate);
-    assert!([1, 2, 3, 4].iter().all(|i| by_id[i].outcome == replicator::Outcome::Routed));
+    assert!(
+        [1, 2, 3, 4]
+            .iter()
+            .all(|i| by_id[i].outcome == replicator::Outcome::Routed)
+    );
     assert_eq!(by_id[&3].connection_key, "split");
     assert_eq!(by_id[&3].detail, format!("{p}c-001.in, {p}b-002.in"));
     amqp::delete(&ch, &all_queues(&cfg)).await;
