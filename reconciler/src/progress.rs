@@ -1,7 +1,9 @@
 //! What a person sees while `apply` runs, and the full log kept in a file.
 //!
-//! On a terminal (and without `NO_COLOR`) each host gets an indicatif spinner line; otherwise one
-//! plain line per step goes to stderr. Everything a step prints goes to the log file, after
+//! On a terminal (and without `NO_COLOR`) each host, and the cluster part, gets an indicatif
+//! spinner line; otherwise one plain line per step or object goes to stderr. One renderer for
+//! both: host steps call [`Progress::step`], cluster objects [`Progress::object`] (through
+//! [`cluster_events`]). Everything a step prints goes to the log file, after
 //! [`redact`]: join tokens, CA hashes and certificate keys never reach a terminal or a file.
 
 use std::io::Write;
@@ -113,6 +115,8 @@ pub struct Progress {
     multi: Option<MultiProgress>,
     bars: Mutex<Vec<(String, ProgressBar, Instant)>>,
     started: Instant,
+    /// Cluster events shown so far (the `cluster` line's counter).
+    objects: Mutex<usize>,
 }
 
 impl Progress {
@@ -122,6 +126,7 @@ impl Progress {
             multi: fancy.then(MultiProgress::new),
             bars: Mutex::new(Vec::new()),
             started: Instant::now(),
+            objects: Mutex::new(0),
         }
     }
 
@@ -185,6 +190,36 @@ impl Progress {
         }
     }
 
+    /// One event of the cluster part (an object created, configured, deleted, ready, waiting…):
+    /// on a terminal the `cluster` line shows the latest with how many came so far; otherwise
+    /// one plain line per event, as for the hosts' steps.
+    pub fn object(&self, object: &str, what: &str) {
+        if self.multi.is_some() {
+            let n = {
+                let Ok(mut n) = self.objects.lock() else {
+                    return;
+                };
+                *n += 1;
+                *n
+            };
+            self.with_bar("cluster", |pb, _| {
+                pb.set_message(format!("[{n}] {object}: {what}"))
+            });
+        } else {
+            self.line(format!(
+                "[{:>6.1}s] cluster: {object}: {what}",
+                self.started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
+    /// The cluster part ended with `summary` (the spinner line stays with it).
+    pub fn cluster_done(&self, summary: &str, ok: bool) {
+        if self.multi.is_some() && self.objects.lock().is_ok_and(|n| *n > 0) {
+            self.host_done("cluster", summary, ok);
+        }
+    }
+
     /// Show the last lines of a failing step (already redacted).
     pub fn failure(&self, host: &str, what: &str, tail: &str) {
         let mut s = format!("{host}: {what} failed; last lines of its output:");
@@ -194,6 +229,34 @@ impl Progress {
         }
         self.line(s);
     }
+}
+
+/// A [`crate::cluster::ProgressFn`] that shows each cluster event on `progress` and writes it
+/// to `log`.
+pub fn cluster_events(
+    progress: std::sync::Arc<Progress>,
+    log: std::sync::Arc<Log>,
+) -> crate::cluster::ProgressFn {
+    std::sync::Arc::new(move |e: &crate::cluster::Event| {
+        let key = e.key.to_string();
+        progress.object(&key, &e.what);
+        log.write("cluster", &key, &e.what);
+    })
+}
+
+/// A [`crate::cluster::ProgressFn`] for commands without hosts (`down`, `rollback`, the wait
+/// after `apply`): the same renderer, the same lines, no log file.
+pub fn cluster_lines(fancy: bool) -> crate::cluster::ProgressFn {
+    let progress = Progress::new(fancy);
+    std::sync::Arc::new(move |e: &crate::cluster::Event| {
+        progress.object(&e.key.to_string(), &e.what)
+    })
+}
+
+/// Whether stderr gets spinners (a terminal, colours allowed) rather than plain lines.
+pub fn fancy() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The last `n` lines of `text`.
@@ -223,6 +286,35 @@ mod tests {
             redact("pass s3cr3tvalue here", &["s3cr3tvalue".into()]),
             "pass <redacted> here"
         );
+    }
+
+    /// Cluster events reach the same renderer as the hosts' steps and the run's log file.
+    #[test]
+    fn cluster_events_are_shown_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(Log::create(dir.path()).unwrap());
+        let progress = std::sync::Arc::new(Progress::new(false));
+        let events = cluster_events(progress.clone(), log.clone());
+        let key = crate::manifest::ObjectKey {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some("edge".into()),
+            name: "cam-001".into(),
+        };
+        events(&crate::cluster::Event {
+            key: key.clone(),
+            what: "created".into(),
+        });
+        events(&crate::cluster::Event {
+            key,
+            what: "ready".into(),
+        });
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(
+            text.contains("[cluster] Deployment/edge/cam-001\ncreated\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nready\n"), "{text}");
     }
 
     #[test]

@@ -15,7 +15,6 @@
 //! are printed from here; the summary is the caller's.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +32,7 @@ use crate::images;
 use crate::lock::{self, LocalLock};
 use crate::manifest::{Manifests, ObjectKey};
 use crate::plan::Plan;
-use crate::progress::{Log, Progress};
+use crate::progress::{self, Log, Progress};
 use crate::render::HostName;
 use crate::revision::Origin;
 use crate::roles::{self, HostSpec};
@@ -402,10 +401,12 @@ pub async fn apply(
                 )
                 .await;
                 show_plan(Shown::Hosts(&plan))?;
-                let log = Log::create(&p.state_dir.join("logs"))?;
+                let log = Arc::new(Log::create(&p.state_dir.join("logs"))?);
                 // 3. Hosts in phases: masters (host changes, then their cluster steps), then
-                //    the workers in parallel.
-                let progress = Progress::new(fancy_progress());
+                //    the workers in parallel. One renderer shows the hosts' steps and, later,
+                //    the cluster's objects.
+                let progress = Arc::new(Progress::new(progress::fancy()));
+                let events = progress::cluster_events(progress.clone(), log.clone());
                 let cx = Context {
                     hosts: &p.hosts,
                     cluster: &p.cluster,
@@ -425,7 +426,11 @@ pub async fn apply(
                     //    revision; under --atomic, wait for what changed, else roll back.
                     Ok(desired) if desired.plan.has_changes() => {
                         show_plan(Shown::Cluster(&desired.plan))?;
-                        let applied = apply_cluster(&desired, a.atomic).await?;
+                        let applied = apply_cluster(&desired, a.atomic, events.clone()).await?;
+                        match &applied.summary {
+                            Ok(s) => progress.cluster_done(s, true),
+                            Err(_) => progress.cluster_done("failed", false),
+                        }
                         (applied.summary, applied.revision)
                     }
                     Ok(_) => (Ok("cluster: no changes".to_string()), None),
@@ -523,11 +528,6 @@ impl Locks {
     }
 }
 
-/// Progress bars for phases 3 and 4: on a terminal without `NO_COLOR` (else plain lines).
-fn fancy_progress() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
 /// What the cluster should hold: the inventory and manifests the cluster plan was made from.
 struct Desired {
     inventory: Inventory,
@@ -581,12 +581,16 @@ struct ClusterApplied {
 /// Phase 6: apply the cluster plan and record the revision; under `--atomic`, wait for what
 /// changed and roll back to the previous revision when it fails. Without a client for the
 /// kubeconfig, the whole apply fails.
-async fn apply_cluster(d: &Desired, atomic: Option<Duration>) -> anyhow::Result<ClusterApplied> {
+async fn apply_cluster(
+    d: &Desired,
+    atomic: Option<Duration>,
+    events: cluster::ProgressFn,
+) -> anyhow::Result<ClusterApplied> {
     let client = kubeclient::client_from(&d.inventory.kubeconfig).await?;
     let history = History::of(&client, &d.inventory);
     let keep = d.inventory.revision_history;
     let opts = ClusterApplyOptions {
-        progress: atomic.map(|_| cluster::stderr_progress()),
+        progress: Some(events),
         ..ClusterApplyOptions::default()
     };
     let applied = match cluster::apply_plan(&client, &d.plan, &opts).await {
@@ -595,7 +599,7 @@ async fn apply_cluster(d: &Desired, atomic: Option<Duration>) -> anyhow::Result<
         // previous revision is restored; otherwise the next apply converges it.
         Err(e) if atomic.is_some() => {
             let why = output::chain(&e);
-            return Ok(roll_back_failed(&client, &history, None, why, keep, atomic).await);
+            return Ok(roll_back_failed(&client, &history, None, why, keep, atomic, &opts).await);
         }
         Err(e) => {
             return Ok(ClusterApplied {
@@ -635,7 +639,7 @@ async fn apply_cluster(d: &Desired, atomic: Option<Duration>) -> anyhow::Result<
         }),
         Err(e) => {
             let why = output::chain(&e);
-            Ok(roll_back_failed(&client, &history, Some(number), why, keep, atomic).await)
+            Ok(roll_back_failed(&client, &history, Some(number), why, keep, atomic, &opts).await)
         }
     }
 }
@@ -667,6 +671,7 @@ async fn roll_back_failed(
     why: String,
     keep: u32,
     timeout: Option<Duration>,
+    opts: &ClusterApplyOptions,
 ) -> ClusterApplied {
     let mut msg = match failed {
         Some(n) => format!("revision {n} did not become ready: {why}"),
@@ -681,15 +686,11 @@ could not mark revision {n} failed: {}",
             output::chain(&e)
         ));
     }
-    let opts = ClusterApplyOptions {
-        progress: Some(cluster::stderr_progress()),
-        ..ClusterApplyOptions::default()
-    };
     let rolled = async {
         let rollback = history::plan_rollback(client, history, None, opts.concurrency).await?;
         let target = rollback.target.number;
         let (_, number) =
-            history::execute_rollback(client, history, &rollback, failed, keep, &opts).await?;
+            history::execute_rollback(client, history, &rollback, failed, keep, opts).await?;
         anyhow::Ok((target, number))
     }
     .await;
@@ -709,7 +710,7 @@ rolled back to revision {target} (recorded as revision {number})"
                         .collect(),
                     Err(_) => Vec::new(),
                 };
-                match cluster::wait_ready(client, &keys, t, &opts).await {
+                match cluster::wait_ready(client, &keys, t, opts).await {
                     Ok(()) => msg.push_str("; its workloads are ready again"),
                     Err(e) => msg.push_str(&format!(
                         "; but it did not become ready either: {}",
@@ -869,7 +870,7 @@ async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<Strin
         .await
         .map_err(|e| output::chain(&e))?;
     let opts = ClusterApplyOptions {
-        progress: Some(cluster::stderr_progress()),
+        progress: Some(progress::cluster_lines(progress::fancy())),
         ..Default::default()
     };
     let start = std::time::Instant::now();
@@ -963,7 +964,7 @@ pub async fn rollback(
     let result = async {
         let history = History::of(&client, &inv);
         let opts = ClusterApplyOptions {
-            progress: Some(cluster::stderr_progress()),
+            progress: Some(progress::cluster_lines(progress::fancy())),
             ..ClusterApplyOptions::default()
         };
         let plan = history::plan_rollback(&client, &history, r.to, opts.concurrency).await?;

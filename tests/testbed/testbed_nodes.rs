@@ -192,6 +192,14 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         "apply --wait on fresh hosts: {:.0} s",
         t0.elapsed().as_secs_f64()
     );
+    // The cluster part's progress went through the same renderer and into the run's log,
+    // object by object, not only as final counts.
+    let log = std::fs::read_to_string(outcome.log.as_ref().expect("the run's log")).unwrap();
+    assert!(
+        log.contains("[cluster] Deployment/default/rabbitmq\ncreated\n"),
+        "no cluster progress in {}",
+        outcome.log.as_ref().unwrap().display()
+    );
 
     rt().block_on(async {
         let client = cluster.client().await;

@@ -32,7 +32,7 @@ pub use down::down;
 pub use error::ClusterError;
 pub use kinds::{MANAGED_KINDS, ManagedKind, list_owned, ownership_selector};
 pub use normalize::Readiness;
-pub use options::{ClusterApplyOptions, DEFAULT_CONCURRENCY, Event, ProgressFn, stderr_progress};
+pub use options::{ClusterApplyOptions, DEFAULT_CONCURRENCY, Event, ProgressFn};
 pub use plan::{ClusterPlan, ObjectAction, ObjectChange, ObjectCounts, plan, plan_with};
 pub use status::{PodPlacement, StatusRow, status};
 pub use wait::{wait_pruned, wait_ready};

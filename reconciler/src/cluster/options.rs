@@ -21,11 +21,6 @@ pub struct Event {
 /// Progress sink: called from the executing task for every event.
 pub type ProgressFn = Arc<dyn Fn(&Event) + Send + Sync>;
 
-/// Print events to stderr as `<object>: <what>` lines.
-pub fn stderr_progress() -> ProgressFn {
-    Arc::new(|e: &Event| eprintln!("{}: {}", e.key, e.what))
-}
-
 /// How [`super::apply_plan`] runs (and waits).
 #[derive(Clone)]
 pub struct ClusterApplyOptions {

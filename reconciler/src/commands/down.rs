@@ -36,7 +36,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             return anyhow::Ok(());
         }
         let opts = ClusterApplyOptions {
-            progress: Some(cluster::stderr_progress()),
+            progress: Some(crate::progress::cluster_lines(crate::progress::fancy())),
             ..ClusterApplyOptions::default()
         };
         let deleted = cluster::down(&client, &inv.name, &opts).await?;
