@@ -12,6 +12,52 @@ pub enum OutputFormat {
     Json,
 }
 
+/// What a piece of terminal text means; the one place that decides its colour (owo-colors),
+/// for plans, diffs and diagnostics alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    /// Created, `+`, a valid result: green.
+    Added,
+    /// Deleted, `-`: red.
+    Removed,
+    /// Changed, `~`, a warning: yellow.
+    Changed,
+    /// An error, a conflict, an invalid result: bold red.
+    Error,
+    /// A warning's label: bold yellow.
+    Warning,
+    /// Valid / OK: bold green.
+    Good,
+    /// Host names, messages, diff file headers: bold.
+    Strong,
+    /// Summaries and objects already going away: dimmed.
+    Faint,
+    /// Diff hunk headers: cyan.
+    Hunk,
+    /// The frame of a diagnostic (`-->`, `|`, line numbers): bold blue.
+    Frame,
+}
+
+/// `text` in `tone` when `color`, else unchanged.
+pub fn paint(text: &str, tone: Tone, color: bool) -> String {
+    use owo_colors::OwoColorize;
+    if !color {
+        return text.to_owned();
+    }
+    match tone {
+        Tone::Added => text.green().to_string(),
+        Tone::Removed => text.red().to_string(),
+        Tone::Changed => text.yellow().to_string(),
+        Tone::Error => text.red().bold().to_string(),
+        Tone::Warning => text.yellow().bold().to_string(),
+        Tone::Good => text.green().bold().to_string(),
+        Tone::Strong => text.bold().to_string(),
+        Tone::Faint => text.dimmed().to_string(),
+        Tone::Hunk => text.cyan().to_string(),
+        Tone::Frame => text.blue().bold().to_string(),
+    }
+}
+
 /// Whether to colour output written to stdout.
 pub fn use_color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
@@ -55,6 +101,20 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paint_colours_only_when_asked() {
+        assert_eq!(paint("+ a", Tone::Added, false), "+ a");
+        let green = paint("+ a", Tone::Added, true);
+        assert!(
+            green.starts_with("\u{1b}[32m") && green.contains("+ a"),
+            "{green:?}"
+        );
+        assert_ne!(
+            paint("x", Tone::Error, true),
+            paint("x", Tone::Removed, true)
+        );
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot read {path}: {source}")]

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::output::Tone;
+
 use crate::change::ChangeKind;
 use crate::plan::Plan;
 
@@ -14,12 +16,8 @@ pub struct Style {
 }
 
 impl Style {
-    fn paint(&self, code: &str, s: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
+    fn paint(&self, tone: Tone, s: &str) -> String {
+        crate::output::paint(s, tone, self.color)
     }
 }
 
@@ -30,34 +28,34 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
         let _ = writeln!(
             out,
             "{} ({}, {})",
-            style.paint("1", &h.host),
+            style.paint(Tone::Strong, &h.host),
             h.role,
             h.address
         );
         if let Some(e) = &h.error {
-            let _ = writeln!(out, "  {} {e}", style.paint("31", "!"));
+            let _ = writeln!(out, "  {} {e}", style.paint(Tone::Removed, "!"));
             continue;
         }
         for w in &h.warnings {
-            let _ = writeln!(out, "  {} warning: {w}", style.paint("33", "!"));
+            let _ = writeln!(out, "  {} warning: {w}", style.paint(Tone::Changed, "!"));
         }
         for c in &h.changes {
             let sign = match c.kind {
-                ChangeKind::Create => style.paint("32", "+"),
-                ChangeKind::Change => style.paint("33", "~"),
+                ChangeKind::Create => style.paint(Tone::Added, "+"),
+                ChangeKind::Change => style.paint(Tone::Changed, "~"),
             };
             let _ = writeln!(
                 out,
                 "  {sign} {} {}",
                 c.id,
-                style.paint("2", &format!("— {}", c.summary))
+                style.paint(Tone::Faint, &format!("— {}", c.summary))
             );
             if let Some(d) = &c.diff {
                 for line in d.lines() {
                     let painted = if line.starts_with('+') && !line.starts_with("+++") {
-                        style.paint("32", line)
+                        style.paint(Tone::Added, line)
                     } else if line.starts_with('-') && !line.starts_with("---") {
-                        style.paint("31", line)
+                        style.paint(Tone::Removed, line)
                     } else {
                         line.to_string()
                     };
@@ -67,9 +65,9 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
         }
         for i in &h.images {
             let sign = if i.replaces.is_some() {
-                style.paint("33", "~")
+                style.paint(Tone::Changed, "~")
             } else {
-                style.paint("32", "+")
+                style.paint(Tone::Added, "+")
             };
             let _ = writeln!(out, "  {sign} {}", i.describe());
         }
@@ -77,7 +75,7 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
             let _ = writeln!(
                 out,
                 "  {} image {} — {} (an old version no longer run; removed once the new pods are ready)",
-                style.paint("31", "-"),
+                style.paint(Tone::Removed, "-"),
                 r.reference,
                 r.digest
             );

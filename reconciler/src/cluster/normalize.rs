@@ -1,7 +1,6 @@
 //! Pure helpers of the cluster side: normalising live/dry-run objects before comparing them,
 //! YAML text and unified diffs, per-kind readiness. No I/O; unit-tested without a cluster.
 
-use owo_colors::OwoColorize;
 use serde_json::{Map, Value};
 use similar::TextDiff;
 
@@ -137,14 +136,15 @@ pub fn colorize_diff(diff: &str, color: bool) -> String {
             Some(b) => (b, "\n"),
             None => (line, ""),
         };
+        use crate::output::{Tone, paint};
         let painted = if body.starts_with("+++") || body.starts_with("---") {
-            body.bold().to_string()
+            paint(body, Tone::Strong, true)
         } else if body.starts_with('+') {
-            body.green().to_string()
+            paint(body, Tone::Added, true)
         } else if body.starts_with('-') {
-            body.red().to_string()
+            paint(body, Tone::Removed, true)
         } else if body.starts_with("@@") {
-            body.cyan().to_string()
+            paint(body, Tone::Hunk, true)
         } else {
             body.to_owned()
         };

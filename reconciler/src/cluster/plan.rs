@@ -153,24 +153,20 @@ impl ClusterPlan {
     /// Text rendering: one `+ ~ - -/+ ! x` line per object that is not unchanged, the diff of
     /// changed objects (and of created ones when `show_created` is set), then the summary.
     pub fn render_text(&self, color: bool, show_created: bool) -> String {
-        use owo_colors::OwoColorize;
+        use crate::output::{Tone, paint};
         let mut out = String::new();
         for c in &self.changes {
             if c.action == ObjectAction::Unchanged {
                 continue;
             }
-            let head = format!("{} {}", c.action.symbol(), c.key);
-            let head = if color {
-                match c.action {
-                    ObjectAction::Create => head.green().to_string(),
-                    ObjectAction::Delete => head.red().to_string(),
-                    ObjectAction::Change | ObjectAction::Replace => head.yellow().to_string(),
-                    ObjectAction::Deleting => head.dimmed().to_string(),
-                    _ => head.red().bold().to_string(),
-                }
-            } else {
-                head
+            let tone = match c.action {
+                ObjectAction::Create => Tone::Added,
+                ObjectAction::Delete => Tone::Removed,
+                ObjectAction::Change | ObjectAction::Replace => Tone::Changed,
+                ObjectAction::Deleting => Tone::Faint,
+                _ => Tone::Error,
             };
+            let head = paint(&format!("{} {}", c.action.symbol(), c.key), tone, color);
             out.push_str(&head);
             if let Some(owner) = &c.owner {
                 out.push_str(&format!("  ({owner}"));

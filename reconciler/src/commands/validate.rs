@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use aion_model::{Diagnostic, Inventory, LoadError, Severity, inventory, services, validate};
 
+use crate::output::Tone;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiagnosticFormat {
     /// rustc-like: position, source line, caret, hint.
@@ -210,12 +212,8 @@ struct Style {
 }
 
 impl Style {
-    fn paint(&self, code: &str, s: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_owned()
-        }
+    fn paint(&self, tone: Tone, s: &str) -> String {
+        crate::output::paint(s, tone, self.color)
     }
 }
 
@@ -247,15 +245,15 @@ pub fn render_human(report: &Report, color: bool) -> String {
     let mut out = String::new();
     for d in &report.diagnostics {
         let (sev, sev_code) = match d.severity {
-            Severity::Error => ("error", "1;31"),
-            Severity::Warning => ("warning", "1;33"),
+            Severity::Error => ("error", Tone::Error),
+            Severity::Warning => ("warning", Tone::Warning),
         };
         let _ = writeln!(
             out,
             "{}{} {}",
             st.paint(sev_code, &format!("{sev}[{}]", d.code)),
-            st.paint("1", ":"),
-            st.paint("1", &d.message)
+            st.paint(Tone::Strong, ":"),
+            st.paint(Tone::Strong, &d.message)
         );
         let line_text = report
             .sources
@@ -263,40 +261,40 @@ pub fn render_human(report: &Report, color: bool) -> String {
             .and_then(|t| t.lines().nth(d.span.line.saturating_sub(1)));
         let num = d.span.line.to_string();
         let pad = " ".repeat(num.len());
-        let _ = writeln!(out, "{pad}{} {}", st.paint("1;34", "-->"), d.span);
+        let _ = writeln!(out, "{pad}{} {}", st.paint(Tone::Frame, "-->"), d.span);
         if let Some(text) = line_text {
             let text = text.replace('\t', " ");
-            let _ = writeln!(out, "{pad} {}", st.paint("1;34", "|"));
+            let _ = writeln!(out, "{pad} {}", st.paint(Tone::Frame, "|"));
             let _ = writeln!(
                 out,
                 "{} {} {text}",
-                st.paint("1;34", &num),
-                st.paint("1;34", "|")
+                st.paint(Tone::Frame, &num),
+                st.paint(Tone::Frame, "|")
             );
             let col = d.span.column.max(1);
             let width = token_width(&text, col);
             let _ = writeln!(
                 out,
                 "{pad} {} {}{}",
-                st.paint("1;34", "|"),
+                st.paint(Tone::Frame, "|"),
                 " ".repeat(col - 1),
                 st.paint(sev_code, &"^".repeat(width))
             );
         }
         if !d.pointer.is_empty() {
-            let _ = writeln!(out, "{pad} {} at {}", st.paint("1;34", "="), d.pointer);
+            let _ = writeln!(out, "{pad} {} at {}", st.paint(Tone::Frame, "="), d.pointer);
         }
         if let Some(h) = &d.hint {
-            let _ = writeln!(out, "{pad} {} {}", st.paint("1;34", "= hint:"), h);
+            let _ = writeln!(out, "{pad} {} {}", st.paint(Tone::Frame, "= hint:"), h);
         }
         out.push('\n');
     }
     let errors = report.errors();
     let warnings = report.warnings();
     let verdict = if errors > 0 || !report.io_errors.is_empty() {
-        st.paint("1;31", "invalid")
+        st.paint(Tone::Error, "invalid")
     } else {
-        st.paint("1;32", "valid")
+        st.paint(Tone::Good, "valid")
     };
     let _ = writeln!(
         out,
