@@ -100,8 +100,8 @@ pub type ShowPlan<'a> = &'a (dyn Fn(Shown<'_>) -> anyhow::Result<()> + Sync);
 /// what is in the cluster (`history`, `rollback`, `diff --revision`, `down`), which must work
 /// even when today's `services.yml` files do not.
 pub fn load_inventory(inventory: &Path) -> anyhow::Result<Inventory> {
-    let loaded = aion_model::inventory::load(inventory)
-        .with_context(|| format!("loading inventory {}", inventory.display()))?;
+    // (every load error names the file already)
+    let loaded = aion_model::inventory::load(inventory)?;
     report(&loaded.diagnostics, inventory)?;
     Ok(loaded.value)
 }
@@ -160,8 +160,7 @@ pub struct Prepared {
 /// Load the inventory, render the roles (duplicate hostnames and bad roles fail here, before
 /// any connection), then connect to every host in parallel.
 pub async fn prepare(o: &Options) -> anyhow::Result<Prepared> {
-    let loaded = aion_model::inventory::load(&o.inventory)
-        .with_context(|| format!("loading inventory {}", o.inventory.display()))?;
+    let loaded = aion_model::inventory::load(&o.inventory)?;
     let mut fatal = Vec::new();
     for d in &loaded.diagnostics {
         if d.is_error() {

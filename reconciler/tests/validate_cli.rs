@@ -99,6 +99,12 @@ fn missing_file_is_exit_2() {
     let out = validate(&["/nonexistent/services.yml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/services.yml"));
+    // the verdict counts the unreadable file (it used to say "0 errors")
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("invalid: 0 files checked, 1 unreadable, 0 errors, 0 warnings"),
+        "{stdout}"
+    );
 }
 
 #[test]

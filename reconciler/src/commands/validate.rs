@@ -296,9 +296,13 @@ pub fn render_human(report: &Report, color: bool) -> String {
     } else {
         st.paint(Tone::Good, "valid")
     };
+    let unreadable = match report.io_errors.len() {
+        0 => String::new(),
+        n => format!(", {n} unreadable"),
+    };
     let _ = writeln!(
         out,
-        "{verdict}: {} file{} checked, {errors} error{}, {warnings} warning{}",
+        "{verdict}: {} file{} checked{unreadable}, {errors} error{}, {warnings} warning{}",
         report.files_checked,
         if report.files_checked == 1 { "" } else { "s" },
         if errors == 1 { "" } else { "s" },
