@@ -24,9 +24,10 @@ use anyhow::Context as _;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
+use crate::cluster::bootstrap::KubeCluster;
 use crate::cluster::history::{self, History};
 use crate::cluster::{self, ClusterApplyOptions, ClusterPlan};
-use crate::execute::{self, ApplyReport, Context, HostOutcome, kube_steps::KubeCluster};
+use crate::execute::{self, ApplyReport, Context, HostOutcome};
 use crate::host::ssh::{SshHost, SshOptions};
 use crate::images;
 use crate::lock::{self, LocalLock};

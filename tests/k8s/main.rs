@@ -3,6 +3,7 @@
 //! `tests/tests.rs`), so kube is linked once for all of them. Each test makes its own namespace,
 //! so they run in parallel. Fails (never skips) under `AION_REQUIRE_K8S=1`.
 
+mod bootstrap_steps;
 mod broker_secret;
 mod cluster_apply;
 mod k8s_control_plane;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -49,7 +49,17 @@ async fn apply_value(
         object: key.to_string(),
         kind: key.kind.clone(),
     })?;
-    let api = mk.api(client, key.namespace.as_deref());
+    apply_with(&mk.api(client, key.namespace.as_deref()), key, value, force).await
+}
+
+/// Server-side apply of one object (field manager [`FIELD_MANAGER`]) through `api`; a conflict
+/// with another field manager is [`ClusterError::Conflicts`].
+pub(super) async fn apply_with(
+    api: &Api<DynamicObject>,
+    key: &ObjectKey,
+    value: &Value,
+    force: bool,
+) -> Result<(), ClusterError> {
     let mut pp = PatchParams::apply(FIELD_MANAGER);
     if force {
         pp = pp.force();

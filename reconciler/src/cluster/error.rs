@@ -30,6 +30,16 @@ pub enum ClusterError {
     Failed { count: usize, list: String },
     #[error("cannot generate the {0}; nothing was applied")]
     Generate(String),
+    #[error("no kubeconfig at {} yet", .0.display())]
+    NoKubeconfig(std::path::PathBuf),
+    #[error(transparent)]
+    Client(#[from] crate::kubeclient::KubeClientError),
+    #[error("unknown template {0}")]
+    UnknownTemplate(String),
+    #[error("node {node} is not registered after {secs} s")]
+    NodeNotRegistered { node: String, secs: u64 },
+    #[error("node {node} not Ready after {secs} s")]
+    NodeNotReady { node: String, secs: u64 },
 }
 
 pub(super) fn api_err(key: &ObjectKey, source: kube::Error) -> ClusterError {

@@ -1,7 +1,8 @@
 //! The cluster side: compare rendered manifests with the live cluster ([`plan`]), converge it
 //! ([`apply_plan`]), wait for it ([`wait_ready`]), report ([`status`]) and tear down
 //! ([`down`]). One submodule per concern: `kinds` (what we manage, what an inventory owns),
-//! `plan`, `apply`, `wait`, `down`, `status`, with `error` and `options` shared by them (the
+//! `plan`, `apply`, `wait`, `down`, `status`, `bootstrap` (the cluster steps of a host plan:
+//! Flannel, taints, node readiness, over the same comparison, apply and polling), with `error` and `options` shared by them (the
 //! submodules import each other and these leaves, never this facade); beside them the pure `normalize` (comparison,
 //! readiness), `generated` (values the first apply makes up) and `history` (revisions).
 //!
@@ -16,6 +17,7 @@
 //!   deletes in reverse. Within one rank, requests run with bounded concurrency.
 
 mod apply;
+pub mod bootstrap;
 mod down;
 mod error;
 pub mod generated;

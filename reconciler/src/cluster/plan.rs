@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use aion_model::inventory::Inventory;
 use futures::{StreamExt, TryStreamExt, stream};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -227,7 +227,24 @@ async fn plan_one(
             .map_err(|e| api_err(key, e))?
             .map(|o| serde_json::to_value(&o).unwrap_or(Value::Null)),
     };
-    let pp = PatchParams::apply(FIELD_MANAGER).dry_run();
+    dry_run_compare(&api, key, desired, live, false).await
+}
+
+/// Compare `desired` with `live` (None: the object does not exist) by a server-side dry-run
+/// apply through `api`, both [normalised](normalize::normalize): the action, its diff, and a
+/// note (the server's message for conflicts, invalid objects and immutable fields). `force`
+/// takes the fields over from other field managers instead of reporting a conflict.
+pub(super) async fn dry_run_compare(
+    api: &Api<DynamicObject>,
+    key: &ObjectKey,
+    desired: &Value,
+    live: Option<Value>,
+    force: bool,
+) -> Result<(ObjectAction, Option<String>, Option<String>), ClusterError> {
+    let mut pp = PatchParams::apply(FIELD_MANAGER).dry_run();
+    if force {
+        pp = pp.force();
+    }
     let dry = api.patch(&key.name, &pp, &Patch::Apply(desired)).await;
     let label = key.to_string();
     match dry {

@@ -14,6 +14,34 @@ use super::normalize::{self, Readiness};
 use super::options::{ClusterApplyOptions, emit};
 use crate::manifest::{Manifests, ObjectKey};
 
+/// The pace and the end of a wait: every wait of the cluster layer (objects ready, pruned
+/// ones gone, a node registered or Ready) checks, then [`Poll::tick`]s.
+pub(super) struct Poll {
+    start: Instant,
+    timeout: Duration,
+    every: Duration,
+}
+
+impl Poll {
+    pub(super) fn new(timeout: Duration, every: Duration) -> Poll {
+        Poll {
+            start: Instant::now(),
+            timeout,
+            every,
+        }
+    }
+
+    /// After a check that did not succeed: false when the time is up, else sleep until the
+    /// next check and true.
+    pub(super) async fn tick(&self) -> bool {
+        if self.start.elapsed() >= self.timeout {
+            return false;
+        }
+        tokio::time::sleep(self.every).await;
+        true
+    }
+}
+
 /// Poll until every object is ready per [`normalize::readiness`], failing fast on a failed one
 /// and with [`ClusterError::NotReady`] after `timeout`.
 pub async fn wait_ready(
@@ -22,7 +50,7 @@ pub async fn wait_ready(
     timeout: Duration,
     opts: &ClusterApplyOptions,
 ) -> Result<(), ClusterError> {
-    let start = Instant::now();
+    let poll = Poll::new(timeout, Duration::from_secs(1));
     let mut pending: Vec<ObjectKey> = keys.to_vec();
     let mut last: BTreeMap<ObjectKey, String> = BTreeMap::new();
     loop {
@@ -80,7 +108,7 @@ pub async fn wait_ready(
         if still.is_empty() {
             return Ok(());
         }
-        if start.elapsed() >= timeout {
+        if !poll.tick().await {
             let list = still
                 .iter()
                 .map(|k| format!("  {k}: {}", last.get(k).map(String::as_str).unwrap_or("")))
@@ -93,7 +121,6 @@ pub async fn wait_ready(
             });
         }
         pending = still;
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -106,7 +133,7 @@ pub async fn wait_pruned(
     timeout: Duration,
     opts: &ClusterApplyOptions,
 ) -> Result<(), ClusterError> {
-    let start = Instant::now();
+    let poll = Poll::new(timeout, Duration::from_secs(1));
     let desired: HashSet<_> = manifests.objects().map(|o| identity(&o.key)).collect();
     let mut shown = HashSet::new();
     loop {
@@ -124,7 +151,7 @@ pub async fn wait_pruned(
                 emit(opts, k, "waiting: being deleted");
             }
         }
-        if start.elapsed() >= timeout {
+        if !poll.tick().await {
             return Err(ClusterError::NotReady {
                 secs: timeout.as_secs(),
                 count: left.len(),
@@ -135,7 +162,6 @@ pub async fn wait_pruned(
                     .join("\n"),
             });
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
