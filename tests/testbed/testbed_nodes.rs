@@ -841,7 +841,7 @@ fn atomic_upgrade_is_rolled_back(
         t0.elapsed().as_secs_f64()
     );
     assert!(!outcome.ok(), "--atomic must fail:\n{summary}");
-    let why = outcome.cluster.clone().unwrap_err();
+    let why = outcome.cluster.clone().unwrap_err().to_string();
     assert!(
         why.contains("revision 3 did not become ready")
             && why.contains("Deployment/default/sink-001")

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::commands::plan::{Common, print_plan};
 use crate::execute::HostOutcome;
 use crate::output::OutputFormat;
-use crate::reconcile::{self, Outcome, Shown};
+use crate::reconcile::{self, Outcome, Shown, phase_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -111,12 +111,12 @@ impl Outcome {
         serde_json::json!({
             "plan": self.plan,
             "report": self.report,
-            "cluster": self.cluster.as_ref().map_err(|e| e.clone()),
+            "cluster": phase_json(&self.cluster),
             "log": self.log,
             "locked": self.locked,
-            "readiness": self.readiness.as_ref().map(|r| r.as_ref().map_err(|e| e.clone())),
+            "readiness": self.readiness.as_ref().map(phase_json),
             "revision": self.revision,
-            "old_images": self.old_images.as_ref().map(|r| r.as_ref().map_err(|e| e.clone())),
+            "old_images": self.old_images.as_ref().map(phase_json),
         })
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use aion_model::Inventory;
 
 use super::locks::Locks;
+use super::phase::{PhaseError, PhaseResult};
 use super::prepare::{
     Options, Prepared, close, load_and_render, nothing_to_do, plan_both, prepare,
 };
@@ -59,19 +60,19 @@ pub struct Outcome {
     pub plan: Plan,
     pub report: ApplyReport,
     /// The cluster part: a summary line, or why it failed or was skipped.
-    pub cluster: Result<String, String>,
+    pub cluster: PhaseResult,
     /// The full log (none when nothing had to change: nothing ran).
     pub log: Option<PathBuf>,
     /// Whether the locks were taken (false when nothing had to change).
     pub locked: bool,
     /// With `--wait`: whether every workload became ready (a summary line), or what did not.
-    pub readiness: Option<Result<String, String>>,
+    pub readiness: Option<PhaseResult>,
     /// The revision this apply recorded (the cluster changed), or the rollback's revision when
     /// an `--atomic` apply was rolled back.
     pub revision: Option<u32>,
     /// Old image versions: what was removed, or why none were (the new pods did not become
     /// ready); None when the plan had none to remove.
-    pub old_images: Option<Result<String, String>>,
+    pub old_images: Option<PhaseResult>,
 }
 
 impl Outcome {
@@ -195,7 +196,7 @@ async fn phases(
         Err(e) => (Err(e), None),
     };
     if let Err(e) = &cluster {
-        log.write("cluster", "FAILED", e);
+        log.write("cluster", "FAILED", &e.to_string());
     }
     // 6. Old images: once the new pods are ready, each host removes the old versions no pod
     //    on it uses (the previous N of each repository stay, for rollback).
@@ -205,7 +206,7 @@ async fn phases(
         None
     };
     if let Some(Err(e)) = &old_images {
-        log.write("old images", "KEPT", e);
+        log.write("old images", "KEPT", &e.to_string());
     }
     Ok(Outcome {
         plan,
@@ -232,21 +233,18 @@ async fn plan_cluster_after(
     report: &ApplyReport,
     o: &Options,
     p: &Prepared,
-) -> Result<Desired, String> {
+) -> Result<Desired, PhaseError> {
     if !report.ok() {
-        let failed: Vec<&str> = report
+        let hosts = report
             .hosts
             .iter()
             .filter(|(_, outcome)| !outcome.ok())
-            .map(|(h, _)| h.as_str())
+            .map(|(h, _)| h.clone())
             .collect();
-        return Err(format!(
-            "skipped: not every host converged ({})",
-            failed.join(", ")
-        ));
+        return Err(PhaseError::HostsNotConverged { hosts });
     }
     if !p.inventory.kubeconfig.exists() {
-        return Err("no kubeconfig after the master steps".to_string());
+        return Err(PhaseError::NoKubeconfig);
     }
     let planned = async {
         let (inventory, manifests) = load_and_render(&o.inventory)?;
@@ -258,14 +256,16 @@ async fn plan_cluster_after(
             plan,
         })
     };
-    planned.await.map_err(|e| output::chain(&*e))
+    planned
+        .await
+        .map_err(|e| PhaseError::Cluster(output::chain(&*e)))
 }
 
 /// How phase 5 ended.
 struct ClusterApplied {
     /// A summary, or what failed (under `--atomic`: what did not become ready, and the
     /// rollback).
-    summary: Result<String, String>,
+    summary: PhaseResult,
     revision: Option<u32>,
 }
 
@@ -294,7 +294,7 @@ async fn apply_cluster(
         }
         Err(e) => {
             return Ok(ClusterApplied {
-                summary: Err(output::chain(&e)),
+                summary: Err(PhaseError::Cluster(output::chain(&e))),
                 revision: None,
             });
         }
@@ -307,11 +307,11 @@ async fn apply_cluster(
         Ok(n) => n,
         Err(e) => {
             return Ok(ClusterApplied {
-                summary: Err(format!(
+                summary: Err(PhaseError::Cluster(format!(
                     "{}; but its revision could not be recorded: {}",
                     applied.summary(),
                     output::chain(&e)
-                )),
+                ))),
                 revision: None,
             });
         }
@@ -410,7 +410,7 @@ rolled back to revision {target} (recorded as revision {number})"
                 }
             }
             ClusterApplied {
-                summary: Err(msg),
+                summary: Err(PhaseError::RolledBack(msg)),
                 revision: Some(number),
             }
         }
@@ -421,7 +421,7 @@ not rolled back: {}",
                 output::chain(&*e)
             ));
             ClusterApplied {
-                summary: Err(msg),
+                summary: Err(PhaseError::RolledBack(msg)),
                 revision: failed,
             }
         }
@@ -438,14 +438,15 @@ async fn remove_old_images(
     report: &mut ApplyReport,
     cx: &Context<'_, SshHost, KubeCluster>,
     timeout: Duration,
-) -> Result<String, String> {
+) -> PhaseResult {
     let start = std::time::Instant::now();
+    let kept = PhaseError::OldImagesKept;
     wait_for_workloads(&o.inventory, timeout)
         .await
-        .map_err(|e| format!("old image versions kept: the new pods are not ready: {e}"))?;
+        .map_err(|e| kept(format!("the new pods are not ready: {e}")))?;
     let client = kubeclient::client_from(&p.inventory.kubeconfig)
         .await
-        .map_err(|e| output::chain(&e))?;
+        .map_err(|e| kept(output::chain(&e)))?;
     let hosts: std::collections::BTreeSet<&str> = plan
         .hosts
         .iter()
@@ -453,16 +454,18 @@ async fn remove_old_images(
         .map(|h| h.host.as_str())
         .collect();
     let in_use = loop {
-        let (in_use, terminating) = pod_images(&client, &hosts).await?;
+        let (in_use, terminating) = pod_images(&client, &hosts)
+            .await
+            .map_err(|e| kept(format!("listing pods: {}", output::chain(&e))))?;
         if terminating.is_empty() {
             break in_use;
         }
         if start.elapsed() >= timeout {
-            return Err(format!(
-                "old image versions kept: pods still terminating after {} s: {}",
+            return Err(kept(format!(
+                "pods still terminating after {} s: {}",
                 timeout.as_secs(),
                 terminating.join(", ")
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
@@ -496,13 +499,12 @@ async fn pod_images(
         BTreeMap<String, std::collections::BTreeSet<String>>,
         Vec<String>,
     ),
-    String,
+    kube::Error,
 > {
     use k8s_openapi::api::core::v1::Pod;
     let pods = kube::Api::<Pod>::all(client.clone())
         .list(&kube::api::ListParams::default())
-        .await
-        .map_err(|e| format!("listing pods: {e}"))?;
+        .await?;
     let mut in_use: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     let mut terminating = Vec::new();
     for pod in pods.items {
@@ -550,8 +552,9 @@ async fn pod_images(
 /// `--wait`, after the locks are released: every Deployment, Job and Service this inventory
 /// renders becomes ready (Deployments the runtime scales to 0 count as ready at 0), and
 /// pruned objects are gone. Progress goes to stderr as `<object>: <what>`.
-async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<String, String> {
-    let (inv, manifests) = load_and_render(inventory).map_err(|e| output::chain(&*e))?;
+async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> PhaseResult {
+    let not_ready = PhaseError::NotReady;
+    let (inv, manifests) = load_and_render(inventory).map_err(|e| not_ready(output::chain(&*e)))?;
     let keys: Vec<ObjectKey> = manifests
         .objects()
         .map(|o| o.key.clone())
@@ -559,7 +562,7 @@ async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<Strin
         .collect();
     let client = kubeclient::client_from(&inv.kubeconfig)
         .await
-        .map_err(|e| output::chain(&e))?;
+        .map_err(|e| not_ready(output::chain(&e)))?;
     let opts = ClusterApplyOptions {
         progress: Some(progress::cluster_lines(progress::fancy())),
         ..Default::default()
@@ -567,7 +570,7 @@ async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<Strin
     let start = std::time::Instant::now();
     cluster::wait_ready(&client, &keys, timeout, &opts)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| not_ready(output::chain(&e)))?;
     // Pruned objects and those already being deleted (a Terminating namespace) are gone too.
     cluster::wait_pruned(
         &client,
@@ -583,5 +586,5 @@ async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> Result<Strin
             start.elapsed().as_secs_f64()
         )
     })
-    .map_err(|e| output::chain(&e))
+    .map_err(|e| not_ready(output::chain(&e)))
 }

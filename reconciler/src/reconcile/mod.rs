@@ -15,14 +15,17 @@
 //! are printed from here; the summary is the caller's.
 //!
 //! One submodule per part: `prepare` (load, render, connect, plan), `apply` (the phases),
-//! `locks` (held while anything changes), `rollback`. This facade only re-exports.
+//! `locks` (held while anything changes), `rollback`, `phase` (how a phase after the hosts
+//! ended; leaf). This facade only re-exports.
 
 mod apply;
 mod locks;
+mod phase;
 mod prepare;
 mod rollback;
 
 pub use apply::{ApplyOptions, Outcome, ShowPlan, Shown, apply};
+pub use phase::{PhaseError, PhaseResult, phase_json};
 pub use prepare::{
     ClusterPart, Options, Prepared, close, load_and_render, load_inventory, nothing_to_do, plan,
     plan_both, plan_cluster, prepare, state_dir, wanted_images,

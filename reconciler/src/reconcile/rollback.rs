@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::locks::Locks;
+use super::phase::{PhaseError, PhaseResult};
 use super::prepare::{Options, close, load_inventory, state_dir};
 use crate::cluster::history::{self, History};
 use crate::cluster::{self, ClusterApplyOptions};
@@ -41,7 +42,8 @@ pub struct RollbackOutcome {
     /// The cluster part's summary (`cluster: N created, …`), or why nothing ran.
     pub summary: String,
     /// With `--wait`: ready, or what is not.
-    pub readiness: Option<Result<String, String>>,
+    #[serde(serialize_with = "super::phase::serialize_optional")]
+    pub readiness: Option<PhaseResult>,
 }
 
 impl RollbackOutcome {
@@ -123,7 +125,7 @@ pub async fn rollback(
                     cluster::wait_ready(&client, &keys, t, &opts)
                         .await
                         .map(|()| format!("ready: {} workload object(s)", keys.len()))
-                        .map_err(|e| output::chain(&e)),
+                        .map_err(|e| PhaseError::NotReady(output::chain(&e))),
                 )
             }
             None => None,
