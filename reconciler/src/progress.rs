@@ -1,8 +1,8 @@
 //! What a person sees while `apply` runs, and the full log kept in a file.
 //!
 //! On a terminal (and without `NO_COLOR`) each host, and the cluster part, gets an indicatif
-//! spinner line; otherwise one plain line per step or object goes to stderr. One renderer for
-//! both: host steps call [`Progress::step`], cluster objects [`Progress::object`] (through
+//! spinner line; otherwise one plain line per step or object goes to stderr; with `-o json`,
+//! one JSON object per event ([`Render::JsonLines`], for CI). One renderer for both: host steps call [`Progress::step`], cluster objects [`Progress::object`] (through
 //! [`cluster_events`]). Everything a step prints goes to the log file, after
 //! [`redact`]: join tokens, CA hashes and certificate keys never reach a terminal or a file.
 
@@ -110,9 +110,37 @@ impl Log {
     }
 }
 
+/// How [`Progress`] shows events on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Render {
+    /// A spinner line per host and one for the cluster (a terminal, colours allowed).
+    Spinners,
+    /// One plain line per event.
+    Lines,
+    /// One JSON object per line per event (`-o json`): `{"t": seconds, "event": "step" |
+    /// "host-done" | "object" | "failure", …}`; stdout keeps only the final result.
+    JsonLines,
+}
+
+impl Render {
+    /// JSON lines when `json` (`-o json`), else spinners on a terminal, else plain lines.
+    pub fn for_stderr(json: bool) -> Render {
+        if json {
+            Render::JsonLines
+        } else if fancy() {
+            Render::Spinners
+        } else {
+            Render::Lines
+        }
+    }
+}
+
 /// Per-host progress during `apply`.
 pub struct Progress {
     multi: Option<MultiProgress>,
+    json: bool,
+    /// Where plain and JSON lines go instead of stderr (tests).
+    out: Option<Mutex<Box<dyn Write + Send>>>,
     bars: Mutex<Vec<(String, ProgressBar, Instant)>>,
     started: Instant,
     /// Cluster events shown so far (the `cluster` line's counter).
@@ -120,13 +148,33 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Spinners when `fancy` (stderr is a terminal and colours are allowed), plain lines otherwise.
-    pub fn new(fancy: bool) -> Progress {
+    pub fn new(render: Render) -> Progress {
         Progress {
-            multi: fancy.then(MultiProgress::new),
+            multi: (render == Render::Spinners).then(MultiProgress::new),
+            json: render == Render::JsonLines,
+            out: None,
             bars: Mutex::new(Vec::new()),
             started: Instant::now(),
             objects: Mutex::new(0),
+        }
+    }
+
+    /// Plain or JSON lines to `out` instead of stderr.
+    pub fn to_writer(render: Render, out: Box<dyn Write + Send>) -> Progress {
+        Progress {
+            out: Some(Mutex::new(out)),
+            ..Progress::new(render)
+        }
+    }
+
+    fn emit(&self, s: &str) {
+        match &self.out {
+            Some(out) => {
+                if let Ok(mut w) = out.lock() {
+                    let _ = writeln!(w, "{s}");
+                }
+            }
+            None => eprintln!("{s}"),
         }
     }
 
@@ -155,12 +203,29 @@ impl Progress {
             Some(m) => {
                 let _ = m.println(s);
             }
-            None => eprintln!("{s}"),
+            None => self.emit(&s),
         }
     }
 
+    /// One event as a JSON line (`-o json`).
+    fn json_line(&self, event: &str, fields: serde_json::Value) {
+        let mut v = serde_json::json!({
+            "t": (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "event": event,
+        });
+        if let (Some(o), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
+            o.extend(f);
+        }
+        self.emit(&v.to_string());
+    }
+
     pub fn step(&self, host: &str, index: usize, total: usize, what: &str) {
-        if self.multi.is_some() {
+        if self.json {
+            self.json_line(
+                "step",
+                serde_json::json!({"host": host, "index": index + 1, "total": total, "what": what}),
+            );
+        } else if self.multi.is_some() {
             self.with_bar(host, |pb, _| {
                 pb.set_message(format!("[{}/{total}] {what}", index + 1))
             });
@@ -175,7 +240,12 @@ impl Progress {
 
     pub fn host_done(&self, host: &str, status: &str, ok: bool) {
         let mark = if ok { "✓" } else { "✗" };
-        if self.multi.is_some() {
+        if self.json {
+            self.json_line(
+                "host-done",
+                serde_json::json!({"host": host, "ok": ok, "status": status}),
+            );
+        } else if self.multi.is_some() {
             self.with_bar(host, |pb, t| {
                 pb.finish_with_message(format!(
                     "{mark} {status} ({:.1}s)",
@@ -194,7 +264,12 @@ impl Progress {
     /// on a terminal the `cluster` line shows the latest with how many came so far; otherwise
     /// one plain line per event, as for the hosts' steps.
     pub fn object(&self, object: &str, what: &str) {
-        if self.multi.is_some() {
+        if self.json {
+            self.json_line(
+                "object",
+                serde_json::json!({"object": object, "what": what}),
+            );
+        } else if self.multi.is_some() {
             let n = {
                 let Ok(mut n) = self.objects.lock() else {
                     return;
@@ -222,6 +297,14 @@ impl Progress {
 
     /// Show the last lines of a failing step (already redacted).
     pub fn failure(&self, host: &str, what: &str, tail: &str) {
+        if self.json {
+            let lines: Vec<&str> = tail.lines().collect();
+            self.json_line(
+                "failure",
+                serde_json::json!({"host": host, "step": what, "tail": lines}),
+            );
+            return;
+        }
         let mut s = format!("{host}: {what} failed; last lines of its output:");
         for l in tail.lines() {
             s.push_str("\n    │ ");
@@ -246,8 +329,8 @@ pub fn cluster_events(
 
 /// A [`crate::cluster::ProgressFn`] for commands without hosts (`down`, `rollback`, the wait
 /// after `apply`): the same renderer, the same lines, no log file.
-pub fn cluster_lines(fancy: bool) -> crate::cluster::ProgressFn {
-    let progress = Progress::new(fancy);
+pub fn cluster_lines(render: Render) -> crate::cluster::ProgressFn {
+    let progress = Progress::new(render);
     std::sync::Arc::new(move |e: &crate::cluster::Event| {
         progress.object(&e.key.to_string(), &e.what)
     })
@@ -293,7 +376,7 @@ mod tests {
     fn cluster_events_are_shown_and_logged() {
         let dir = tempfile::tempdir().unwrap();
         let log = std::sync::Arc::new(Log::create(dir.path()).unwrap());
-        let progress = std::sync::Arc::new(Progress::new(false));
+        let progress = std::sync::Arc::new(Progress::new(Render::Lines));
         let events = cluster_events(progress.clone(), log.clone());
         let key = crate::manifest::ObjectKey {
             api_version: "apps/v1".into(),

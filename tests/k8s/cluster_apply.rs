@@ -646,6 +646,7 @@ async fn revisions_history_rollback() {
         kubeconfig: Some(tc.kubeconfig().to_owned()),
         lock_stale_after: std::time::Duration::from_secs(3600),
         wait: None,
+        render: aion_reconcile::progress::Render::Lines,
     };
     let yes = |_: &RollbackPlan| Ok(true);
     {

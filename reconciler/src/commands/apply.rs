@@ -49,6 +49,7 @@ impl Args {
             wait: self.wait.then(|| Duration::from_secs(self.timeout)),
             atomic: self.atomic.then(|| Duration::from_secs(self.timeout)),
             ready_timeout: Duration::from_secs(self.timeout),
+            render: crate::progress::Render::for_stderr(self.common.output == OutputFormat::Json),
         }
     }
 }

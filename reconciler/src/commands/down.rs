@@ -36,7 +36,9 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
             return anyhow::Ok(());
         }
         let opts = ClusterApplyOptions {
-            progress: Some(crate::progress::cluster_lines(crate::progress::fancy())),
+            progress: Some(crate::progress::cluster_lines(
+                crate::progress::Render::for_stderr(false),
+            )),
             ..ClusterApplyOptions::default()
         };
         let deleted = cluster::down(&client, &inv.name, &opts).await?;

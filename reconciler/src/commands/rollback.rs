@@ -73,6 +73,7 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
         kubeconfig: args.kubeconfig.clone(),
         lock_stale_after: Duration::from_secs(args.lock_stale_after),
         wait: args.wait.then(|| Duration::from_secs(args.timeout)),
+        render: crate::progress::Render::for_stderr(json),
     };
     let rt = crate::kubeclient::runtime()?;
     let outcome = rt.block_on(reconcile::rollback(&args.common.options(), &r, &confirm))?;

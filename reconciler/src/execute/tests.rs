@@ -210,7 +210,7 @@ async fn run_apply(
 ) -> (Plan, ApplyReport, String) {
     let plan = plan_all(specs, &b.hosts, cluster, 4, &images::Wanted::new(), 1).await;
     let log = Log::create(&b.dir.path().join("logs")).unwrap();
-    let progress = Progress::new(false);
+    let progress = Progress::new(crate::progress::Render::Lines);
     let cx = Context {
         hosts: &b.hosts,
         cluster,
@@ -394,6 +394,86 @@ async fn failing_master_skips_its_workers_and_unreachable_host_is_reported() {
         report.outcome("w1").unwrap(),
         HostOutcome::Unreachable { .. }
     ));
+}
+
+/// A `Write` into a buffer the test keeps.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `apply -o json`: every progress event is one JSON object on its own line (steps, the
+/// failing step's last lines, each host's end), in the order they happened.
+#[tokio::test]
+async fn json_progress_is_one_object_per_event() {
+    let b = bed();
+    std::fs::write(
+        b.dir.path().join("bin/kubeadm"),
+        "#!/bin/sh\necho 'preflight: port 6443 in use' >&2\nexit 3\n",
+    )
+    .unwrap();
+    let specs = crate::roles::load_with(&b.inv, ROLES).unwrap();
+    let cluster = FakeCluster::default();
+    let plan = plan_all(&specs, &b.hosts, &cluster, 4, &images::Wanted::new(), 1).await;
+    let log = Log::create(&b.dir.path().join("logs")).unwrap();
+    let out = Shared::default();
+    let progress = Progress::to_writer(crate::progress::Render::JsonLines, Box::new(out.clone()));
+    let cx = Context {
+        hosts: &b.hosts,
+        cluster: &cluster,
+        progress: &progress,
+        log: &log,
+        parallel: 4,
+    };
+    let report = apply(&plan, &cx).await;
+    assert!(!report.ok());
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of = |kind: &'static str| events.iter().filter(move |e| e["event"] == kind);
+    let m1_steps = of("step").filter(|e| e["host"] == "m1").count();
+    assert!(m1_steps >= 1, "{text}");
+    let first = of("step").next().unwrap();
+    assert!(first["index"] == 1 && first["total"].as_u64() > Some(1) && first["t"].is_number(), "{first}");
+    let failure = of("failure").next().unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(failure["host"], "m1");
+    assert_eq!(failure["step"], "master/command:kubeadm init");
+    assert!(
+        failure["tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("port 6443 in use")),
+        "{failure}"
+    );
+    let done: Vec<(String, bool)> = of("host-done")
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap().to_owned(),
+                e["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(done, [("m1".to_string(), false), ("w1".to_string(), false)]);
+    // the master's end comes after its steps, the skipped worker's after the master's
+    let pos = |kind: &'static str, host: &'static str| {
+        events
+            .iter()
+            .rposition(|e| e["event"] == kind && e["host"] == host)
+            .unwrap()
+    };
+    assert!(pos("step", "m1") < pos("host-done", "m1"));
+    assert!(pos("host-done", "m1") < pos("host-done", "w1"));
 }
 
 #[test]

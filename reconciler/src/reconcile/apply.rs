@@ -38,6 +38,8 @@ pub struct ApplyOptions {
     /// How long, after the cluster part, the new pods may take to become ready before old
     /// image versions are removed (they are kept when they are not ready by then).
     pub ready_timeout: Duration,
+    /// How progress shows on stderr (JSON lines with `-o json`).
+    pub render: progress::Render,
 }
 
 /// A part of the plan `apply` is about to execute, shown before it runs.
@@ -138,7 +140,7 @@ pub async fn apply(
         && outcome.report.ok()
         && outcome.cluster.is_ok()
     {
-        outcome.readiness = Some(wait_for_workloads(&o.inventory, timeout).await);
+        outcome.readiness = Some(wait_for_workloads(&o.inventory, timeout, a.render).await);
     }
     Ok(outcome)
 }
@@ -165,7 +167,7 @@ async fn phases(
     show_plan(Shown::Hosts(&plan))?;
     // One log and one renderer for the hosts' steps and, later, the cluster's objects.
     let log = Arc::new(Log::create(&p.state_dir.join("logs"))?);
-    let progress = Arc::new(Progress::new(progress::fancy()));
+    let progress = Arc::new(Progress::new(a.render));
     let cx = Context {
         hosts: &p.hosts,
         cluster: &p.cluster,
@@ -201,7 +203,7 @@ async fn phases(
     // 6. Old images: once the new pods are ready, each host removes the old versions no pod
     //    on it uses (the previous N of each repository stay, for rollback).
     let old_images = if plan.counts.image_removals > 0 && cluster.is_ok() {
-        Some(remove_old_images(o, p, &plan, &mut report, &cx, a.ready_timeout).await)
+        Some(remove_old_images(o, p, &plan, &mut report, &cx, a).await)
     } else {
         None
     };
@@ -437,11 +439,11 @@ async fn remove_old_images(
     plan: &Plan,
     report: &mut ApplyReport,
     cx: &Context<'_, SshHost, KubeCluster>,
-    timeout: Duration,
+    a: &ApplyOptions,
 ) -> PhaseResult {
-    let start = std::time::Instant::now();
+    let (start, timeout) = (std::time::Instant::now(), a.ready_timeout);
     let kept = PhaseError::OldImagesKept;
-    wait_for_workloads(&o.inventory, timeout)
+    wait_for_workloads(&o.inventory, timeout, a.render)
         .await
         .map_err(|e| kept(format!("the new pods are not ready: {e}")))?;
     let client = kubeclient::client_from(&p.inventory.kubeconfig)
@@ -552,7 +554,11 @@ async fn pod_images(
 /// `--wait`, after the locks are released: every Deployment, Job and Service this inventory
 /// renders becomes ready (Deployments the runtime scales to 0 count as ready at 0), and
 /// pruned objects are gone. Progress goes to stderr as `<object>: <what>`.
-async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> PhaseResult {
+async fn wait_for_workloads(
+    inventory: &Path,
+    timeout: Duration,
+    render: progress::Render,
+) -> PhaseResult {
     let not_ready = PhaseError::NotReady;
     let (inv, manifests) = load_and_render(inventory).map_err(|e| not_ready(output::chain(&*e)))?;
     let keys: Vec<ObjectKey> = manifests
@@ -564,7 +570,7 @@ async fn wait_for_workloads(inventory: &Path, timeout: Duration) -> PhaseResult 
         .await
         .map_err(|e| not_ready(output::chain(&e)))?;
     let opts = ClusterApplyOptions {
-        progress: Some(progress::cluster_lines(progress::fancy())),
+        progress: Some(progress::cluster_lines(render)),
         ..Default::default()
     };
     let start = std::time::Instant::now();

@@ -26,6 +26,8 @@ pub struct RollbackOptions {
     pub lock_stale_after: Duration,
     /// Wait this long for the rolled-back workloads to be ready; None: do not wait.
     pub wait: Option<Duration>,
+    /// How progress shows on stderr (JSON lines with `-o json`).
+    pub render: progress::Render,
 }
 
 /// Shows a rollback's plan and says whether to go on (`--yes`, or the operator's answer).
@@ -85,7 +87,7 @@ pub async fn rollback(
     let result = async {
         let history = History::of(&client, &inv);
         let opts = ClusterApplyOptions {
-            progress: Some(progress::cluster_lines(progress::fancy())),
+            progress: Some(progress::cluster_lines(r.render)),
             ..ClusterApplyOptions::default()
         };
         let plan = history::plan_rollback(&client, &history, r.to, opts.concurrency).await?;
