@@ -444,7 +444,10 @@ async fn json_progress_is_one_object_per_event() {
     let m1_steps = of("step").filter(|e| e["host"] == "m1").count();
     assert!(m1_steps >= 1, "{text}");
     let first = of("step").next().unwrap();
-    assert!(first["index"] == 1 && first["total"].as_u64() > Some(1) && first["t"].is_number(), "{first}");
+    assert!(
+        first["index"] == 1 && first["total"].as_u64() > Some(1) && first["t"].is_number(),
+        "{first}"
+    );
     let failure = of("failure").next().unwrap_or_else(|| panic!("{text}"));
     assert_eq!(failure["host"], "m1");
     assert_eq!(failure["step"], "master/command:kubeadm init");

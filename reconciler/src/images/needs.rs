@@ -1,0 +1,112 @@
+//! Which images each host's pods run, and where each is in the sources.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::manifest::Manifests;
+
+use super::error::ImageError;
+use super::reference::normalize;
+use super::sources::{Catalog, SourceImage};
+
+/// host → the images its pods run (resolved in the sources); empty without `imageSources`.
+pub type Wanted = BTreeMap<String, Vec<SourceImage>>;
+
+/// One image a pod on a host runs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Need {
+    /// As written in the pod spec.
+    pub reference: String,
+    /// The object (`Deployment/ns/name`).
+    pub object: String,
+    pub container: String,
+}
+
+/// Every container and init container image of the pods the manifests put on each host:
+/// host → needs, in object order.
+pub fn needed(manifests: &Manifests) -> BTreeMap<String, Vec<Need>> {
+    let mut out: BTreeMap<String, Vec<Need>> = BTreeMap::new();
+    for o in manifests.objects() {
+        let pod = match o.key.kind.as_str() {
+            "Pod" => o.value.pointer("/spec"),
+            "CronJob" => o.value.pointer("/spec/jobTemplate/spec/template/spec"),
+            "Deployment" | "Job" | "DaemonSet" | "StatefulSet" | "ReplicaSet" => {
+                o.value.pointer("/spec/template/spec")
+            }
+            _ => None,
+        };
+        let Some(pod) = pod else { continue };
+        let host = pod
+            .pointer("/nodeSelector/kubernetes.io~1hostname")
+            .and_then(|v| v.as_str())
+            .unwrap_or(&o.node)
+            .to_string();
+        for list in ["initContainers", "containers"] {
+            for c in pod
+                .get(list)
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(image) = c.get("image").and_then(|v| v.as_str()) {
+                    out.entry(host.clone()).or_default().push(Need {
+                        reference: image.to_string(),
+                        object: o.key.to_string(),
+                        container: c
+                            .get("name")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("?")
+                            .to_string(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each host's images from the catalog (each once, by normalised reference, in first-need
+/// order); every image no source has is an error naming host, object and reference.
+pub fn resolve(
+    needs: &BTreeMap<String, Vec<Need>>,
+    catalog: &Catalog,
+) -> Result<BTreeMap<String, Vec<SourceImage>>, Vec<ImageError>> {
+    let mut out: BTreeMap<String, Vec<SourceImage>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let sources = catalog
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (host, list) in needs {
+        let imgs = out.entry(host.clone()).or_default();
+        let mut missing = BTreeSet::new();
+        for n in list {
+            match catalog.get(&n.reference) {
+                Some(img) => {
+                    let mut img = img.clone();
+                    img.reference = normalize(&n.reference);
+                    if !imgs.iter().any(|i| i.reference == img.reference) {
+                        imgs.push(img);
+                    }
+                }
+                None => {
+                    if missing.insert(n.reference.clone()) {
+                        errors.push(ImageError::Missing {
+                            host: host.clone(),
+                            object: n.object.clone(),
+                            container: n.container.clone(),
+                            reference: n.reference.clone(),
+                            sources: sources.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
