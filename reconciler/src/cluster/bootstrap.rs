@@ -247,7 +247,7 @@ impl ClusterOps for KubeCluster {
                         Ok(w) if w.is_empty() => ClusterCheck::Unchanged,
                         Ok(w) => ClusterCheck::Warnings(w),
                         Err(e) => ClusterCheck::Warnings(vec![format!(
-                            "{host}: cannot compare the init settings: {e}"
+                            "{host}: cannot compare the init settings: kube-system/kubeadm-config ClusterConfiguration: {e}"
                         )]),
                     }
                 }
@@ -336,7 +336,7 @@ pub fn init_settings_warnings(
     extra_sans: &[String],
     kubernetes_version: &str,
     cluster_configuration: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, serde_saphyr::Error> {
     #[derive(serde::Deserialize, Default)]
     #[serde(rename_all = "camelCase", default)]
     struct ClusterConfiguration {
@@ -355,8 +355,7 @@ pub fn init_settings_warnings(
         #[serde(rename = "certSANs")]
         cert_sans: Vec<String>,
     }
-    let cc: ClusterConfiguration = serde_saphyr::from_str(cluster_configuration)
-        .map_err(|e| format!("kube-system/kubeadm-config ClusterConfiguration: {e}"))?;
+    let cc: ClusterConfiguration = serde_saphyr::from_str(cluster_configuration)?;
     let fixed = |var: &str, was: &str, now: &str| {
         format!(
             "{host}: {var} cannot change after `kubeadm init`: the cluster was initialised with {was}, the inventory now says {now}; nothing will change it (to apply it: `kubeadm reset` on {host}, then apply again)"

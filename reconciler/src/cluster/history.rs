@@ -126,15 +126,14 @@ impl History {
 
     /// Every revision, oldest first, each decoded or with why it cannot be read (`history`
     /// lists the readable ones whatever the others hold).
-    pub async fn decoded(&self) -> Result<Vec<(Header, Result<Revision, String>)>, HistoryError> {
+    pub async fn decoded(
+        &self,
+    ) -> Result<Vec<(Header, Result<Revision, RevisionError>)>, HistoryError> {
         Ok(self
             .list()
             .await?
             .into_iter()
-            .map(|(h, secret)| {
-                let r = revision::from_secret(&secret).map_err(|e| e.to_string());
-                (h, r)
-            })
+            .map(|(h, secret)| (h, revision::from_secret(&secret)))
             .collect())
     }
 

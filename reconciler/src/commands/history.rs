@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cluster::history::History;
 use crate::kubeclient;
-use crate::revision::{self, Header, OwnerChange, Revision};
+use crate::revision::{self, Header, OwnerChange, Revision, RevisionError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -51,9 +51,9 @@ pub struct Entry {
 }
 
 /// The entries of a history (oldest first), from each Secret's header and decoded revision.
-pub fn entries(revisions: &[(Header, Result<Revision, String>)]) -> Vec<Entry> {
+pub fn entries(revisions: &[(Header, Result<Revision, RevisionError>)]) -> Vec<Entry> {
     let mut out = Vec::new();
-    let mut before: Option<&Result<Revision, String>> = None;
+    let mut before: Option<&Result<Revision, RevisionError>> = None;
     for (h, r) in revisions {
         let changes = match (before, r) {
             (None, Ok(r)) => Some(revision::changes(None, r)),
@@ -71,7 +71,7 @@ pub fn entries(revisions: &[(Header, Result<Revision, String>)]) -> Vec<Entry> {
             description: ok.map(Revision::describe),
             inputs: ok.map(|r| r.inputs.clone()),
             changes,
-            error: r.as_ref().err().cloned(),
+            error: r.as_ref().err().map(|e| crate::output::chain(e)),
         });
         before = Some(r);
     }
@@ -211,7 +211,10 @@ mod tests {
             ),
             (
                 header(4, Status::Applied, None),
-                Err("revision Secret aion-revision.lab.v4: data is not gzip".to_string()),
+                Err(RevisionError::Corrupt {
+                    secret: "aion-revision.lab.v4".into(),
+                    what: "data is not gzip".into(),
+                }),
             ),
             (
                 header(5, Status::Applied, None),
@@ -244,7 +247,10 @@ mod tests {
         assert!(e[4].changes.is_none());
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json[1]["status"], "failed");
-        assert_eq!(json[3]["error"], revisions[3].1.clone().unwrap_err());
+        assert_eq!(
+            json[3]["error"],
+            "revision Secret aion-revision.lab.v4: data is not gzip"
+        );
         assert_eq!(
             render_text("lab", &[]),
             "inventory lab: no revisions recorded yet\n"

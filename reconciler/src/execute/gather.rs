@@ -1,7 +1,6 @@
 //! Facts and the plan: one script per host (one round trip, in parallel up to a cap), the
 //! cluster steps checked once a master has nothing left to do on the host side.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -9,7 +8,7 @@ use tokio::sync::Semaphore;
 
 use crate::cluster::bootstrap::ClusterOps;
 use crate::facts::{self, FactsError, HostFacts};
-use crate::host::{Host, HostError};
+use crate::host::{Connections, Host, HostError};
 use crate::images;
 use crate::plan::{self, ClusterCheck, HostPlan, Plan};
 use crate::progress::tail;
@@ -81,7 +80,7 @@ pub fn local_facts(specs: &[HostSpec]) -> LocalFacts {
 /// ones of each image repository it runs (removed after the cluster part, `- image`).
 pub async fn plan_all<H: Host, C: ClusterOps>(
     specs: &[HostSpec],
-    hosts: &BTreeMap<String, Result<Arc<H>, String>>,
+    hosts: &Connections<H>,
     cluster: &C,
     parallel: usize,
     images: &images::Wanted,
@@ -108,7 +107,7 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
             };
             let host = match hosts.get(&spec.host.name) {
                 Some(Ok(h)) => h.clone(),
-                Some(Err(e)) => return unreachable(e.clone()),
+                Some(Err(e)) => return unreachable(e.to_string()),
                 None => return unreachable("not connected".into()),
             };
             let t = std::time::Instant::now();

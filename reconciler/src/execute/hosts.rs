@@ -107,7 +107,11 @@ async fn run_host<H: Host, C: ClusterOps>(
     }
     let host = match cx.hosts.get(&hp.host) {
         Some(Ok(h)) => h.clone(),
-        Some(Err(e)) => return HostOutcome::Unreachable { error: e.clone() },
+        Some(Err(e)) => {
+            return HostOutcome::Unreachable {
+                error: e.to_string(),
+            };
+        }
         None => {
             return HostOutcome::Unreachable {
                 error: "not connected".into(),

@@ -1,10 +1,7 @@
 //! What the phases share: how a step and a host ended, the report, the context.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use crate::cluster::bootstrap::ClusterOps;
-use crate::host::Host;
+use crate::host::{Connections, Host};
 use crate::images;
 use crate::progress::{Log, Progress};
 
@@ -84,7 +81,7 @@ impl ApplyReport {
 
 /// Everything `apply` needs besides the plan.
 pub struct Context<'a, H: Host, C: ClusterOps> {
-    pub hosts: &'a BTreeMap<String, Result<Arc<H>, String>>,
+    pub hosts: &'a Connections<H>,
     pub cluster: &'a C,
     pub progress: &'a Progress,
     pub log: &'a Log,

@@ -137,7 +137,7 @@ fn inv_host(name: &str, role: Role) -> InvHost {
 struct Bed {
     dir: tempfile::TempDir,
     inv: Inventory,
-    hosts: BTreeMap<String, Result<Arc<LocalHost>, String>>,
+    hosts: crate::host::Connections<LocalHost>,
 }
 
 fn bed() -> Bed {
@@ -380,7 +380,11 @@ async fn failing_master_skips_its_workers_and_unreachable_host_is_reported() {
     let mut hosts = b2.hosts.clone();
     hosts.insert(
         "w1".into(),
-        Err("w1: cannot connect over SSH: timeout".into()),
+        Err(Arc::new(crate::host::HostError::Connect {
+            host: "w1".into(),
+            destination: "root@10.0.0.3".into(),
+            message: "timeout".into(),
+        })),
     );
     let bb = Bed {
         dir: b2.dir,

@@ -43,6 +43,11 @@ impl Output {
 }
 
 /// A host could not be reached or the transport broke (not: a script failed).
+/// Each host's connection by name, or why it could not be made (the plan shows the host as
+/// unreachable, `apply` skips it; the others go on).
+pub type Connections<H> =
+    std::collections::BTreeMap<String, Result<std::sync::Arc<H>, std::sync::Arc<HostError>>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("{host}: cannot connect over SSH to {destination}: {message}")]

@@ -45,9 +45,20 @@ impl RateLimit {
     }
 }
 
+/// Why a `--max-upload-rate` value is not a rate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    #[error("{0:?} is not a rate: bytes per second, e.g. 500K, 10M, 1G")]
+    NotARate(String),
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+    #[error("{0:?}: the rate must be above 0")]
+    Zero(String),
+}
+
 /// `10M`, `512K`, `1G`, `2000000` (bytes per second; K, M, G are powers of 1024, an optional
 /// `B`, `/s` or `iB` after them is accepted). For clap's `value_parser`.
-pub fn parse_rate(text: &str) -> Result<u64, String> {
+pub fn parse_rate(text: &str) -> Result<u64, RateError> {
     let t = text.trim();
     let t = t.strip_suffix("/s").unwrap_or(t);
     let t = t
@@ -64,20 +75,18 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         "m" | "M" => 20,
         "g" | "G" => 30,
         _ => {
-            return Err(format!(
-                "{text:?} is not a rate: bytes per second, e.g. 500K, 10M, 1G"
-            ));
+            return Err(RateError::NotARate(text.into()));
         }
     };
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a rate: bytes per second, e.g. 500K, 10M, 1G"))?;
+        .map_err(|_| RateError::NotARate(text.into()))?;
     let rate = n
         .checked_shl(shift)
         .filter(|r| r >> shift == n)
-        .ok_or_else(|| format!("{text:?} is too large"))?;
+        .ok_or_else(|| RateError::TooLarge(text.into()))?;
     if rate == 0 {
-        return Err(format!("{text:?}: the rate must be above 0"));
+        return Err(RateError::Zero(text.into()));
     }
     Ok(rate)
 }

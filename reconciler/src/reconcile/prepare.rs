@@ -1,7 +1,6 @@
 //! Loading, preparing (roles rendered, hosts connected) and planning: what `plan`, `apply`
 //! and the read-only commands share.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::cluster::bootstrap::KubeCluster;
 use crate::cluster::{self, ClusterPlan};
 use crate::execute::{self};
+use crate::host::Connections;
 use crate::host::ssh::{SshHost, SshOptions};
 use crate::images;
 use crate::kubeclient;
@@ -104,7 +104,7 @@ fn report(diags: &[aion_model::Diagnostic], what: &Path) -> anyhow::Result<()> {
 pub struct Prepared {
     pub inventory: aion_model::Inventory,
     pub specs: Vec<HostSpec>,
-    pub hosts: BTreeMap<String, Result<Arc<SshHost>, String>>,
+    pub hosts: Connections<SshHost>,
     pub cluster: KubeCluster,
     /// `<inventory dir>/.aion`: local lock, logs, SSH control sockets.
     pub state_dir: PathBuf,
@@ -150,10 +150,7 @@ pub async fn prepare(o: &Options) -> anyhow::Result<Prepared> {
             let t = std::time::Instant::now();
             let conn = SshHost::connect(h, opts).await;
             tracing::debug!(host = %h.name, ms = t.elapsed().as_millis() as u64, "connected");
-            (
-                h.name.clone(),
-                conn.map(Arc::new).map_err(|e| e.to_string()),
-            )
+            (h.name.clone(), conn.map(Arc::new).map_err(Arc::new))
         }
     }))
     .await;
@@ -199,7 +196,7 @@ pub fn state_dir(inventory: &Path) -> PathBuf {
 }
 
 /// Close every SSH master connection.
-pub async fn close(hosts: BTreeMap<String, Result<Arc<SshHost>, String>>) {
+pub async fn close(hosts: Connections<SshHost>) {
     join_all(
         hosts
             .into_values()
