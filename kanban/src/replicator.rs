@@ -87,16 +87,18 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// A name that is not one of [`Outcome::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an outcome ({names})", names = Outcome::ALL.map(Outcome::as_str).join(", "))]
+pub struct UnknownOutcome(pub String);
+
 impl std::str::FromStr for Outcome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Outcome, String> {
+    type Err = UnknownOutcome;
+    fn from_str(s: &str) -> Result<Outcome, UnknownOutcome> {
         Outcome::ALL
             .into_iter()
             .find(|o| o.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
-                format!("{s:?} is not an outcome ({})", names.join(", "))
-            })
+            .ok_or_else(|| UnknownOutcome(s.to_owned()))
     }
 }
 
@@ -110,7 +112,7 @@ impl rusqlite::types::FromSql for Outcome {
     fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
         v.as_str()?
             .parse()
-            .map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+            .map_err(|e: UnknownOutcome| rusqlite::types::FromSqlError::Other(Box::new(e)))
     }
 }
 

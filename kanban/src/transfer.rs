@@ -73,6 +73,32 @@ pub enum TransferError {
     Io(String),
 }
 
+/// Why sending a kanban's files failed; the caller retries the whole transfer under a new id.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sending {name}: {source}")]
+    Publish {
+        name: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("sending {name}: {source}")]
+    Unconfirmed {
+        name: String,
+        #[source]
+        source: crate::amqp::AmqpError,
+    },
+    /// The last chunks' confirms (after every file was read).
+    #[error(transparent)]
+    Confirm(#[from] crate::amqp::AmqpError),
+}
+
 /// A fresh transfer id (128 random bits, hex).
 pub fn new_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -140,7 +166,7 @@ pub async fn send_files(
     ch: &lapin::Channel,
     queue: &str,
     files: &[(String, PathBuf)],
-) -> Result<Manifest, String> {
+) -> Result<Manifest, SendError> {
     use std::collections::VecDeque;
     let id = new_id();
     let props = lapin::BasicProperties::default()
@@ -150,11 +176,15 @@ pub async fn send_files(
     let mut entries = Vec::with_capacity(files.len());
     let mut buf = vec![0u8; CHUNK_SIZE];
     for (index, (name, path)) in files.iter().enumerate() {
-        let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let read_error = |source| SendError::Read {
+            path: path.clone(),
+            source,
+        };
+        let mut f = File::open(path).map_err(read_error)?;
         let mut h = Sha256::new();
         let mut offset = 0u64;
         loop {
-            let n = read_full(&mut f, &mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+            let n = read_full(&mut f, &mut buf).map_err(read_error)?;
             if n == 0 && offset > 0 {
                 break;
             }
@@ -174,14 +204,20 @@ pub async fn send_files(
                     props.clone(),
                 )
                 .await
-                .map_err(|e| format!("sending {name}: {e}"))?;
+                .map_err(|source| SendError::Publish {
+                    name: name.clone(),
+                    source,
+                })?;
             pending.push_back(c);
             if pending.len() >= WINDOW
                 && let Some(c) = pending.pop_front()
             {
-                crate::amqp::confirmed(queue, c)
-                    .await
-                    .map_err(|e| format!("sending {name}: {e}"))?;
+                crate::amqp::confirmed(queue, c).await.map_err(|source| {
+                    SendError::Unconfirmed {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
             }
             offset += n as u64;
             if n < CHUNK_SIZE {
@@ -195,9 +231,7 @@ pub async fn send_files(
         });
     }
     for c in pending {
-        crate::amqp::confirmed(queue, c)
-            .await
-            .map_err(|e| e.to_string())?;
+        crate::amqp::confirmed(queue, c).await?;
     }
     Ok(Manifest {
         transfer: id,

@@ -30,7 +30,7 @@ use session::{Session, Source};
 use settle::Settler;
 
 pub use crate::config::{ConfigError, load_services};
-pub use files::{Forwarded, ForwardedFile, resolve_files, store_files};
+pub use files::{FileError, Forwarded, ForwardedFile, resolve_files, store_files};
 pub use options::{RouterOptions, ServicesSource};
 
 enum End {
@@ -295,6 +295,7 @@ mod tests {
         assert!(
             resolve_files(&data, &["Data/a_1/link".into()])
                 .unwrap_err()
+                .to_string()
                 .contains("outside")
         );
         assert!(resolve_files(&data, &["Data/missing".into()]).is_err());

@@ -452,8 +452,8 @@ impl Session {
         number: i32,
         k: &Kanban,
     ) -> Result<(), ForwardError> {
-        let files =
-            resolve_files(&self.opts.data_dir, &k.file_list).map_err(ForwardError::Reject)?;
+        let files = resolve_files(&self.opts.data_dir, &k.file_list)
+            .map_err(|e| ForwardError::Reject(e.to_string()))?;
         let from_device = self.device.clone();
         let ch = self
             .remote_channel(device, addr)
@@ -466,7 +466,7 @@ impl Session {
             Some(
                 transfer::send_files(ch, INBOUND_QUEUE, &files)
                     .await
-                    .map_err(ForwardError::Retry)?,
+                    .map_err(|e| ForwardError::Retry(e.to_string()))?,
             )
         };
         let env = Forwarded {
@@ -514,30 +514,35 @@ impl Session {
             }
             return Ok(());
         }
-        let reject = |reason: String| reason;
-        let parsed: Result<Forwarded, String> = serde_json::from_slice(&d.data)
-            .map_err(|e| reject(format!("not a forwarded kanban: {e}")));
+        let parsed =
+            serde_json::from_slice::<Forwarded>(&d.data).map_err(InboundRefusal::NotForwarded);
         let result = parsed.and_then(|f| {
-            let ms = self.services.microservice(&f.service).ok_or_else(|| {
-                format!(
-                    "forwarded to `{}`, which is not a microservice here",
-                    f.service
-                )
-            })?;
+            let ms = self
+                .services
+                .microservice(&f.service)
+                .ok_or_else(|| InboundRefusal::NoSuchService(f.service.clone()))?;
             if f.number < 1 || f.number > ms.scale.max(1) {
-                return Err(format!(
-                    "forwarded to instance {} of `{}` (scale {})",
-                    f.number, f.service, ms.scale
-                ));
+                return Err(InboundRefusal::NoSuchInstance {
+                    service: f.service.clone(),
+                    number: f.number,
+                    scale: ms.scale,
+                });
             }
             Ok((f, ms.clone()))
         });
         let (f, ms) = match result {
             Ok(x) => x,
-            Err(reason) => {
+            Err(refusal) => {
                 rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
                 return self
-                    .reject(&d, INBOUND_DLQ, INBOUND_QUEUE, reason, rec, inflight)
+                    .reject(
+                        &d,
+                        INBOUND_DLQ,
+                        INBOUND_QUEUE,
+                        refusal.to_string(),
+                        rec,
+                        inflight,
+                    )
                     .await;
             }
         };
@@ -650,6 +655,21 @@ impl Session {
         });
         Ok(())
     }
+}
+
+/// Why a message on this device's inbound queue is dead-lettered (its `x-aion-reason`).
+#[derive(Debug, thiserror::Error)]
+enum InboundRefusal {
+    #[error("not a forwarded kanban: {0}")]
+    NotForwarded(serde_json::Error),
+    #[error("forwarded to `{0}`, which is not a microservice here")]
+    NoSuchService(String),
+    #[error("forwarded to instance {number} of `{service}` (scale {scale})")]
+    NoSuchInstance {
+        service: String,
+        number: i32,
+        scale: i32,
+    },
 }
 
 /// Start instances `(service, number)` on demand, off the routing and ack path (an apiserver
