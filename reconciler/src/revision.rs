@@ -98,6 +98,12 @@ pub struct Revision {
     pub inputs: BTreeMap<String, String>,
     /// Container images per owner (microservice or `core/<part>`), sorted.
     pub images: BTreeMap<String, BTreeSet<String>>,
+    /// The manifest digest of each image, by the reference the objects name, where `apply`
+    /// sent it from `imageSources` (absent in revisions of installations without them, and in
+    /// revisions written before digests were recorded: the format is unchanged). A tag that
+    /// points at new content (`:latest` rebuilt) is a change in `history` through these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
     /// The rendered objects, node by node, each node in apply order.
     pub objects: Vec<StoredObject>,
 }
@@ -115,12 +121,14 @@ pub enum RevisionError {
 }
 
 impl Revision {
-    /// A revision of `manifests`, numbered `number`.
+    /// A revision of `manifests`, numbered `number`; `digests`: normalised reference ([`crate::images::normalize`]) → manifest digest of
+    /// the images `apply` sent (only those the objects name are kept, by the reference they name).
     pub fn new(
         number: u32,
         manifests: &Manifests,
         origin: Origin,
         inputs: BTreeMap<String, String>,
+        digests: &BTreeMap<String, String>,
         applied_by: String,
     ) -> Revision {
         let mut objects = Vec::new();
@@ -134,6 +142,17 @@ impl Revision {
                 });
             }
         }
+        let images = images_of(objects.iter().map(|o| (o.owner.as_str(), &o.value)));
+        let digests = images
+            .values()
+            .flatten()
+            .filter_map(|r| {
+                let d = digests
+                    .get(r)
+                    .or_else(|| digests.get(&crate::images::normalize(r)))?;
+                Some((r.clone(), d.clone()))
+            })
+            .collect();
         Revision {
             format: FORMAT,
             number,
@@ -143,7 +162,8 @@ impl Revision {
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             applied_by,
             inputs,
-            images: images_of(objects.iter().map(|o| (o.owner.as_str(), &o.value))),
+            images,
+            digests,
             objects,
         }
     }
@@ -406,25 +426,38 @@ pub fn changes(before: Option<&Revision>, after: &Revision) -> Vec<OwnerChange> 
         }
         m
     };
-    let empty = BTreeMap::new();
+    // An image as `ref@digest` where the digest is known in both revisions (so one without
+    // digests, older or without imageSources, does not show every image as changed).
+    let both = |r: &String| {
+        before.is_some_and(|b| b.digests.contains_key(r)) && after.digests.contains_key(r)
+    };
+    let pinned = |rev: &Revision, owner: &String| -> BTreeSet<String> {
+        rev.images
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .map(|r| match rev.digests.get(r) {
+                Some(d) if both(r) => format!("{r}@{d}"),
+                _ => r.clone(),
+            })
+            .collect()
+    };
     let (old, new) = (before.map(group).unwrap_or_default(), group(after));
-    let old_images = before.map(|b| &b.images).unwrap_or(&empty);
     let owners: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    let none = BTreeSet::new();
     let mut out = Vec::new();
     for owner in owners {
+        let (was, is) = (
+            before.map(|b| pinned(b, owner)).unwrap_or_default(),
+            pinned(after, owner),
+        );
         let symbol = match (old.get(owner), new.get(owner)) {
             (None, Some(_)) => "+",
             (Some(_), None) => "-",
-            (Some(a), Some(b)) if a != b => "~",
+            (Some(a), Some(b)) if a != b || was != is => "~",
             _ => continue,
         };
-        let (was, is) = (
-            old_images.get(owner).unwrap_or(&none),
-            after.images.get(owner).unwrap_or(&none),
-        );
-        let gone: Vec<&String> = was.difference(is).collect();
-        let came: Vec<&String> = is.difference(was).collect();
+        let gone: Vec<&String> = was.difference(&is).collect();
+        let came: Vec<&String> = is.difference(&was).collect();
         let mut images = Vec::new();
         for i in 0..gone.len().max(came.len()) {
             images.push((
@@ -482,12 +515,21 @@ mod tests {
     }
 
     fn rev(number: u32, objs: &[(&str, Value)]) -> Revision {
+        rev_with(number, objs, &BTreeMap::new())
+    }
+
+    fn rev_with(
+        number: u32,
+        objs: &[(&str, Value)],
+        digests: &BTreeMap<String, String>,
+    ) -> Revision {
         let inputs = BTreeMap::from([("inventory".to_string(), sha256_hex(b"x"))]);
         Revision::new(
             number,
             &manifests(objs),
             Origin::Apply,
             inputs,
+            digests,
             "me@here".into(),
         )
     }
@@ -597,6 +639,59 @@ mod tests {
         // Against nothing: everything is new; against itself: nothing changed.
         assert!(changes(None, &a).iter().all(|c| c.symbol == "+"));
         assert!(changes(Some(&a), &a).is_empty());
+    }
+
+    /// A tag rebuilt with new content (`:latest`): the objects are the same, the digest is not;
+    /// `history` shows it as a change of that microservice's image. Revisions without digests
+    /// (older ones, installations without imageSources) compare by reference as before.
+    #[test]
+    fn a_retagged_image_is_a_change_through_its_digest() {
+        let objs = [
+            ("sink", deployment("sink", "aion.local/sink:latest", "a")),
+            ("redis", deployment("redis", "redis:7", "a")),
+        ];
+        // keyed by the normalised reference, as apply passes them
+        let v1 = BTreeMap::from([
+            (
+                "aion.local/sink:latest".to_string(),
+                "sha256:1111".to_string(),
+            ),
+            (
+                "docker.io/library/redis:7".to_string(),
+                "sha256:7777".to_string(),
+            ),
+            ("aion.local/unused:1".to_string(), "sha256:0000".to_string()),
+        ]);
+        let mut v2 = v1.clone();
+        v2.insert("aion.local/sink:latest".into(), "sha256:2222".into());
+        let (a, b) = (rev_with(1, &objs, &v1), rev_with(2, &objs, &v2));
+        // recorded by the reference the objects name, only for images they name
+        assert_eq!(
+            a.digests,
+            BTreeMap::from([
+                (
+                    "aion.local/sink:latest".to_string(),
+                    "sha256:1111".to_string()
+                ),
+                ("redis:7".to_string(), "sha256:7777".to_string()),
+            ])
+        );
+        let c = changes(Some(&a), &b);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].symbol, c[0].owner.as_str()), ("~", "sink"));
+        assert_eq!(
+            c[0].images,
+            [(
+                "aion.local/sink:latest@sha256:1111".to_string(),
+                "aion.local/sink:latest@sha256:2222".to_string()
+            )]
+        );
+        assert!(changes(Some(&b), &b).is_empty());
+        // against a revision without digests: nothing to compare, no change
+        assert!(changes(Some(&rev(1, &objs)), &b).is_empty());
+        // and the digests survive the Secret round trip
+        let back = from_secret(&to_secret(&b, "default")).unwrap();
+        assert_eq!(back.digests, b.digests);
     }
 
     #[test]

@@ -580,7 +580,13 @@ async fn apply_and_record(
         .unwrap();
     let inputs = BTreeMap::from([("inventory".to_string(), "test".to_string())]);
     history
-        .record(m, Origin::Apply, inputs, inv.revision_history)
+        .record(
+            m,
+            Origin::Apply,
+            inputs,
+            &Default::default(),
+            inv.revision_history,
+        )
         .await
         .unwrap()
 }

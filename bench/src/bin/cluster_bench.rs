@@ -476,6 +476,7 @@ fn child_apply(inv: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
                     &manifests,
                     aion_reconcile::revision::Origin::Apply,
                     inputs,
+                    &Default::default(),
                     inv.revision_history,
                 )
                 .await?;

@@ -178,6 +178,7 @@ impl History {
         manifests: &Manifests,
         origin: Origin,
         inputs: BTreeMap<String, String>,
+        digests: &BTreeMap<String, String>,
         keep: u32,
     ) -> Result<u32, HistoryError> {
         let mut numbers: Vec<u32> = self.list().await?.iter().map(|(h, _)| h.number).collect();
@@ -191,6 +192,7 @@ impl History {
                 manifests,
                 origin.clone(),
                 inputs.clone(),
+                digests,
                 applied_by.clone(),
             );
             let secret: Secret = serde_json::from_value(revision::to_secret(&rev, &self.namespace))
@@ -295,6 +297,7 @@ pub async fn execute_rollback(
             &rollback.target.manifests(),
             origin,
             rollback.target.inputs.clone(),
+            &rollback.target.digests,
             keep,
         )
         .await?;

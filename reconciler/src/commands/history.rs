@@ -175,7 +175,14 @@ mod tests {
                 }],
             }],
         };
-        Revision::new(number, &m, origin, BTreeMap::new(), "me@here".into())
+        Revision::new(
+            number,
+            &m,
+            origin,
+            BTreeMap::new(),
+            &BTreeMap::new(),
+            "me@here".into(),
+        )
     }
 
     fn header(number: u32, status: Status, reason: Option<&str>) -> Header {

@@ -38,7 +38,7 @@ mod transfer;
 
 pub use crate::facts::IMPORTED_LABEL;
 pub use error::ImageError;
-pub use needs::{Need, Wanted, needed, resolve};
+pub use needs::{Need, Wanted, digests, needed, resolve};
 pub use plan::{ImageChange, human_bytes, plan_host};
 pub use reference::normalize;
 pub use removal::{

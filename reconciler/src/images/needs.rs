@@ -110,3 +110,12 @@ pub fn resolve(
         Err(errors)
     }
 }
+
+/// Normalised reference → manifest digest of every image in `wanted` (what a revision records).
+pub fn digests(wanted: &Wanted) -> BTreeMap<String, String> {
+    wanted
+        .values()
+        .flatten()
+        .map(|i| (i.reference.clone(), i.digest.clone()))
+        .collect()
+}

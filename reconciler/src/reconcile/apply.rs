@@ -227,6 +227,8 @@ struct Desired {
     inventory: Inventory,
     manifests: Manifests,
     plan: ClusterPlan,
+    /// The digests of the images sent from `imageSources` (recorded in the revision).
+    digests: BTreeMap<String, String>,
 }
 
 /// Phase 4 of [`phases`]: the cluster part, planned after the hosts; skipped (an error naming the hosts) when
@@ -256,6 +258,7 @@ async fn plan_cluster_after(
             inventory,
             manifests,
             plan,
+            digests: images::digests(&p.images),
         })
     };
     planned
@@ -303,7 +306,7 @@ async fn apply_cluster(
     };
     let inputs = history::input_hashes(&d.inventory)?;
     let number = match history
-        .record(&d.manifests, Origin::Apply, inputs, keep)
+        .record(&d.manifests, Origin::Apply, inputs, &d.digests, keep)
         .await
     {
         Ok(n) => n,
