@@ -10,7 +10,7 @@ use aion_model::Inventory;
 use super::locks::Locks;
 use super::phase::{PhaseError, PhaseResult};
 use super::prepare::{
-    Options, Prepared, close, load_and_render, nothing_to_do, plan_both, prepare,
+    Options, Prepared, close, load_and_render, nothing_to_do, plan_both, plan_hosts, prepare,
 };
 use crate::cluster::bootstrap::KubeCluster;
 use crate::cluster::history::{self, History};
@@ -155,15 +155,7 @@ async fn phases(
 ) -> anyhow::Result<Outcome> {
     // 1. Re-plan under the locks (someone may have changed the hosts meanwhile): this is the
     //    plan shown and executed.
-    let plan = execute::plan_all(
-        &p.specs,
-        &p.hosts,
-        &p.cluster,
-        o.parallel,
-        &p.images,
-        p.inventory.previous_images,
-    )
-    .await;
+    let plan = plan_hosts(o, p).await;
     show_plan(Shown::Hosts(&plan))?;
     // One log and one renderer for the hosts' steps and, later, the cluster's objects.
     let log = Arc::new(Log::create(&p.state_dir.join("logs"))?);

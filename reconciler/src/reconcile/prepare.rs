@@ -234,16 +234,22 @@ pub async fn plan_cluster(inventory: &Path, kubeconfig: &Path) -> anyhow::Result
 /// cluster part needs only the kubeconfig, not the host facts).
 pub async fn plan_both(o: &Options, p: &Prepared) -> (Plan, anyhow::Result<ClusterPart>) {
     tokio::join!(
-        execute::plan_all(
-            &p.specs,
-            &p.hosts,
-            &p.cluster,
-            o.parallel,
-            &p.images,
-            p.inventory.previous_images,
-        ),
+        plan_hosts(o, p),
         plan_cluster(&o.inventory, &p.inventory.kubeconfig)
     )
+}
+
+/// The host plan: every host's facts against its roles, images and cluster steps.
+pub async fn plan_hosts(o: &Options, p: &Prepared) -> Plan {
+    execute::plan_all(
+        &p.specs,
+        &p.hosts,
+        &p.cluster,
+        o.parallel,
+        &p.images,
+        p.inventory.previous_images,
+    )
+    .await
 }
 
 /// `plan`: connect, plan both parts, close. Nothing is changed.
