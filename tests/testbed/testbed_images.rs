@@ -782,6 +782,33 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
         );
         assert!(content.contains(&v[1].layers[1]), "{}", h.name);
     }
+    // The revisions of 2 and 3 record the digest each sent (newest last).
+    let revisions = rt().block_on(async {
+        let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
+            .await
+            .unwrap();
+        let inventory = aion_reconcile::reconcile::load_inventory(&inv).unwrap();
+        aion_reconcile::cluster::history::History::of(&client, &inventory)
+            .decoded()
+            .await
+            .unwrap()
+    });
+    let digests: Vec<_> = revisions
+        .iter()
+        .rev()
+        .take(2)
+        .map(|(_, r)| r.as_ref().unwrap().digests.clone())
+        .collect();
+    assert_eq!(
+        digests[0].get(&v[2].reference),
+        Some(&v[2].digest),
+        "{digests:?}"
+    );
+    assert_eq!(
+        digests[1].get(&v[1].reference),
+        Some(&v[1].digest),
+        "{digests:?}"
+    );
     let pods: Vec<String> = rt().block_on(async {
         let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
             .await
