@@ -147,9 +147,7 @@ impl Revision {
             .values()
             .flatten()
             .filter_map(|r| {
-                let d = digests
-                    .get(r)
-                    .or_else(|| digests.get(&crate::images::normalize(r)))?;
+                let d = digests.get(&crate::images::normalize(r))?;
                 Some((r.clone(), d.clone()))
             })
             .collect();

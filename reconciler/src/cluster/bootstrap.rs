@@ -170,13 +170,32 @@ impl KubeCluster {
 }
 
 async fn get_node(nodes: &Api<Node>, node: &str) -> Result<Option<Node>, ClusterError> {
-    nodes
-        .get_opt(node)
-        .await
-        .map_err(|source| ClusterError::Api {
-            object: format!("Node/{node}"),
-            source,
-        })
+    nodes.get_opt(node).await.map_err(node_err(node))
+}
+
+fn node_err(node: &str) -> impl FnOnce(kube::Error) -> ClusterError {
+    let object = format!("Node/{node}");
+    move |source| ClusterError::Api { object, source }
+}
+
+/// Poll `node` until `done` holds for it (it exists and, e.g., is Ready); None when `poll`
+/// runs out first.
+async fn poll_node(
+    nodes: &Api<Node>,
+    node: &str,
+    poll: Poll,
+    done: impl Fn(&Node) -> bool,
+) -> Result<Option<Node>, ClusterError> {
+    loop {
+        if let Some(n) = get_node(nodes, node).await?
+            && done(&n)
+        {
+            return Ok(Some(n));
+        }
+        if !poll.tick().await {
+            return Ok(None);
+        }
+    }
 }
 
 /// The API `key` lives in (its namespace when namespaced).
@@ -274,16 +293,11 @@ impl ClusterOps for KubeCluster {
             ClusterStep::Untaint { node } => {
                 let nodes: Api<Node> = Api::all(client);
                 let poll = Poll::new(NODE_REGISTRATION, Duration::from_secs(1));
-                let n = loop {
-                    if let Some(n) = get_node(&nodes, node).await? {
-                        break n;
-                    }
-                    if !poll.tick().await {
-                        return Err(ClusterError::NodeNotRegistered {
-                            node: node.clone(),
-                            secs: NODE_REGISTRATION.as_secs(),
-                        });
-                    }
+                let Some(n) = poll_node(&nodes, node, poll, |_| true).await? else {
+                    return Err(ClusterError::NodeNotRegistered {
+                        node: node.clone(),
+                        secs: NODE_REGISTRATION.as_secs(),
+                    });
                 };
                 let keep: Vec<_> = n
                     .spec
@@ -296,10 +310,7 @@ impl ClusterOps for KubeCluster {
                 nodes
                     .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
-                    .map_err(|source| ClusterError::Api {
-                        object: format!("Node/{node}"),
-                        source,
-                    })?;
+                    .map_err(node_err(node))?;
                 Ok(format!("removed master/control-plane taints from {node}"))
             }
             ClusterStep::WaitNodeReady {
@@ -311,16 +322,12 @@ impl ClusterOps for KubeCluster {
                     Duration::from_secs(*timeout_seconds),
                     Duration::from_secs(2),
                 );
-                loop {
-                    if get_node(&nodes, node).await?.is_some_and(|n| is_ready(&n)) {
-                        return Ok(format!("node {node} is Ready"));
-                    }
-                    if !poll.tick().await {
-                        return Err(ClusterError::NodeNotReady {
-                            node: node.clone(),
-                            secs: *timeout_seconds,
-                        });
-                    }
+                match poll_node(&nodes, node, poll, is_ready).await? {
+                    Some(_) => Ok(format!("node {node} is Ready")),
+                    None => Err(ClusterError::NodeNotReady {
+                        node: node.clone(),
+                        secs: *timeout_seconds,
+                    }),
                 }
             }
         }

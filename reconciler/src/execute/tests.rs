@@ -208,19 +208,38 @@ async fn run_apply(
     specs: &[HostSpec],
     cluster: &FakeCluster,
 ) -> (Plan, ApplyReport, String) {
+    let progress = Progress::new(crate::progress::Render::Lines);
+    run_apply_with(b, specs, cluster, &progress).await
+}
+
+/// [`run_apply`] showing its progress on `progress`.
+async fn run_apply_with(
+    b: &Bed,
+    specs: &[HostSpec],
+    cluster: &FakeCluster,
+    progress: &Progress,
+) -> (Plan, ApplyReport, String) {
     let plan = plan_all(specs, &b.hosts, cluster, 4, &images::Wanted::new(), 1).await;
     let log = Log::create(&b.dir.path().join("logs")).unwrap();
-    let progress = Progress::new(crate::progress::Render::Lines);
     let cx = Context {
         hosts: &b.hosts,
         cluster,
-        progress: &progress,
+        progress,
         log: &log,
         parallel: 4,
     };
     let report = apply(&plan, &cx).await;
     let log_text = std::fs::read_to_string(log.path()).unwrap();
     (plan, report, log_text)
+}
+
+/// `kubeadm init` fails on the master (a port in use).
+fn fail_kubeadm(b: &Bed) {
+    std::fs::write(
+        b.dir.path().join("bin/kubeadm"),
+        "#!/bin/sh\necho 'preflight: port 6443 in use' >&2\nexit 3\n",
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -355,12 +374,7 @@ async fn apply_converges_then_second_run_changes_nothing() {
 #[tokio::test]
 async fn failing_master_skips_its_workers_and_unreachable_host_is_reported() {
     let mut b = bed();
-    // kubeadm init fails on the master.
-    std::fs::write(
-        b.dir.path().join("bin/kubeadm"),
-        "#!/bin/sh\necho 'preflight: port 6443 in use' >&2\nexit 3\n",
-    )
-    .unwrap();
+    fail_kubeadm(&b);
     let specs = crate::roles::load_with(&b.inv, ROLES).unwrap();
     let cluster = FakeCluster::default();
     let (_, report, log) = run_apply(&b, &specs, &cluster).await;
@@ -419,25 +433,11 @@ impl std::io::Write for Shared {
 #[tokio::test]
 async fn json_progress_is_one_object_per_event() {
     let b = bed();
-    std::fs::write(
-        b.dir.path().join("bin/kubeadm"),
-        "#!/bin/sh\necho 'preflight: port 6443 in use' >&2\nexit 3\n",
-    )
-    .unwrap();
+    fail_kubeadm(&b);
     let specs = crate::roles::load_with(&b.inv, ROLES).unwrap();
-    let cluster = FakeCluster::default();
-    let plan = plan_all(&specs, &b.hosts, &cluster, 4, &images::Wanted::new(), 1).await;
-    let log = Log::create(&b.dir.path().join("logs")).unwrap();
     let out = Shared::default();
     let progress = Progress::to_writer(crate::progress::Render::JsonLines, Box::new(out.clone()));
-    let cx = Context {
-        hosts: &b.hosts,
-        cluster: &cluster,
-        progress: &progress,
-        log: &log,
-        parallel: 4,
-    };
-    let report = apply(&plan, &cx).await;
+    let (_, report, _) = run_apply_with(&b, &specs, &FakeCluster::default(), &progress).await;
     assert!(!report.ok());
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     let events: Vec<serde_json::Value> = text
