@@ -10,7 +10,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use crate::topology::QueueSpec;
+use crate::topology::{INBOUND_QUEUE, PEER_EXCHANGE, QueueSpec};
 
 /// Errors talking to a broker, naming the broker (URL without credentials) or the queue.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +235,121 @@ pub async fn declare_compatible<'a>(
     }
     let _ = ch.close(200, "declared".into()).await;
     Ok(kept)
+}
+
+/// Where a forwarded kanban (and its files' chunks) is published on another device's broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// `""` (the default exchange) within an installation; [`PEER_EXCHANGE`] for a device of
+    /// another installation.
+    pub exchange: String,
+    /// The queue's name (the exchange routes by it).
+    pub routing_key: String,
+    /// Set as the message's `user_id`: the broker refuses a message whose `user_id` is not the
+    /// connection's user, so the receiver can trust it to name the sender.
+    pub user_id: Option<String>,
+}
+
+impl Destination {
+    /// `queue` through the default exchange (devices of the same installation).
+    pub fn queue(queue: &str) -> Destination {
+        Destination {
+            exchange: String::new(),
+            routing_key: queue.into(),
+            user_id: None,
+        }
+    }
+
+    /// This device's inbound queue on another installation's broker, logged in as `user`.
+    pub fn peer_inbound(user: &str) -> Destination {
+        Destination {
+            exchange: PEER_EXCHANGE.into(),
+            routing_key: INBOUND_QUEUE.into(),
+            user_id: Some(user.into()),
+        }
+    }
+
+    /// `props` with this destination's `user_id`.
+    pub fn props(&self, props: BasicProperties) -> BasicProperties {
+        match &self.user_id {
+            Some(u) => props.with_user_id(u.as_str().into()),
+            None => props,
+        }
+    }
+
+    /// Publish `body` here (without waiting for the confirm).
+    pub async fn publish(
+        &self,
+        ch: &Channel,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, AmqpError> {
+        ch.basic_publish(
+            self.exchange.as_str().into(),
+            self.routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            self.props(props),
+        )
+        .await
+        .map_err(|source| AmqpError::Publish {
+            queue: self.routing_key.clone(),
+            source,
+        })
+    }
+
+    /// Publish `body` here and wait for the broker's confirm.
+    pub async fn publish_confirmed(
+        &self,
+        ch: &Channel,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        let c = self.publish(ch, body, props).await?;
+        confirmed(&self.routing_key, c).await
+    }
+}
+
+/// Declare [`PEER_EXCHANGE`] and bind it to [`INBOUND_QUEUE`] (idempotent; after the queue).
+pub async fn declare_peer_entry(ch: &Channel) -> Result<(), AmqpError> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    let what = |source| AmqpError::Declare {
+        queue: format!("exchange {PEER_EXCHANGE}"),
+        source,
+    };
+    ch.exchange_declare(
+        PEER_EXCHANGE.into(),
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(what)?;
+    ch.queue_bind(
+        INBOUND_QUEUE.into(),
+        PEER_EXCHANGE.into(),
+        INBOUND_QUEUE.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(what)
+}
+
+/// Whether a failed connection attempt was the broker refusing the login (wrong user or
+/// password, or no access to the virtual host): retrying cannot help until the credentials
+/// change.
+pub fn is_refused_login(e: &AmqpError) -> bool {
+    match e {
+        AmqpError::Connect { source, .. } => {
+            let text = source.to_string();
+            text.contains("ACCESS_REFUSED") || text.contains("NOT_ALLOWED")
+        }
+        _ => false,
+    }
 }
 
 /// Properties upstream's clients use: JSON, persistent.

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the router: declare queues, route kanbans, start services on demand, record kanbans.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show recorded kanbans, newest first.
     Log(LogArgs),
     /// Run one data-sweeper pass.
@@ -52,12 +52,21 @@ struct RunArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp: String,
-    /// Broker of another device, NAME=URL (repeatable); others use --remote-amqp-template.
+    /// Broker of another device of this installation, NAME=URL (repeatable).
     #[arg(long = "device-amqp", value_name = "NAME=URL")]
     device_amqp: Vec<String>,
-    /// Broker URL of a device listed in services.yml `devices`; `{addr}` is its addr.
-    #[arg(long, default_value = "amqp://guest:guest@{addr}:5672/%2f")]
-    remote_amqp_template: String,
+    /// Devices of other installations: a directory with one file per device name holding the
+    /// URL that installation issued for this device (`{addr}` = its services.yml `addr`).
+    #[arg(long, env = "AION_REMOTE_CREDENTIALS", value_name = "DIR")]
+    remote_credentials: Option<PathBuf>,
+    /// Devices of other installations allowed to send to this one (comma-separated); unset:
+    /// any the broker lets in. Others' kanbans are dead-lettered with the reason.
+    #[arg(long, env = "AION_PEERS", value_name = "DEVICE,...")]
+    peers: Option<String>,
+    /// Broker URL of any other device listed in services.yml `devices`; `{addr}` is its addr.
+    /// No default: without it (or credentials) such a kanban is dead-lettered saying why.
+    #[arg(long)]
+    remote_amqp_template: Option<String>,
     /// Data directory ($AION_HOME/Data): received files are stored here, fileList read from here.
     #[arg(long, env = "AION_DATA_DIR", default_value = "/var/lib/aion/Data")]
     data_dir: PathBuf,
@@ -159,7 +168,7 @@ fn main() -> ExitCode {
     };
     let r = rt.block_on(async {
         match cli.cmd {
-            Cmd::Run(a) => run(a).await,
+            Cmd::Run(a) => run(*a).await,
             Cmd::Log(a) => log(a),
             Cmd::Sweep(a) => sweep(a),
         }
@@ -196,7 +205,10 @@ struct RunConfig {
     amqp: String,
     /// `--device-amqp NAME=URL`, in the order given.
     device_amqp: Vec<(String, String)>,
-    remote_amqp_template: String,
+    remote_credentials: Option<PathBuf>,
+    /// `--peers`, split; Some(empty): no peer may send.
+    peers: Option<Vec<String>>,
+    remote_amqp_template: Option<String>,
     data_dir: PathBuf,
     prefetch: u16,
     /// The replicator's database; None: `--db none`.
@@ -232,12 +244,16 @@ impl RunConfig {
                 aion_kanban::amqp::redact(&a.amqp)
             );
         }
-        if !a.remote_amqp_template.contains("{addr}") {
+        let remote_amqp_template = a.remote_amqp_template.filter(|t| !t.trim().is_empty());
+        if let Some(t) = &remote_amqp_template
+            && !t.contains("{addr}")
+        {
             anyhow::bail!(
                 "--remote-amqp-template {:?} has no {{addr}} (where a device's address goes)",
-                aion_kanban::amqp::redact(&a.remote_amqp_template)
+                aion_kanban::amqp::redact(t)
             );
         }
+        let remote_credentials = a.remote_credentials.filter(|p| !p.as_os_str().is_empty());
         let live =
             match a.live.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
                 None => None,
@@ -257,7 +273,15 @@ impl RunConfig {
             device: a.device.filter(|d| !d.is_empty()),
             amqp: a.amqp,
             device_amqp,
-            remote_amqp_template: a.remote_amqp_template,
+            remote_credentials,
+            peers: a.peers.map(|p| {
+                p.split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }),
+            remote_amqp_template,
             data_dir: a.data_dir,
             prefetch: a.prefetch,
             db: (a.db != "none").then(|| PathBuf::from(a.db)),
@@ -288,7 +312,9 @@ fn resolved_config(c: &RunConfig, services: &aion_model::ServicesFile) -> serde_
         "device": c.device.clone().unwrap_or_else(|| services.device_name.clone()),
         "amqp": redact(&c.amqp),
         "device_amqp": c.device_amqp.iter().map(|(n, u)| format!("{n}={}", redact(u))).collect::<Vec<_>>(),
-        "remote_amqp_template": redact(&c.remote_amqp_template),
+        "remote_credentials": c.remote_credentials,
+        "peers": c.peers,
+        "remote_amqp_template": c.remote_amqp_template.as_deref().map(redact),
         "data_dir": c.data_dir,
         "db": c.db,
         "max_records": c.max_records,
@@ -321,6 +347,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     opts.device = c.device.clone();
     opts.namespace = c.namespace.clone();
     opts.device_amqp = c.device_amqp.iter().cloned().collect();
+    opts.remote_credentials = c.remote_credentials.clone();
+    opts.peers = c.peers.clone();
     opts.remote_template = c.remote_amqp_template.clone();
     opts.data_dir = c.data_dir.clone();
     opts.prefetch = c.prefetch;
@@ -485,7 +513,7 @@ mod tests {
         let Cmd::Run(a) = Cli::try_parse_from(argv)?.cmd else {
             unreachable!("run")
         };
-        RunConfig::from_args(a)
+        RunConfig::from_args(*a)
     }
 
     #[test]

@@ -26,6 +26,9 @@ use aion_model::{Microservice, ServicesFile};
 pub const INBOUND_QUEUE: &str = "aion-kanban.inbound";
 /// Dead-letter queue for undecodable forwarded messages.
 pub const INBOUND_DLQ: &str = "aion-kanban.inbound.dlq";
+/// Other installations' devices (`peers`): their exchange and broker users.
+pub use aion_model::peer::{PEER_EXCHANGE, peer_device, peer_user};
+
 /// Records of kanbans routed producer-side by the client library; the runtime consumes them.
 /// The name used when no namespace is configured; see [`records_queue_name`].
 pub const RECORDS_QUEUE: &str = "aion-kanban.records";

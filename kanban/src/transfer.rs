@@ -86,7 +86,7 @@ pub enum SendError {
     Publish {
         name: String,
         #[source]
-        source: lapin::Error,
+        source: crate::amqp::AmqpError,
     },
     #[error("sending {name}: {source}")]
     Unconfirmed {
@@ -164,9 +164,10 @@ pub const WINDOW: usize = 32;
 /// retries the whole transfer under a new id (the receiver sweeps the abandoned one).
 pub async fn send_files(
     ch: &lapin::Channel,
-    queue: &str,
+    dest: &crate::amqp::Destination,
     files: &[(String, PathBuf)],
 ) -> Result<Manifest, SendError> {
+    let queue = dest.routing_key.as_str();
     use std::collections::VecDeque;
     let id = new_id();
     let props = lapin::BasicProperties::default()
@@ -195,14 +196,8 @@ pub async fn send_files(
                 offset,
             };
             let body = encode_chunk(&header, &buf[..n]);
-            let c = ch
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    lapin::options::BasicPublishOptions::default(),
-                    &body,
-                    props.clone(),
-                )
+            let c = dest
+                .publish(ch, &body, props.clone())
                 .await
                 .map_err(|source| SendError::Publish {
                     name: name.clone(),

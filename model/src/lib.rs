@@ -5,6 +5,7 @@
 //! * [`inventory`]: the devices an operator provisions, their roles and per-host variables.
 //! * [`schema`]: the embedded JSON Schemas and their checks.
 //! * [`validate`]: semantic rules beyond the schema.
+//! * [`peer`]: the broker names of devices of other installations.
 //! * [`diag`]: diagnostics with file, line, column and a hint; what `validate` prints.
 //!
 //! This crate does no I/O beyond reading the files it is asked to load, and nothing async.
@@ -12,6 +13,7 @@
 pub mod diag;
 pub mod inventory;
 pub mod k8s;
+pub mod peer;
 mod read;
 pub mod schema;
 pub mod services;

@@ -843,6 +843,39 @@ pub(crate) fn check_inventory_at(
             .with_hint("use `mode: cluster`, or remove the workers"),
         );
     }
+    for peer in &inv.peers {
+        for (host, (span, pointer)) in peer.to.iter().zip(&peer.to_at) {
+            if !inv.hosts.iter().any(|h| &h.name == host) {
+                let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+                diags.push(
+                    Diagnostic::error(
+                        "unknown-host",
+                        format!(
+                            "peer `{}` may send to `{host}`, which is not a host of this inventory",
+                            peer.device
+                        ),
+                        span.clone(),
+                        pointer.clone(),
+                    )
+                    .with_hint(format!(
+                        "`to:` names hosts of this installation: {}",
+                        names.join(", ")
+                    )),
+                );
+            }
+        }
+        if inv.hosts.iter().any(|h| h.name == peer.device) {
+            diags.push(
+                Diagnostic::error(
+                    "peer-is-a-host",
+                    format!("peer `{}` is a host of this inventory", peer.device),
+                    peer.span.clone(),
+                    peer.pointer.clone(),
+                )
+                .with_hint("devices of the same installation reach each other through the installation's broker; `peers:` lists devices of other installations"),
+            );
+        }
+    }
     for src in &inv.image_sources {
         if !src.path.exists() {
             diags.push(

@@ -475,3 +475,90 @@ all:
     );
     assert_eq!(l.value.previous_images, 3);
 }
+
+/// `peers` and `entryPort` (#18): read in both formats; every rule points at the value it is
+/// about.
+#[test]
+fn peers_and_entry_port_native_ansible_and_rules() {
+    let file = Path::new("inventory.yml");
+    let host = "hosts:\n  - {name: m, address: 10.0.0.2, role: master}\n  - {name: w, address: 10.0.0.3, role: worker}\n";
+    let l = inventory::load_str(host, file).expect("loads");
+    assert!(l.value.peers.is_empty());
+    assert_eq!(l.value.entry_port, inventory::DEFAULT_ENTRY_PORT);
+    let text = format!(
+        "peers:\n  - device: line-b.cam\n    to: [w]\n  - {{device: hq}}\nentryPort: 31000\n{host}"
+    );
+    let l = inventory::load_str(&text, file).expect("loads");
+    assert!(
+        l.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        l.diagnostics
+    );
+    let peers: Vec<(&str, Vec<String>)> = l
+        .value
+        .peers
+        .iter()
+        .map(|p| (p.device.as_str(), p.to.clone()))
+        .collect();
+    assert_eq!(
+        peers,
+        [("line-b.cam", vec!["w".to_string()]), ("hq", vec![])]
+    );
+    assert!(l.value.peers[0].may_reach("w") && !l.value.peers[0].may_reach("m"));
+    assert!(l.value.peers[1].may_reach("m"));
+    assert_eq!(l.value.entry_port, 31000);
+    at(
+        &format!("peers:\n  - device: cam\n    to: [w, nope]\n{host}"),
+        "unknown-host",
+        "/peers/0/to/1",
+        (3, 13),
+        false,
+    );
+    at(
+        &format!("peers:\n  - device: Bad_Cam\n{host}"),
+        "invalid-value",
+        "/peers/0/device",
+        (2, 13),
+        false,
+    );
+    at(
+        &format!("peers:\n  - device: cam\n  - device: cam\n{host}"),
+        "duplicate-peer",
+        "/peers/1/device",
+        (3, 13),
+        false,
+    );
+    at(
+        &format!("peers:\n  - device: w\n{host}"),
+        "peer-is-a-host",
+        "/peers/0",
+        (2, 5),
+        false,
+    );
+    at(
+        &format!("entryPort: 5672\n{host}"),
+        "invalid-value",
+        "/entryPort",
+        (1, 12),
+        false,
+    );
+    let ansible = "\
+all:
+  vars:
+    aion_entry_port: 30100
+    aion_peers:
+      - device: hq
+  children:
+    masters:
+      hosts:
+        m: {ansible_host: 10.0.0.2}
+";
+    let l = inventory::load_str(ansible, file).expect("loads");
+    assert!(
+        l.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        l.diagnostics
+    );
+    assert_eq!(l.value.entry_port, 30100);
+    assert_eq!(l.value.peers[0].device, "hq");
+}

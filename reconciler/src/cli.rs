@@ -36,6 +36,10 @@ pub enum Command {
     Rollback(commands::rollback::Args),
     /// Draw the kanban graph (devices, microservice instances, nextService) as SVG, DOT or Mermaid.
     Graph(commands::graph::Args),
+    /// Print the URL a device of another installation (listed under `peers`) sends kanbans here with.
+    PeerUrl(commands::peers::PeerUrlArgs),
+    /// Store, from stdin, the URL another installation issued to one of this installation's devices.
+    RemoteCredentials(commands::peers::RemoteCredentialsArgs),
 }
 
 impl Command {
@@ -63,6 +67,8 @@ pub fn main() -> ExitCode {
         Command::Status(a) => commands::status::run(a),
         Command::Down(a) => commands::down::run(a),
         Command::Graph(a) => commands::graph::run(a),
+        Command::PeerUrl(a) => commands::peers::peer_url(a),
+        Command::RemoteCredentials(a) => commands::peers::remote_credentials(a),
         Command::History(a) => commands::history::run(a),
         Command::Rollback(a) => commands::rollback::run(a),
     };

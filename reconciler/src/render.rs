@@ -185,8 +185,14 @@ struct CoreCtx {
     rabbitmq_vhosts: String,
     rabbitmq_permissions: String,
     rabbitmq_checksum: String,
-    /// `aion-kanban` arguments: `run` and one `--device-amqp NAME=URL` per other device.
+    /// `aion-kanban` arguments: `run`, one `--device-amqp NAME=URL` per other device, and
+    /// `--peers` (the devices of other installations that may send to this one).
     kanban_args: Vec<String>,
+    /// The peer devices whose broker users the generated Secret holds (comma-separated, empty
+    /// when there are none).
+    peers: String,
+    /// The NodePort of the broker's entry for other installations (with peers only).
+    entry_port: Option<u16>,
     /// `AION_SWEEPER_CONFIG` (the built-in data sweeper) when the inventory names a
     /// data-sweeper.yml for this host.
     sweeper_config: Option<String>,
@@ -222,6 +228,11 @@ impl Renderer {
             ("user_file", broker::SECRET_USER_FILE),
             ("vhosts_file", broker::VHOSTS_FILE),
             ("permissions_file", broker::PERMISSIONS_FILE),
+            ("peers_file", broker::SECRET_PEERS_FILE),
+            ("peers_annotation", broker::PEERS_ANNOTATION),
+            ("entry_service", broker::ENTRY_SERVICE),
+            ("remotes_secret", broker::REMOTES_SECRET),
+            ("remote_credentials_dir", broker::REMOTE_CREDENTIALS_DIR),
             ("definitions_dir", broker::DEFINITIONS_DIR),
         ] {
             env.add_global(name, value);
@@ -458,12 +469,42 @@ pub fn render(
     let vhosts: Vec<String> = devices.iter().map(|(_, v)| v.clone()).collect();
     let rabbitmq_conf = broker::config();
     let rabbitmq_vhosts = broker::vhosts_json(&vhosts);
-    let rabbitmq_permissions = broker::permissions_json(&vhosts);
+    // Devices of other installations: the virtual hosts of the hosts each may reach.
+    let peer_reach: Vec<(String, Vec<String>)> = inv
+        .peers
+        .iter()
+        .map(|peer| {
+            let reach = placements
+                .iter()
+                .zip(&devices)
+                .filter(|(p, _)| peer.may_reach(&p.host.name))
+                .map(|(_, (_, vhost))| vhost.clone())
+                .collect();
+            (peer.device.clone(), reach)
+        })
+        .collect();
+    let peer_devices = inv
+        .peers
+        .iter()
+        .map(|p| p.device.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let rabbitmq_permissions = broker::permissions_json(&vhosts, &peer_reach);
     let rabbitmq_checksum =
         broker::config_checksum(&rabbitmq_conf, &[&rabbitmq_vhosts, &rabbitmq_permissions]);
 
     let mut nodes = Vec::new();
     let mut node_ports: BTreeMap<i32, String> = BTreeMap::new();
+    if !inv.peers.is_empty() {
+        // The broker's entry for other installations takes its NodePort first.
+        node_ports.insert(
+            i32::from(inv.entry_port),
+            format!(
+                "the broker's entry for peers (`entryPort`, default {})",
+                aion_model::inventory::DEFAULT_ENTRY_PORT
+            ),
+        );
+    }
     for (p, (core_device, vhost)) in placements.iter().zip(&devices) {
         let node = p.host.name.as_str();
         let ns = p.namespace.as_str();
@@ -473,6 +514,17 @@ pub fn render(
             kanban_args.push("--device-amqp".to_owned());
             kanban_args.push(d);
         }
+        // Always said, also empty: a peer removed from the inventory is refused by the runtime
+        // even while its broker user still exists (definitions only add users).
+        kanban_args.push(format!(
+            "--peers={}",
+            inv.peers
+                .iter()
+                .filter(|peer| peer.may_reach(node))
+                .map(|peer| peer.device.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
         let mut objects = Vec::new();
         // Microservices: in single mode every services file lands on the master.
         let files: Vec<&(HostName, ServicesFile)> = services
@@ -503,6 +555,8 @@ pub fn render(
             rabbitmq_permissions: rabbitmq_permissions.clone(),
             rabbitmq_checksum: rabbitmq_checksum.clone(),
             kanban_args: kanban_args.clone(),
+            peers: peer_devices.clone(),
+            entry_port: (!inv.peers.is_empty()).then_some(inv.entry_port),
             sweeper_config: p
                 .host
                 .data_sweeper

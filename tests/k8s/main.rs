@@ -8,3 +8,4 @@ mod broker_secret;
 mod cluster_apply;
 mod k8s_control_plane;
 mod kanban_k8s;
+mod peers;

@@ -87,7 +87,13 @@ fn device_amqp(c: &Value, env: &[(String, String)]) -> HashMap<String, String> {
         .map(|a| pod_env::expand(a.as_str().unwrap(), env))
         .collect();
     assert_eq!(args[0], "run");
-    args[1..]
+    // Last: the devices of other installations that may send here (none in this inventory).
+    assert_eq!(
+        args.last().map(String::as_str),
+        Some("--peers="),
+        "{args:?}"
+    );
+    args[1..args.len() - 1]
         .chunks(2)
         .map(|pair| {
             assert_eq!(pair[0], "--device-amqp", "{args:?}");

@@ -5,6 +5,7 @@
 //! Fails (never skips) under `AION_REQUIRE_RABBITMQ=1`.
 
 mod cluster_broker;
+mod installations;
 mod kanban_client;
 mod kanban_faults;
 mod kanban_router;

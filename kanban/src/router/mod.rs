@@ -12,6 +12,7 @@
 
 mod files;
 mod options;
+mod remote;
 mod session;
 mod settle;
 
@@ -32,6 +33,7 @@ use settle::Settler;
 pub use crate::config::{ConfigError, load_services};
 pub use files::{FileError, Forwarded, ForwardedFile, resolve_files, store_files};
 pub use options::{RouterOptions, ServicesSource};
+pub use remote::RemoteError;
 
 enum End {
     Reload,
@@ -108,6 +110,8 @@ async fn session(
         &topology::plan_in(&services, opts.namespace.as_deref()),
     )
     .await?;
+    // Where other installations' devices deliver (their users may write nowhere else).
+    amqp::declare_peer_entry(&ctl).await?;
     // Queues upstream-style files name in env: durable, no arguments; existing ones with other
     // arguments are kept (warning), not a reason to stop.
     let (named, problems) = topology::env_named(&services);
@@ -218,8 +222,8 @@ async fn session(
     let _ = pub_conn
         .close(200, "aion-kanban router session end".into())
         .await;
-    for (_, (c, _)) in s.remotes.drain() {
-        let _ = c.close(200, "bye".into()).await;
+    for (_, r) in s.remotes.drain() {
+        let _ = r.conn.close(200, "bye".into()).await;
     }
     end
 }

@@ -21,10 +21,18 @@ pub struct RouterOptions {
     /// scopes the records queue it consumes ([`topology::records_queue_name`]), so runtimes of
     /// several namespaces can share one broker (cluster mode).
     pub namespace: Option<String>,
-    /// Broker URL per remote device name; others use `remote_template`.
+    /// Broker URL per device of this installation (its virtual host on the shared broker).
     pub device_amqp: HashMap<String, String>,
-    /// Template for a remote device's broker URL; `{addr}` is replaced by `devices.<name>.addr`.
-    pub remote_template: String,
+    /// Devices of other installations: a directory with one credentials file per device (a URL
+    /// with `{addr}`, issued by that installation), see [`super::remote`].
+    pub remote_credentials: Option<PathBuf>,
+    /// Devices of other installations that may send to this one (`--peers`). None: whichever
+    /// peer user the broker lets in (its permissions are the only gate); Some: others are
+    /// dead-lettered, also a peer removed from the inventory whose broker user still exists.
+    pub peers: Option<Vec<String>>,
+    /// Template for any other device's broker URL; `{addr}` is replaced by
+    /// `devices.<name>.addr`. None: such a kanban is dead-lettered (no built-in `guest`).
+    pub remote_template: Option<String>,
     /// The data directory (`$AION_HOME/Data`); relative `fileList` paths are resolved against
     /// its parent (`$AION_HOME`), received files are stored under `<data>/<service>_<n>/`.
     pub data_dir: PathBuf,
@@ -49,7 +57,9 @@ impl RouterOptions {
             amqp_url: amqp_url.into(),
             namespace: None,
             device_amqp: HashMap::new(),
-            remote_template: "amqp://guest:guest@{addr}:5672/%2f".into(),
+            remote_credentials: None,
+            peers: None,
+            remote_template: None,
             data_dir: PathBuf::from("/var/lib/aion/Data"),
             prefetch: 64,
             replicator: None,

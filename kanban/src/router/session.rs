@@ -12,6 +12,7 @@ use lapin::{Channel, Connection};
 
 use super::files::{ForwardError, Forwarded, resolve_files, store_files};
 use super::options::RouterOptions;
+use super::remote;
 use super::settle::{Settle, Settler, Then};
 use crate::amqp::{self, AmqpError};
 use crate::lifecycle::KubeLifecycle;
@@ -32,11 +33,18 @@ pub(super) struct Session {
     pub(super) services: Arc<ServicesFile>,
     pub(super) device: String,
     pub(super) publish: Channel,
-    pub(super) remotes: HashMap<String, (Connection, Channel)>,
+    pub(super) remotes: HashMap<String, Remote>,
     /// Chunks of files forwarded to this device, until their commit.
     pub(super) staging: transfer::Staging,
     /// When a commit was first found incomplete (its chunks may be behind it, requeued).
     pub(super) incomplete: HashMap<String, std::time::Instant>,
+}
+
+/// An open connection to another device's broker, and where to publish on it.
+pub(super) struct Remote {
+    pub(super) conn: Connection,
+    pub(super) ch: Channel,
+    pub(super) dest: amqp::Destination,
 }
 
 /// What a consumed message came from.
@@ -416,32 +424,43 @@ impl Session {
             .join(", ")
     }
 
-    pub(super) async fn remote_channel(
+    /// The open connection to `device`'s broker, connecting first when there is none.
+    pub(super) async fn remote(
         &mut self,
         device: &str,
         addr: &str,
-    ) -> Result<&Channel, AmqpError> {
+    ) -> Result<&Remote, ForwardError> {
         if self
             .remotes
             .get(device)
-            .is_some_and(|(c, ch)| !c.status().connected() || !ch.status().connected())
+            .is_some_and(|r| !r.conn.status().connected() || !r.ch.status().connected())
         {
             self.remotes.remove(device);
         }
         if !self.remotes.contains_key(device) {
-            let url = self
-                .opts
-                .device_amqp
-                .get(device)
-                .cloned()
-                .unwrap_or_else(|| self.opts.remote_template.replace("{addr}", addr));
-            let conn = amqp::connect(&url, "aion-kanban-forward").await?;
-            let ch = amqp::channel(&conn, &url, true).await?;
-            let spec = topology::plan(&ServicesFile::default());
-            amqp::declare(&ch, &spec).await?;
-            self.remotes.insert(device.to_string(), (conn, ch));
+            let broker = remote::resolve(&self.opts, &self.device, device, addr)
+                .map_err(|e| ForwardError::Reject(e.to_string()))?;
+            let connected = async {
+                let conn = amqp::connect(&broker.url, "aion-kanban-forward").await?;
+                let ch = amqp::channel(&conn, &broker.url, true).await?;
+                if broker.declare {
+                    amqp::declare(&ch, &topology::plan(&ServicesFile::default())).await?;
+                }
+                Ok::<_, AmqpError>((conn, ch))
+            };
+            let (conn, ch) = connected.await.map_err(|e| {
+                if amqp::is_refused_login(&e) {
+                    // Retrying cannot help until the credentials change: say so, keep it.
+                    ForwardError::Reject(format!("device `{device}` refused the login: {e}"))
+                } else {
+                    ForwardError::Retry(e.to_string())
+                }
+            })?;
+            let dest = broker.dest;
+            self.remotes
+                .insert(device.to_string(), Remote { conn, ch, dest });
         }
-        Ok(&self.remotes[device].1)
+        Ok(&self.remotes[device])
     }
 
     pub(super) async fn forward(
@@ -455,16 +474,13 @@ impl Session {
         let files = resolve_files(&self.opts.data_dir, &k.file_list)
             .map_err(|e| ForwardError::Reject(e.to_string()))?;
         let from_device = self.device.clone();
-        let ch = self
-            .remote_channel(device, addr)
-            .await
-            .map_err(|e| ForwardError::Retry(e.to_string()))?;
+        let remote = self.remote(device, addr).await?;
         // Files go ahead as confirmed chunks; the kanban follows as the transfer's commit.
         let manifest = if files.is_empty() {
             None
         } else {
             Some(
-                transfer::send_files(ch, INBOUND_QUEUE, &files)
+                transfer::send_files(&remote.ch, &remote.dest, &files)
                     .await
                     .map_err(|e| ForwardError::Retry(e.to_string()))?,
             )
@@ -478,7 +494,9 @@ impl Session {
             transfer: manifest,
         };
         let body = serde_json::to_vec(&env).map_err(|e| ForwardError::Reject(e.to_string()))?;
-        amqp::publish_confirmed(ch, INBOUND_QUEUE, &body, amqp::json_props())
+        remote
+            .dest
+            .publish_confirmed(&remote.ch, &body, amqp::json_props())
             .await
             .map_err(|e| ForwardError::Retry(e.to_string()))
     }
@@ -499,6 +517,22 @@ impl Session {
             detail: String::new(),
             kanban: String::new(),
         };
+        // A device of another installation: the broker checked its `user_id` against its login.
+        let peer = match peer_sender(&d, self.opts.peers.as_deref()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                return self
+                    .reject(
+                        &d,
+                        INBOUND_DLQ,
+                        INBOUND_QUEUE,
+                        refusal.to_string(),
+                        rec,
+                        inflight,
+                    )
+                    .await;
+            }
+        };
         if let Some(chunk) = transfer::decode_chunk(&d.data) {
             match chunk.and_then(|(h, data)| self.staging.write_chunk(&h, data)) {
                 Ok(()) => inflight.now(&d, None),
@@ -517,6 +551,14 @@ impl Session {
         let parsed =
             serde_json::from_slice::<Forwarded>(&d.data).map_err(InboundRefusal::NotForwarded);
         let result = parsed.and_then(|f| {
+            if let Some(peer) = &peer
+                && f.from_device != *peer
+            {
+                return Err(InboundRefusal::NotTheSender {
+                    claimed: f.from_device.clone(),
+                    user: topology::peer_user(peer),
+                });
+            }
             let ms = self
                 .services
                 .microservice(&f.service)
@@ -657,9 +699,37 @@ impl Session {
     }
 }
 
+/// The device of another installation that sent `d` (the `peer.<device>` user the broker
+/// checked its `user_id` against), `None` for a message of this installation (the default
+/// exchange, which peer users cannot write to).
+/// `allowed`: the peers this device accepts (`--peers`), None for any the broker let in.
+fn peer_sender(d: &Delivery, allowed: Option<&[String]>) -> Result<Option<String>, InboundRefusal> {
+    if d.exchange.as_str() != topology::PEER_EXCHANGE {
+        return Ok(None);
+    }
+    let user = d.properties.user_id().as_ref().map(|u| u.to_string());
+    let Some(device) = user.as_deref().and_then(topology::peer_device) else {
+        return Err(InboundRefusal::NoPeerUser(user));
+    };
+    if allowed.is_some_and(|a| !a.iter().any(|p| p == device)) {
+        return Err(InboundRefusal::NotAPeer(device.to_string()));
+    }
+    Ok(Some(device.to_string()))
+}
+
 /// Why a message on this device's inbound queue is dead-lettered (its `x-aion-reason`).
 #[derive(Debug, thiserror::Error)]
 enum InboundRefusal {
+    #[error(
+        "came through {} without a peer user_id ({})",
+        topology::PEER_EXCHANGE,
+        .0.as_deref().unwrap_or("none")
+    )]
+    NoPeerUser(Option<String>),
+    #[error("device `{0}` of another installation is not among this device's peers")]
+    NotAPeer(String),
+    #[error("claims to come from device `{claimed}` but was sent by broker user `{user}`")]
+    NotTheSender { claimed: String, user: String },
     #[error("not a forwarded kanban: {0}")]
     NotForwarded(serde_json::Error),
     #[error("forwarded to `{0}`, which is not a microservice here")]

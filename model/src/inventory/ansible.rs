@@ -213,6 +213,8 @@ pub(super) fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inve
     let mut revision_history = None;
     let mut previous_images = None;
     let mut image_sources = Vec::new();
+    let mut peers = Vec::new();
+    let mut entry_port = None;
     let mut global_at = Origins::default();
     for (k, n, p) in std::mem::take(&mut w.globals) {
         match k {
@@ -229,6 +231,11 @@ pub(super) fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inve
             "aion_revision_history" => revision_history = read_revision_history(&mut w.r, n, &p, k),
             "aion_previous_images" => previous_images = read_previous_images(&mut w.r, n, &p, k),
             "aion_image_sources" => image_sources = read_image_sources(&mut w.r, n, &p, k),
+            "aion_peers" => peers = read_peers(&mut w.r, n, &p, k),
+            "aion_entry_port" => {
+                let v = read_entry_port(&mut w.r, n, &p, k);
+                entry_port = noted(&w.r, &mut global_at, "entryPort", n, &p, v);
+            }
             _ => {}
         }
     }
@@ -265,6 +272,8 @@ pub(super) fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inve
             revision_history,
             previous_images,
             image_sources,
+            peers,
+            entry_port,
         },
         drafts,
         w.r,

@@ -349,6 +349,8 @@ pub(crate) struct Globals {
     pub(crate) previous_images: Option<u32>,
     /// `imageSources` as written: path, position, pointer.
     pub(crate) image_sources: Vec<(String, Span, String)>,
+    pub(crate) peers: Vec<Peer>,
+    pub(crate) entry_port: Option<u16>,
 }
 
 pub(crate) fn finish(
@@ -379,6 +381,8 @@ pub(crate) fn finish(
         revision_history,
         previous_images,
         image_sources,
+        peers,
+        entry_port,
     } = g;
     let mode = mode.unwrap_or(if workers == 0 {
         Mode::Single
@@ -472,6 +476,8 @@ pub(crate) fn finish(
                     pointer,
                 })
                 .collect(),
+            peers,
+            entry_port: entry_port.unwrap_or(DEFAULT_ENTRY_PORT),
             hosts,
             span: r.span(root),
         },
@@ -504,6 +510,114 @@ pub(crate) fn read_image_sources(
         }
     }
     out
+}
+
+/// `peers`: a list of `{device, to}` (devices of other installations that may send here).
+pub(crate) fn read_peers(r: &mut Reader, n: &Node, p: &str, field: &str) -> Vec<Peer> {
+    if n.is_null() {
+        return Vec::new();
+    }
+    let Some(items) = n.as_seq() else {
+        r.type_error(n, p, field, "a list of `{device: NAME, to: [HOST, ...]}`");
+        return Vec::new();
+    };
+    let mut out: Vec<Peer> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{p}/{i}");
+        let Some(f) = r.fields(item, &ip, "a peer", PEER_KEYS) else {
+            continue;
+        };
+        let Some((dn, dp)) = f.get("device") else {
+            r.diags.push(
+                Diagnostic::error("missing-key", "a peer needs `device:`", r.span(item), ip.clone())
+                    .with_hint("the name of the other installation's device that may send kanbans here (its services.yml `deviceName`)"),
+            );
+            continue;
+        };
+        let Some(device) = r.string(dn, &dp, "device") else {
+            continue;
+        };
+        if !valid_peer_name(&device) {
+            r.diags.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("peer device `{device}` is not a valid name"),
+                    r.span(dn),
+                    dp.clone(),
+                )
+                .with_hint("lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit (it becomes the broker user `peer.<device>`)"),
+            );
+            continue;
+        }
+        if out.iter().any(|o| o.device == device) {
+            r.diags.push(
+                Diagnostic::error(
+                    "duplicate-peer",
+                    format!("peer device `{device}` is listed twice"),
+                    r.span(dn),
+                    dp.clone(),
+                )
+                .with_hint("list each device once; `to:` names every host it may send to"),
+            );
+            continue;
+        }
+        let mut to = Vec::new();
+        let mut to_at = Vec::new();
+        if let Some((tn, tp)) = f.get("to") {
+            match tn.as_seq() {
+                Some(hosts) => {
+                    for (j, h) in hosts.iter().enumerate() {
+                        let hp = format!("{tp}/{j}");
+                        if let Some(name) = r.string(h, &hp, "to") {
+                            to.push(name);
+                            to_at.push((r.span(h), hp));
+                        }
+                    }
+                }
+                None if tn.is_null() => {}
+                None => r.type_error(tn, &tp, "to", "a list of host names"),
+            }
+        }
+        out.push(Peer {
+            device,
+            to,
+            to_at,
+            span: r.span(item),
+            pointer: ip,
+        });
+    }
+    out
+}
+
+/// A peer device name: a DNS-style name (it is a broker user's suffix and a file name).
+fn valid_peer_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// `entryPort`: a NodePort (30000–32767).
+pub(crate) fn read_entry_port(r: &mut Reader, n: &Node, p: &str, field: &str) -> Option<u16> {
+    let v = r.int32(n, p, field)?;
+    match u16::try_from(v) {
+        Ok(port) if (30000..=32767).contains(&port) => Some(port),
+        _ => {
+            r.diags.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`{field}` must be a NodePort between 30000 and 32767, found {v}"),
+                    r.span(n),
+                    p,
+                )
+                .with_hint("the default, 32094, is upstream's RabbitMQ NodePort"),
+            );
+            None
+        }
+    }
 }
 
 pub(crate) fn valid_cidr(s: &str) -> bool {

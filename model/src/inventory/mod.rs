@@ -100,9 +100,42 @@ pub struct Inventory {
     /// its containerd for rollback (`previousImages`, Ansible `aion_previous_images`); older
     /// ones no pod uses are removed. Default [`DEFAULT_PREVIOUS_IMAGES`].
     pub previous_images: u32,
+    /// Devices of other installations allowed to send kanbans to this one (`peers`, Ansible
+    /// `aion_peers`): each gets its own broker user, which may only deliver to the inbound
+    /// queue of the devices it is allowed to reach.
+    pub peers: Vec<Peer>,
+    /// The NodePort other installations reach this installation's broker on (`entryPort`,
+    /// Ansible `aion_entry_port`). Rendered only when there are peers. Default
+    /// [`DEFAULT_ENTRY_PORT`], upstream's AMQP NodePort.
+    pub entry_port: u16,
     pub hosts: Vec<Host>,
     pub span: Span,
 }
+
+/// One entry of `peers`: a device of another installation and where it may send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The sending device's name (its services.yml `deviceName`).
+    pub device: String,
+    /// Hosts of this installation it may send to; empty: all of them.
+    pub to: Vec<String>,
+    /// Where each `to` entry was written (position, pointer).
+    pub to_at: Vec<(Span, String)>,
+    pub span: Span,
+    /// JSON pointer of the entry, e.g. `/peers/0`.
+    pub pointer: String,
+}
+
+impl Peer {
+    /// Whether this peer may send to `host`.
+    pub fn may_reach(&self, host: &str) -> bool {
+        self.to.is_empty() || self.to.iter().any(|h| h == host)
+    }
+}
+
+/// The broker's entry port for other installations when the inventory does not say:
+/// upstream's RabbitMQ NodePort (32094).
+pub const DEFAULT_ENTRY_PORT: u16 = 32094;
 
 /// One entry of `imageSources`: a path (absolute after loading) and where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,6 +311,8 @@ pub const TOP_KEYS: &[&str] = &[
     "revisionHistory",
     "imageSources",
     "previousImages",
+    "peers",
+    "entryPort",
     "services",
     "dataSweeper",
     "ssh",
@@ -294,6 +329,7 @@ pub const HOST_KEYS: &[&str] = &[
     "dataSweeper",
 ];
 pub const SSH_KEYS: &[&str] = &["user", "port", "key"];
+pub const PEER_KEYS: &[&str] = &["device", "to"];
 pub const VAR_KEYS: &[&str] = &[
     "gpu",
     "kubernetesVersion",
@@ -337,6 +373,8 @@ pub const ANSIBLE_GLOBAL_VARS: &[&str] = &[
     "aion_revision_history",
     "aion_image_sources",
     "aion_previous_images",
+    "aion_peers",
+    "aion_entry_port",
 ];
 /// Ansible groups whose hosts are masters.
 pub const MASTER_GROUPS: &[&str] = &["master", "masters", "kube_control_plane"];

@@ -18,6 +18,8 @@ pub(super) fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inven
     let mut revision_history = None;
     let mut previous_images = None;
     let mut image_sources = Vec::new();
+    let mut peers = Vec::new();
+    let mut entry_port = None;
     let mut global_at = Origins::default();
     let mut base = Partial::default();
     let mut drafts = Vec::new();
@@ -44,6 +46,13 @@ pub(super) fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inven
         }
         if let Some((n, p)) = f.get("imageSources") {
             image_sources = read_image_sources(&mut r, n, &p, "imageSources");
+        }
+        if let Some((n, p)) = f.get("peers") {
+            peers = read_peers(&mut r, n, &p, "peers");
+        }
+        if let Some((n, p)) = f.get("entryPort") {
+            let v = read_entry_port(&mut r, n, &p, "entryPort");
+            entry_port = noted(&r, &mut global_at, "entryPort", n, &p, v);
         }
         if let Some((n, p)) = f.get("services") {
             let v = r.string(n, &p, "services");
@@ -145,6 +154,8 @@ pub(super) fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inven
             revision_history,
             previous_images,
             image_sources,
+            peers,
+            entry_port,
         },
         drafts,
         r,

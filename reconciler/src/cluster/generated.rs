@@ -78,10 +78,37 @@ pub fn with_password(desired: &Value, password: &str) -> Value {
         broker::SECRET_USER_FILE.to_owned(),
         b64(&broker::user_json(password)),
     );
+    // Users of other installations' devices, their passwords derived from this one.
+    let peers = peers_of(desired);
+    if !peers.is_empty() {
+        data.insert(
+            broker::SECRET_PEERS_FILE.to_owned(),
+            b64(&broker::peers_json(password, &peers)),
+        );
+    }
     if let Some(o) = out.as_object_mut() {
         o.insert("data".to_owned(), Value::Object(data));
     }
     out
+}
+
+/// The peer devices a broker placeholder lists ([`broker::PEERS_ANNOTATION`]).
+fn peers_of(v: &Value) -> Vec<String> {
+    v.pointer("/metadata/annotations")
+        .and_then(|a| a.get(broker::PEERS_ANNOTATION))
+        .and_then(Value::as_str)
+        .map(|s| {
+            s.split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The installation's broker password from a live broker Secret (for `peer-url`).
+pub fn password_of_secret(live: &Value) -> Option<String> {
+    password_of(live)
 }
 
 /// A new password: 128 random bits from the kernel, as 32 hex digits (nothing to escape in a
@@ -154,6 +181,29 @@ mod tests {
         let cm = json!({"kind": "ConfigMap", "metadata": {"name": "x"}});
         assert_eq!(with_password(&cm, "00ff"), cm);
         assert!(!needs_data(&cm));
+    }
+
+    #[test]
+    fn listed_peers_get_users_with_derived_passwords() {
+        let mut p = placeholder("default");
+        p["metadata"]["annotations"][broker::PEERS_ANNOTATION] = json!("line-b,line-c");
+        let filled = with_password(&p, "00ff");
+        let b = filled["data"][broker::SECRET_PEERS_FILE].as_str().unwrap();
+        let text = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap())
+            .unwrap();
+        assert_eq!(
+            text,
+            broker::peers_json("00ff", &["line-b".into(), "line-c".into()])
+        );
+        let users: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(users["users"][0]["name"], "peer.line-b");
+        assert_eq!(
+            users["users"][1]["password"],
+            broker::peer_password("00ff", "line-c")
+        );
+        // Without peers there is no peers file.
+        let plain = with_password(&placeholder("default"), "00ff");
+        assert!(plain["data"].get(broker::SECRET_PEERS_FILE).is_none());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod history;
 mod kinds;
 pub mod normalize;
 mod options;
+pub mod peers;
 mod plan;
 mod status;
 mod wait;

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod down;
 pub mod graph;
 pub mod history;
+pub mod peers;
 pub mod plan;
 pub mod render;
 pub mod rollback;

@@ -163,6 +163,8 @@ fn bed() -> Bed {
         revision_history: aion_model::inventory::DEFAULT_REVISION_HISTORY,
         previous_images: aion_model::inventory::DEFAULT_PREVIOUS_IMAGES,
         image_sources: Vec::new(),
+        peers: Vec::new(),
+        entry_port: aion_model::inventory::DEFAULT_ENTRY_PORT,
         hosts: vec![inv_host("m1", Role::Master), inv_host("w1", Role::Worker)],
         span: Default::default(),
     };

@@ -30,6 +30,20 @@ pub const SECRET_PASSWORD_KEY: &str = "password";
 pub const SECRET_USER_FILE: &str = "20-user.json";
 /// The ConfigMap's key with the virtual hosts' definitions file.
 pub const VHOSTS_FILE: &str = "10-vhosts.json";
+/// The Secret's key with the users of other installations' devices (`peers`), when any.
+pub const SECRET_PEERS_FILE: &str = "25-peers.json";
+/// The placeholder Secret's annotation listing the peer devices whose users the generated
+/// data holds (comma-separated).
+pub const PEERS_ANNOTATION: &str = "aion.latona.io/peers";
+/// The NodePort Service other installations reach the broker through (rendered with peers).
+pub const ENTRY_SERVICE: &str = "rabbitmq-entry";
+/// The Secret (in every AION namespace) with the credentials other installations issued to this
+/// one's devices: key = remote device, value = its URL (`aion-reconcile remote-credentials`
+/// writes it; never rendered, never pruned). The runtime reads it mounted at
+/// [`REMOTE_CREDENTIALS_DIR`].
+pub const REMOTES_SECRET: &str = "aion-remotes";
+/// Where the runtime's pod mounts [`REMOTES_SECRET`] (`--remote-credentials`).
+pub const REMOTE_CREDENTIALS_DIR: &str = "/etc/aion/remotes";
 /// The ConfigMap's key with the permissions' definitions file.
 pub const PERMISSIONS_FILE: &str = "30-permissions.json";
 /// The pod environment variable that carries the password (from the Secret); it comes first in
@@ -103,17 +117,101 @@ pub fn vhosts_json(vhosts: &[String]) -> String {
 }
 
 /// `30-permissions.json`: the user's full permissions (`configure`/`write`/`read` = `.*`) on
-/// every virtual host.
-pub fn permissions_json(vhosts: &[String]) -> String {
+/// every virtual host; each peer's (`(device, vhosts it may reach)`) only `write` on the peer
+/// exchange of those virtual hosts: it can deliver to their inbound queue and nothing else
+/// (not the default exchange, so no other queue; no reading, no declaring).
+pub fn permissions_json(vhosts: &[String], peers: &[(String, Vec<String>)]) -> String {
+    let mut all: Vec<serde_json::Value> = unique(vhosts)
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "user": USER,
+                "vhost": v,
+                "configure": ".*",
+                "write": ".*",
+                "read": ".*",
+            })
+        })
+        .collect();
+    let exchange = format!("^{}$", regex_escape(aion_model::peer::PEER_EXCHANGE));
+    for (device, reach) in peers {
+        for v in unique(reach) {
+            all.push(serde_json::json!({
+                "user": aion_model::peer::peer_user(device),
+                "vhost": v,
+                "configure": "^$",
+                "write": exchange,
+                "read": "^$",
+            }));
+        }
+    }
+    file(serde_json::json!({ "permissions": all }))
+}
+
+/// `s` with the regex metacharacters it may hold escaped (`.` in exchange names).
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `25-peers.json` (the Secret's): one user per peer device, `peer.<device>`, with the
+/// password [`peer_password`] derives from the installation's.
+pub fn peers_json(installation_password: &str, devices: &[String]) -> String {
     file(serde_json::json!({
-        "permissions": unique(vhosts).iter().map(|v| serde_json::json!({
-            "user": USER,
-            "vhost": v,
-            "configure": ".*",
-            "write": ".*",
-            "read": ".*",
+        "users": devices.iter().map(|d| serde_json::json!({
+            "name": aion_model::peer::peer_user(d),
+            "password": peer_password(installation_password, d),
+            "tags": [],
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// A peer's password: HMAC-SHA256 of its device name under the installation's generated
+/// broker password, 32 hex digits. Derived rather than stored: nothing new to keep, the same at
+/// every plan, and rotating the installation's password rotates every peer's.
+pub fn peer_password(installation_password: &str, device: &str) -> String {
+    let message = [b"aion peer ".as_slice(), device.as_bytes()].concat();
+    hex::encode(&hmac_sha256(installation_password.as_bytes(), &message)[..16])
+}
+
+/// HMAC-SHA256 (RFC 2104) over sha2, the one keyed hash this crate needs.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| k.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// `amqp://peer.<device>:<password>@{addr}:<port>/<vhost>`: what a peer device's installation
+/// stores (`aion-reconcile remote-credentials`); its runtime puts the `devices` entry's `addr`
+/// in place of `{addr}`.
+pub fn peer_url(installation_password: &str, device: &str, port: u16, vhost: &str) -> String {
+    format!(
+        "amqp://{}:{}@{{addr}}:{port}/{}",
+        aion_model::peer::peer_user(device),
+        peer_password(installation_password, device),
+        encode_vhost(vhost)
+    )
 }
 
 /// `20-user.json` (the Secret's): the user with its password. RabbitMQ hashes a `password`
@@ -168,6 +266,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        // Test case 2.
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block is hashed first.
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
     fn definition_files_list_vhosts_user_and_permissions() {
         let vhosts = [
             "default".to_owned(),
@@ -179,7 +294,7 @@ mod tests {
             v,
             serde_json::json!({"vhosts": [{"name": "default"}, {"name": "edge-worker-1"}]})
         );
-        let p: serde_json::Value = serde_json::from_str(&permissions_json(&vhosts)).unwrap();
+        let p: serde_json::Value = serde_json::from_str(&permissions_json(&vhosts, &[])).unwrap();
         let perms = p["permissions"].as_array().unwrap();
         assert_eq!(perms.len(), 2);
         for (p, v) in perms.iter().zip(["default", "edge-worker-1"]) {

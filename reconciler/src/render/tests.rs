@@ -443,7 +443,7 @@ fn least_privilege_rbac() {
     assert!(m.objects().all(|o| !o.key.kind.starts_with("Cluster")));
     let kanban = &find(&m, "Deployment", "aion-kanban").value;
     let c = &kanban["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["args"], json!(["run"]));
+    assert_eq!(c["args"], json!(["run", "--peers="]));
     let env = c["env"].as_array().unwrap();
     let get = |k: &str| {
         env.iter()
@@ -552,7 +552,7 @@ fn cluster_mode_vhost_per_namespace_and_device_amqp() {
     );
     assert_eq!(
         cm.value["data"][broker::PERMISSIONS_FILE].as_str(),
-        Some(broker::permissions_json(&vhosts).as_str())
+        Some(broker::permissions_json(&vhosts, &[]).as_str())
     );
     assert_eq!(
         cm.value["data"]["aion.conf"].as_str().unwrap(),
@@ -582,6 +582,7 @@ fn cluster_mode_vhost_per_namespace_and_device_amqp() {
                 expected.push(json!(format!("{d}={}", url(v))));
             }
         }
+        expected.push(json!("--peers="));
         assert_eq!(c["args"], json!(expected), "{node}");
         // The microservice of the same name in each namespace: its own virtual host.
         let ms = m
@@ -630,7 +631,7 @@ fn broker_checksum_follows_the_definitions() {
         env_of(c, "AION_RABBITMQ_URL").as_deref(),
         Some("amqp://aion:$(AION_BROKER_PASSWORD)@rabbitmq.prj.svc.cluster.local:5672/%2f")
     );
-    assert_eq!(c["args"], json!(["run"]));
+    assert_eq!(c["args"], json!(["run", "--peers="]));
 }
 
 /// No password is rendered: each namespace gets an empty Secret `aion-broker` marked for
@@ -943,4 +944,114 @@ fn fast_parse_path_agrees_with_the_yaml_parser() {
 fn split_documents_drops_comment_only_docs() {
     let docs = split_documents("# only a comment\n---\na: 1\n---\n\n---\nb: 2\n");
     assert_eq!(docs, ["a: 1\n", "b: 2\n"]);
+}
+
+/// Peers (devices of other installations): each gets write on the peer exchange of the virtual
+/// hosts it may reach and nothing else, the broker gets a NodePort entry, each runtime is told
+/// which peers may send to it, and the peers' users come only from the generated Secret.
+#[test]
+fn peers_get_a_user_limited_to_the_inbound_queues_they_may_reach() {
+    let inv = three_hosts(
+        "peers:\n  - device: line-2-cam\n    to: [edge-worker-2]\n  - device: hq\nentryPort: 31999\n",
+    );
+    let m = render(&inv, &[]).unwrap();
+    let cm = &find(&m, "ConfigMap", "rabbitmq-config").value;
+    let perms: serde_json::Value =
+        serde_json::from_str(cm["data"][broker::PERMISSIONS_FILE].as_str().unwrap()).unwrap();
+    let of = |user: &str| -> Vec<serde_json::Value> {
+        perms["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["user"] == user)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        of("peer.line-2-cam"),
+        vec![json!({"user": "peer.line-2-cam", "vhost": "edge-worker-2",
+                    "configure": "^$", "write": "^aion-kanban\\.peers$", "read": "^$"})]
+    );
+    let hq: Vec<_> = of("peer.hq").iter().map(|p| p["vhost"].clone()).collect();
+    assert_eq!(
+        hq,
+        [
+            json!("default"),
+            json!("edge-worker-1"),
+            json!("edge-worker-2")
+        ]
+    );
+    // The users are in the generated Secret only (the placeholder lists the devices).
+    let secret = m
+        .objects()
+        .find(|o| o.key.kind == "Secret" && o.node == "edge-master")
+        .unwrap();
+    assert_eq!(
+        secret.value["metadata"]["annotations"][broker::PEERS_ANNOTATION],
+        "line-2-cam,hq"
+    );
+    assert!(secret.value.get("data").is_none());
+    let entry = &find(&m, "Service", broker::ENTRY_SERVICE).value;
+    assert_eq!(entry["spec"]["type"], "NodePort");
+    assert_eq!(entry["spec"]["ports"][0]["nodePort"], 31999);
+    assert_eq!(
+        entry["spec"]["ports"].as_array().unwrap().len(),
+        1,
+        "AMQP only"
+    );
+    for (node, peers) in [
+        ("edge-master", "--peers=hq"),
+        ("edge-worker-1", "--peers=hq"),
+        ("edge-worker-2", "--peers=line-2-cam,hq"),
+    ] {
+        let args = kanban_container(&m, node)["args"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(args.last().unwrap(), peers, "{node}");
+    }
+    // Without peers: no entry, no peers file.
+    let m = render(&three_hosts(""), &[]).unwrap();
+    assert!(m.objects().all(|o| o.key.name != broker::ENTRY_SERVICE));
+    // The entry port is a node port like the microservices' own.
+    let e = render(
+        &inventory(
+            "name: lab\nmode: single\npeers: [{device: hq}]\nentryPort: 30080\nhosts:\n  - name: edge-master\n    address: 10.0.0.2\n    role: master\n",
+        ),
+        &[(
+            "edge-master".to_owned(),
+            services(
+                "microservices:\n  a:\n    network: NodePort\n    ports: [{name: web, port: 80, nodePort: 30080}]\n",
+            ),
+        )],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("nodePort 30080 is also used by the broker's entry for peers"),
+        "{e}"
+    );
+}
+
+#[test]
+fn peer_passwords_are_derived_per_device_and_stable() {
+    let a = broker::peer_password("0123456789abcdef0123456789abcdef", "hq");
+    assert_eq!(
+        a,
+        broker::peer_password("0123456789abcdef0123456789abcdef", "hq")
+    );
+    assert_eq!(a.len(), 32);
+    assert_ne!(
+        a,
+        broker::peer_password("0123456789abcdef0123456789abcdef", "hr")
+    );
+    assert_ne!(a, broker::peer_password("other", "hq"));
+    let url = broker::peer_url("pw", "hq", 32094, "/");
+    assert_eq!(
+        url,
+        format!(
+            "amqp://peer.hq:{}@{{addr}}:32094/%2f",
+            broker::peer_password("pw", "hq")
+        )
+    );
 }

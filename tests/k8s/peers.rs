@@ -1,0 +1,192 @@
+//! Credentials between installations on the real kube-apiserver (#18): an inventory's `peers`
+//! get users in the generated Secret `aion-broker` (passwords derived from the installation's,
+//! never in a plan), the plan converges, adding a peer keeps the others' passwords, `peer-url`
+//! issues the URL for the virtual host the peer may reach, and `remote-credentials` stores what
+//! another installation issued in Secret `aion-remotes`, which no plan shows and no apply prunes.
+
+use std::path::Path;
+
+use aion_integration_tests::k8s;
+use aion_model::Inventory;
+use aion_reconcile::cluster::{self, ClusterApplyOptions, ObjectAction, peers};
+use aion_reconcile::render::{self, broker};
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+fn inventory(name: &str, master_ns: &str, worker_ns: &str, peers: &str) -> Inventory {
+    let text = format!(
+        "name: {name}\nmode: cluster\n{peers}hosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {master_ns}}}\n  - name: edge-worker\n    address: 127.0.0.2\n    role: worker\n    vars: {{namespace: {worker_ns}}}\n"
+    );
+    let loaded =
+        aion_model::inventory::load_str(&text, Path::new("/tmp/aion-test/inventory.yml")).unwrap();
+    assert!(
+        loaded.diagnostics.iter().all(|d| !d.is_error()),
+        "{:?}",
+        loaded.diagnostics
+    );
+    loaded.value
+}
+
+async fn secret_key(client: &kube::Client, ns: &str, name: &str, key: &str) -> Option<String> {
+    let s = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    let data = s.data.unwrap_or_default();
+    Some(String::from_utf8(data.get(key)?.0.clone()).unwrap())
+}
+
+fn assert_hidden(text: &str, secret: &str, what: &str) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    assert!(
+        !text.contains(secret) && !text.contains(&b64),
+        "{what} shows a password:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn peers_get_users_and_urls_and_remote_credentials_are_kept() {
+    let Some(tc) = k8s::require() else { return };
+    aion_reconcile::kubeclient::install_crypto_provider();
+    let client = tc.client().await;
+    let (ns_m, ns_w) = (tc.fresh_namespace().await, tc.fresh_namespace().await);
+    let cam = format!("{ns_m}-cam");
+    let hq = format!("{ns_m}-hq");
+    let opts = ClusterApplyOptions::default();
+    let one = format!("peers:\n  - device: {cam}\n    to: [edge-worker]\n");
+    let inv = inventory(&ns_m, &ns_m, &ns_w, &one);
+    let m = render::render(&inv, &[]).unwrap();
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    cluster::apply_plan(&client, &plan, &opts).await.unwrap();
+
+    // The peer's user, its password derived from the installation's.
+    let password = secret_key(
+        &client,
+        &ns_m,
+        broker::SECRET_NAME,
+        broker::SECRET_PASSWORD_KEY,
+    )
+    .await
+    .expect("the broker password");
+    let peers_file = secret_key(
+        &client,
+        &ns_m,
+        broker::SECRET_NAME,
+        broker::SECRET_PEERS_FILE,
+    )
+    .await
+    .expect("the peers' users");
+    assert_eq!(
+        peers_file,
+        broker::peers_json(&password, std::slice::from_ref(&cam))
+    );
+    let cam_password = broker::peer_password(&password, &cam);
+    // Converged, and no plan shows the peer's password.
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
+    for text in [
+        plan.render_text(false, true),
+        serde_json::to_string(&plan).unwrap(),
+    ] {
+        assert_hidden(&text, &cam_password, "the plan");
+    }
+
+    // `peer-url`: the worker's virtual host, the entry port, the derived password.
+    let issue = peers::issue(&inv, &cam, None).unwrap();
+    assert_eq!(
+        (issue.host.as_str(), issue.vhost.as_str()),
+        ("edge-worker", ns_w.as_str())
+    );
+    let url = peers::issued_url(&client, &issue).await.unwrap();
+    assert_eq!(
+        url,
+        format!("amqp://peer.{cam}:{cam_password}@{{addr}}:32094/{ns_w}")
+    );
+
+    // A second peer: the Secret and the permissions change (masked), the first password stays.
+    let two = format!("{one}  - device: {hq}\n");
+    let inv2 = inventory(&ns_m, &ns_m, &ns_w, &two);
+    let m2 = render::render(&inv2, &[]).unwrap();
+    let plan = cluster::plan(&client, &m2, &inv2).await.unwrap();
+    let changed: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != ObjectAction::Unchanged)
+        .map(|c| format!("{} {}", c.action.symbol(), c.key))
+        .collect();
+    for want in [
+        format!("~ Secret/{ns_m}/aion-broker"),
+        format!("~ ConfigMap/{ns_m}/rabbitmq-config"),
+    ] {
+        assert!(changed.contains(&want), "{want} not in {changed:?}");
+    }
+    assert_hidden(&plan.render_text(false, true), &password, "the plan");
+    cluster::apply_plan(&client, &plan, &opts).await.unwrap();
+    let peers_file = secret_key(
+        &client,
+        &ns_m,
+        broker::SECRET_NAME,
+        broker::SECRET_PEERS_FILE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        peers_file,
+        broker::peers_json(&password, &[cam.clone(), hq.clone()])
+    );
+    assert!(
+        peers_file.contains(&cam_password),
+        "the first peer's password changed"
+    );
+
+    // `remote-credentials`: what other installations issued, per remote device, kept by apply.
+    let issued =
+        peers::check_issued_url("amqp://peer.edge-worker:abc@{addr}:32094/line-2\n").unwrap();
+    peers::store_remote(&client, &ns_w, "line-2-gw", &issued)
+        .await
+        .unwrap();
+    peers::store_remote(
+        &client,
+        &ns_w,
+        "line-3-gw",
+        "amqp://peer.edge-worker:def@{addr}:32094/%2f",
+    )
+    .await
+    .unwrap();
+    peers::store_remote(
+        &client,
+        &ns_w,
+        "line-2-gw",
+        "amqp://peer.edge-worker:new@{addr}:32094/line-2",
+    )
+    .await
+    .unwrap();
+    let remote = |key: &'static str| secret_key(&client, &ns_w, broker::REMOTES_SECRET, key);
+    assert_eq!(
+        remote("line-2-gw").await.as_deref(),
+        Some("amqp://peer.edge-worker:new@{addr}:32094/line-2")
+    );
+    assert_eq!(
+        remote("line-3-gw").await.as_deref(),
+        Some("amqp://peer.edge-worker:def@{addr}:32094/%2f")
+    );
+    let plan = cluster::plan(&client, &m2, &inv2).await.unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
+    assert!(
+        plan.changes
+            .iter()
+            .all(|c| c.key.name != broker::REMOTES_SECRET),
+        "aion-remotes is not the plan's"
+    );
+    cluster::apply_plan(&client, &plan, &opts).await.unwrap();
+    assert!(
+        remote("line-3-gw").await.is_some(),
+        "apply pruned aion-remotes"
+    );
+
+    cluster::down(&client, &inv2.name, &opts).await.unwrap();
+    for ns in [&ns_m, &ns_w] {
+        tc.delete_namespace(ns).await;
+    }
+}

@@ -1,0 +1,398 @@
+//! Two installations exchange kanbans (#18), each with its own broker (instances `a` and `b` of
+//! `scripts/rabbitmq.sh`), each rendered from its own inventory that lists the other's device as
+//! a peer. What each broker imports is what `render` and the generated Secret produce for it: the
+//! peer's user (`25-peers.json`, password derived from a fresh installation password) and its
+//! permissions (`30-permissions.json`, the peer entries). Each runtime runs as its rendered
+//! Deployment says (`--peers`), with the credentials the other side issued (`peer_url`, what
+//! `aion-reconcile peer-url` prints) in its `--remote-credentials` directory. Then:
+//! * a kanban with a file crosses from A to B and one crosses back from B to A;
+//! * the peer user can do nothing else on the other broker: no publishing to the default
+//!   exchange (so to no queue but the inbound one), no reading, no declaring, no `user_id` of
+//!   another user; a forwarded kanban claiming another device is dead-lettered with the reason;
+//! * wrong credentials: the sender is refused at login, the kanban is dead-lettered on the
+//!   sender's side with the broker's reason, nothing is delivered;
+//! * a peer removed from the receiving inventory is refused by the runtime (`--peers`), even
+//!   though its broker user still exists.
+//!
+//! Each installation is one host in cluster mode with its own namespace, so its virtual host is
+//! this run's own: nothing here meets another test's queues. Users and virtual hosts are removed
+//! at the end, also when the test fails.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aion_integration_tests::component;
+use aion_integration_tests::rabbitmq::kanban::{json_of, services, start_router};
+use aion_integration_tests::rabbitmq::{self, amqp};
+use aion_kanban::router::{RouterOptions, ServicesSource};
+use aion_model::peer::{PEER_EXCHANGE, peer_user};
+use aion_reconcile::cluster::generated;
+use aion_reconcile::manifest::Manifests;
+use aion_reconcile::render;
+use aion_reconcile::render::broker;
+use base64::Engine;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Removes virtual hosts and users from a broker instance when dropped.
+struct Cleanup(Vec<(&'static str, &'static str, String)>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for (which, what, name) in &self.0 {
+            if let Err(e) = rabbitmq::ctl(which, &[what, name]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// One installation: its inventory (one host, cluster mode, namespace = `ns`), rendered.
+fn installation(ns: &str, peers: &str) -> (Manifests, String) {
+    let text = format!(
+        "name: {ns}\nmode: cluster\n{peers}hosts:\n  - name: {ns}-m\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {ns}}}\n"
+    );
+    let inv = aion_model::inventory::load_str(&text, Path::new("inventory.yml"))
+        .unwrap()
+        .value;
+    (render::render(&inv, &[]).unwrap(), format!("{ns}-m"))
+}
+
+/// Import into broker `which` what the installation's broker imports at boot for its peers:
+/// their users (the generated Secret's peers file, for `password`) and their permissions (the
+/// rendered ConfigMap's peer entries), after creating its virtual host. Returns the peers'
+/// permissions as imported.
+fn import_peer_definitions(which: &str, m: &Manifests, password: &str, dir: &Path) -> Vec<Value> {
+    let cm = m
+        .objects()
+        .find(|o| o.key.kind == "ConfigMap" && o.key.name == "rabbitmq-config")
+        .expect("rendered ConfigMap rabbitmq-config");
+    let placeholder = m
+        .objects()
+        .find(|o| o.key.kind == "Secret" && o.key.name == broker::SECRET_NAME)
+        .expect("rendered Secret aion-broker");
+    let secret = generated::with_password(&placeholder.value, password);
+    let peers_file = base64::engine::general_purpose::STANDARD
+        .decode(
+            secret["data"][broker::SECRET_PEERS_FILE]
+                .as_str()
+                .expect("the generated Secret holds the peers' users"),
+        )
+        .unwrap();
+    let perms: Value =
+        serde_json::from_str(cm.value["data"][broker::PERMISSIONS_FILE].as_str().unwrap()).unwrap();
+    // The `aion` user's own entries are cluster_broker's subject; here only the peers'.
+    let peer_perms: Vec<Value> = perms["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["user"].as_str().unwrap().starts_with("peer."))
+        .cloned()
+        .collect();
+    let files = [
+        (
+            broker::VHOSTS_FILE,
+            cm.value["data"][broker::VHOSTS_FILE]
+                .as_str()
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+        ),
+        (broker::SECRET_PEERS_FILE, peers_file),
+        (
+            broker::PERMISSIONS_FILE,
+            serde_json::to_vec(&json!({ "permissions": peer_perms })).unwrap(),
+        ),
+    ];
+    for (name, bytes) in files {
+        let path = dir.join(format!("{which}-{name}"));
+        std::fs::write(&path, bytes).unwrap();
+        rabbitmq::ctl(which, &["import_definitions", path.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("import_definitions {name} into {which}: {e}"));
+    }
+    peer_perms
+}
+
+/// `--peers=…` of the rendered runtime of `node`.
+fn rendered_peers(m: &Manifests, node: &str) -> Vec<String> {
+    let d = m
+        .objects()
+        .find(|o| o.node == node && o.key.kind == "Deployment" && o.key.name == "aion-kanban")
+        .unwrap();
+    let args = d.value["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    let list = args
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--peers="))
+        .expect("the runtime is always told its peers");
+    list.split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `amqp://guest:guest@host:port/%2f` → the same broker, virtual host `vhost`.
+fn on_vhost(url: &str, vhost: &str) -> String {
+    let base = url.rsplit_once('/').unwrap().0;
+    format!("{base}/{vhost}")
+}
+
+fn port_of(url: &str) -> u16 {
+    let hp = url.rsplit_once('@').unwrap().1.split('/').next().unwrap();
+    hp.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+async fn login(url: &str) -> Result<Connection, lapin::Error> {
+    Connection::connect(url, ConnectionProperties::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_exchange_kanbans_through_their_peer_entries() {
+    use sha2::{Digest, Sha256};
+    let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
+    let p = rabbitmq::unique("fx");
+    let (ns_a, ns_b) = (format!("{p}-a"), format!("{p}-b"));
+    let (dev_a, dev_b) = (format!("{p}-dev-a"), format!("{p}-dev-b"));
+    let dev_wrong = format!("{p}-dev-w");
+    let (m_a, node_a) = installation(&ns_a, &format!("peers:\n  - device: {dev_b}\n"));
+    let (m_b, node_b) = installation(&ns_b, &format!("peers:\n  - device: {dev_a}\n"));
+    let (pw_a, pw_b) = (
+        generated::fresh_password().unwrap(),
+        generated::fresh_password().unwrap(),
+    );
+    let _cleanup = Cleanup(vec![
+        ("a", "delete_vhost", ns_a.clone()),
+        ("b", "delete_vhost", ns_b.clone()),
+        ("a", "delete_user", peer_user(&dev_b)),
+        ("b", "delete_user", peer_user(&dev_a)),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let perms_b = import_peer_definitions("b", &m_b, &pw_b, dir.path());
+    assert_eq!(
+        perms_b,
+        [
+            json!({"user": peer_user(&dev_a), "vhost": ns_b, "configure": "^$",
+                "write": "^aion-kanban\\.peers$", "read": "^$"})
+        ]
+    );
+    import_peer_definitions("a", &m_a, &pw_a, dir.path());
+    // Each runtime's own user on its own broker (the test brokers' guest stands for `aion`).
+    for (which, ns) in [("a", &ns_a), ("b", &ns_b)] {
+        rabbitmq::ctl(
+            which,
+            &["set_permissions", "-p", ns, "guest", ".*", ".*", ".*"],
+        )
+        .unwrap();
+    }
+    let (url_a, url_b) = (on_vhost(&b.url, &ns_a), on_vhost(&b.url_b, &ns_b));
+
+    // Each side's services: `src` sends to the other device's `sink`; the other device's
+    // address is where its broker's entry is (127.0.0.1 here; the port is in the credentials).
+    let file_a = services(&format!(
+        "deviceName: {dev_a}\ndevices:\n  {dev_b}: {{addr: 127.0.0.1}}\n  {dev_wrong}: {{addr: 127.0.0.1}}\nmicroservices:\n  src:\n    nextService:\n      default: [{{name: sink, device: {dev_b}}}]\n      wrong: [{{name: sink, device: {dev_wrong}}}]\n  sink: {{}}\n"
+    ));
+    let file_b = services(&format!(
+        "deviceName: {dev_b}\ndevices:\n  {dev_a}: {{addr: 127.0.0.1}}\nmicroservices:\n  src:\n    nextService:\n      default: [{{name: sink, device: {dev_a}}}]\n  sink: {{}}\n"
+    ));
+    // The credentials each installation issued to the other's device, as `peer-url` prints
+    // them, stored where the rendered runtime reads them; and one with a wrong password.
+    let creds_a = dir.path().join("remotes-a");
+    let creds_b = dir.path().join("remotes-b");
+    std::fs::create_dir_all(&creds_a).unwrap();
+    std::fs::create_dir_all(&creds_b).unwrap();
+    std::fs::write(
+        creds_a.join(&dev_b),
+        broker::peer_url(&pw_b, &dev_a, port_of(&b.url_b), &ns_b),
+    )
+    .unwrap();
+    std::fs::write(
+        creds_a.join(&dev_wrong),
+        broker::peer_url("not-the-password", &dev_a, port_of(&b.url_b), &ns_b),
+    )
+    .unwrap();
+    std::fs::write(
+        creds_b.join(&dev_a),
+        broker::peer_url(&pw_a, &dev_b, port_of(&b.url), &ns_a),
+    )
+    .unwrap();
+
+    let home_a = dir.path().join("a");
+    let home_b = dir.path().join("b");
+    let options = |file: &aion_model::ServicesFile, url: &str, home: &Path, creds: &Path| {
+        let mut o = RouterOptions::new(ServicesSource::Value(Arc::new(file.clone())), url);
+        o.data_dir = home.join("Data");
+        o.remote_credentials = Some(creds.to_path_buf());
+        std::fs::create_dir_all(&o.data_dir).unwrap();
+        o
+    };
+    let mut oa = options(&file_a, &url_a, &home_a, &creds_a);
+    oa.peers = Some(rendered_peers(&m_a, &node_a));
+    assert_eq!(oa.peers.as_deref(), Some(std::slice::from_ref(&dev_b)));
+    let options_b = |peers: Vec<String>| {
+        let mut o = options(&file_b, &url_b, &home_b, &creds_b);
+        o.peers = Some(peers);
+        o
+    };
+    let ra = start_router(oa, None);
+    let rb = start_router(options_b(rendered_peers(&m_b, &node_b)), None);
+    let (conn_a, ch_a) = amqp::connect(&url_a).await;
+    let (conn_b, ch_b) = amqp::connect(&url_b).await;
+    for conn in [&conn_a, &conn_b] {
+        assert!(amqp::wait_declared(conn, "src-001.out", WAIT).await);
+        assert!(amqp::wait_declared(conn, "aion-kanban.inbound", WAIT).await);
+    }
+
+    // A → B with a file; B → A without.
+    let data: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::create_dir_all(home_a.join("Data/src_1")).unwrap();
+    std::fs::write(home_a.join("Data/src_1/frame.bin"), &data).unwrap();
+    let k = json!({"connectionKey": "default", "fileList": ["Data/src_1/frame.bin"], "metadata": {"id": 1}});
+    amqp::publish(&ch_a, "src-001.out", k.to_string().as_bytes()).await;
+    let k = json!({"connectionKey": "default", "metadata": {"id": 2}});
+    amqp::publish(&ch_b, "src-001.out", k.to_string().as_bytes()).await;
+    let got_b = amqp::take(&ch_b, "sink-001.in", 1, WAIT).await;
+    assert_eq!(got_b.len(), 1, "A's kanban did not reach B");
+    let v = json_of(&got_b[0].0);
+    assert_eq!(v["metadata"]["id"], 1);
+    assert_eq!(v["nextDeviceName"], dev_b.as_str());
+    let stored = home_b.join("Data/sink_1/frame.bin");
+    assert_eq!(v["fileList"], json!([stored.to_string_lossy()]));
+    assert_eq!(
+        Sha256::digest(std::fs::read(&stored).unwrap()),
+        Sha256::digest(&data),
+        "the file arrived changed"
+    );
+    let got_a = amqp::take(&ch_a, "sink-001.in", 1, WAIT).await;
+    assert_eq!(got_a.len(), 1, "B's kanban did not reach A");
+    assert_eq!(json_of(&got_a[0].0)["metadata"]["id"], 2);
+
+    // The peer user on B's broker can deliver to the inbound queue only.
+    let peer_url_b =
+        broker::peer_url(&pw_b, &dev_a, port_of(&b.url_b), &ns_b).replace("{addr}", "127.0.0.1");
+    let peer = login(&peer_url_b).await.expect("the peer user logs in");
+    let refused = |what: &str, r: Result<(), lapin::Error>| match r {
+        Err(e) => assert!(
+            e.to_string().contains("ACCESS_REFUSED") || e.to_string().contains("PRECONDITION"),
+            "{what}: {e}"
+        ),
+        Ok(()) => panic!("{what}: allowed"),
+    };
+    let publish = |exchange: &'static str, key: String, props: BasicProperties| {
+        let peer = &peer;
+        async move {
+            let ch = peer.create_channel().await?;
+            ch.confirm_select(Default::default()).await?;
+            ch.basic_publish(
+                exchange.into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                props,
+            )
+            .await?
+            .await?;
+            // A refusal closes the channel asynchronously: ask something to see it.
+            ch.basic_qos(1, Default::default()).await?;
+            Ok::<(), lapin::Error>(())
+        }
+    };
+    refused(
+        "publishing to sink-001.in through the default exchange",
+        publish("", "sink-001.in".into(), BasicProperties::default()).await,
+    );
+    refused(
+        "publishing with another user's user_id",
+        publish(
+            PEER_EXCHANGE,
+            "aion-kanban.inbound".into(),
+            BasicProperties::default().with_user_id("guest".into()),
+        )
+        .await,
+    );
+    let ch = peer.create_channel().await.unwrap();
+    refused(
+        "reading the inbound queue",
+        ch.basic_get("aion-kanban.inbound".into(), BasicGetOptions::default())
+            .await
+            .map(|_| ()),
+    );
+    let ch = peer.create_channel().await.unwrap();
+    refused(
+        "declaring a queue",
+        ch.queue_declare(
+            format!("{p}-mine").as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ()),
+    );
+    // Allowed through the peer exchange, but claiming to be another device: dead-lettered.
+    let forged = json!({"service": "sink", "number": 1, "fromDevice": "someone-else",
+                        "kanban": {"metadata": {"id": 99}}});
+    let ch = peer.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        PEER_EXCHANGE.into(),
+        "aion-kanban.inbound".into(),
+        BasicPublishOptions::default(),
+        forged.to_string().as_bytes(),
+        BasicProperties::default().with_user_id(peer_user(&dev_a).as_str().into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let dlq = amqp::take(&ch_b, "aion-kanban.inbound.dlq", 1, WAIT).await;
+    assert_eq!(dlq.len(), 1, "the forged kanban was not dead-lettered");
+    let reason = aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default();
+    assert!(
+        reason.contains("someone-else") && reason.contains(&peer_user(&dev_a)),
+        "{reason}"
+    );
+    drop(peer);
+
+    // Wrong credentials: refused at login, dead-lettered on the sender's side with the reason.
+    let k = json!({"connectionKey": "wrong", "metadata": {"id": 3}});
+    amqp::publish(&ch_a, "src-001.out", k.to_string().as_bytes()).await;
+    let dlq = amqp::take(&ch_a, "src.dlq", 1, WAIT).await;
+    assert_eq!(
+        dlq.len(),
+        1,
+        "the kanban for the wrong credentials was not dead-lettered"
+    );
+    let reason = aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default();
+    assert!(
+        reason.contains(&dev_wrong) && reason.contains("refused the login"),
+        "{reason}"
+    );
+
+    // B's inventory no longer lists A's device: its runtime refuses A's kanbans, although the
+    // broker user (definitions only ever add users) still lets A in.
+    rb.stop().await;
+    let (m_b2, _) = installation(&ns_b, "");
+    let peers_b2 = rendered_peers(&m_b2, &node_b);
+    assert!(peers_b2.is_empty(), "{peers_b2:?}");
+    let rb = start_router(options_b(peers_b2), None);
+    let k = json!({"connectionKey": "default", "metadata": {"id": 4}});
+    amqp::publish(&ch_a, "src-001.out", k.to_string().as_bytes()).await;
+    let dlq = amqp::take(&ch_b, "aion-kanban.inbound.dlq", 1, WAIT).await;
+    assert_eq!(dlq.len(), 1, "the removed peer's kanban was not refused");
+    let reason = aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default();
+    assert!(reason.contains("not among this device's peers"), "{reason}");
+    // Nothing was delivered anywhere else.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(amqp::queue_len(&conn_b, "sink-001.in").await, Some(0));
+    assert_eq!(amqp::queue_len(&conn_a, "sink-001.in").await, Some(0));
+    ra.stop().await;
+    rb.stop().await;
+    drop((conn_a, conn_b));
+}
