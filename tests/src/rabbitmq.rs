@@ -6,6 +6,7 @@
 //! where it fails.
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -383,4 +384,59 @@ pub mod kanban {
             replicator: rep,
         }
     }
+}
+
+/// A TCP proxy to `upstream` that cuts every connection once, after `cut_after` bytes went
+/// upstream in total (the link to the other installation drops mid-transfer), and carries
+/// everything after that. Returns its address and a flag that says the cut happened.
+pub async fn link_cutting_proxy(
+    upstream: String,
+    cut_after: u64,
+) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let kill = Arc::new(tokio::sync::Notify::new());
+    let flag = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let (cut, sent, kill) = (cut.clone(), sent.clone(), kill.clone());
+            let killed = kill.clone();
+            tokio::spawn(async move {
+                let up = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                        if total > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                            kill.notify_waiters();
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                    _ = killed.notified() => {}
+                }
+                // Dropping both halves of both sockets cuts the connection.
+            });
+        }
+    });
+    (addr, flag)
 }
