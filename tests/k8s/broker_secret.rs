@@ -5,11 +5,10 @@
 
 use std::path::Path;
 
-use aion_integration_tests::k8s;
+use aion_integration_tests::k8s::{self, assert_hidden};
 use aion_model::Inventory;
 use aion_reconcile::cluster::{self, ClusterApplyOptions, ObjectAction};
 use aion_reconcile::render::{self, broker};
-use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 
@@ -47,15 +46,6 @@ async fn secret_data(client: &kube::Client, ns: &str) -> (String, String) {
         text(broker::SECRET_PASSWORD_KEY),
         text(broker::SECRET_USER_FILE),
     )
-}
-
-/// Fails when `text` holds the password, plainly or base64-encoded.
-fn assert_hidden(text: &str, password: &str, what: &str) {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(password);
-    assert!(
-        !text.contains(password) && !text.contains(&b64),
-        "{what} shows the broker password:\n{text}"
-    );
 }
 
 #[tokio::test]

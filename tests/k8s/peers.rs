@@ -6,11 +6,10 @@
 
 use std::path::Path;
 
-use aion_integration_tests::k8s;
+use aion_integration_tests::k8s::{self, assert_hidden};
 use aion_model::Inventory;
 use aion_reconcile::cluster::{self, ClusterApplyOptions, ObjectAction, peers};
 use aion_reconcile::render::{self, broker};
-use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
@@ -35,14 +34,6 @@ async fn secret_key(client: &kube::Client, ns: &str, name: &str, key: &str) -> O
         .unwrap()?;
     let data = s.data.unwrap_or_default();
     Some(String::from_utf8(data.get(key)?.0.clone()).unwrap())
-}
-
-fn assert_hidden(text: &str, secret: &str, what: &str) {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
-    assert!(
-        !text.contains(secret) && !text.contains(&b64),
-        "{what} shows a password:\n{text}"
-    );
 }
 
 #[tokio::test]

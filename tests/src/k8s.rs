@@ -156,6 +156,20 @@ impl Drop for TestCluster {
     }
 }
 
+/// Fails when `text` holds `secret`, plainly or base64-encoded (a password in a plan, a diff, a
+/// log).
+///
+/// # Panics
+/// When it does.
+pub fn assert_hidden(text: &str, secret: &str, what: &str) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    assert!(
+        !text.contains(secret) && !text.contains(&b64),
+        "{what} shows a password:\n{text}"
+    );
+}
+
 fn random_suffix(len: usize) -> String {
     const CHARSET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();

@@ -139,6 +139,18 @@ impl Session {
 
     /// Dead-letter delivery `d` (from `source_queue`) into `dlq` with `reason`, ack it, and
     /// record it as dead-lettered.
+    /// Dead-letter a message of this device's inbound queue with `reason` (its record says why).
+    async fn refuse_inbound(
+        &self,
+        d: &Delivery,
+        reason: String,
+        rec: Record,
+        settler: &Settler,
+    ) -> anyhow::Result<()> {
+        self.reject(d, INBOUND_DLQ, INBOUND_QUEUE, reason, rec, settler)
+            .await
+    }
+
     pub(super) async fn reject(
         &self,
         d: &Delivery,
@@ -522,14 +534,7 @@ impl Session {
             Ok(p) => p,
             Err(refusal) => {
                 return self
-                    .reject(
-                        &d,
-                        INBOUND_DLQ,
-                        INBOUND_QUEUE,
-                        refusal.to_string(),
-                        rec,
-                        inflight,
-                    )
+                    .refuse_inbound(&d, refusal.to_string(), rec, inflight)
                     .await;
             }
         };
@@ -541,9 +546,7 @@ impl Session {
                     inflight.requeue_later(&d).await;
                 }
                 Err(e) => {
-                    return self
-                        .reject(&d, INBOUND_DLQ, INBOUND_QUEUE, e.to_string(), rec, inflight)
-                        .await;
+                    return self.refuse_inbound(&d, e.to_string(), rec, inflight).await;
                 }
             }
             return Ok(());
@@ -577,14 +580,7 @@ impl Session {
             Err(refusal) => {
                 rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
                 return self
-                    .reject(
-                        &d,
-                        INBOUND_DLQ,
-                        INBOUND_QUEUE,
-                        refusal.to_string(),
-                        rec,
-                        inflight,
-                    )
+                    .refuse_inbound(&d, refusal.to_string(), rec, inflight)
                     .await;
             }
         };
@@ -631,9 +627,7 @@ impl Session {
             }
             Err(e) => {
                 rec.kanban = String::from_utf8_lossy(&d.data).into_owned();
-                return self
-                    .reject(&d, INBOUND_DLQ, INBOUND_QUEUE, e.to_string(), rec, inflight)
-                    .await;
+                return self.refuse_inbound(&d, e.to_string(), rec, inflight).await;
             }
         };
         let stored = match store_files(&dir, &f.files) {
