@@ -71,6 +71,34 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     }
 }
 
+/// [`connect`], trusting `ca` (PEM) for an `amqps://` URL besides the system's roots: another
+/// installation's entry, whose certificate its own CA signed.
+pub async fn connect_with_ca(
+    url: &str,
+    name: &str,
+    ca: Option<&str>,
+) -> Result<Connection, AmqpError> {
+    let Some(ca) = ca else {
+        return connect(url, name).await;
+    };
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(ca.to_string()),
+    };
+    let connecting = async {
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_with_config(url, props, tls, runtime).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(r) => r.map_err(|source| AmqpError::Connect {
+            url: redact(url),
+            source,
+        }),
+        Err(_) => Err(AmqpError::ConnectTimeout { url: redact(url) }),
+    }
+}
+
 /// One AMQP connection shared by the parts of a client (its receiver, its producer-side output,
 /// its sender), re-opened by whichever part first finds it lost. lapin runs one I/O thread per
 /// connection and wakes it for every frame; a microservice with one connection instead of three
@@ -339,16 +367,20 @@ pub async fn declare_peer_entry(ch: &Channel) -> Result<(), AmqpError> {
     .map_err(what)
 }
 
-/// Whether a failed connection attempt was the broker refusing the login (wrong user or
-/// password, or no access to the virtual host): retrying cannot help until the credentials
-/// change.
-pub fn is_refused_login(e: &AmqpError) -> bool {
-    match e {
-        AmqpError::Connect { source, .. } => {
-            let text = source.to_string();
-            text.contains("ACCESS_REFUSED") || text.contains("NOT_ALLOWED")
-        }
-        _ => false,
+/// Why a failed connection attempt cannot succeed by retrying, if it cannot: the broker refused
+/// the login (wrong user or password, or no access to the virtual host), or the other side's
+/// TLS certificate is not one the given CA signed. Both stay so until the credentials change.
+pub fn refusal(e: &AmqpError) -> Option<&'static str> {
+    let AmqpError::Connect { source, .. } = e else {
+        return None;
+    };
+    let text = source.to_string();
+    if text.contains("ACCESS_REFUSED") || text.contains("NOT_ALLOWED") {
+        Some("refused the login")
+    } else if text.to_ascii_lowercase().contains("certificate") {
+        Some("presented a certificate its issued CA does not vouch for")
+    } else {
+        None
     }
 }
 

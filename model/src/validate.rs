@@ -876,6 +876,35 @@ pub(crate) fn check_inventory_at(
             );
         }
     }
+    if let Some(tls) = &inv.entry_tls {
+        let files = [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)];
+        for ((key, path), at) in files.into_iter().zip(&tls.at) {
+            if !path.is_file() {
+                diags.push(
+                    Diagnostic::error(
+                        "file-missing",
+                        format!("entryTls {key} {} does not exist", path.display()),
+                        at.clone(),
+                        format!("{}/{key}", tls.pointer),
+                    )
+                    .with_hint("PEM files on this machine; relative paths are resolved against the inventory's directory"),
+                );
+            }
+        }
+        if inv.peers.is_empty() {
+            diags.push(
+                Diagnostic::warning(
+                    "entry-tls-without-peers",
+                    "entryTls is set but there are no peers: the entry is not rendered",
+                    tls.span.clone(),
+                    tls.pointer.clone(),
+                )
+                .with_hint(
+                    "list the devices of other installations that may send here under `peers:`",
+                ),
+            );
+        }
+    }
     for src in &inv.image_sources {
         if !src.path.exists() {
             diags.push(

@@ -562,3 +562,28 @@ all:
     assert_eq!(l.value.entry_port, 30100);
     assert_eq!(l.value.peers[0].device, "hq");
 }
+
+/// `entryTls`: three files, each missing one reported at its own value; all three keys needed.
+#[test]
+fn entry_tls_files_and_keys() {
+    let host = "hosts:\n  - {name: m, address: 10.0.0.2, role: master}\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+    std::fs::write(dir.path().join("e.pem"), "x").unwrap();
+    let d = dir.path().display();
+    let text = format!(
+        "peers: [{{device: hq}}]\nentryTls:\n  ca: {d}/ca.pem\n  cert: {d}/e.pem\n  key: {d}/e.key\n{host}"
+    );
+    at(&text, "file-missing", "/entryTls/key", (5, 8), false);
+    let l = inventory::load_str(&text, Path::new("inventory.yml")).unwrap();
+    let tls = l.value.entry_tls.unwrap();
+    assert_eq!(tls.ca, dir.path().join("ca.pem"));
+    assert_eq!(tls.key, dir.path().join("e.key"));
+    at(
+        &format!("entryTls: {{ca: a, cert: b}}\n{host}"),
+        "missing-key",
+        "/entryTls",
+        (1, 11),
+        false,
+    );
+}

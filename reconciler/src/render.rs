@@ -193,6 +193,9 @@ struct CoreCtx {
     peers: String,
     /// The NodePort of the broker's entry for other installations (with peers only).
     entry_port: Option<u16>,
+    /// `entryTls`' files as the placeholder Secret's annotation (`{key: path}` JSON), empty
+    /// without TLS on the entry.
+    entry_tls_files: String,
     /// `AION_SWEEPER_CONFIG` (the built-in data sweeper) when the inventory names a
     /// data-sweeper.yml for this host.
     sweeper_config: Option<String>,
@@ -233,6 +236,8 @@ impl Renderer {
             ("entry_service", broker::ENTRY_SERVICE),
             ("remotes_secret", broker::REMOTES_SECRET),
             ("remote_credentials_dir", broker::REMOTE_CREDENTIALS_DIR),
+            ("entry_tls_secret", broker::ENTRY_TLS_SECRET),
+            ("entry_tls_dir", broker::ENTRY_TLS_DIR),
             ("definitions_dir", broker::DEFINITIONS_DIR),
         ] {
             env.add_global(name, value);
@@ -467,7 +472,9 @@ pub fn render(
         })
         .collect();
     let vhosts: Vec<String> = devices.iter().map(|(_, v)| v.clone()).collect();
-    let rabbitmq_conf = broker::config();
+    // TLS on the entry: only with peers (no entry without them).
+    let entry_tls = inv.entry_tls.as_ref().filter(|_| !inv.peers.is_empty());
+    let rabbitmq_conf = broker::config(entry_tls.is_some());
     let rabbitmq_vhosts = broker::vhosts_json(&vhosts);
     // Devices of other installations: the virtual hosts of the hosts each may reach.
     let peer_reach: Vec<(String, Vec<String>)> = inv
@@ -557,6 +564,16 @@ pub fn render(
             kanban_args: kanban_args.clone(),
             peers: peer_devices.clone(),
             entry_port: (!inv.peers.is_empty()).then_some(inv.entry_port),
+            entry_tls_files: entry_tls
+                .map(|t| {
+                    let files: BTreeMap<&str, String> = broker::ENTRY_TLS_KEYS
+                        .into_iter()
+                        .zip([&t.ca, &t.cert, &t.key])
+                        .map(|(k, p)| (k, p.display().to_string()))
+                        .collect();
+                    serde_json::to_string(&files).expect("a map of strings serializes")
+                })
+                .unwrap_or_default(),
             sweeper_config: p
                 .host
                 .data_sweeper

@@ -36,6 +36,15 @@ async fn secret_key(client: &kube::Client, ns: &str, name: &str, key: &str) -> O
     Some(String::from_utf8(data.get(key)?.0.clone()).unwrap())
 }
 
+/// A NodePort for this test's entry: the tests share one cluster, where node ports are
+/// cluster-wide, so each test takes one from its own range (`from`, 300 ports) by its
+/// namespace's random name: two runs of the suite on one cluster rarely meet either.
+fn entry_port(ns: &str, from: u16) -> u16 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(ns.as_bytes());
+    from + u16::from_be_bytes([h[0], h[1]]) % 300
+}
+
 #[tokio::test]
 async fn peers_get_users_and_urls_and_remote_credentials_are_kept() {
     let Some(tc) = k8s::require() else { return };
@@ -45,7 +54,8 @@ async fn peers_get_users_and_urls_and_remote_credentials_are_kept() {
     let cam = format!("{ns_m}-cam");
     let hq = format!("{ns_m}-hq");
     let opts = ClusterApplyOptions::default();
-    let one = format!("peers:\n  - device: {cam}\n    to: [edge-worker]\n");
+    let port = entry_port(&ns_m, 32100);
+    let one = format!("entryPort: {port}\npeers:\n  - device: {cam}\n    to: [edge-worker]\n");
     let inv = inventory(&ns_m, &ns_m, &ns_w, &one);
     let m = render::render(&inv, &[]).unwrap();
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
@@ -92,7 +102,7 @@ async fn peers_get_users_and_urls_and_remote_credentials_are_kept() {
     let url = peers::issued_url(&client, &issue).await.unwrap();
     assert_eq!(
         url,
-        format!("amqp://peer.{cam}:{cam_password}@{{addr}}:32094/{ns_w}")
+        format!("amqp://peer.{cam}:{cam_password}@{{addr}}:{port}/{ns_w}")
     );
 
     // A second peer: the Secret and the permissions change (masked), the first password stays.
@@ -177,6 +187,81 @@ async fn peers_get_users_and_urls_and_remote_credentials_are_kept() {
     );
 
     cluster::down(&client, &inv2.name, &opts).await.unwrap();
+    for ns in [&ns_m, &ns_w] {
+        tc.delete_namespace(ns).await;
+    }
+}
+
+/// `entryTls` on the real apiserver: `plan` reads the inventory's files into the Secret
+/// `aion-entry-tls` (masked: no plan shows the key), a second plan has nothing to do, a renewed
+/// certificate is a change, and `peer-url` issues an `amqps://` URL followed by the CA.
+#[tokio::test]
+async fn a_tls_entry_secret_comes_from_the_inventorys_files() {
+    let Some(tc) = k8s::require() else { return };
+    aion_reconcile::kubeclient::install_crypto_provider();
+    let client = tc.client().await;
+    let (ns_m, ns_w) = (tc.fresh_namespace().await, tc.fresh_namespace().await);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |f: &str, text: &str| std::fs::write(dir.path().join(f), text).unwrap();
+    write(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n",
+    );
+    write(
+        "entry.pem",
+        "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n",
+    );
+    write("entry.key", "the-entry-private-key");
+    let d = dir.path().display();
+    let port = entry_port(&ns_m, 32400);
+    let peers = format!(
+        "entryPort: {port}\npeers: [{{device: hq}}]\nentryTls: {{ca: {d}/ca.pem, cert: {d}/entry.pem, key: {d}/entry.key}}\n"
+    );
+    let inv = inventory(&ns_m, &ns_m, &ns_w, &peers);
+    let m = render::render(&inv, &[]).unwrap();
+    let opts = ClusterApplyOptions::default();
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    for text in [
+        plan.render_text(false, true),
+        serde_json::to_string(&plan).unwrap(),
+    ] {
+        assert_hidden(&text, "the-entry-private-key", "the plan");
+    }
+    cluster::apply_plan(&client, &plan, &opts).await.unwrap();
+    let key = secret_key(&client, &ns_m, broker::ENTRY_TLS_SECRET, "tls.key").await;
+    assert_eq!(key.as_deref(), Some("the-entry-private-key"));
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render_text(false, true));
+
+    write("entry.key", "a-renewed-private-key");
+    let plan = cluster::plan(&client, &m, &inv).await.unwrap();
+    let changed: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != ObjectAction::Unchanged)
+        .map(|c| format!("{} {}", c.action.symbol(), c.key))
+        .collect();
+    assert_eq!(changed, [format!("~ Secret/{ns_m}/aion-entry-tls")]);
+    assert_hidden(
+        &plan.render_text(false, true),
+        "a-renewed-private-key",
+        "the plan",
+    );
+
+    let issue = peers::issue(&inv, "hq", Some("edge-master")).unwrap();
+    let issued = peers::issued_url(&client, &issue).await.unwrap();
+    let (url, ca) = issued.split_once('\n').unwrap();
+    assert!(
+        url.starts_with("amqps://peer.hq:") && url.ends_with(&format!(":{port}/{ns_m}")),
+        "{url}"
+    );
+    assert_eq!(
+        ca,
+        "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----"
+    );
+    assert!(peers::check_issued_url(&issued).is_ok());
+
+    cluster::down(&client, &inv.name, &opts).await.unwrap();
     for ns in [&ns_m, &ns_w] {
         tc.delete_namespace(ns).await;
     }

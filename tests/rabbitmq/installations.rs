@@ -272,17 +272,17 @@ async fn two_installations_exchange_kanbans_through_their_peer_entries() {
     std::fs::create_dir_all(&creds_b).unwrap();
     std::fs::write(
         creds_a.join(dev_b),
-        broker::peer_url(pw_b, dev_a, port_of(&b.url_b), ns_b),
+        broker::peer_url(pw_b, dev_a, port_of(&b.url_b), ns_b, false),
     )
     .unwrap();
     std::fs::write(
         creds_a.join(&dev_wrong),
-        broker::peer_url("not-the-password", dev_a, port_of(&b.url_b), ns_b),
+        broker::peer_url("not-the-password", dev_a, port_of(&b.url_b), ns_b, false),
     )
     .unwrap();
     std::fs::write(
         creds_b.join(dev_a),
-        broker::peer_url(pw_a, dev_b, port_of(&b.url), ns_a),
+        broker::peer_url(pw_a, dev_b, port_of(&b.url), ns_a, false),
     )
     .unwrap();
 
@@ -337,8 +337,8 @@ async fn two_installations_exchange_kanbans_through_their_peer_entries() {
     assert_eq!(json_of(&got_a[0].0)["metadata"]["id"], 2);
 
     // The peer user on B's broker can deliver to the inbound queue only.
-    let peer_url_b =
-        broker::peer_url(pw_b, dev_a, port_of(&b.url_b), ns_b).replace("{addr}", "127.0.0.1");
+    let peer_url_b = broker::peer_url(pw_b, dev_a, port_of(&b.url_b), ns_b, false)
+        .replace("{addr}", "127.0.0.1");
     let peer = login(&peer_url_b).await.expect("the peer user logs in");
     let refused = |what: &str, r: Result<(), lapin::Error>| match r {
         Err(e) => assert!(
@@ -515,7 +515,7 @@ async fn a_large_file_crosses_to_another_installation_through_a_link_cut() {
     std::fs::create_dir_all(&creds_a).unwrap();
     std::fs::write(
         creds_a.join(&pair.dev_b),
-        broker::peer_url(&pair.pw_b, &pair.dev_a, proxy_port, &pair.ns_b),
+        broker::peer_url(&pair.pw_b, &pair.dev_a, proxy_port, &pair.ns_b, false),
     )
     .unwrap();
     let mut oa = RouterOptions::new(
@@ -586,4 +586,83 @@ async fn a_large_file_crosses_to_another_installation_through_a_link_cut() {
     ra.stop().await;
     rb.stop().await;
     drop((conn_a, conn_b, ch_a));
+}
+
+/// The other installation's entry speaks TLS (`entryTls`): the sender reaches it with the
+/// `amqps://` URL and the CA that installation handed over with it, and the kanban arrives; a
+/// sender holding another CA does not trust the entry, says why and delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_entry_is_trusted_only_with_the_issued_ca() {
+    let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
+    aion_reconcile::kubeclient::install_crypto_provider();
+    let pair = Pair::set_up(&b, "tl");
+    let pki = rabbitmq::test_pki();
+    let entry = rabbitmq::tls_entry(format!("127.0.0.1:{}", port_of(&b.url_b)), &pki).await;
+    let entry_port: u16 = entry.rsplit_once(':').unwrap().1.parse().unwrap();
+    let dev_untrusting = format!("{}-dev-u", pair.p);
+    let home_a = pair.dir.path().join("a");
+    let file_a = services(&format!(
+        "deviceName: {a}\ndevices:\n  {b}: {{addr: 127.0.0.1}}\n  {u}: {{addr: 127.0.0.1}}\nmicroservices:\n  src:\n    nextService:\n      default: [{{name: sink, device: {b}}}]\n      other: [{{name: sink, device: {u}}}]\n",
+        a = pair.dev_a,
+        b = pair.dev_b,
+        u = dev_untrusting,
+    ));
+    // What `peer-url` prints for a TLS entry: the amqps:// URL, then the CA.
+    let issued = broker::peer_url(&pair.pw_b, &pair.dev_a, entry_port, &pair.ns_b, true);
+    assert!(issued.starts_with("amqps://"), "{issued}");
+    let creds = pair.dir.path().join("remotes-a");
+    std::fs::create_dir_all(&creds).unwrap();
+    let stored =
+        aion_reconcile::cluster::peers::check_issued_url(&format!("{issued}\n{}", pki.ca_pem))
+            .unwrap();
+    std::fs::write(creds.join(&pair.dev_b), stored).unwrap();
+    std::fs::write(
+        creds.join(&dev_untrusting),
+        format!("{issued}\n{}", pki.other_ca_pem),
+    )
+    .unwrap();
+    let mut oa = RouterOptions::new(ServicesSource::Value(Arc::new(file_a)), pair.url_a.clone());
+    oa.data_dir = home_a.join("Data");
+    oa.remote_credentials = Some(creds);
+    std::fs::create_dir_all(&oa.data_dir).unwrap();
+    let file_b = services(&format!(
+        "deviceName: {}\nmicroservices:\n  sink: {{}}\n",
+        pair.dev_b
+    ));
+    let mut ob = RouterOptions::new(ServicesSource::Value(Arc::new(file_b)), pair.url_b.clone());
+    ob.data_dir = pair.dir.path().join("b/Data");
+    ob.peers = Some(rendered_peers(&pair.m_b, &pair.node_b));
+    std::fs::create_dir_all(&ob.data_dir).unwrap();
+    let ra = start_router(oa, None);
+    let rb = start_router(ob, None);
+    let (conn_a, ch_a) = amqp::connect(&pair.url_a).await;
+    let (conn_b, ch_b) = amqp::connect(&pair.url_b).await;
+    assert!(amqp::wait_declared(&conn_a, "src-001.out", WAIT).await);
+    assert!(amqp::wait_declared(&conn_b, "sink-001.in", WAIT).await);
+
+    let k = json!({"connectionKey": "default", "metadata": {"id": 1}});
+    amqp::publish(&ch_a, "src-001.out", k.to_string().as_bytes()).await;
+    let got = amqp::take(&ch_b, "sink-001.in", 1, WAIT).await;
+    assert_eq!(got.len(), 1, "the kanban did not cross the TLS entry");
+    assert_eq!(json_of(&got[0].0)["metadata"]["id"], 1);
+
+    let k = json!({"connectionKey": "other", "metadata": {"id": 2}});
+    amqp::publish(&ch_a, "src-001.out", k.to_string().as_bytes()).await;
+    let dlq = amqp::take(&ch_a, "src.dlq", 1, WAIT).await;
+    assert_eq!(
+        dlq.len(),
+        1,
+        "the kanban for the untrusted entry was not dead-lettered"
+    );
+    let reason = aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default();
+    assert!(
+        reason.contains(&dev_untrusting) && reason.contains("certificate"),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(amqp::queue_len(&conn_b, "sink-001.in").await, Some(0));
+    ra.stop().await;
+    rb.stop().await;
+    drop((conn_a, conn_b));
 }

@@ -27,6 +27,8 @@ pub(super) struct RemoteBroker {
     /// Declare the inbound queues on connecting (the installation's own user may; a peer user
     /// may not, and the receiving runtime declared them).
     pub declare: bool,
+    /// The CA (PEM) that signed the other installation's entry certificate, for `amqps://`.
+    pub ca: Option<String>,
 }
 
 /// Why no broker can be used for a remote device (the kanban is dead-lettered with this).
@@ -60,6 +62,7 @@ pub(super) fn resolve(
             url: url.clone(),
             dest: Destination::queue(INBOUND_QUEUE),
             declare: true,
+            ca: None,
         });
     }
     let path = opts
@@ -75,6 +78,7 @@ pub(super) fn resolve(
             url: t.replace("{addr}", addr),
             dest: Destination::queue(INBOUND_QUEUE),
             declare: true,
+            ca: None,
         }),
         None => Err(RemoteError::NoBroker {
             device: device.into(),
@@ -93,7 +97,9 @@ fn valid_file_name(device: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
-/// The credentials file of `device`: one URL (`amqp://peer.<own>:<password>@{addr}:<port>/<vhost>`).
+/// The credentials file of `device`: the URL (`amqp[s]://peer.<own>:<password>@{addr}:<port>/<vhost>`)
+/// on its first line, then, for an `amqps://` entry, the CA certificate (PEM) that signed the
+/// other installation's entry certificate (as `aion-reconcile peer-url` prints them).
 fn peer_broker(
     path: &Path,
     own_device: &str,
@@ -106,7 +112,24 @@ fn peer_broker(
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let template = text.trim();
+    let text = text.trim();
+    let (template, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let template = template.trim();
+    let ca = rest.trim();
+    let ca = if ca.is_empty() {
+        None
+    } else if ca.starts_with("-----BEGIN CERTIFICATE-----") {
+        Some(format!("{ca}\n"))
+    } else {
+        return Err(bad(
+            "after the URL line only a PEM CA certificate may follow".into(),
+        ));
+    };
+    if ca.is_some() && !template.starts_with("amqps://") {
+        return Err(bad(
+            "a CA certificate is given but the URL is not amqps://".into()
+        ));
+    }
     if !(template.starts_with("amqp://") || template.starts_with("amqps://")) {
         return Err(bad("expected an amqp:// or amqps:// URL".into()));
     }
@@ -121,6 +144,7 @@ fn peer_broker(
         url: template.replace("{addr}", addr),
         dest: Destination::peer_inbound(&user),
         declare: false,
+        ca,
     })
 }
 
@@ -198,6 +222,30 @@ mod tests {
         assert_eq!(r.dest.routing_key, INBOUND_QUEUE);
         assert_eq!(r.dest.user_id.as_deref(), Some("peer.me"));
         assert!(!r.declare, "a peer user may not declare");
+    }
+
+    #[test]
+    fn an_amqps_entry_comes_with_the_ca_that_signed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+        std::fs::write(
+            dir.path().join("b"),
+            format!("amqps://peer.me:pw@{{addr}}:32094/%2f\n{pem}\n"),
+        )
+        .unwrap();
+        let r = resolve(&opts(Some(dir.path()), None), "me", "b", "10.0.0.7").unwrap();
+        assert_eq!(r.url, "amqps://peer.me:pw@10.0.0.7:32094/%2f");
+        assert_eq!(r.ca.as_deref(), Some(format!("{pem}\n").as_str()));
+        std::fs::write(
+            dir.path().join("b"),
+            format!("amqp://peer.me:pw@{{addr}}/\n{pem}"),
+        )
+        .unwrap();
+        let e = resolve(&opts(Some(dir.path()), None), "me", "b", "h").unwrap_err();
+        assert!(e.to_string().contains("not amqps://"), "{e}");
+        std::fs::write(dir.path().join("b"), "amqps://peer.me:pw@{addr}/\njunk").unwrap();
+        let e = resolve(&opts(Some(dir.path()), None), "me", "b", "h").unwrap_err();
+        assert!(e.to_string().contains("PEM"), "{e}");
     }
 
     #[test]

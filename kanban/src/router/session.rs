@@ -453,7 +453,9 @@ impl Session {
             let broker = remote::resolve(&self.opts, &self.device, device, addr)
                 .map_err(|e| ForwardError::Reject(e.to_string()))?;
             let connected = async {
-                let conn = amqp::connect(&broker.url, "aion-kanban-forward").await?;
+                let conn =
+                    amqp::connect_with_ca(&broker.url, "aion-kanban-forward", broker.ca.as_deref())
+                        .await?;
                 let ch = amqp::channel(&conn, &broker.url, true).await?;
                 if broker.declare {
                     amqp::declare(&ch, &topology::plan(&ServicesFile::default())).await?;
@@ -461,11 +463,10 @@ impl Session {
                 Ok::<_, AmqpError>((conn, ch))
             };
             let (conn, ch) = connected.await.map_err(|e| {
-                if amqp::is_refused_login(&e) {
+                match amqp::refusal(&e) {
                     // Retrying cannot help until the credentials change: say so, keep it.
-                    ForwardError::Reject(format!("device `{device}` refused the login: {e}"))
-                } else {
-                    ForwardError::Retry(e.to_string())
+                    Some(why) => ForwardError::Reject(format!("device `{device}` {why}: {e}")),
+                    None => ForwardError::Retry(e.to_string()),
                 }
             })?;
             let dest = broker.dest;

@@ -215,6 +215,7 @@ pub(super) fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inve
     let mut image_sources = Vec::new();
     let mut peers = Vec::new();
     let mut entry_port = None;
+    let mut entry_tls = None;
     let mut global_at = Origins::default();
     for (k, n, p) in std::mem::take(&mut w.globals) {
         match k {
@@ -232,6 +233,7 @@ pub(super) fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inve
             "aion_previous_images" => previous_images = read_previous_images(&mut w.r, n, &p, k),
             "aion_image_sources" => image_sources = read_image_sources(&mut w.r, n, &p, k),
             "aion_peers" => peers = read_peers(&mut w.r, n, &p, k),
+            "aion_entry_tls" => entry_tls = read_entry_tls(&mut w.r, n, &p, k),
             "aion_entry_port" => {
                 let v = read_entry_port(&mut w.r, n, &p, k);
                 entry_port = noted(&w.r, &mut global_at, "entryPort", n, &p, v);
@@ -274,6 +276,7 @@ pub(super) fn from_ansible(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inve
             image_sources,
             peers,
             entry_port,
+            entry_tls,
         },
         drafts,
         w.r,

@@ -351,6 +351,8 @@ pub(crate) struct Globals {
     pub(crate) image_sources: Vec<(String, Span, String)>,
     pub(crate) peers: Vec<Peer>,
     pub(crate) entry_port: Option<u16>,
+    /// `entryTls` as written: (ca, cert, key), its position and pointer.
+    pub(crate) entry_tls: Option<EntryTlsAsWritten>,
 }
 
 pub(crate) fn finish(
@@ -383,6 +385,7 @@ pub(crate) fn finish(
         image_sources,
         peers,
         entry_port,
+        entry_tls,
     } = g;
     let mode = mode.unwrap_or(if workers == 0 {
         Mode::Single
@@ -478,6 +481,14 @@ pub(crate) fn finish(
                 .collect(),
             peers,
             entry_port: entry_port.unwrap_or(DEFAULT_ENTRY_PORT),
+            entry_tls: entry_tls.map(|([ca, cert, key], span, pointer)| EntryTls {
+                ca: resolve_path(dir, &ca.0),
+                cert: resolve_path(dir, &cert.0),
+                key: resolve_path(dir, &key.0),
+                at: [ca.1, cert.1, key.1],
+                span,
+                pointer,
+            }),
             hosts,
             span: r.span(root),
         },
@@ -598,6 +609,41 @@ fn valid_peer_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.'))
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// `entryTls` as written: `ca`, `cert` and `key` with their positions, then the map's position
+/// and pointer.
+pub(crate) type EntryTlsAsWritten = ([(String, Span); 3], Span, String);
+
+/// `entryTls`: `{ca, cert, key}`, each a path; all three are needed.
+pub(crate) fn read_entry_tls(
+    r: &mut Reader,
+    n: &Node,
+    p: &str,
+    field: &str,
+) -> Option<EntryTlsAsWritten> {
+    if n.is_null() {
+        return None;
+    }
+    let f = r.fields(n, p, field, ENTRY_TLS_KEYS)?;
+    let mut out: [(String, Span); 3] = Default::default();
+    let mut complete = true;
+    for (i, key) in ENTRY_TLS_KEYS.iter().enumerate() {
+        match f.get(key) {
+            Some((v, vp)) => match r.string(v, &vp, key) {
+                Some(s) if !s.is_empty() => out[i] = (s, r.span(v)),
+                _ => complete = false,
+            },
+            None => {
+                r.diags.push(
+                    Diagnostic::error("missing-key", format!("`{field}` needs `{key}:`"), r.span(n), p)
+                        .with_hint("ca: the CA certificate, cert: the broker's certificate for the entry, key: its private key (PEM files)"),
+                );
+                complete = false;
+            }
+        }
+    }
+    complete.then(|| (out, r.span(n), p.to_string()))
 }
 
 /// `entryPort`: a NodePort (30000–32767).

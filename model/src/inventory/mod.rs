@@ -108,6 +108,10 @@ pub struct Inventory {
     /// Ansible `aion_entry_port`). Rendered only when there are peers. Default
     /// [`DEFAULT_ENTRY_PORT`], upstream's AMQP NodePort.
     pub entry_port: u16,
+    /// TLS on that entry (`entryTls`, Ansible `aion_entry_tls`): the broker's certificate and
+    /// key and the CA that signed it, files on the operator's machine (absolute after loading).
+    /// When set, the entry speaks TLS only.
+    pub entry_tls: Option<EntryTls>,
     pub hosts: Vec<Host>,
     pub span: Span,
 }
@@ -131,6 +135,22 @@ impl Peer {
     pub fn may_reach(&self, host: &str) -> bool {
         self.to.is_empty() || self.to.iter().any(|h| h == host)
     }
+}
+
+/// `entryTls`: PEM files on the operator's machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryTls {
+    /// The CA certificate that signed `cert` (handed to peers with their URL).
+    pub ca: PathBuf,
+    /// The broker's certificate for the entry (its SANs name the address peers use).
+    pub cert: PathBuf,
+    /// Its private key (goes only into the Secret `aion-entry-tls`, never into a rendered file).
+    pub key: PathBuf,
+    /// Where `ca`, `cert` and `key` were written.
+    pub at: [Span; 3],
+    pub span: Span,
+    /// JSON pointer of `entryTls`.
+    pub pointer: String,
 }
 
 /// The broker's entry port for other installations when the inventory does not say:
@@ -313,6 +333,7 @@ pub const TOP_KEYS: &[&str] = &[
     "previousImages",
     "peers",
     "entryPort",
+    "entryTls",
     "services",
     "dataSweeper",
     "ssh",
@@ -330,6 +351,7 @@ pub const HOST_KEYS: &[&str] = &[
 ];
 pub const SSH_KEYS: &[&str] = &["user", "port", "key"];
 pub const PEER_KEYS: &[&str] = &["device", "to"];
+pub const ENTRY_TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 pub const VAR_KEYS: &[&str] = &[
     "gpu",
     "kubernetesVersion",
@@ -375,6 +397,7 @@ pub const ANSIBLE_GLOBAL_VARS: &[&str] = &[
     "aion_previous_images",
     "aion_peers",
     "aion_entry_port",
+    "aion_entry_tls",
 ];
 /// Ansible groups whose hosts are masters.
 pub const MASTER_GROUPS: &[&str] = &["master", "masters", "kube_control_plane"];

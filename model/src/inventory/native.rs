@@ -20,6 +20,7 @@ pub(super) fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inven
     let mut image_sources = Vec::new();
     let mut peers = Vec::new();
     let mut entry_port = None;
+    let mut entry_tls = None;
     let mut global_at = Origins::default();
     let mut base = Partial::default();
     let mut drafts = Vec::new();
@@ -49,6 +50,9 @@ pub(super) fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inven
         }
         if let Some((n, p)) = f.get("peers") {
             peers = read_peers(&mut r, n, &p, "peers");
+        }
+        if let Some((n, p)) = f.get("entryTls") {
+            entry_tls = read_entry_tls(&mut r, n, &p, "entryTls");
         }
         if let Some((n, p)) = f.get("entryPort") {
             let v = read_entry_port(&mut r, n, &p, "entryPort");
@@ -156,6 +160,7 @@ pub(super) fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inven
             image_sources,
             peers,
             entry_port,
+            entry_tls,
         },
         drafts,
         r,

@@ -17,6 +17,42 @@ pub const ANNOTATION: &str = "aion.latona.io/generated";
 /// The generator of the broker's Secret.
 pub const BROKER_CREDENTIALS: &str = "broker-credentials";
 
+/// The generator of the entry's TLS Secret: its data are the files its placeholder names.
+pub const ENTRY_TLS: &str = "entry-tls";
+/// The placeholder's annotation naming the files (`{key: path}` JSON).
+pub const FILES_ANNOTATION: &str = "aion.latona.io/files";
+
+/// `desired` with the files its placeholder names read into its data (objects of other
+/// generators are returned as they are). Read at every plan, so a renewed certificate is
+/// planned as a change (masked, like every Secret).
+///
+/// # Errors
+/// A file that cannot be read, naming it.
+pub fn with_files(desired: &Value) -> Result<Value, String> {
+    if generator(desired) != Some(ENTRY_TLS) {
+        return Ok(desired.clone());
+    }
+    let files: std::collections::BTreeMap<String, String> = desired
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(FILES_ANNOTATION))
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let mut data = Map::new();
+    for (key, path) in files {
+        let bytes = std::fs::read(&path).map_err(|e| format!("entryTls file {path}: {e}"))?;
+        data.insert(
+            key,
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        );
+    }
+    let mut out = desired.clone();
+    if let Some(o) = out.as_object_mut() {
+        o.insert("data".to_owned(), Value::Object(data));
+    }
+    Ok(out)
+}
+
 /// The generator a rendered or live object names, if any.
 pub fn generator(v: &Value) -> Option<&str> {
     v.pointer("/metadata/annotations")
@@ -204,6 +240,22 @@ mod tests {
         // Without peers there is no peers file.
         let plain = with_password(&placeholder("default"), "00ff");
         assert!(plain["data"].get(broker::SECRET_PEERS_FILE).is_none());
+    }
+
+    #[test]
+    fn the_entry_tls_placeholder_is_filled_from_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k.pem"), "KEY").unwrap();
+        let files = json!({"tls.key": dir.path().join("k.pem")}).to_string();
+        let p = json!({"kind": "Secret", "metadata": {"name": "aion-entry-tls",
+            "annotations": {ANNOTATION: ENTRY_TLS, FILES_ANNOTATION: files}}});
+        let filled = with_files(&p).unwrap();
+        assert_eq!(filled["data"]["tls.key"], "S0VZ");
+        std::fs::remove_file(dir.path().join("k.pem")).unwrap();
+        let e = with_files(&p).unwrap_err();
+        assert!(e.contains("k.pem"), "{e}");
+        let cm = json!({"kind": "ConfigMap"});
+        assert_eq!(with_files(&cm).unwrap(), cm);
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub enum PeerError {
         broker::SECRET_NAME
     )]
     NoPassword { namespace: String },
+    #[error("entryTls ca {}: {reason}", path.display())]
+    Ca {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("the URL on stdin {0}")]
     BadUrl(&'static str),
     #[error("{what}: {source}")]
@@ -62,6 +67,8 @@ pub struct Issue {
     /// The namespace of the broker (and of its Secret).
     pub broker_namespace: String,
     pub port: u16,
+    /// The CA of a TLS entry (`entryTls.ca`), handed over with the URL.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Check that `device` is a peer allowed to reach `to` (or its only reachable host).
@@ -116,6 +123,7 @@ pub fn issue(inv: &Inventory, device: &str, to: Option<&str>) -> Result<Issue, P
         host,
         broker_namespace: master.vars.namespace.clone(),
         port: inv.entry_port,
+        ca: inv.entry_tls.as_ref().map(|t| t.ca.clone()),
     })
 }
 
@@ -139,19 +147,42 @@ pub async fn issued_url(client: &kube::Client, issue: &Issue) -> Result<String, 
         .ok_or_else(|| PeerError::NoPassword {
             namespace: issue.broker_namespace.clone(),
         })?;
-    Ok(broker::peer_url(
+    let url = broker::peer_url(
         &password,
         &issue.device,
         issue.port,
         &issue.vhost,
-    ))
+        issue.ca.is_some(),
+    );
+    match &issue.ca {
+        None => Ok(url),
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| PeerError::Ca {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(format!("{url}\n{}", pem.trim()))
+        }
+    }
 }
 
-/// A URL another installation issued: one line, amqp(s), with a `peer.` user and `{addr}`.
+/// What another installation issued: a URL line (amqp(s), a `peer.` user, `{addr}`), then for
+/// an `amqps://` entry the CA certificate (PEM). Returned trimmed, as stored.
 pub fn check_issued_url(text: &str) -> Result<String, PeerError> {
-    let url = text.trim();
-    if url.lines().count() != 1 {
-        return Err(PeerError::BadUrl("must be one line"));
+    let text = text.trim();
+    let (url, ca) = text.split_once('\n').unwrap_or((text, ""));
+    let (url, ca) = (url.trim(), ca.trim());
+    if !ca.is_empty() {
+        if !ca.starts_with("-----BEGIN CERTIFICATE-----") {
+            return Err(PeerError::BadUrl(
+                "must be one line, optionally followed by a PEM CA certificate",
+            ));
+        }
+        if !url.starts_with("amqps://") {
+            return Err(PeerError::BadUrl(
+                "comes with a CA certificate but is not amqps://",
+            ));
+        }
     }
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
         return Err(PeerError::BadUrl("is not an amqp:// or amqps:// URL"));
@@ -172,7 +203,11 @@ pub fn check_issued_url(text: &str) -> Result<String, PeerError> {
             "has no {addr} (where the devices entry's address goes)",
         ));
     }
-    Ok(url.to_string())
+    Ok(if ca.is_empty() {
+        url.to_string()
+    } else {
+        format!("{url}\n{ca}\n")
+    })
 }
 
 /// Store `url` for `remote_device` in the Secret [`broker::REMOTES_SECRET`] of `namespace`
@@ -250,6 +285,7 @@ mod tests {
                 vhost: "w2".into(),
                 broker_namespace: "default".into(),
                 port: 31000,
+                ca: None,
             }
         );
         assert_eq!(issue(&i, "hq", Some("m")).unwrap().vhost, "default");
@@ -264,6 +300,18 @@ mod tests {
     }
 
     #[test]
+    fn an_amqps_url_is_stored_with_its_ca() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----";
+        assert_eq!(
+            check_issued_url(&format!(
+                "amqps://peer.cam:abc@{{addr}}:32094/w2\n{pem}\n\n"
+            ))
+            .unwrap(),
+            format!("amqps://peer.cam:abc@{{addr}}:32094/w2\n{pem}\n")
+        );
+    }
+
+    #[test]
     fn only_a_one_line_peer_url_with_addr_is_stored() {
         assert_eq!(
             check_issued_url("amqp://peer.cam:abc@{addr}:32094/w2\n").unwrap(),
@@ -274,6 +322,10 @@ mod tests {
             ("amqp://aion:x@{addr}/", "peer.<device>"),
             ("amqp://peer.cam:x@10.0.0.1/", "{addr}"),
             ("amqp://peer.cam:x@{addr}/\namqp://x", "one line"),
+            (
+                "amqp://peer.cam:x@{addr}/\n-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----",
+                "not amqps://",
+            ),
             ("amqp://{addr}/", "no user"),
         ] {
             let e = check_issued_url(bad).unwrap_err().to_string();

@@ -337,6 +337,7 @@ pub async fn plan_with(
         if let Some(p) = password {
             desired = generated::with_password(&desired, p);
         }
+        desired = generated::with_files(&desired).map_err(ClusterError::Generate)?;
         if let Some(since) = known.and_then(normalize::being_deleted) {
             // Still going away (e.g. a namespace pruned by the last apply, desired again):
             // apply waits until it is gone, then creates it.

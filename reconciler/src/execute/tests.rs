@@ -165,6 +165,7 @@ fn bed() -> Bed {
         image_sources: Vec::new(),
         peers: Vec::new(),
         entry_port: aion_model::inventory::DEFAULT_ENTRY_PORT,
+        entry_tls: None,
         hosts: vec![inv_host("m1", Role::Master), inv_host("w1", Role::Worker)],
         span: Default::default(),
     };

@@ -205,9 +205,16 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 /// `amqp://peer.<device>:<password>@{addr}:<port>/<vhost>`: what a peer device's installation
 /// stores (`aion-reconcile remote-credentials`); its runtime puts the `devices` entry's `addr`
 /// in place of `{addr}`.
-pub fn peer_url(installation_password: &str, device: &str, port: u16, vhost: &str) -> String {
+pub fn peer_url(
+    installation_password: &str,
+    device: &str,
+    port: u16,
+    vhost: &str,
+    tls: bool,
+) -> String {
     format!(
-        "amqp://{}:{}@{{addr}}:{port}/{}",
+        "{}://{}:{}@{{addr}}:{port}/{}",
+        if tls { "amqps" } else { "amqp" },
         aion_model::peer::peer_user(device),
         peer_password(installation_password, device),
         encode_vhost(vhost)
@@ -222,12 +229,37 @@ pub fn user_json(password: &str) -> String {
     }))
 }
 
-/// The config file added to the image's `conf.d`: import the definitions directory at boot.
-pub fn config() -> String {
-    format!(
+/// The Secret with the entry's certificate, key and CA (from the inventory's `entryTls` files,
+/// filled by `plan`; rendered as a placeholder naming the files, so no rendered file holds the key).
+pub const ENTRY_TLS_SECRET: &str = "aion-entry-tls";
+/// Where the broker mounts [`ENTRY_TLS_SECRET`].
+pub const ENTRY_TLS_DIR: &str = "/etc/rabbitmq/entry-tls";
+/// The broker's TLS listener (only the entry Service points at it).
+pub const TLS_PORT: u16 = 5671;
+/// The keys of [`ENTRY_TLS_SECRET`], in the order of `entryTls`' `ca`, `cert`, `key`.
+pub const ENTRY_TLS_KEYS: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
+
+/// The config file added to the image's `conf.d`: import the definitions directory at boot;
+/// with `tls`, also a TLS listener for the entry (server authentication only: peers log in
+/// with their password, the CA lets them check they reached this installation).
+pub fn config(tls: bool) -> String {
+    let mut c = format!(
         "# Written by aion-reconcile: the user and one virtual host per AION namespace.\n\
          load_definitions = {DEFINITIONS_DIR}\n"
-    )
+    );
+    if tls {
+        let [ca, cert, key] = ENTRY_TLS_KEYS;
+        c.push_str(&format!(
+            "# The entry for other installations' devices speaks TLS only.\n\
+             listeners.ssl.default = {TLS_PORT}\n\
+             ssl_options.cacertfile = {ENTRY_TLS_DIR}/{ca}\n\
+             ssl_options.certfile = {ENTRY_TLS_DIR}/{cert}\n\
+             ssl_options.keyfile = {ENTRY_TLS_DIR}/{key}\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n"
+        ));
+    }
+    c
 }
 
 /// Hex SHA-256 over the config and the rendered definition files: a pod-template annotation,
@@ -360,10 +392,10 @@ mod tests {
 
     #[test]
     fn config_loads_the_definitions_and_checksum_tracks_every_file() {
-        assert!(config().contains("load_definitions = /etc/rabbitmq/definitions.d\n"));
-        let a = config_checksum(&config(), &["x", "y"]);
-        assert_eq!(a, config_checksum(&config(), &["x", "y"]));
-        assert_ne!(a, config_checksum(&config(), &["x", "z"]));
-        assert_ne!(a, config_checksum(&config(), &["xy", ""]));
+        assert!(config(false).contains("load_definitions = /etc/rabbitmq/definitions.d\n"));
+        let a = config_checksum(&config(false), &["x", "y"]);
+        assert_eq!(a, config_checksum(&config(false), &["x", "y"]));
+        assert_ne!(a, config_checksum(&config(false), &["x", "z"]));
+        assert_ne!(a, config_checksum(&config(false), &["xy", ""]));
     }
 }

@@ -556,7 +556,7 @@ fn cluster_mode_vhost_per_namespace_and_device_amqp() {
     );
     assert_eq!(
         cm.value["data"]["aion.conf"].as_str().unwrap(),
-        broker::config()
+        broker::config(false)
     );
     let url = |vhost: &str| {
         format!(
@@ -1046,7 +1046,7 @@ fn peer_passwords_are_derived_per_device_and_stable() {
         broker::peer_password("0123456789abcdef0123456789abcdef", "hr")
     );
     assert_ne!(a, broker::peer_password("other", "hq"));
-    let url = broker::peer_url("pw", "hq", 32094, "/");
+    let url = broker::peer_url("pw", "hq", 32094, "/", false);
     assert_eq!(
         url,
         format!(
@@ -1054,4 +1054,62 @@ fn peer_passwords_are_derived_per_device_and_stable() {
             broker::peer_password("pw", "hq")
         )
     );
+}
+
+/// `entryTls`: the broker gets a TLS listener fed from the Secret `aion-entry-tls`, the entry
+/// Service reaches only that listener, and the Secret is rendered as a placeholder naming the
+/// files: no rendered object holds the key.
+#[test]
+fn a_tls_entry_listens_with_tls_only_and_renders_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "entry.pem", "entry.key"] {
+        std::fs::write(dir.path().join(f), format!("SECRET-{f}")).unwrap();
+    }
+    let d = dir.path().display();
+    let inv = three_hosts(&format!(
+        "peers: [{{device: hq}}]\nentryTls: {{ca: {d}/ca.pem, cert: {d}/entry.pem, key: {d}/entry.key}}\n"
+    ));
+    let m = render(&inv, &[]).unwrap();
+    let conf = find(&m, "ConfigMap", "rabbitmq-config").value["data"]["aion.conf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(conf.contains("listeners.ssl.default = 5671"), "{conf}");
+    assert!(
+        conf.contains("ssl_options.keyfile = /etc/rabbitmq/entry-tls/tls.key"),
+        "{conf}"
+    );
+    let entry = &find(&m, "Service", broker::ENTRY_SERVICE).value;
+    assert_eq!(
+        entry["spec"]["ports"],
+        json!([{"name": "amqps", "protocol": "TCP", "port": 5671, "targetPort": 5671, "nodePort": 32094}])
+    );
+    let secret = &find(&m, "Secret", broker::ENTRY_TLS_SECRET).value;
+    assert!(secret.get("data").is_none());
+    let files: serde_json::Value = serde_json::from_str(
+        secret["metadata"]["annotations"]["aion.latona.io/files"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(files["tls.key"], format!("{d}/entry.key"));
+    let broker_pod = &find(&m, "Deployment", "rabbitmq").value["spec"]["template"]["spec"];
+    assert!(
+        broker_pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == broker::ENTRY_TLS_SECRET)
+    );
+    let all = serde_json::to_string(&m.objects().map(|o| &o.value).collect::<Vec<_>>()).unwrap();
+    assert!(!all.contains("SECRET-entry.key"), "the key was rendered");
+    // Without peers there is no entry, so no TLS either.
+    let m = render(
+        &three_hosts(&format!(
+            "entryTls: {{ca: {d}/ca.pem, cert: {d}/entry.pem, key: {d}/entry.key}}\n"
+        )),
+        &[],
+    )
+    .unwrap();
+    assert!(m.objects().all(|o| o.key.name != broker::ENTRY_TLS_SECRET));
 }
