@@ -586,4 +586,33 @@ fn entry_tls_files_and_keys() {
         (1, 11),
         false,
     );
+    // Ansible: the same map in `all.vars`, relative paths against the inventory's directory.
+    let ansible = "\
+all:
+  vars:
+    aion_peers: [{device: hq}]
+    aion_entry_tls: {ca: tls/ca.pem, cert: tls/e.pem, key: tls/e.key}
+  children:
+    masters:
+      hosts:
+        m: {ansible_host: 10.0.0.2}
+";
+    let l = inventory::load_str(ansible, &dir.path().join("hosts.yml")).unwrap();
+    let tls = l.value.entry_tls.expect("aion_entry_tls read");
+    assert_eq!(tls.cert, dir.path().join("tls/e.pem"));
+    assert_eq!(tls.pointer, "/all/vars/aion_entry_tls");
+    let missing: Vec<&str> = l
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == "file-missing")
+        .map(|d| d.pointer.as_str())
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            "/all/vars/aion_entry_tls/ca",
+            "/all/vars/aion_entry_tls/cert",
+            "/all/vars/aion_entry_tls/key"
+        ]
+    );
 }

@@ -149,6 +149,14 @@ fn port_of(url: &str) -> u16 {
     hp.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
+/// The reason (`x-aion-reason`) of the one message `queue` gets within [`WAIT`]; fails with
+/// `what` when none comes.
+async fn dead_letter_reason(ch: &lapin::Channel, queue: &str, what: &str) -> String {
+    let dlq = amqp::take(ch, queue, 1, WAIT).await;
+    assert_eq!(dlq.len(), 1, "{what}");
+    aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default()
+}
+
 async fn login(url: &str) -> Result<Connection, lapin::Error> {
     Connection::connect(url, ConnectionProperties::default()).await
 }
@@ -413,9 +421,12 @@ async fn two_installations_exchange_kanbans_through_their_peer_entries() {
     .unwrap()
     .await
     .unwrap();
-    let dlq = amqp::take(&ch_b, "aion-kanban.inbound.dlq", 1, WAIT).await;
-    assert_eq!(dlq.len(), 1, "the forged kanban was not dead-lettered");
-    let reason = aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default();
+    let reason = dead_letter_reason(
+        &ch_b,
+        "aion-kanban.inbound.dlq",
+        "the forged kanban was not dead-lettered",
+    )
+    .await;
     assert!(
         reason.contains("someone-else") && reason.contains(&peer_user(dev_a)),
         "{reason}"
@@ -425,13 +436,12 @@ async fn two_installations_exchange_kanbans_through_their_peer_entries() {
     // Wrong credentials: refused at login, dead-lettered on the sender's side with the reason.
     let k = json!({"connectionKey": "wrong", "metadata": {"id": 3}});
     amqp::publish(&ch_a, "src-001.out", k.to_string().as_bytes()).await;
-    let dlq = amqp::take(&ch_a, "src.dlq", 1, WAIT).await;
-    assert_eq!(
-        dlq.len(),
-        1,
-        "the kanban for the wrong credentials was not dead-lettered"
-    );
-    let reason = aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default();
+    let reason = dead_letter_reason(
+        &ch_a,
+        "src.dlq",
+        "the kanban for the wrong credentials was not dead-lettered",
+    )
+    .await;
     assert!(
         reason.contains(&dev_wrong) && reason.contains("refused the login"),
         "{reason}"
@@ -446,9 +456,12 @@ async fn two_installations_exchange_kanbans_through_their_peer_entries() {
     let rb = start_router(options_b(peers_b2), None);
     let k = json!({"connectionKey": "default", "metadata": {"id": 4}});
     amqp::publish(&ch_a, "src-001.out", k.to_string().as_bytes()).await;
-    let dlq = amqp::take(&ch_b, "aion-kanban.inbound.dlq", 1, WAIT).await;
-    assert_eq!(dlq.len(), 1, "the removed peer's kanban was not refused");
-    let reason = aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default();
+    let reason = dead_letter_reason(
+        &ch_b,
+        "aion-kanban.inbound.dlq",
+        "the removed peer's kanban was not refused",
+    )
+    .await;
     assert!(reason.contains("not among this device's peers"), "{reason}");
     // Nothing was delivered anywhere else.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -649,13 +662,12 @@ async fn a_tls_entry_is_trusted_only_with_the_issued_ca() {
 
     let k = json!({"connectionKey": "other", "metadata": {"id": 2}});
     amqp::publish(&ch_a, "src-001.out", k.to_string().as_bytes()).await;
-    let dlq = amqp::take(&ch_a, "src.dlq", 1, WAIT).await;
-    assert_eq!(
-        dlq.len(),
-        1,
-        "the kanban for the untrusted entry was not dead-lettered"
-    );
-    let reason = aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default();
+    let reason = dead_letter_reason(
+        &ch_a,
+        "src.dlq",
+        "the kanban for the untrusted entry was not dead-lettered",
+    )
+    .await;
     assert!(
         reason.contains(&dev_untrusting) && reason.contains("certificate"),
         "{reason}"
