@@ -398,20 +398,9 @@ pub async fn publish_confirmed(
     body: &[u8],
     props: BasicProperties,
 ) -> Result<(), AmqpError> {
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        )
+    Destination::queue(queue)
+        .publish_confirmed(ch, body, props)
         .await
-        .map_err(|source| AmqpError::Publish {
-            queue: queue.into(),
-            source,
-        })?;
-    confirmed(queue, confirm).await
 }
 
 /// Wait (at most [`CONFIRM_TIMEOUT`]) for the broker to confirm a message published to `queue`.

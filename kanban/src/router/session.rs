@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use aion_model::ServicesFile;
 use lapin::message::Delivery;
-use lapin::options::BasicPublishOptions;
 use lapin::{Channel, Connection};
 
 use super::files::{ForwardError, Forwarded, resolve_files, store_files};
@@ -280,20 +279,9 @@ impl Session {
                     number,
                     queue,
                 } => {
-                    let c = self
-                        .publish
-                        .basic_publish(
-                            "".into(),
-                            queue.as_str().into(),
-                            BasicPublishOptions::default(),
-                            &local_body,
-                            hop_props.clone(),
-                        )
-                        .await
-                        .map_err(|source| AmqpError::Publish {
-                            queue: queue.clone(),
-                            source,
-                        })?;
+                    let c = amqp::Destination::queue(queue)
+                        .publish(&self.publish, &local_body, hop_props.clone())
+                        .await?;
                     confirms.push((queue.clone(), c));
                     details.push(queue.clone());
                     starts.push((service.clone(), *number));
@@ -335,9 +323,26 @@ impl Session {
         }
         rec.outcome = Outcome::Routed;
         rec.detail = details.join(", ");
+        self.settle_when_confirmed(&d, confirms, rec, starts, inflight);
+        Ok(())
+    }
+
+    /// Record `rec` once its kanban is acknowledged.
+    /// Once the broker confirmed every message `d` was published as (`(queue, confirm)`), ack
+    /// `d`, record it and start the instances `starts` on demand; a missing confirm requeues it
+    /// (at-least-once). Runs in the settler, off the consume loop.
+    fn settle_when_confirmed(
+        &self,
+        d: &Delivery,
+        confirms: Vec<(String, lapin::PublisherConfirm)>,
+        rec: Record,
+        starts: Vec<(String, i32)>,
+        inflight: &Settler,
+    ) {
         let replicator = self.opts.replicator.clone();
         let lifecycle = self.opts.lifecycle.clone();
-        let settle = Settle::of(&d);
+        let services = self.services.clone();
+        let settle = Settle::of(d);
         inflight.job(async move {
             let mut ok = true;
             for (queue, c) in confirms {
@@ -358,10 +363,8 @@ impl Session {
                 })),
             )
         });
-        Ok(())
     }
 
-    /// Record `rec` once its kanban is acknowledged.
     pub(super) fn record_after(&self, rec: Record) -> Option<Then> {
         let replicator = self.opts.replicator.clone()?;
         Some(Box::new(move || replicator.record(rec)))
@@ -649,47 +652,18 @@ impl Session {
         }
         k.next_device_name = self.device.clone();
         let queue = topology::input_queue(&ms, f.number);
-        let c = self
-            .publish
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &k.encode(),
-                amqp::json_props(),
-            )
-            .await
-            .map_err(|source| AmqpError::Publish {
-                queue: queue.clone(),
-                source,
-            })?;
+        let body = k.encode();
+        let c = amqp::Destination::queue(&queue)
+            .publish(&self.publish, &body, amqp::json_props())
+            .await?;
         rec.source = format!("device:{}", f.from_device);
         rec.connection_key = k.connection_key.clone();
         rec.process_number = k.process_number.into();
         rec.outcome = Outcome::ForwardedIn;
         rec.detail = queue.clone();
-        rec.kanban = String::from_utf8_lossy(&k.encode()).into_owned();
-        let replicator = self.opts.replicator.clone();
-        let lifecycle = self.opts.lifecycle.clone();
-        let services = self.services.clone();
-        let settle = Settle::of(&d);
-        inflight.job(async move {
-            let ok = amqp::confirmed(&queue, c)
-                .await
-                .inspect_err(|e| tracing::warn!("{e}"))
-                .is_ok();
-            settle.done(
-                ok,
-                Some(Box::new(move || {
-                    if let Some(rep) = replicator {
-                        rep.record(rec);
-                    }
-                    if let Some(lc) = lifecycle {
-                        spawn_starts(lc, services, vec![(ms.name.clone(), f.number)]);
-                    }
-                })),
-            )
-        });
+        rec.kanban = String::from_utf8_lossy(&body).into_owned();
+        let starts = vec![(ms.name.clone(), f.number)];
+        self.settle_when_confirmed(&d, vec![(queue, c)], rec, starts, inflight);
         Ok(())
     }
 }
