@@ -99,12 +99,7 @@ async fn broker_password_is_generated_once_kept_and_never_shown() {
         .await
         .unwrap();
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
-    let changed: Vec<String> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action != ObjectAction::Unchanged)
-        .map(|c| format!("{} {}", c.action.symbol(), c.key))
-        .collect();
+    let changed = k8s::changed(&plan);
     assert_eq!(changed, [format!("+ Secret/{ns_w}/aion-broker")]);
     let text = plan.render_text(false, true);
     assert!(text.contains("(hidden: "), "{text}");

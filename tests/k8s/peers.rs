@@ -8,7 +8,7 @@ use std::path::Path;
 
 use aion_integration_tests::k8s::{self, assert_hidden};
 use aion_model::Inventory;
-use aion_reconcile::cluster::{self, ClusterApplyOptions, ObjectAction, peers};
+use aion_reconcile::cluster::{self, ClusterApplyOptions, peers};
 use aion_reconcile::render::{self, broker};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -110,12 +110,7 @@ async fn peers_get_users_and_urls_and_remote_credentials_are_kept() {
     let inv2 = inventory(&ns_m, &ns_m, &ns_w, &two);
     let m2 = render::render(&inv2, &[]).unwrap();
     let plan = cluster::plan(&client, &m2, &inv2).await.unwrap();
-    let changed: Vec<String> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action != ObjectAction::Unchanged)
-        .map(|c| format!("{} {}", c.action.symbol(), c.key))
-        .collect();
+    let changed = k8s::changed(&plan);
     for want in [
         format!("~ Secret/{ns_m}/aion-broker"),
         format!("~ ConfigMap/{ns_m}/rabbitmq-config"),
@@ -235,12 +230,7 @@ async fn a_tls_entry_secret_comes_from_the_inventorys_files() {
 
     write("entry.key", "a-renewed-private-key");
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
-    let changed: Vec<String> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action != ObjectAction::Unchanged)
-        .map(|c| format!("{} {}", c.action.symbol(), c.key))
-        .collect();
+    let changed = k8s::changed(&plan);
     assert_eq!(changed, [format!("~ Secret/{ns_m}/aion-entry-tls")]);
     assert_hidden(
         &plan.render_text(false, true),

@@ -157,6 +157,23 @@ async fn dead_letter_reason(ch: &lapin::Channel, queue: &str, what: &str) -> Str
     aion_kanban::amqp::header_str(&dlq[0].1, "x-aion-reason").unwrap_or_default()
 }
 
+/// A runtime's options on the test brokers: its data under `home` (created), the credentials
+/// other installations issued to it in `creds`, the peers it accepts (`--peers`).
+fn runtime_options(
+    file: &aion_model::ServicesFile,
+    url: &str,
+    home: &Path,
+    creds: Option<&Path>,
+    peers: Option<Vec<String>>,
+) -> RouterOptions {
+    let mut o = RouterOptions::new(ServicesSource::Value(Arc::new(file.clone())), url);
+    o.data_dir = home.join("Data");
+    o.remote_credentials = creds.map(Path::to_path_buf);
+    o.peers = peers;
+    std::fs::create_dir_all(&o.data_dir).unwrap();
+    o
+}
+
 async fn login(url: &str) -> Result<Connection, lapin::Error> {
     Connection::connect(url, ConnectionProperties::default()).await
 }
@@ -296,21 +313,16 @@ async fn two_installations_exchange_kanbans_through_their_peer_entries() {
 
     let home_a = dir.path().join("a");
     let home_b = dir.path().join("b");
-    let options = |file: &aion_model::ServicesFile, url: &str, home: &Path, creds: &Path| {
-        let mut o = RouterOptions::new(ServicesSource::Value(Arc::new(file.clone())), url);
-        o.data_dir = home.join("Data");
-        o.remote_credentials = Some(creds.to_path_buf());
-        std::fs::create_dir_all(&o.data_dir).unwrap();
-        o
-    };
-    let mut oa = options(&file_a, url_a, &home_a, &creds_a);
-    oa.peers = Some(rendered_peers(m_a, node_a));
+    let oa = runtime_options(
+        &file_a,
+        url_a,
+        &home_a,
+        Some(&creds_a),
+        Some(rendered_peers(m_a, node_a)),
+    );
     assert_eq!(oa.peers.as_deref(), Some(std::slice::from_ref(dev_b)));
-    let options_b = |peers: Vec<String>| {
-        let mut o = options(&file_b, url_b, &home_b, &creds_b);
-        o.peers = Some(peers);
-        o
-    };
+    let options_b =
+        |peers: Vec<String>| runtime_options(&file_b, url_b, &home_b, Some(&creds_b), Some(peers));
     let ra = start_router(oa, None);
     let rb = start_router(options_b(rendered_peers(m_b, node_b)), None);
     let (conn_a, ch_a) = amqp::connect(url_a).await;
@@ -531,19 +543,14 @@ async fn a_large_file_crosses_to_another_installation_through_a_link_cut() {
         broker::peer_url(&pair.pw_b, &pair.dev_a, proxy_port, &pair.ns_b, false),
     )
     .unwrap();
-    let mut oa = RouterOptions::new(
-        ServicesSource::Value(Arc::new(file_a.clone())),
-        pair.url_a.clone(),
+    let oa = runtime_options(&file_a, &pair.url_a, &home_a, Some(&creds_a), None);
+    let ob = runtime_options(
+        &file_b,
+        &pair.url_b,
+        &home_b,
+        None,
+        Some(rendered_peers(&pair.m_b, &pair.node_b)),
     );
-    oa.data_dir = home_a.join("Data");
-    oa.remote_credentials = Some(creds_a);
-    let mut ob = RouterOptions::new(
-        ServicesSource::Value(Arc::new(file_b.clone())),
-        pair.url_b.clone(),
-    );
-    ob.data_dir = home_b.join("Data");
-    ob.peers = Some(rendered_peers(&pair.m_b, &pair.node_b));
-    std::fs::create_dir_all(&ob.data_dir).unwrap();
     let ra = start_router(oa, None);
     let rb = start_router(ob, None);
     let (conn_a, ch_a) = amqp::connect(&pair.url_a).await;
@@ -635,18 +642,18 @@ async fn a_tls_entry_is_trusted_only_with_the_issued_ca() {
         format!("{issued}\n{}", pki.other_ca_pem),
     )
     .unwrap();
-    let mut oa = RouterOptions::new(ServicesSource::Value(Arc::new(file_a)), pair.url_a.clone());
-    oa.data_dir = home_a.join("Data");
-    oa.remote_credentials = Some(creds);
-    std::fs::create_dir_all(&oa.data_dir).unwrap();
+    let oa = runtime_options(&file_a, &pair.url_a, &home_a, Some(&creds), None);
     let file_b = services(&format!(
         "deviceName: {}\nmicroservices:\n  sink: {{}}\n",
         pair.dev_b
     ));
-    let mut ob = RouterOptions::new(ServicesSource::Value(Arc::new(file_b)), pair.url_b.clone());
-    ob.data_dir = pair.dir.path().join("b/Data");
-    ob.peers = Some(rendered_peers(&pair.m_b, &pair.node_b));
-    std::fs::create_dir_all(&ob.data_dir).unwrap();
+    let ob = runtime_options(
+        &file_b,
+        &pair.url_b,
+        &pair.dir.path().join("b"),
+        None,
+        Some(rendered_peers(&pair.m_b, &pair.node_b)),
+    );
     let ra = start_router(oa, None);
     let rb = start_router(ob, None);
     let (conn_a, ch_a) = amqp::connect(&pair.url_a).await;

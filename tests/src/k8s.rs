@@ -170,6 +170,15 @@ pub fn assert_hidden(text: &str, secret: &str, what: &str) {
     );
 }
 
+/// A plan's changes as `plan` prints them, one `<symbol> <key>` each, unchanged objects left out.
+pub fn changed(plan: &aion_reconcile::cluster::ClusterPlan) -> Vec<String> {
+    plan.changes
+        .iter()
+        .filter(|c| c.action != aion_reconcile::cluster::ObjectAction::Unchanged)
+        .map(|c| format!("{} {}", c.action.symbol(), c.key))
+        .collect()
+}
+
 fn random_suffix(len: usize) -> String {
     const CHARSET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();

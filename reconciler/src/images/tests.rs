@@ -288,28 +288,8 @@ async fn receive_script_verifies_before_import() {
     );
     let cat = read_sources(std::slice::from_ref(&dir)).unwrap();
     let img = cat.get("aion.local/a:1").unwrap().clone();
-    let root = t.path().join("root");
-    let bin = t.path().join("bin");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(&bin).unwrap();
-    // fake ctr: `images import -` keeps the archive; `images ls` lists what it imported
-    std::fs::write(
-            bin.join("ctr"),
-            "#!/bin/sh\ncase \"$*\" in\n\
-             *'images import -'*) cat > \"$AION_ROOT/imported.tar\";;\n\
-             *'images ls'*) echo 'REF TYPE DIGEST'; [ -f \"$AION_ROOT/imported.tar\" ] || exit 0; i=$(tar -xOf \"$AION_ROOT/imported.tar\" index.json);\n\
-               n=$(echo \"$i\" | sed 's/.*\"io.containerd.image.name\":\"\\([^\"]*\\)\".*/\\1/'); d=$(echo \"$i\" | sed 's/.*\"digest\":\"\\([^\"]*\\)\".*/\\1/'); echo \"$n x $d\";;\n\
-             esac\n",
-        )
-        .unwrap();
-    let mut perm = std::fs::metadata(bin.join("ctr")).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-    std::fs::set_permissions(bin.join("ctr"), perm).unwrap();
-    let h = crate::host::local::LocalHost {
-        name: "l".into(),
-        root: root.clone(),
-        bin: Some(bin),
-    };
+    let h = host_with_fake_ctr(t.path());
+    let root = h.root.clone();
     let have = ContainerdFacts {
         images: BTreeMap::new(),
         content: [digest(b"base")].into(),
