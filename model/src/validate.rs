@@ -843,6 +843,7 @@ pub(crate) fn check_inventory_at(
             .with_hint("use `mode: cluster`, or remove the workers"),
         );
     }
+    check_images_from(inv, located, diags);
     for peer in &inv.peers {
         for (host, (span, pointer)) in peer.to.iter().zip(&peer.to_at) {
             if !inv.hosts.iter().any(|h| &h.name == host) {
@@ -931,5 +932,51 @@ pub(crate) fn check_inventory_at(
             )
             .with_hint("strict host-key checking needs it; relative paths are resolved against the inventory's directory"),
         );
+    }
+}
+
+/// `imagesFrom`: the named host must be another host of the inventory that receives its images
+/// from the operator itself (one level of relays: a relay that fetched from a relay would wait
+/// for it, and an error there would be two hosts away from the cause).
+fn check_images_from(
+    inv: &Inventory,
+    located: &crate::inventory::Located,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+    for (i, h) in inv.hosts.iter().enumerate() {
+        let Some(from) = &h.images_from else {
+            continue;
+        };
+        let (pointer, span) = located
+            .hosts
+            .get(i)
+            .and_then(|(_, o)| o.get("imagesFrom"))
+            .unwrap_or_else(|| (String::new(), h.span.clone()));
+        let problem = match inv.host(from) {
+            None => Some((
+                "unknown-host",
+                format!("`imagesFrom: {from}` of host `{}` names no host of this inventory", h.name),
+                format!("name one of: {}", names.join(", ")),
+            )),
+            Some(r) if r.name == h.name => Some((
+                "images-from-itself",
+                format!("host `{}` cannot fetch its images from itself", h.name),
+                "remove `imagesFrom` from this host: it then receives its images from this machine".into(),
+            )),
+            Some(r) => r.images_from.as_ref().map(|next| {
+                (
+                    "images-from-chain",
+                    format!(
+                        "host `{}` fetches its images from `{from}`, which fetches its own from `{next}`",
+                        h.name
+                    ),
+                    format!("a host named by `imagesFrom` receives its images from this machine: let `{}` fetch from `{next}` too, or remove `imagesFrom` from `{from}`", h.name),
+                )
+            }),
+        };
+        if let Some((code, message, hint)) = problem {
+            diags.push(Diagnostic::error(code, message, span, pointer).with_hint(hint));
+        }
     }
 }

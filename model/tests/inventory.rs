@@ -616,3 +616,66 @@ all:
         ]
     );
 }
+
+/// `imagesFrom`: written at the top level it applies to every other host (not the relay
+/// itself); a host's own value wins; unknown hosts, a host naming itself and relays that fetch
+/// from a relay are refused at the value.
+#[test]
+fn images_from_top_level_per_host_and_rules() {
+    let file = Path::new("inventory.yml");
+    let hosts = "hosts:\n  - {name: m, address: 10.0.0.2, role: master}\n  - {name: w1, address: 10.0.0.3, role: worker}\n  - {name: w2, address: 10.0.0.4, role: worker, imagesFrom: w1}\n";
+    let l = inventory::load_str(&format!("imagesFrom: w1\n{hosts}"), file).expect("loads");
+    assert!(!l.has_errors(), "{:#?}", l.diagnostics);
+    let from: Vec<Option<&str>> = l
+        .value
+        .hosts
+        .iter()
+        .map(|h| h.images_from.as_deref())
+        .collect();
+    assert_eq!(from, [Some("w1"), None, Some("w1")]);
+    // w2 fetches from w1, which fetches from m (the top level): a chain.
+    at(
+        &format!("imagesFrom: m\n{hosts}"),
+        "images-from-chain",
+        "/hosts/2/imagesFrom",
+        (5, 61),
+        false,
+    );
+    at(
+        &format!("imagesFrom: nope\n{hosts}"),
+        "unknown-host",
+        "/imagesFrom",
+        (1, 13),
+        false,
+    );
+    at(
+        "hosts:\n  - {name: m, address: 10.0.0.2, role: master}\n  - name: w\n    address: 10.0.0.3\n    imagesFrom: w\n",
+        "images-from-itself",
+        "/hosts/1/imagesFrom",
+        (5, 17),
+        false,
+    );
+    // Ansible: `aion_images_from` in `all.vars` for every host, or a host's own.
+    let ansible = "\
+all:
+  vars:
+    aion_images_from: m
+  children:
+    masters:
+      hosts:
+        m: {ansible_host: 10.0.0.2}
+    workers:
+      hosts:
+        w1: {ansible_host: 10.0.0.3}
+        w2: {ansible_host: 10.0.0.4, aion_images_from: w1}
+";
+    let l = inventory::load_str(ansible, file).expect("loads");
+    let from: Vec<(&str, Option<&str>)> = l
+        .value
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), h.images_from.as_deref()))
+        .collect();
+    assert!(from.contains(&("m", None)) && from.contains(&("w1", Some("m"))));
+    assert!(codes(&l.diagnostics).contains(&"images-from-chain"));
+}

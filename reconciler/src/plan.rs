@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::change::{Action, Change, ChangeKind, ClusterStep};
 use crate::facts::{FactRequest, HostFacts};
-use crate::images::{ImageChange, ImageRemoval};
+use crate::images::{ImageChange, ImageRemoval, Relay, RelaySource};
 use crate::roles::{HostSpec, LocalFacts, ResourceError};
 use crate::shell::sh_quote;
 
@@ -46,6 +46,25 @@ pub struct HostPlan {
     /// Old versions to remove from its containerd once the new pods are ready (`- image`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub image_removals: Vec<ImageRemoval>,
+    /// The host its images come from (`imagesFrom`), when they do not come from this machine.
+    #[serde(rename = "imagesFrom", skip_serializing_if = "Option::is_none")]
+    pub images_from: Option<RelaySource>,
+    /// What it receives only to pass on to the hosts that fetch from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<Relay>,
+}
+
+impl HostPlan {
+    /// Bytes this host receives from this machine in the images phase (not those it fetches
+    /// from another host).
+    pub fn uplink_bytes(&self) -> u64 {
+        let own: u64 = if self.images_from.is_some() {
+            0
+        } else {
+            self.images.iter().map(|i| i.bytes).sum()
+        };
+        own + self.relay.as_ref().map_or(0, |r| r.bytes)
+    }
 }
 
 /// Counts over the whole plan.
@@ -56,9 +75,11 @@ pub struct Counts {
     pub unchanged: usize,
     pub failed_hosts: usize,
     pub warnings: usize,
-    /// Images to import, and the bytes to send for them.
+    /// Images to import, and the bytes to send for them from this machine (a relay's kept
+    /// blobs included), and those hosts fetch from another host (`imagesFrom`).
     pub images: usize,
     pub image_bytes: u64,
+    pub image_bytes_between_hosts: u64,
     /// Old image versions to remove.
     pub image_removals: usize,
 }
@@ -79,7 +100,10 @@ impl Plan {
                 counts.failed_hosts += 1;
             }
             counts.images += h.images.len();
-            counts.image_bytes += h.images.iter().map(|i| i.bytes).sum::<u64>();
+            counts.image_bytes += h.uplink_bytes();
+            if h.images_from.is_some() {
+                counts.image_bytes_between_hosts += h.images.iter().map(|i| i.bytes).sum::<u64>();
+            }
             counts.image_removals += h.image_removals.len();
             for c in &h.changes {
                 match c.kind {
@@ -209,6 +233,8 @@ pub fn plan_host(
         warnings,
         images: Vec::new(),
         image_removals: Vec::new(),
+        images_from: None,
+        relay: None,
     })
 }
 
@@ -265,6 +291,7 @@ mod tests {
             },
             services: None,
             data_sweeper: None,
+            images_from: None,
             span: Default::default(),
         }
     }

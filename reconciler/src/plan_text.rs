@@ -71,6 +71,9 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
             };
             let _ = writeln!(out, "  {sign} {}", i.describe());
         }
+        if let Some(r) = &h.relay {
+            let _ = writeln!(out, "  {} {}", style.paint(Tone::Added, "+"), r.describe());
+        }
         for r in &h.image_removals {
             let _ = writeln!(
                 out,
@@ -91,10 +94,18 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
     if c.images > 0 {
         let _ = write!(
             out,
-            ", {} image(s) to import ({} to send)",
+            ", {} image(s) to import ({} to send",
             c.images,
             crate::images::human_bytes(c.image_bytes)
         );
+        if c.image_bytes_between_hosts > 0 {
+            let _ = write!(
+                out,
+                ", {} between hosts",
+                crate::images::human_bytes(c.image_bytes_between_hosts)
+            );
+        }
+        out.push(')');
     }
     if c.image_removals > 0 {
         let _ = write!(out, ", {} old image(s) to remove", c.image_removals);
@@ -145,6 +156,8 @@ mod tests {
             warnings: vec![],
             images: vec![],
             image_removals: vec![],
+            images_from: None,
+            relay: None,
         };
         let bad = HostPlan {
             host: "w".into(),
@@ -164,6 +177,7 @@ mod tests {
                 warnings: 0,
                 images: 0,
                 image_bytes: 0,
+                image_bytes_between_hosts: 0,
                 image_removals: 0,
             }
         );
@@ -199,6 +213,7 @@ mod image_tests {
             blobs_total: 4,
             bytes_total: 4096,
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            from: None,
             send: Vec::new(),
             source: Default::default(),
             manifest_size: 400,
@@ -223,6 +238,8 @@ mod image_tests {
                 image("aion.local/b:1", Some("sha256:old"), 1024, 1),
             ],
             image_removals: vec![],
+            images_from: None,
+            relay: None,
         };
         let p = Plan::new(vec![h]);
         assert!(p.has_changes());
@@ -283,6 +300,8 @@ mod image_tests {
                 digest: "sha256:one".into(),
                 aliases: vec!["sha256:cfg".into()],
             }],
+            images_from: None,
+            relay: None,
         };
         let p = Plan::new(vec![h]);
         assert!(p.has_changes());

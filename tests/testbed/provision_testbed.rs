@@ -14,10 +14,10 @@ use aion_integration_tests::testbed::{
     self, ResetIfFailed, Testbed, TestbedHost, inventory_copy, last_octet, rt,
 };
 use aion_reconcile::commands::plan::Common;
-use aion_reconcile::execute::{self, HostOutcome};
+use aion_reconcile::execute::HostOutcome;
 use aion_reconcile::output::OutputFormat;
 use aion_reconcile::plan::Plan;
-use aion_reconcile::reconcile::{Outcome, PhaseError, close, prepare};
+use aion_reconcile::reconcile::{Outcome, PhaseError, close, plan_hosts, prepare};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use kube::Api;
@@ -36,16 +36,9 @@ fn common(inventory: &Path) -> Common {
 
 fn plan(inventory: &Path) -> Plan {
     rt().block_on(async {
-        let p = prepare(&common(inventory).options()).await.unwrap();
-        let plan = execute::plan_all(
-            &p.specs,
-            &p.hosts,
-            &p.cluster,
-            16,
-            &p.images,
-            p.inventory.previous_images,
-        )
-        .await;
+        let o = common(inventory).options();
+        let p = prepare(&o).await.unwrap();
+        let plan = plan_hosts(&o, &p).await;
         close(p.hosts).await;
         plan
     })

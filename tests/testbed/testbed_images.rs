@@ -53,9 +53,18 @@ fn testbed_images_list() -> PathBuf {
 /// Each host's services file: the test's microservices (idle: `startup: no`, so no pod runs
 /// the test images; they are needed all the same).
 fn write_services(tb: &Testbed, dir: &Path, names: &[&str]) {
+    write_services_each(tb, dir, |_| names.to_vec());
+}
+
+/// Each host's services file with the microservices `names` gives for it.
+fn write_services_each<'a>(
+    tb: &Testbed,
+    dir: &Path,
+    names: impl Fn(&testbed::TestbedHost) -> Vec<&'a str>,
+) {
     for h in &tb.hosts {
         let mut s = format!("deviceName: {}\nmicroservices:\n", h.name);
-        for n in names {
+        for n in names(h) {
             s.push_str(&format!(
                 "  {PREFIX}{n}:\n    startup: no\n    always: yes\n    scale: 1\n    tag: \"1\"\n"
             ));
@@ -67,10 +76,16 @@ fn write_services(tb: &Testbed, dir: &Path, names: &[&str]) {
 /// The testbed inventory with each host running its services file from `dir`, and the given
 /// image sources.
 fn inventory(tb: &Testbed, dir: &Path, sources: &[PathBuf]) -> PathBuf {
+    inventory_with(tb, dir, sources, "")
+}
+
+/// [`inventory`] with more top-level settings (`top`, whole lines).
+fn inventory_with(tb: &Testbed, dir: &Path, sources: &[PathBuf], top: &str) -> PathBuf {
     let services_dir = dir.to_path_buf();
     let sources = sources.to_vec();
+    let top = top.to_string();
     inventory_copy(tb, dir, move |text| {
-        let mut out = String::new();
+        let mut out = top.clone();
         if !sources.is_empty() {
             out.push_str("imageSources:\n");
             for s in &sources {
@@ -833,4 +848,196 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
     // A second plan: nothing.
     let p = plan(&inv).unwrap();
     assert_eq!((p.counts.images, p.counts.image_removals), (0, 0));
+}
+
+/// Device to device (`imagesFrom: <master>`): the master receives from this machine its own
+/// image D and the blobs of E that only the workers run (kept apart, not imported there); the
+/// workers fetch D and E from the master over the testbed's network, checked and imported as
+/// from this machine. The plan says so (`from`, the relay line, bytes over this machine's link
+/// once); apply's report agrees; afterwards the master holds no relay key and no kept blob, and
+/// a second plan has nothing to send.
+#[test]
+fn workers_fetch_their_images_from_the_master() {
+    let Some(tb) = testbed::require() else { return };
+    let _hosts = component::exclusive();
+    let Some(cluster) = k8s::require() else {
+        return;
+    };
+    let list = testbed_images_list();
+    let dir = tempfile::tempdir().unwrap();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut layout = Layout::new(dir.path().join("layout"));
+    let base = tar("imgtest", &[("base.bin", &noise(nonce, 512 * 1024))]);
+    let d = layout.image(
+        &format!("aion.local/{PREFIX}d:1"),
+        &[
+            base.clone(),
+            tar("imgtest", &[("d.bin", &noise(nonce + 1, 64 * 1024))]),
+        ],
+    );
+    let e = layout.image(
+        &format!("aion.local/{PREFIX}e:1"),
+        &[
+            base,
+            tar("imgtest", &[("e.bin", &noise(nonce + 2, 200 * 1024))]),
+        ],
+    );
+    let sources = vec![layout.dir.clone(), list];
+    let master = tb.hosts[0].name.clone();
+    let workers: Vec<String> = tb.hosts[1..].iter().map(|h| h.name.clone()).collect();
+    let down = || aion_reconcile::commands::down::Args {
+        inventory: dir.path().join("inventory.yml"),
+        kubeconfig: Some(cluster.kubeconfig().to_owned()),
+        dry_run: false,
+    };
+    let m = master.clone();
+    write_services_each(&tb, dir.path(), move |h| {
+        if h.name == m {
+            vec!["d"]
+        } else {
+            vec!["d", "e"]
+        }
+    });
+    inventory(&tb, dir.path(), &[]);
+    let _cleanup = Cleanup {
+        tb: &tb,
+        down: Some(down()),
+    };
+    tb.reset_all();
+    assert_eq!(aion_reconcile::commands::down::run(&down()).unwrap(), 0);
+    let outcome = apply(&inventory(&tb, dir.path(), &[]));
+    assert!(outcome.ok(), "provisioning apply:\n{}", outcome.summary());
+
+    let inv = inventory_with(
+        &tb,
+        dir.path(),
+        &sources,
+        &format!("imagesFrom: {master}\n"),
+    );
+    // E's own blobs: its manifest, config and layer (the base comes with D).
+    let e_own: u64 = e.bytes() - e.blobs[2].1;
+    let p = plan(&inv).unwrap();
+    let mp = p.host(&master).unwrap();
+    assert_eq!(mp.images_from, None);
+    assert_eq!(mp.images.len(), 1);
+    assert_eq!(
+        (
+            mp.images[0].reference.as_str(),
+            mp.images[0].from.as_deref()
+        ),
+        (d.reference.as_str(), None)
+    );
+    let relay = mp
+        .relay
+        .as_ref()
+        .expect("the master relays for the workers");
+    assert_eq!(relay.for_hosts, workers);
+    assert_eq!(
+        (relay.blobs, relay.bytes),
+        (3, e_own),
+        "kept for the workers: E's own blobs"
+    );
+    for w in &workers {
+        let hp = p.host(w).unwrap();
+        assert_eq!(
+            hp.images_from.as_ref().map(|r| r.host.as_str()),
+            Some(master.as_str())
+        );
+        let got: Vec<(&str, u64, Option<&str>)> = hp
+            .images
+            .iter()
+            .map(|i| (i.reference.as_str(), i.bytes, i.from.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (d.reference.as_str(), d.bytes(), Some(master.as_str())),
+                (e.reference.as_str(), e_own, Some(master.as_str()))
+            ],
+            "{w}"
+        );
+    }
+    assert_eq!(
+        p.counts.image_bytes,
+        d.bytes() + e_own,
+        "each blob once over this machine's link"
+    );
+    assert_eq!(
+        p.counts.image_bytes_between_hosts,
+        workers.len() as u64 * (d.bytes() + e_own)
+    );
+    let text = aion_reconcile::plan_text::render_text(
+        &p,
+        aion_reconcile::plan_text::Style { color: false },
+    );
+    assert!(
+        text.contains(&format!("  + relay images for {}", workers.join(", "))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "({} from {master}: 4 of 4 blobs)",
+            aion_reconcile::images::human_bytes(d.bytes())
+        )),
+        "{text}"
+    );
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["hosts"][1]["imagesFrom"]["host"], master.as_str());
+    assert_eq!(json["hosts"][0]["relay"]["bytes"], e_own);
+
+    let outcome = apply(&inv);
+    assert!(
+        outcome.ok(),
+        "apply, workers from the master:\n{}",
+        outcome.summary()
+    );
+    let received: BTreeMap<&str, &aion_reconcile::images::Received> = outcome
+        .report
+        .images
+        .iter()
+        .map(|(h, r)| (h.as_str(), r))
+        .collect();
+    let mr = received[master.as_str()];
+    assert_eq!((mr.from.as_deref(), mr.bytes()), (None, d.bytes() + e_own));
+    assert_eq!(mr.imported, vec![(d.reference.clone(), d.digest.clone())]);
+    for w in &workers {
+        let r = received[w.as_str()];
+        assert_eq!(
+            (r.from.as_deref(), r.bytes()),
+            (Some(master.as_str()), d.bytes() + e_own),
+            "{w}"
+        );
+        assert_eq!(r.imported.len(), 2, "{w}");
+    }
+    let imgs = host_images(&tb);
+    assert_eq!(imgs[&master].get(&d.reference), Some(&d.digest));
+    assert_eq!(
+        imgs[&master].get(&e.reference),
+        None,
+        "E is only kept on the master, not imported"
+    );
+    for w in &workers {
+        assert_eq!(imgs[w].get(&d.reference), Some(&d.digest), "{w}");
+        assert_eq!(imgs[w].get(&e.reference), Some(&e.digest), "{w}");
+    }
+    let left = tb.run_as_root(
+        &tb.hosts[0],
+        &format!(
+            "ls -A {} 2>/dev/null | wc -l; grep -c {} ~{}/.ssh/authorized_keys || true",
+            aion_reconcile::images::RELAY_DIR,
+            aion_reconcile::images::KEY_COMMENT,
+            tb.hosts[0].user
+        ),
+    );
+    assert_eq!(
+        left.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "the master keeps no relay blob and no relay key"
+    );
+    let p = plan(&inv).unwrap();
+    assert_eq!(p.counts.images, 0, "second plan: nothing to send");
+    assert!(p.hosts.iter().all(|h| h.relay.is_none()));
 }

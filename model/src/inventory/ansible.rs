@@ -54,6 +54,10 @@ fn ansible_var(r: &mut Reader, key: &str, n: &Node, p: &str, into: &mut Partial,
             let v = r.string(n, p, key);
             into.data_sweeper = noted(r, &mut into.at, "dataSweeper", n, p, v);
         }
+        "aion_images_from" => {
+            let v = r.string(n, p, key);
+            into.images_from = noted(r, &mut into.at, "imagesFrom", n, p, v);
+        }
         "aion_image_repository" => into.image_repository = r.string(n, p, key),
         "aion_cgroup_driver" => into.cgroup_driver = read_cgroup_driver(r, n, p, key),
         "aion_images" => into.images = read_images(r, n, p, key),

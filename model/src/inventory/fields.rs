@@ -80,6 +80,7 @@ pub(crate) struct Partial {
     pub(crate) namespace: Option<String>,
     pub(crate) services: Option<String>,
     pub(crate) data_sweeper: Option<String>,
+    pub(crate) images_from: Option<String>,
     pub(crate) image_repository: Option<String>,
     pub(crate) cgroup_driver: Option<CgroupDriver>,
     pub(crate) images: ImageOverrides,
@@ -105,6 +106,7 @@ impl Partial {
             namespace,
             services,
             data_sweeper,
+            images_from,
             image_repository,
             cgroup_driver,
             flannel_iface
@@ -448,6 +450,15 @@ pub(crate) fn finish(
                     .data_sweeper
                     .filter(|s| !s.is_empty())
                     .map(|s| resolve_path(dir, &s)),
+                // Written for every host, `imagesFrom` does not apply to the host it names;
+                // written for one host naming itself, it is kept for validation to refuse.
+                images_from: p.images_from.filter(|s| {
+                    !s.is_empty()
+                        && (*s != d.name
+                            || p.at.get("imagesFrom").is_some_and(|(ptr, _)| {
+                                ptr.starts_with(&format!("{}/", d.pointer))
+                            }))
+                }),
                 name: d.name,
                 span: d.span,
             }

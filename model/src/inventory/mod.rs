@@ -198,6 +198,11 @@ pub struct Host {
     pub services: Option<PathBuf>,
     /// The `data-sweeper.yml` this device runs (absolute after loading), if any.
     pub data_sweeper: Option<PathBuf>,
+    /// The host of this inventory this device fetches its missing image blobs from, over the
+    /// devices' own network, instead of from the operator's machine (`imagesFrom`, Ansible
+    /// `aion_images_from`; written at the top level it applies to every other host). That host
+    /// receives them from the operator first, so each blob crosses the operator's link once.
+    pub images_from: Option<String>,
     pub span: Span,
 }
 
@@ -336,6 +341,7 @@ pub const TOP_KEYS: &[&str] = &[
     "entryTls",
     "services",
     "dataSweeper",
+    "imagesFrom",
     "ssh",
     "vars",
     "hosts",
@@ -348,6 +354,7 @@ pub const HOST_KEYS: &[&str] = &[
     "vars",
     "services",
     "dataSweeper",
+    "imagesFrom",
 ];
 pub const SSH_KEYS: &[&str] = &["user", "port", "key"];
 pub const PEER_KEYS: &[&str] = &["device", "to"];
@@ -381,6 +388,7 @@ pub const ANSIBLE_HOST_VARS: &[&str] = &[
     "aion_namespace",
     "aion_services",
     "aion_data_sweeper",
+    "aion_images_from",
     "aion_image_repository",
     "aion_cgroup_driver",
     "aion_images",

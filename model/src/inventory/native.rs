@@ -66,6 +66,10 @@ pub(super) fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inven
             let v = r.string(n, &p, "dataSweeper");
             base.data_sweeper = noted(&r, &mut base.at, "dataSweeper", n, &p, v);
         }
+        if let Some((n, p)) = f.get("imagesFrom") {
+            let v = r.string(n, &p, "imagesFrom");
+            base.images_from = noted(&r, &mut base.at, "imagesFrom", n, &p, v);
+        }
         if let Some((n, p)) = f.get("ssh") {
             read_ssh(&mut r, n, &p, &mut base);
         }
@@ -132,6 +136,10 @@ pub(super) fn from_native(root: &Node, file: &Path, dir: &Path) -> (Loaded<Inven
                         if let Some((n, p)) = hf.get("dataSweeper") {
                             let v = r.string(n, &p, "dataSweeper");
                             own.data_sweeper = noted(&r, &mut own.at, "dataSweeper", n, &p, v);
+                        }
+                        if let Some((n, p)) = hf.get("imagesFrom") {
+                            let v = r.string(n, &p, "imagesFrom");
+                            own.images_from = noted(&r, &mut own.at, "imagesFrom", n, &p, v);
                         }
                         partial.over(&own);
                         drafts.push(Draft {

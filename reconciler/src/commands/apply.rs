@@ -90,8 +90,12 @@ impl Outcome {
             }
         }
         for (h, got) in &self.report.images {
+            let how = match &got.from {
+                Some(relay) => format!("fetched from {relay}"),
+                None => "sent".into(),
+            };
             out.push_str(&format!(
-                "  {h}: {} image(s) imported, {} sent in {} blob(s)\n",
+                "  {h}: {} image(s) imported, {} {how} in {} blob(s)\n",
                 got.imported.len(),
                 crate::images::human_bytes(got.bytes()),
                 got.blobs.len()

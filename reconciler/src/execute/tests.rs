@@ -130,6 +130,7 @@ fn inv_host(name: &str, role: Role) -> InvHost {
         },
         services: None,
         data_sweeper: None,
+        images_from: None,
         span: Default::default(),
     }
 }
@@ -222,7 +223,16 @@ async fn run_apply_with(
     cluster: &FakeCluster,
     progress: &Progress,
 ) -> (Plan, ApplyReport, String) {
-    let plan = plan_all(specs, &b.hosts, cluster, 4, &images::Wanted::new(), 1).await;
+    let plan = plan_all(
+        specs,
+        &b.hosts,
+        cluster,
+        4,
+        &images::Wanted::new(),
+        1,
+        &Default::default(),
+    )
+    .await;
     let log = Log::create(&b.dir.path().join("logs")).unwrap();
     let cx = Context {
         hosts: &b.hosts,
@@ -354,7 +364,16 @@ async fn apply_converges_then_second_run_changes_nothing() {
     let mut inv = b.inv.clone();
     inv.hosts[1].vars.gpu = true;
     let specs = crate::roles::load_with(&inv, ROLES).unwrap();
-    let plan3 = plan_all(&specs, &b.hosts, &cluster, 4, &images::Wanted::new(), 1).await;
+    let plan3 = plan_all(
+        &specs,
+        &b.hosts,
+        &cluster,
+        4,
+        &images::Wanted::new(),
+        1,
+        &Default::default(),
+    )
+    .await;
     assert!(plan3.host("m1").unwrap().changes.is_empty());
     let ids: Vec<&str> = plan3
         .host("w1")

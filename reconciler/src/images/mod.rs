@@ -25,13 +25,18 @@
 //!   content store), then empties the cache. A cut connection leaves only verified blobs in the
 //!   cache and nothing imported; the next plan counts them as there (facts) and sends the rest.
 //!
+//! * **Device to device** (`relay`, `imagesFrom`): a host fetches what it lacks from another
+//!   host of the inventory, which received it from the operator, over SSH with a key made for
+//!   one apply and a forced command that can only print blobs.
+//!
 //! One module per part: `reference`, `sources` (the only I/O), `needs`, `plan`, `removal`,
-//! `transfer`, with `error` shared by them; this facade only re-exports.
+//! `transfer`, `relay`, with `error` shared by them; this facade only re-exports.
 
 mod error;
 mod needs;
 mod plan;
 mod reference;
+mod relay;
 mod removal;
 mod sources;
 mod transfer;
@@ -41,6 +46,10 @@ pub use error::ImageError;
 pub use needs::{Need, Wanted, digests, needed, resolve};
 pub use plan::{ImageChange, human_bytes, plan_host};
 pub use reference::normalize;
+pub use relay::{
+    KEY_COMMENT, KEY_HOURS, RELAY_DIR, Relay, RelaySource, SERVE_SCRIPT, fetch_script, relay_blobs,
+    relay_cleanup_script, relay_script, routes,
+};
 pub use removal::{
     ImageRemoval, REMOVED, not_in_use, parse_removed, plan_removals, remove_script, repository,
 };

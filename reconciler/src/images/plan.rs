@@ -26,6 +26,9 @@ pub struct ImageChange {
     pub blobs_total: usize,
     pub bytes_total: u64,
     pub media_type: String,
+    /// The host the blobs come from (`imagesFrom`), instead of this machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// The blobs to send, in order.
     #[serde(skip)]
     pub send: Vec<Blob>,
@@ -70,6 +73,7 @@ pub fn plan_host(images: &[SourceImage], have: Option<&ContainerdFacts>) -> Vec<
             blobs_total: img.blobs.len(),
             bytes_total: img.total_bytes(),
             media_type: img.media_type.clone(),
+            from: None,
             send,
             source: img.source.clone(),
             manifest_size: img.blobs.first().map_or(0, |b| b.size),
@@ -97,8 +101,12 @@ impl ImageChange {
     /// The plan line's text after the sign: `image <ref> — <digest> (<bytes> to send: n of m
     /// blobs)`, `… replaces <old digest>` when the host has the reference at another digest.
     pub fn describe(&self) -> String {
+        let how = match &self.from {
+            Some(h) => format!("from {h}"),
+            None => "to send".into(),
+        };
         let mut s = format!(
-            "image {} — {} ({} to send: {} of {} blobs)",
+            "image {} — {} ({} {how}: {} of {} blobs)",
             self.reference,
             self.digest,
             human_bytes(self.bytes),

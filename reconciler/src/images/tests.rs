@@ -659,3 +659,237 @@ async fn remove_script_removes_only_at_the_planned_digest() {
         "-n k8s.io images rm --sync aion.local/a:1 sha256:cfga\n"
     );
 }
+
+/// A [`LocalHost`](crate::host::local::LocalHost) under `t/<name>` with a fake `ctr` that
+/// imports several images (lists each by name and digest from the archive's index) and serves
+/// `content get` from what it imported, and a fake `ssh` that acts as the relay's sshd would:
+/// refuses a relay not in the known_hosts file it is given ("Host key verification failed")
+/// and a key that `relay_root`'s root `authorized_keys` does not hold ("Permission denied"),
+/// else runs the relay's serve script with the requested digests.
+fn relay_test_host(t: &Path, name: &str, relay_root: &Path) -> crate::host::local::LocalHost {
+    let root = t.join(name).join("root");
+    let bin = t.join(name).join("bin");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    let ctr = "#!/bin/sh\nfor a; do last=$a; done\ncase \"$*\" in\n\
+         *'images import -'*) cat > \"$AION_ROOT/imported.tar\";;\n\
+         *'images ls'*) echo 'REF TYPE DIGEST'; [ -f \"$AION_ROOT/imported.tar\" ] || exit 0;\n  \
+           tar -xOf \"$AION_ROOT/imported.tar\" index.json | grep -o '\"digest\":\"[^\"]*\",\"size\":[0-9]*,\"annotations\":{\"io.containerd.image.name\":\"[^\"]*\"' | sed 's/\"digest\":\"\\([^\"]*\\)\".*name\":\"\\([^\"]*\\)\"/\\2 x \\1/';;\n\
+         *'content get'*) tar -xOf \"$AION_ROOT/imported.tar\" \"blobs/sha256/${last#sha256:}\";;\n\
+         esac\n";
+    let ssh = format!(
+        "#!/bin/sh\nkey=; kh=\n\
+         while [ $# -gt 0 ]; do case $1 in -i) key=$2; shift 2;; -o) case $2 in UserKnownHostsFile=*) kh=${{2#UserKnownHostsFile=}};; esac; shift 2;; -p|-F) shift 2;; -*) shift;; *) break;; esac; done\n\
+         echo \"$1\" > \"$AION_ROOT/ssh-dest\"; shift\n\
+         grep -q '^relay.example ' \"$kh\" || {{ echo 'Host key verification failed.' >&2; exit 255; }}\n\
+         pub=$(ssh-keygen -y -f \"$key\" | cut -d' ' -f2)\n\
+         grep -qF \"$pub\" '{relay}/root/.ssh/authorized_keys' || {{ echo 'Permission denied (publickey).' >&2; exit 255; }}\n\
+         AION_ROOT='{relay}' exec sh '{relay}{serve}' \"$@\"\n",
+        relay = relay_root.display(),
+        serve = SERVE_SCRIPT,
+    );
+    for (n, text) in [("ctr", ctr.to_string()), ("ssh", ssh)] {
+        std::fs::write(bin.join(n), text).unwrap();
+        let mut perm = std::fs::metadata(bin.join(n)).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(bin.join(n), perm).unwrap();
+    }
+    crate::host::local::LocalHost {
+        name: name.into(),
+        root,
+        bin: Some(bin),
+    }
+}
+
+/// Device to device, the scripts on two local hosts: the relay receives its own image A (and
+/// imports it) and B's own blobs only for its fetcher (kept, not imported); it authorises the
+/// apply's key — restricted, from the fetcher's address, with an expiry, forced to the serve
+/// script — keeping the operator's line and dropping a stale relay key; the fetcher gets the
+/// private key on stdin, checks the relay's host key, fetches A and B (every blob checked) and
+/// imports both. The serve script refuses anything but digests. After the cleanup the key is
+/// gone (a fetch is refused) and so are the kept blobs.
+#[tokio::test]
+async fn a_host_fetches_from_its_relay_with_a_key_made_for_one_apply() {
+    use crate::host::Host as _;
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("layout");
+    let (_, da) = image(&dir, &[b"base layer", b"a's own"]);
+    let (_, db) = image(&dir, &[b"base layer", b"b's own layer"]);
+    index(
+        &dir,
+        vec![
+            (da, ANNOTATION_CONTAINERD_NAME, "aion.local/a:1"),
+            (db, ANNOTATION_CONTAINERD_NAME, "aion.local/b:1"),
+        ],
+    );
+    let cat = read_sources(std::slice::from_ref(&dir)).unwrap();
+    let a = cat.get("aion.local/a:1").unwrap().clone();
+    let b = cat.get("aion.local/b:1").unwrap().clone();
+    let relay_host = relay_test_host(t.path(), "relay", &t.path().join("relay/root"));
+    let fetcher = relay_test_host(t.path(), "fetcher", &relay_host.root);
+    let rroot = relay_host.root.clone();
+
+    let own = plan_host(std::slice::from_ref(&a), None);
+    let mut fetched = plan_host(&[a.clone(), b.clone()], None);
+    let kept = relay_blobs(
+        [fetched.as_slice()],
+        &BTreeSet::new(),
+        std::slice::from_ref(&a),
+    );
+    // (both images have the same config blob here)
+    assert_eq!(kept.len(), 2, "B's manifest and own layer: {kept:?}");
+    assert!(
+        kept.iter()
+            .all(|k| !a.blobs.iter().any(|x| x.digest == k.digest))
+    );
+    let relay = Relay {
+        for_hosts: vec!["fetcher".into()],
+        for_addresses: vec!["10.0.0.5".into()],
+        blobs: kept.len(),
+        bytes: kept.iter().map(|b| b.size).sum(),
+        send: kept,
+    };
+    for c in &mut fetched {
+        c.from = Some("relay".into());
+    }
+
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("k");
+    let made = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "aion-image-relay-00ff",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let private = std::fs::read(&key).unwrap();
+    let ak = rroot.join("root/.ssh/authorized_keys");
+    std::fs::create_dir_all(ak.parent().unwrap()).unwrap();
+    std::fs::write(
+        &ak,
+        "ssh-ed25519 AAAAoperator operator@laptop\nrestrict,command=\"x\" ssh-ed25519 AAAAstale aion-image-relay-0123abcd\n",
+    )
+    .unwrap();
+
+    let script = relay_script("root", &own, &relay, &public, "00ff");
+    let mut input = send_input(&own);
+    input.extend(relay.send.iter().map(Blob::input));
+    let out = relay_host.run_with_input(&script, &input).await.unwrap();
+    assert!(out.success(), "{}", out.combined());
+    let got = parse_received(&out.stdout_str());
+    assert_eq!(got.blobs.len(), 4 + 2);
+    assert_eq!(got.imported, vec![(a.reference.clone(), a.digest.clone())]);
+    assert_eq!(
+        names(&rroot.join(RELAY_DIR.trim_start_matches('/')).join("sha256")).len(),
+        2
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&ak)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], "ssh-ed25519 AAAAoperator operator@laptop");
+    let l = &lines[1];
+    assert!(
+        l.starts_with("restrict,from=\"10.0.0.5\",expiry-time=\""),
+        "{l}"
+    );
+    let exp = &l["restrict,from=\"10.0.0.5\",expiry-time=\"".len()..][..12];
+    assert!(exp.chars().all(|c| c.is_ascii_digit()), "{l}");
+    let pubkey = public.split_whitespace().nth(1).unwrap();
+    assert!(
+        l.ends_with(&format!(
+            "\",command=\"/bin/sh {SERVE_SCRIPT} $SSH_ORIGINAL_COMMAND\" ssh-ed25519 {pubkey} aion-image-relay-00ff"
+        )),
+        "{l}"
+    );
+
+    let from = RelaySource {
+        host: "relay".into(),
+        address: "10.0.0.9".into(),
+        port: 22,
+        user: "root".into(),
+        known_hosts: None,
+    };
+    let known = vec!["relay.example ssh-ed25519 AAAAhostkey".to_string()];
+    let fetch = fetch_script("root", &fetched, &from, &known, private.len());
+    let out = fetcher
+        .run_with_input(&fetch, &[Input::Bytes(private.clone())])
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.combined());
+    let got = parse_received(&out.stdout_str());
+    assert_eq!(got.bytes(), a.total_bytes() + relay.bytes);
+    assert_eq!(
+        got.imported,
+        vec![
+            (a.reference.clone(), a.digest.clone()),
+            (b.reference.clone(), b.digest.clone())
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(fetcher.root.join("ssh-dest"))
+            .unwrap()
+            .trim(),
+        "root@10.0.0.9"
+    );
+    // The private key lived only in the staging directory, which is gone.
+    assert_eq!(
+        names(&fetcher.root.join(STAGING_DIR.trim_start_matches('/'))),
+        ["blobs"]
+    );
+    // A host key that is not the relay's: refused before anything is read.
+    let out = fetcher
+        .run_with_input(
+            &fetch_script(
+                "root",
+                &fetched,
+                &from,
+                &["other ssh-ed25519 AAAA".into()],
+                private.len(),
+            ),
+            &[Input::Bytes(private.clone())],
+        )
+        .await
+        .unwrap();
+    assert!(!out.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"));
+
+    // The serve script prints digests only.
+    let serve = std::process::Command::new("sh")
+        .arg(rroot.join(SERVE_SCRIPT.trim_start_matches('/')))
+        .arg("../../../etc/passwd")
+        .output()
+        .unwrap();
+    assert_eq!(serve.status.code(), Some(2));
+    assert!(serve.stdout.is_empty());
+
+    let out = relay_host.run(&relay_cleanup_script("root")).await.unwrap();
+    assert!(out.success(), "{}", out.combined());
+    assert_eq!(
+        std::fs::read_to_string(&ak).unwrap(),
+        "ssh-ed25519 AAAAoperator operator@laptop\n"
+    );
+    assert!(!rroot.join(RELAY_DIR.trim_start_matches('/')).exists());
+    let out = fetcher
+        .run_with_input(&fetch, &[Input::Bytes(private)])
+        .await
+        .unwrap();
+    assert!(!out.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status, 3, "{err}");
+    assert!(
+        err.contains("Permission denied") && err.contains("the fetch from relay"),
+        "{err}"
+    );
+}

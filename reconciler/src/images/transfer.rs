@@ -60,36 +60,64 @@ pub const IMPORTED: &str = "IMPORTED";
 /// again. Exit 3: a blob arrived short; 4: a blob does not match its digest (nothing imported
 /// in either case); 5: after the import an image is missing; 6: no `ctr`.
 pub fn receive_script(user: &str, changes: &[ImageChange]) -> String {
+    let mut s = receive_header(user);
+    s.push_str(&get_lines(changes.iter().flat_map(|c| &c.send), None));
+    s.push_str(&import_tail(changes));
+    s
+}
+
+/// The start of every receiving script: `ctr` checked, the staging directory `$S` (removed on
+/// every exit, with the background fetch `$sp` when there is one), and `get DIGEST SIZE [DIR]`,
+/// which reads one blob from stdin, checks its size and SHA-256 and moves it into `DIR` (the
+/// blob cache `$C` by default).
+pub(super) fn receive_header(user: &str) -> String {
     let mut s = crate::shell::prelude(user);
     s.push_str(
         "command -v ctr >/dev/null 2>&1 || { echo \"no ctr on this host: containerd must be installed before images are imported\" >&2; exit 6; }\n",
     );
     s.push_str(&format!(
-        "set -e\nD={}\nC={}\nmkdir -p \"$C\"\nS=$(mktemp -d \"$D/.staging.XXXXXX\")\n\
-         trap 'rm -rf \"$S\"' EXIT\ntrap 'exit 130' INT TERM HUP PIPE\n\
+        "set -e\nD={}\nC={}\nmkdir -p \"$C\"\nS=$(mktemp -d \"$D/.staging.XXXXXX\")\nsp=\nvia='the stream'\n\
+         trap '[ -z \"$sp\" ] || kill \"$sp\" 2>/dev/null || true; rm -rf \"$S\"' EXIT\ntrap 'exit 130' INT TERM HUP PIPE\n\
          get() {{\n  head -c \"$2\" > \"$S/blob\"\n  n=$(stat -c %s \"$S/blob\")\n  \
-         if [ \"$n\" != \"$2\" ]; then echo \"blob sha256:$1: received $n of $2 bytes (the stream ended early); nothing imported\" >&2; exit 3; fi\n  \
+         if [ \"$n\" != \"$2\" ]; then echo \"blob sha256:$1: received $n of $2 bytes ($via ended early); nothing imported\" >&2; exit 3; fi\n  \
          h=$(sha256sum \"$S/blob\" | cut -d' ' -f1)\n  \
          if [ \"$h\" != \"$1\" ]; then echo \"refused: blob sha256:$1 does not match its digest (its content is sha256:$h); nothing imported\" >&2; exit 4; fi\n  \
-         mv \"$S/blob\" \"$C/$1\"\n  \
+         mv \"$S/blob\" \"${{3:-$C}}/$1\"\n  \
          printf '{RECEIVED}\\tsha256:%s\\t%s\\n' \"$1\" \"$2\"\n}}\n",
         path_expr(STAGING_DIR),
         path_expr(crate::facts::IMAGE_BLOB_CACHE),
     ));
-    for c in changes {
-        for b in &c.send {
+    s
+}
+
+/// One `get` per blob, in order; into `dir` (a shell word) instead of the blob cache.
+pub(super) fn get_lines<'a>(blobs: impl Iterator<Item = &'a Blob>, dir: Option<&str>) -> String {
+    blobs
+        .map(|b| {
             let hex = b.digest.trim_start_matches("sha256:");
-            s.push_str(&format!("get {} {}\n", sh_quote(hex), b.size));
-        }
+            match dir {
+                Some(d) => format!("get {} {} {d}\n", sh_quote(hex), b.size),
+                None => format!("get {} {}\n", sh_quote(hex), b.size),
+            }
+        })
+        .collect()
+}
+
+/// The end of a receiving script: import `changes` from the blob cache, check that containerd
+/// names each image at its digest, label it, empty the cache. Nothing when there is nothing to
+/// import (a relay that only keeps blobs for others).
+pub(super) fn import_tail(changes: &[ImageChange]) -> String {
+    if changes.is_empty() {
+        return String::new();
     }
     // The archive's `blobs/sha256` is the cache: this apply's blobs and those a cut one left.
-    s.push_str(&format!(
+    let mut s = format!(
         "printf '%s' '{{\"imageLayoutVersion\":\"1.0.0\"}}' > \"$S/oci-layout\"\nprintf '%s' {} > \"$S/index.json\"\n\
          (cd \"$S\" && tar -cf - oci-layout index.json -C \"$D\" blobs) | ctr -n k8s.io images import - >&2\n\
          have=$(ctr -n k8s.io images ls | awk 'NR > 1 {{print $1 \" \" $3}}')\n\
          t=$(date +%s%N)\n",
         sh_quote(&index_json(changes))
-    ));
+    );
     for c in changes {
         let want = format!("{} {}", c.reference, c.digest);
         s.push_str(&format!(
@@ -109,6 +137,9 @@ pub fn receive_script(user: &str, changes: &[ImageChange]) -> String {
 pub struct Received {
     pub blobs: Vec<(String, u64)>,
     pub imported: Vec<(String, String)>,
+    /// The host the blobs came from (`imagesFrom`); None: from this machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl Received {

@@ -28,6 +28,6 @@ pub use apply::{ApplyOptions, Outcome, ShowPlan, Shown, apply};
 pub use phase::{PhaseError, PhaseResult, phase_json};
 pub use prepare::{
     ClusterPart, Options, Prepared, close, load_and_render, load_inventory, nothing_to_do, plan,
-    plan_both, plan_cluster, prepare, state_dir, wanted_images,
+    plan_both, plan_cluster, plan_hosts, prepare, state_dir, wanted_images,
 };
 pub use rollback::{ConfirmRollback, RollbackOptions, RollbackOutcome, rollback};

@@ -248,6 +248,7 @@ pub async fn plan_hosts(o: &Options, p: &Prepared) -> Plan {
         o.parallel,
         &p.images,
         p.inventory.previous_images,
+        &images::routes(&p.inventory),
     )
     .await
 }
