@@ -66,7 +66,7 @@ pub fn plan_removals(
             old.entry(repo).or_default().push((r, d, at));
         }
     }
-    let mut out = Vec::new();
+    let mut out = orphans(images, have, &repos, &wanted_digests);
     for (_, mut tags) in old {
         tags.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| b.0.cmp(a.0)));
         let (kept, gone) = tags.split_at(tags.len().min(keep as usize));
@@ -89,6 +89,57 @@ pub fn plan_removals(
                 aliases,
             });
         }
+    }
+    out
+}
+
+/// Content a re-tagged image leaves behind: a digest no tag names once this apply imported
+/// (the tag moves to the new content), held only by the names the CRI added (`<repo>@sha256:…`,
+/// `sha256:<id>`), of a repository the host runs and not wanted. No tag can bring it back
+/// for a rollback (a revision's tag now names the new content), so it is not counted against
+/// `previousImages`; a pod still running it by digest keeps it ([`not_in_use`]). Removed by
+/// its `<repo>@sha256:…` name with the other names; a digest with only a `sha256:<id>` name
+/// is left (nothing says whose it is).
+fn orphans(
+    images: &[SourceImage],
+    have: &ContainerdFacts,
+    repos: &BTreeSet<&str>,
+    wanted_digests: &BTreeSet<&str>,
+) -> Vec<ImageRemoval> {
+    // Digests a tag will still name after this apply: a wanted tag moves to its new digest
+    // with the import (so the retag's leftovers are planned now, not one apply later).
+    let moving: BTreeMap<&str, &str> = images
+        .iter()
+        .map(|i| (i.reference.as_str(), i.digest.as_str()))
+        .collect();
+    let tagged: BTreeSet<&str> = have
+        .images
+        .iter()
+        .filter(|(n, d)| repository(n).is_some() && moving.get(n.as_str()).is_none_or(|w| w == d))
+        .map(|(_, d)| d.as_str())
+        .collect();
+    let mut out: Vec<ImageRemoval> = Vec::new();
+    for (name, d) in &have.images {
+        let Some((repo, _)) = name.split_once('@') else {
+            continue;
+        };
+        if tagged.contains(d.as_str())
+            || wanted_digests.contains(d.as_str())
+            || !repos.contains(repo)
+            || out.iter().any(|o| o.digest == *d)
+        {
+            continue;
+        }
+        out.push(ImageRemoval {
+            reference: name.clone(),
+            digest: d.clone(),
+            aliases: have
+                .images
+                .iter()
+                .filter(|(n, nd)| nd == &d && *n != name)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        });
     }
     out
 }

@@ -593,6 +593,55 @@ fn old_versions_beyond_the_kept_ones_are_removed() {
     assert_eq!(r.iter().map(|r| r.aliases.len()).sum::<usize>(), 1, "{r:?}");
 }
 
+/// A tag rebuilt with new content: the old content, held only by the CRI's names for it, is
+/// removed by them (not counted against `previousImages`); content named only by a
+/// `sha256:<id>`, or of a repository the host does not run, or wanted, is left.
+#[test]
+fn a_retagged_images_old_content_is_removed_by_its_cri_names() {
+    let run = [source("aion.local/app:1", "sha256:new")];
+    let have = facts(&[
+        ("aion.local/app:1", "sha256:new", Some(200)),
+        ("aion.local/app@sha256:old", "sha256:old", None),
+        ("sha256:cfgold", "sha256:old", None),
+        ("aion.local/app@sha256:new", "sha256:new", None),
+        ("sha256:lonely", "sha256:lone", None),
+        ("aion.local/other@sha256:o", "sha256:o", None),
+    ]);
+    let gone: Vec<(String, String, Vec<String>)> = plan_removals(&run, Some(&have), 1)
+        .into_iter()
+        .map(|r| (r.reference, r.digest, r.aliases))
+        .collect();
+    assert_eq!(
+        gone,
+        [(
+            "aion.local/app@sha256:old".to_string(),
+            "sha256:old".to_string(),
+            vec!["sha256:cfgold".to_string()]
+        )]
+    );
+    // planned before the import: the tag still names the old content, the plan moves it
+    let before = facts(&[
+        ("aion.local/app:1", "sha256:old", Some(100)),
+        ("aion.local/app@sha256:old", "sha256:old", None),
+        ("sha256:cfgold", "sha256:old", None),
+    ]);
+    let planned = plan_removals(&run, Some(&before), 1);
+    assert_eq!(
+        planned
+            .iter()
+            .map(|r| (r.reference.as_str(), r.digest.as_str()))
+            .collect::<Vec<_>>(),
+        [("aion.local/app@sha256:old", "sha256:old")]
+    );
+    // still named by an old tag: a version like any other (kept as the previous one)
+    let have = facts(&[
+        ("aion.local/app:1", "sha256:new", Some(200)),
+        ("aion.local/app:0", "sha256:old", Some(100)),
+        ("aion.local/app@sha256:old", "sha256:old", None),
+    ]);
+    assert_eq!(plan_removals(&run, Some(&have), 1), []);
+}
+
 #[test]
 fn removals_a_pod_uses_are_kept() {
     let r = |reference: &str, digest: &str, aliases: &[&str]| ImageRemoval {
