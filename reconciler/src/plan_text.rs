@@ -75,13 +75,22 @@ pub fn render_text(plan: &Plan, style: Style) -> String {
             let _ = writeln!(out, "  {} {}", style.paint(Tone::Added, "+"), r.describe());
         }
         for r in &h.image_removals {
-            let _ = writeln!(
-                out,
-                "  {} image {} — {} (an old version no longer run; removed once the new pods are ready)",
-                style.paint(Tone::Removed, "-"),
-                r.reference,
-                r.digest
-            );
+            let _ = match &r.retagged {
+                Some(tag) => writeln!(
+                    out,
+                    "  {} image {} — {} (the content {tag} named before it was rebuilt; removed once the new pods are ready)",
+                    style.paint(Tone::Removed, "-"),
+                    r.reference,
+                    r.digest
+                ),
+                None => writeln!(
+                    out,
+                    "  {} image {} — {} (an old version no longer run; removed once the new pods are ready)",
+                    style.paint(Tone::Removed, "-"),
+                    r.reference,
+                    r.digest
+                ),
+            };
         }
         let _ = writeln!(out, "  {} unchanged", h.unchanged);
     }
@@ -299,6 +308,7 @@ mod image_tests {
                 reference: "aion.local/a:1".into(),
                 digest: "sha256:one".into(),
                 aliases: vec!["sha256:cfg".into()],
+                retagged: None,
             }],
             images_from: None,
             relay: None,

@@ -153,6 +153,8 @@ struct MicroserviceCtx {
     runtime_class: String,
     node_selector: String,
     image: String,
+    /// Its manifest digest from `imageSources` (the pod template's annotation), if known.
+    image_digest: Option<String>,
     command: Option<Vec<String>>,
     privileged: bool,
     ports: Vec<PortCtx>,
@@ -178,6 +180,10 @@ struct CoreCtx {
     rabbitmq_image: String,
     redis_image: String,
     kanban_image: String,
+    /// Their manifest digests from `imageSources`, if known.
+    rabbitmq_digest: Option<String>,
+    redis_digest: Option<String>,
+    kanban_digest: Option<String>,
     rabbitmq_url: String,
     /// The broker's `conf.d` file, its rendered definition files (virtual hosts, permissions)
     /// and their checksum (master only uses them).
@@ -206,9 +212,17 @@ struct CoreCtx {
 struct Renderer {
     env: Environment<'static>,
     inventory: String,
+    /// Normalised image reference → manifest digest, for the images `imageSources` has.
+    digests: BTreeMap<String, String>,
 }
 
 impl Renderer {
+    /// The manifest digest `imageSources` has for `image` (rendered as the pod template's
+    /// [`IMAGE_DIGEST_ANNOTATION`], so that a tag rebuilt with new content rolls its pods).
+    fn digest_of(&self, image: &str) -> Option<String> {
+        self.digests.get(&crate::images::normalize(image)).cloned()
+    }
+
     fn new(inventory: &str) -> Renderer {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -239,12 +253,14 @@ impl Renderer {
             ("entry_tls_secret", broker::ENTRY_TLS_SECRET),
             ("entry_tls_dir", broker::ENTRY_TLS_DIR),
             ("definitions_dir", broker::DEFINITIONS_DIR),
+            ("image_digest_annotation", IMAGE_DIGEST_ANNOTATION),
         ] {
             env.add_global(name, value);
         }
         Renderer {
             env,
             inventory: inventory.to_owned(),
+            digests: BTreeMap::new(),
         }
     }
 
@@ -380,6 +396,21 @@ pub fn render(
     inv: &Inventory,
     services: &[(HostName, ServicesFile)],
 ) -> Result<Manifests, RenderError> {
+    render_with_digests(inv, services, &BTreeMap::new())
+}
+
+/// The pod template annotation naming the manifest digest of its image, when `imageSources`
+/// has the image: a tag rebuilt with new content changes it, so the pods roll onto the new
+/// content (the kubelet would otherwise keep running the old one under the same tag).
+pub const IMAGE_DIGEST_ANNOTATION: &str = "aion.latona.io/image-digest";
+
+/// [`render`], with `digests` (normalised reference → manifest digest, from `imageSources`)
+/// rendered as each pod template's [`IMAGE_DIGEST_ANNOTATION`].
+pub fn render_with_digests(
+    inv: &Inventory,
+    services: &[(HostName, ServicesFile)],
+    digests: &BTreeMap<String, String>,
+) -> Result<Manifests, RenderError> {
     let inv_err = |message: String| RenderError::Inventory {
         inventory: inv.source.clone(),
         message,
@@ -394,7 +425,8 @@ pub fn render(
         .masters()
         .next()
         .ok_or_else(|| inv_err("no host with role master".into()))?;
-    let renderer = Renderer::new(&inv.name);
+    let mut renderer = Renderer::new(&inv.name);
+    renderer.digests = digests.clone();
 
     // Where each host's things go.
     let mut placements: Vec<Placement> = Vec::new();
@@ -543,6 +575,11 @@ pub fn render(
             .collect();
 
         // Core.
+        let kanban_image = format!(
+            "{}/aion-kanban:{}",
+            p.host.vars.registry_prefix,
+            env!("CARGO_PKG_VERSION")
+        );
         let core = |part: &str| CoreCtx {
             ns: ns.to_owned(),
             node: node.to_owned(),
@@ -551,11 +588,10 @@ pub fn render(
             node_selector: p.pin.clone(),
             rabbitmq_image: p.host.vars.images.rabbitmq.clone(),
             redis_image: p.host.vars.images.redis.clone(),
-            kanban_image: format!(
-                "{}/aion-kanban:{}",
-                p.host.vars.registry_prefix,
-                env!("CARGO_PKG_VERSION")
-            ),
+            kanban_image: kanban_image.clone(),
+            rabbitmq_digest: renderer.digest_of(&p.host.vars.images.rabbitmq),
+            redis_digest: renderer.digest_of(&p.host.vars.images.redis),
+            kanban_digest: renderer.digest_of(&kanban_image),
             rabbitmq_url: rabbitmq_url.clone(),
             rabbitmq_conf: rabbitmq_conf.clone(),
             rabbitmq_vhosts: rabbitmq_vhosts.clone(),
@@ -970,8 +1006,10 @@ fn microservice_ctx(
     };
     let mut labels = renderer.base_labels(node, "microservice", ms.label_base());
     labels.push((LABEL_INSTANCE.into(), name.clone()));
+    let image = format!("{registry_prefix}/{}:{}", ms.name, ms.tag);
     Ok(MicroserviceCtx {
-        image: format!("{registry_prefix}/{}:{}", ms.name, ms.tag),
+        image_digest: renderer.digest_of(&image),
+        image,
         ns: ns.to_owned(),
         labels,
         always: ms.always,

@@ -848,6 +848,121 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
     // A second plan: nothing.
     let p = plan(&inv).unwrap();
     assert_eq!((p.counts.images, p.counts.image_removals), (0, 0));
+
+    // 4: tag 3 rebuilt with new content (a new source, first in the list). The pod template's
+    // digest annotation changes, so the pods roll onto the new content; the old content,
+    // named only by the CRI's names for it (if the CRI made any), is removed with them.
+    let mut rebuilt = Layout::new(dir.path().join("rebuilt"));
+    let v3b = rebuilt.image_cmd(
+        &v[2].reference,
+        &[
+            bin.clone(),
+            tar("imgtest", &[("v.bin", &noise(nonce + 20, 32 * 1024))]),
+        ],
+        &cmd,
+    );
+    assert_ne!(v3b.digest, v[2].digest);
+    let sources = vec![
+        rebuilt.dir.clone(),
+        layout.dir.clone(),
+        testbed_images_list(),
+    ];
+    let inv = inventory(&tb, dir.path(), &sources);
+    // Every name (the CRI's `sha256:<id>` ones too) at a digest, on a host.
+    let names_at = |h: &testbed::TestbedHost, digest: &str| -> Vec<String> {
+        tb.run_as_root(h, "ctr -n k8s.io images ls")
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && f[2] == digest).then(|| f[0].to_string())
+            })
+            .collect()
+    };
+    let p = plan(&inv).unwrap();
+    for (h, hp) in tb.hosts.iter().zip(&p.hosts) {
+        assert_eq!(hp.images.len(), 1, "{}", hp.host);
+        assert_eq!(hp.images[0].replaces.as_deref(), Some(v[2].digest.as_str()));
+        let aliases: Vec<String> = names_at(h, &v[2].digest)
+            .into_iter()
+            .filter(|n| *n != v[2].reference)
+            .collect();
+        let planned: Vec<&str> = hp
+            .image_removals
+            .iter()
+            .map(|r| r.reference.as_str())
+            .collect();
+        eprintln!(
+            "{}: the CRI's names of the old content: {aliases:?}; planned removals: {planned:?}",
+            hp.host
+        );
+        if aliases.is_empty() {
+            assert!(planned.is_empty(), "{}: {planned:?}", hp.host);
+        } else {
+            assert_eq!(planned.len(), 1, "{}", hp.host);
+            assert!(aliases.iter().any(|a| a == planned[0]), "{}", hp.host);
+            assert_eq!(
+                hp.image_removals[0].retagged.as_deref(),
+                Some(v[2].reference.as_str())
+            );
+        }
+    }
+    let outcome = apply(&inv);
+    assert!(
+        outcome.ok(),
+        "apply of the rebuilt tag 3:\n{}",
+        outcome.summary()
+    );
+    for (host, imgs) in host_images(&tb) {
+        assert_eq!(imgs.get(&v[2].reference), Some(&v3b.digest), "{host}");
+        assert_eq!(
+            imgs.get(&v[1].reference),
+            Some(&v[1].digest),
+            "{host}: 2 kept"
+        );
+    }
+    for h in &tb.hosts {
+        assert_eq!(
+            names_at(h, &v[2].digest),
+            Vec::<String>::new(),
+            "{}: a name of the old content left",
+            h.name
+        );
+    }
+    let annotations: Vec<String> = rt().block_on(async {
+        let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
+            .await
+            .unwrap();
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.spec
+                    .iter()
+                    .flat_map(|s| &s.containers)
+                    .any(|c| c.image.as_deref().is_some_and(|i| i.contains(PREFIX)))
+            })
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                p.metadata
+                    .annotations
+                    .unwrap_or_default()
+                    .get(aion_reconcile::render::IMAGE_DIGEST_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    });
+    assert_eq!(annotations.len(), tb.hosts.len(), "{annotations:?}");
+    assert!(
+        annotations.iter().all(|a| *a == v3b.digest),
+        "the pods run the rebuilt content: {annotations:?}"
+    );
+    let p = plan(&inv).unwrap();
+    assert_eq!((p.counts.images, p.counts.image_removals), (0, 0));
 }
 
 /// Device to device (`imagesFrom: <master>`): the master receives from this machine its own

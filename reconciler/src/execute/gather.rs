@@ -169,7 +169,7 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
 /// relay (its changes say `from`), and the relay receives, besides its own, the blobs they
 /// lack that it will not hold (see [`images::relay_blobs`]). A relay that could not be planned
 /// (unreachable) is not used: its fetchers receive from this machine, with a warning.
-fn route_images(
+pub fn route_images(
     plans: &mut [HostPlan],
     content: &[Option<ContainerdFacts>],
     wanted: &images::Wanted,

@@ -17,7 +17,7 @@ mod hosts;
 mod images_phase;
 mod outcome;
 
-pub use gather::{GatherError, gather, local_facts, plan_all};
+pub use gather::{GatherError, gather, local_facts, plan_all, route_images};
 pub use hosts::{apply, write_local_secret};
 pub use images_phase::{apply_images, remove_old_images, send_images};
 pub use outcome::{ApplyReport, Context, HostOutcome, StepFailure, TAIL_LINES};

@@ -20,6 +20,10 @@ pub struct ImageRemoval {
     /// names), removed with it: while any name is left, containerd keeps the content.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The tag that named this content before this apply moved it to a rebuilt image (then
+    /// `reference` is one of the CRI's names for the old content).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retagged: Option<String>,
 }
 
 /// The repository of a tag reference (`aion.local/app:2` → `aion.local/app`); None for the
@@ -87,6 +91,7 @@ pub fn plan_removals(
                 reference: r.to_string(),
                 digest: d.to_string(),
                 aliases,
+                retagged: None,
             });
         }
     }
@@ -94,51 +99,58 @@ pub fn plan_removals(
 }
 
 /// Content a re-tagged image leaves behind: a digest no tag names once this apply imported
-/// (the tag moves to the new content), held only by the names the CRI added (`<repo>@sha256:…`,
-/// `sha256:<id>`), of a repository the host runs and not wanted. No tag can bring it back
-/// for a rollback (a revision's tag now names the new content), so it is not counted against
-/// `previousImages`; a pod still running it by digest keeps it ([`not_in_use`]). Removed by
-/// its `<repo>@sha256:…` name with the other names; a digest with only a `sha256:<id>` name
-/// is left (nothing says whose it is).
+/// (a wanted tag moves to the new content with the import), held then only by the names the
+/// CRI added (`<repo>@sha256:…`, `sha256:<id>`), and known to be of a repository the host
+/// runs (a moving tag or a `<repo>@` name says so). No tag can bring it back for a rollback (a
+/// revision's tag now names the new content), so it is not counted against
+/// `previousImages`; a pod still running it keeps it ([`not_in_use`]). Removed by those names
+/// (a `<repo>@` one first). Content with no such name needs nothing: once no name holds it,
+/// containerd collects it.
 fn orphans(
     images: &[SourceImage],
     have: &ContainerdFacts,
     repos: &BTreeSet<&str>,
     wanted_digests: &BTreeSet<&str>,
 ) -> Vec<ImageRemoval> {
-    // Digests a tag will still name after this apply: a wanted tag moves to its new digest
-    // with the import (so the retag's leftovers are planned now, not one apply later).
     let moving: BTreeMap<&str, &str> = images
         .iter()
         .map(|i| (i.reference.as_str(), i.digest.as_str()))
         .collect();
-    let tagged: BTreeSet<&str> = have
-        .images
-        .iter()
-        .filter(|(n, d)| repository(n).is_some() && moving.get(n.as_str()).is_none_or(|w| w == d))
-        .map(|(_, d)| d.as_str())
-        .collect();
-    let mut out: Vec<ImageRemoval> = Vec::new();
+    // digest → (a tag stays on it, a repository it is known to be of, its alias names, the
+    // tag that moves off it)
+    type Names<'a> = (bool, bool, Vec<&'a str>, Option<&'a str>);
+    let mut by_digest: BTreeMap<&str, Names> = BTreeMap::new();
     for (name, d) in &have.images {
-        let Some((repo, _)) = name.split_once('@') else {
-            continue;
-        };
-        if tagged.contains(d.as_str())
-            || wanted_digests.contains(d.as_str())
-            || !repos.contains(repo)
-            || out.iter().any(|o| o.digest == *d)
-        {
+        let e = by_digest.entry(d.as_str()).or_default();
+        match repository(name) {
+            Some(repo) => {
+                if moving.get(name.as_str()).is_some_and(|w| w != d) {
+                    e.1 |= repos.contains(repo);
+                    e.3 = Some(name.as_str());
+                } else {
+                    e.0 = true;
+                }
+            }
+            None => {
+                if let Some((repo, _)) = name.split_once('@') {
+                    e.1 |= repos.contains(repo);
+                }
+                e.2.push(name.as_str());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (d, (tag_stays, ours, mut names, tag)) in by_digest {
+        if tag_stays || !ours || names.is_empty() || wanted_digests.contains(d) {
             continue;
         }
+        // `<repo>@sha256:…` first (the plan line names the repository), then `sha256:<id>`.
+        names.sort_by_key(|n| !n.contains('@'));
         out.push(ImageRemoval {
-            reference: name.clone(),
-            digest: d.clone(),
-            aliases: have
-                .images
-                .iter()
-                .filter(|(n, nd)| nd == &d && *n != name)
-                .map(|(n, _)| n.clone())
-                .collect(),
+            reference: names[0].to_string(),
+            digest: d.to_string(),
+            aliases: names[1..].iter().map(|n| n.to_string()).collect(),
+            retagged: tag.map(str::to_string),
         });
     }
     out

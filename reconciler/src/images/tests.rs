@@ -633,6 +633,23 @@ fn a_retagged_images_old_content_is_removed_by_its_cri_names() {
             .collect::<Vec<_>>(),
         [("aion.local/app@sha256:old", "sha256:old")]
     );
+    // only a `sha256:<id>` name: the moving tag says whose it is
+    let before = facts(&[
+        ("aion.local/app:1", "sha256:old", Some(100)),
+        ("sha256:cfgold", "sha256:old", None),
+    ]);
+    let planned = plan_removals(&run, Some(&before), 1);
+    assert_eq!(
+        planned
+            .iter()
+            .map(|r| (r.reference.as_str(), r.digest.as_str(), r.aliases.len()))
+            .collect::<Vec<_>>(),
+        [("sha256:cfgold", "sha256:old", 0)]
+    );
+    assert_eq!(planned[0].retagged.as_deref(), Some("aion.local/app:1"));
+    // no other name: nothing to plan (containerd collects it)
+    let before = facts(&[("aion.local/app:1", "sha256:old", Some(100))]);
+    assert_eq!(plan_removals(&run, Some(&before), 1), []);
     // still named by an old tag: a version like any other (kept as the previous one)
     let have = facts(&[
         ("aion.local/app:1", "sha256:new", Some(200)),
@@ -648,6 +665,7 @@ fn removals_a_pod_uses_are_kept() {
         reference: reference.into(),
         digest: digest.into(),
         aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        retagged: None,
     };
     let all = [
         r("aion.local/a:1", "sha256:a", &[]),
@@ -688,11 +706,13 @@ async fn remove_script_removes_only_at_the_planned_digest() {
             reference: "aion.local/a:1".into(),
             digest: "sha256:a".into(),
             aliases: vec!["sha256:cfga".into()],
+            retagged: None,
         },
         ImageRemoval {
             reference: "aion.local/b:1".into(),
             digest: "sha256:bold".into(),
             aliases: vec![],
+            retagged: None,
         },
     ];
     let h = crate::host::local::LocalHost {

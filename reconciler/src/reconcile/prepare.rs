@@ -64,6 +64,15 @@ pub fn load_inventory(inventory: &Path) -> anyhow::Result<Inventory> {
 /// Load the inventory and every host's `services.yml` (warnings printed, errors fatal), then
 /// render. Shared by `render`, `diff`, `status` and the provisioning commands.
 pub fn load_and_render(inventory: &Path) -> anyhow::Result<(Inventory, Manifests)> {
+    let (inv, manifests, _) = load_render_catalog(inventory)?;
+    Ok((inv, manifests))
+}
+
+/// [`load_and_render`], and the images of `imageSources` (None without them): their digests
+/// are rendered as the pod templates' [`crate::render::IMAGE_DIGEST_ANNOTATION`].
+fn load_render_catalog(
+    inventory: &Path,
+) -> anyhow::Result<(Inventory, Manifests, Option<images::Catalog>)> {
     let loaded = aion_model::inventory::load(inventory)?;
     report(&loaded.diagnostics, inventory)?;
     let inv = loaded.value;
@@ -78,8 +87,19 @@ pub fn load_and_render(inventory: &Path) -> anyhow::Result<(Inventory, Manifests
             services.push((host.name.clone(), loaded.value));
         }
     }
-    let manifests = crate::render::render(&inv, &services)?;
-    Ok((inv, manifests))
+    let catalog = if inv.image_sources.is_empty() {
+        None
+    } else {
+        let paths: Vec<PathBuf> = inv.image_sources.iter().map(|s| s.path.clone()).collect();
+        Some(images::read_sources(&paths)?)
+    };
+    let digests = catalog
+        .iter()
+        .flat_map(|c| c.images.iter())
+        .map(|(r, i)| (r.clone(), i.digest.clone()))
+        .collect();
+    let manifests = crate::render::render_with_digests(&inv, &services, &digests)?;
+    Ok((inv, manifests, catalog))
 }
 
 /// Print diagnostics on stderr; any error fails.
@@ -171,13 +191,10 @@ pub fn wanted_images(path: &Path, inventory: &Inventory) -> anyhow::Result<image
     if inventory.image_sources.is_empty() {
         return Ok(images::Wanted::new());
     }
-    let (_, manifests) = load_and_render(path)?;
-    let paths: Vec<PathBuf> = inventory
-        .image_sources
-        .iter()
-        .map(|s| s.path.clone())
-        .collect();
-    let catalog = images::read_sources(&paths)?;
+    let (_, manifests, catalog) = load_render_catalog(path)?;
+    let Some(catalog) = catalog else {
+        return Ok(images::Wanted::new());
+    };
     images::resolve(&images::needed(&manifests), &catalog).map_err(|errors| {
         anyhow::anyhow!(
             "{} image(s) in no image source; nothing was sent:\n{}",

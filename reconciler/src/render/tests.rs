@@ -161,6 +161,53 @@ fn render_is_deterministic() {
     assert_eq!(a[0].0, "edge-master.yaml");
 }
 
+/// With `imageSources`, each pod template names its image's manifest digest (a tag rebuilt
+/// with new content rolls the pods); images the sources do not have, and inventories without
+/// sources, get no annotation.
+#[test]
+fn pod_templates_name_the_digest_of_their_image() {
+    let inv = single("default");
+    let svc = vec![("edge-master".to_owned(), services(SAMPLE))];
+    let kanban = format!("latonaio/aion-kanban:{}", env!("CARGO_PKG_VERSION"));
+    let digests: BTreeMap<String, String> = [
+        ("docker.io/latonaio/sample-job:v1.0.0", "sha256:job"),
+        (&format!("docker.io/{kanban}"), "sha256:kanban"),
+        (
+            "docker.io/library/rabbitmq:3.13-management-alpine",
+            "sha256:mq",
+        ),
+    ]
+    .iter()
+    .map(|(r, d)| (r.to_string(), d.to_string()))
+    .collect();
+    let m = render_with_digests(&inv, &svc, &digests).unwrap();
+    let annotation = |kind: &str, name: &str| {
+        find(&m, kind, name).value["spec"]["template"]["metadata"]["annotations"]
+            [IMAGE_DIGEST_ANNOTATION]
+            .clone()
+    };
+    assert_eq!(annotation("Job", "sample-job-001"), "sha256:job");
+    assert_eq!(annotation("Deployment", "aion-kanban"), "sha256:kanban");
+    assert_eq!(annotation("Deployment", "rabbitmq"), "sha256:mq");
+    assert_eq!(annotation("Deployment", "web-001"), serde_json::Value::Null);
+    assert_eq!(
+        annotation("Deployment", "redis-cluster"),
+        serde_json::Value::Null
+    );
+    // the rendered text says what is applied
+    let text = &find(&m, "Job", "sample-job-001").text;
+    assert!(
+        text.contains("\"aion.latona.io/image-digest\": \"sha256:job\""),
+        "{text}"
+    );
+    let plain = render(&inv, &svc).unwrap();
+    assert!(
+        plain
+            .objects()
+            .all(|o| !o.text.contains(IMAGE_DIGEST_ANNOTATION))
+    );
+}
+
 #[test]
 fn microservice_objects_follow_upstream_shape() {
     let inv = single("default");
