@@ -691,3 +691,119 @@ fn builtin_roles_render_for_single_and_cluster_mode() {
             .contains("10.244.10.0/16")
     );
 }
+
+/// `imagesFrom`, a relay that fails in `apply` (a blob it should keep is gone from this
+/// machine's source): it is `Failed` at images with its own reason; its fetcher is `Failed` naming it and is never asked to fetch; the relay's
+/// cleanup still runs, and creates no `authorized_keys` where there was none.
+#[tokio::test]
+async fn a_failed_relay_fails_its_fetchers_naming_it() {
+    let b = bed();
+    let hp = |name: &str, role: Role| crate::plan::HostPlan {
+        host: name.into(),
+        address: "10.0.0.9".into(),
+        role,
+        user: "root".into(),
+        changes: vec![],
+        unchanged: 0,
+        error: None,
+        warnings: vec![],
+        images: vec![],
+        image_removals: vec![],
+        images_from: None,
+        relay: None,
+    };
+    let change = images::ImageChange {
+        reference: "aion.local/a:1".into(),
+        digest: "sha256:m".into(),
+        replaces: None,
+        bytes: 4,
+        blobs: 1,
+        blobs_total: 1,
+        bytes_total: 4,
+        media_type: String::new(),
+        from: Some("m1".into()),
+        send: vec![images::Blob {
+            digest: "sha256:00".into(),
+            size: 4,
+            path: Default::default(),
+            offset: 0,
+        }],
+        source: Default::default(),
+        manifest_size: 0,
+    };
+    let plan = Plan::new(vec![
+        crate::plan::HostPlan {
+            // The blob it should keep is gone from this machine's source.
+            relay: Some(images::Relay {
+                for_hosts: vec!["w1".into()],
+                for_addresses: vec!["10.0.0.9".into()],
+                blobs: 1,
+                bytes: 4,
+                send: vec![images::Blob {
+                    digest: "sha256:00".into(),
+                    size: 4,
+                    path: b.dir.path().join("gone"),
+                    offset: 0,
+                }],
+            }),
+            ..hp("m1", Role::Master)
+        },
+        crate::plan::HostPlan {
+            images: vec![change],
+            images_from: Some(images::RelaySource {
+                host: "m1".into(),
+                address: "10.0.0.8".into(),
+                port: 22,
+                user: "root".into(),
+                known_hosts: None,
+            }),
+            ..hp("w1", Role::Worker)
+        },
+    ]);
+    let mut report = ApplyReport {
+        hosts: vec![
+            ("m1".into(), HostOutcome::Converged { changed: 0 }),
+            ("w1".into(), HostOutcome::Converged { changed: 0 }),
+        ],
+        changed: 0,
+        images: vec![],
+        image_removals: vec![],
+    };
+    let log = Log::create(&b.dir.path().join("logs")).unwrap();
+    let progress = Progress::new(crate::progress::Render::Lines);
+    let cluster = FakeCluster::default();
+    let cx = Context {
+        hosts: &b.hosts,
+        cluster: &cluster,
+        progress: &progress,
+        log: &log,
+        parallel: 4,
+    };
+    apply_images(&plan, &mut report, &cx).await;
+    let failed = |h: &str| match report.outcome(h) {
+        Some(HostOutcome::Failed { step, error }) => format!("{step}: {error}"),
+        o => panic!("{h}: {o:?}"),
+    };
+    assert!(
+        failed("m1").starts_with("images: ") && failed("m1").contains("gone"),
+        "{}",
+        failed("m1")
+    );
+    assert_eq!(
+        failed("w1"),
+        "images: its relay m1 did not get the images it fetches"
+    );
+    assert!(report.images.is_empty());
+    let log_text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        log_text.contains("images relay: key and kept blobs removed"),
+        "{log_text}"
+    );
+    assert!(
+        !b.dir
+            .path()
+            .join("m1/home/root/.ssh/authorized_keys")
+            .exists()
+    );
+    assert!(!b.dir.path().join("m1/root/.ssh/authorized_keys").exists());
+}

@@ -167,13 +167,21 @@ fn key_line(user: &str, public: &str, nonce: &str, from: &[String]) -> String {
 }
 
 /// Rewrite the login user's `authorized_keys` without aion's relay keys, then append what
-/// `append` prints (shell commands); owner and mode kept, replaced by rename.
-fn rewrite_authorized_keys(append: &str) -> String {
+/// `append` prints (shell commands); owner and mode kept, replaced by rename. Without
+/// `append` (the cleanup), a missing file stays missing.
+fn rewrite_authorized_keys(append: Option<&str>) -> String {
+    let missing = match append {
+        Some(_) => {
+            "{ mkdir -p \"${AK%/*}\"; : > \"$AK\"; chmod 600 \"$AK\"; chown \"$U\" \"$AK\" 2>/dev/null || true; }"
+        }
+        None => "AK=",
+    };
+    let append = append.unwrap_or(":;");
     format!(
-        "AK={ak}\nmkdir -p \"${{AK%/*}}\"\n[ -e \"$AK\" ] || {{ : > \"$AK\"; chmod 600 \"$AK\"; chown \"$U\" \"$AK\" 2>/dev/null || true; }}\n\
+        "AK={ak}\n[ -e \"$AK\" ] || {missing}\nif [ -n \"$AK\" ]; then\n\
          t=$(mktemp \"${{AK%/*}}/.aion-tmp.XXXXXX\")\n\
          {{ grep -v -e {pat} \"$AK\" || true; {append} }} > \"$t\"\n\
-         chmod --reference=\"$AK\" \"$t\" && chown --reference=\"$AK\" \"$t\" && mv -f \"$t\" \"$AK\" || {{ rm -f \"$t\"; exit 9; }}\n",
+         chmod --reference=\"$AK\" \"$t\" && chown --reference=\"$AK\" \"$t\" && mv -f \"$t\" \"$AK\" || {{ rm -f \"$t\"; exit 9; }}\nfi\n",
         ak = path_expr("~/.ssh/authorized_keys"),
         pat = sh_quote(&format!(" {KEY_COMMENT}[0-9a-f]*$")),
     )
@@ -228,10 +236,10 @@ pub fn relay_script(
     s.push_str(&format!(
         "exp=$(date -d '+{KEY_HOURS} hours' +%Y%m%d%H%M) || {{ echo \"no GNU date here: cannot give the relay key an expiry\" >&2; exit 8; }}\n"
     ));
-    s.push_str(&rewrite_authorized_keys(&format!(
+    s.push_str(&rewrite_authorized_keys(Some(&format!(
         "printf {};",
         key_line(user, public, nonce, &relay.for_addresses)
-    )));
+    ))));
     s
 }
 
@@ -240,7 +248,7 @@ pub fn relay_script(
 pub fn relay_cleanup_script(user: &str) -> String {
     let mut s = crate::shell::prelude(user);
     s.push_str("set -e\n");
-    s.push_str(&rewrite_authorized_keys(":;"));
+    s.push_str(&rewrite_authorized_keys(None));
     s.push_str(&format!("rm -rf {}\n", path_expr(RELAY_DIR)));
     s
 }
