@@ -66,6 +66,9 @@ vm_memory_high_watermark.relative = 0.2
 disk_free_limit.absolute = 50MB
 log.file.level = warning
 EOF
+    # A test's extra settings (tests/src/rabbitmq.rs `ExtraConf`: e.g. the TLS listener as
+    # aion-reconcile renders it), until it removes them; `start` drops a stale one.
+    if [ -f "$dir/extra.conf" ]; then cat "$dir/extra.conf" >>"$dir/rabbitmq.conf"; fi
     printf '[].\n' >"$RABBITMQ_ADVANCED_CONFIG_FILE"
     nohup "$RMQ_BIN/rabbitmq-server" >"$dir/log/stdout.log" 2>&1 </dev/null &
     echo $! >"$dir/server.pid"
@@ -104,7 +107,7 @@ case "$cmd" in
       head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/.erlang.cookie"
       chmod 400 "$STATE/.erlang.cookie"
     fi
-    for i in "${INSTANCES[@]}"; do start_one $i; done
+    for i in "${INSTANCES[@]}"; do set -- $i; rm -f "$STATE/$1/extra.conf"; start_one "$@"; done
     ;;
   stop)
     for i in "${INSTANCES[@]}"; do stop_one $i; done

@@ -620,6 +620,58 @@ async fn a_tls_entry_is_trusted_only_with_the_issued_ca() {
     let pki = rabbitmq::test_pki();
     let entry = rabbitmq::tls_entry(format!("127.0.0.1:{}", port_of(&b.url_b)), &pki).await;
     let entry_port: u16 = entry.rsplit_once(':').unwrap().1.parse().unwrap();
+    crossing_a_tls_entry(&pair, &pki, entry_port).await;
+}
+
+/// The TLS listener as `render` writes it for `entryTls` (`broker::config(true)`: port,
+/// certificate files, no client certificates), on Debian's rabbitmq-server itself (broker b,
+/// restarted with those settings, the mount directory pointed at the test's PEM files, another
+/// port), is the entry: the kanban crosses with the issued CA, another CA is refused. Checked
+/// by hand before; now automated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_tls_listener_serves_the_entry() {
+    let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::exclusive_async().await;
+    aion_reconcile::kubeclient::install_crypto_provider();
+    let pair = Pair::set_up(&b, "tr");
+    let pki = rabbitmq::test_pki();
+    let files = pair.dir.path().join("entry-tls");
+    std::fs::create_dir_all(&files).unwrap();
+    for (from, to) in ["ca.pem", "server.pem", "server.key"]
+        .iter()
+        .zip(broker::ENTRY_TLS_KEYS)
+    {
+        std::fs::copy(pki.dir.path().join(from), files.join(to)).unwrap();
+    }
+    // Port 5674: beside the loopback brokers' 5672/5673 (the rendered 5671 is the pod's).
+    let entry_port: u16 = 5674;
+    let rendered = broker::config(true);
+    let settings: String = rendered
+        .lines()
+        .filter(|l| l.starts_with("listeners.ssl.") || l.starts_with("ssl_options."))
+        .map(|l| {
+            l.replace(broker::ENTRY_TLS_DIR, &files.display().to_string())
+                .replace(
+                    &format!("= {}", broker::TLS_PORT),
+                    &format!("= 127.0.0.1:{entry_port}"),
+                )
+                + "\n"
+        })
+        .collect();
+    assert_eq!(settings.lines().count(), 6, "{rendered}");
+    let _tls = rabbitmq::ExtraConf::apply("b", &settings).expect("broker b with the TLS listener");
+    let status = rabbitmq::ctl("b", &["status"]).unwrap();
+    assert!(
+        status.contains(&format!("port: {entry_port}, protocol: amqp/ssl")),
+        "broker b has no TLS listener on {entry_port}:\n{status}"
+    );
+    crossing_a_tls_entry(&pair, &pki, entry_port).await;
+}
+
+/// A sends through the TLS entry at `entry_port` in front of B: with the issued CA the kanban
+/// arrives; a device whose credentials hold another CA does not trust the entry, its kanban is
+/// dead-lettered naming the certificate, nothing is delivered.
+async fn crossing_a_tls_entry(pair: &Pair, pki: &rabbitmq::TestPki, entry_port: u16) {
     let dev_untrusting = format!("{}-dev-u", pair.p);
     let home_a = pair.dir.path().join("a");
     let file_a = services(&format!(

@@ -79,6 +79,46 @@ pub fn restart(which: &str) -> Result<String, String> {
     script(&["restart", which])
 }
 
+/// Extra `rabbitmq.conf` settings on broker instance `which` while this lives: written next
+/// to its config (`scripts/rabbitmq.sh` appends them at start) and the broker restarted; on drop
+/// (also when the test fails) removed and the broker restarted again. Take the brokers
+/// exclusively (`component::exclusive_async`) around it.
+pub struct ExtraConf {
+    which: String,
+    path: std::path::PathBuf,
+}
+
+impl ExtraConf {
+    pub fn apply(which: &str, settings: &str) -> Result<ExtraConf, String> {
+        let state = std::env::var_os("AION_RABBITMQ_STATE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/aion/rabbitmq")
+            });
+        let path = state.join(which).join("extra.conf");
+        std::fs::write(&path, settings).map_err(|e| format!("{}: {e}", path.display()))?;
+        let guard = ExtraConf {
+            which: which.to_string(),
+            path,
+        };
+        restart(which)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for ExtraConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Err(e) = restart(&self.which) {
+            eprintln!(
+                "broker {} not restarted without the extra settings: {e}",
+                self.which
+            );
+        }
+    }
+}
+
 /// `rabbitmqctl ARGS` on broker instance `which` (`"a"` or `"b"`), through
 /// `scripts/rabbitmq.sh ctl` (which knows the node names and the Erlang cookie). Returns its
 /// output, or an error naming what failed.
