@@ -168,6 +168,23 @@ fn host_images(tb: &Testbed) -> BTreeMap<String, BTreeMap<String, String>> {
         .collect()
 }
 
+/// Different per run: the test's layers are on no host yet.
+fn nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// `down` of the test's inventory in `dir`, on the test cluster.
+fn down_args(dir: &Path, cluster: &k8s::TestCluster) -> aion_reconcile::commands::down::Args {
+    aion_reconcile::commands::down::Args {
+        inventory: dir.join("inventory.yml"),
+        kubeconfig: Some(cluster.kubeconfig().to_owned()),
+        dry_run: false,
+    }
+}
+
 /// At the end, also on failure: the test's images out of every host's containerd, then the
 /// cluster objects and the hosts as the other testbed tests expect them.
 struct Cleanup<'a> {
@@ -217,10 +234,7 @@ fn images_are_sent_once_only_what_is_missing_and_verified() {
     };
     let list = testbed_images_list();
     let dir = tempfile::tempdir().unwrap();
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let nonce = nonce();
 
     // Images: A and B share a base layer (different per run: nothing of it is on a host yet).
     let mut layout = Layout::new(dir.path().join("layout"));
@@ -249,11 +263,7 @@ fn images_are_sent_once_only_what_is_missing_and_verified() {
     assert_eq!(a.layers[0], b.layers[0]);
     let sources = vec![layout.dir.clone(), list];
 
-    let down = || aion_reconcile::commands::down::Args {
-        inventory: dir.path().join("inventory.yml"),
-        kubeconfig: Some(cluster.kubeconfig().to_owned()),
-        dry_run: false,
-    };
+    let down = || down_args(dir.path(), &cluster);
     write_services(&tb, dir.path(), &["a"]);
     inventory(&tb, dir.path(), &[]);
     let _cleanup = Cleanup {
@@ -675,10 +685,7 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
     };
     let list = testbed_images_list();
     let dir = tempfile::tempdir().unwrap();
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let nonce = nonce();
 
     // Three versions: the same busybox layer (a static binary from this machine) and a small
     // layer of its own each; the container loops until SIGTERM, so an old pod goes at once.
@@ -706,11 +713,7 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
         .collect();
     let sources = vec![layout.dir.clone(), list];
 
-    let down = || aion_reconcile::commands::down::Args {
-        inventory: dir.path().join("inventory.yml"),
-        kubeconfig: Some(cluster.kubeconfig().to_owned()),
-        dry_run: false,
-    };
+    let down = || down_args(dir.path(), &cluster);
     write_running_service(&tb, dir.path(), 1);
     let inv = inventory(&tb, dir.path(), &sources);
     let _cleanup = Cleanup {
@@ -980,10 +983,7 @@ fn workers_fetch_their_images_from_the_master() {
     };
     let list = testbed_images_list();
     let dir = tempfile::tempdir().unwrap();
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let nonce = nonce();
     let mut layout = Layout::new(dir.path().join("layout"));
     let base = tar("imgtest", &[("base.bin", &noise(nonce, 512 * 1024))]);
     let d = layout.image(
@@ -1003,11 +1003,7 @@ fn workers_fetch_their_images_from_the_master() {
     let sources = vec![layout.dir.clone(), list];
     let master = tb.hosts[0].name.clone();
     let workers: Vec<String> = tb.hosts[1..].iter().map(|h| h.name.clone()).collect();
-    let down = || aion_reconcile::commands::down::Args {
-        inventory: dir.path().join("inventory.yml"),
-        kubeconfig: Some(cluster.kubeconfig().to_owned()),
-        dry_run: false,
-    };
+    let down = || down_args(dir.path(), &cluster);
     let m = master.clone();
     write_services_each(&tb, dir.path(), move |h| {
         if h.name == m {

@@ -477,6 +477,30 @@ fn by_hand(
     })
 }
 
+/// A host's containerd facts, from the facts script with the containerd request (the part of
+/// apply's facts script that is about images).
+async fn containerd_facts(h: &BenchHost, c: &SshHost) -> anyhow::Result<facts::ContainerdFacts> {
+    let req = FactRequest {
+        user: h.inv.ssh.user.clone(),
+        containerd: true,
+        ..FactRequest::default()
+    };
+    let out = c.run(&req.script()).await?;
+    anyhow::ensure!(
+        out.success(),
+        "{}: facts failed: {}",
+        h.inv.name,
+        out.combined()
+    );
+    let f = facts::parse(
+        &h.inv.name,
+        &out.stdout_str(),
+        &String::from_utf8_lossy(&out.stderr),
+    )?;
+    f.containerd
+        .with_context(|| format!("{}: ctr did not answer", h.inv.name))
+}
+
 /// Ours, as `apply` runs it for images: connect to every host (one multiplexed SSH master
 /// each), gather each one's containerd facts (the facts script with the containerd request),
 /// plan with `images::plan_host` against the source image, then `execute::send_images` on every
@@ -491,28 +515,8 @@ async fn ours(s: &Setup, variant: &str, img: &SourceImage) -> anyhow::Result<Mea
     let conns: Vec<SshHost> = conns.into_iter().collect::<Result<_, _>>()?;
     let t_connect = t.elapsed();
     let plans = join_all(s.hosts.iter().zip(&conns).map(|(h, c)| async move {
-        let req = FactRequest {
-            user: h.inv.ssh.user.clone(),
-            containerd: true,
-            ..FactRequest::default()
-        };
-        let out = c.run(&req.script()).await?;
-        anyhow::ensure!(
-            out.success(),
-            "{}: facts failed: {}",
-            h.inv.name,
-            out.combined()
-        );
-        let f = facts::parse(
-            &h.inv.name,
-            &out.stdout_str(),
-            &String::from_utf8_lossy(&out.stderr),
-        )?;
-        anyhow::ensure!(f.containerd.is_some(), "{}: ctr did not answer", h.inv.name);
-        Ok(images::plan_host(
-            std::slice::from_ref(img),
-            f.containerd.as_ref(),
-        ))
+        let f = containerd_facts(h, c).await?;
+        Ok(images::plan_host(std::slice::from_ref(img), Some(&f)))
     }))
     .await;
     let plans: Vec<Vec<images::ImageChange>> = plans.into_iter().collect::<Result<_, _>>()?;
@@ -580,23 +584,7 @@ async fn ours_fanout(s: &Setup, img: &SourceImage) -> anyhow::Result<Option<Meas
         .collect::<Result<_, _>>()?;
     let t_connect = t.elapsed();
     let planned = join_all(s.hosts.iter().zip(&conns).map(|(h, c)| async move {
-        let req = FactRequest {
-            user: h.inv.ssh.user.clone(),
-            containerd: true,
-            ..FactRequest::default()
-        };
-        let out = c.run(&req.script()).await?;
-        anyhow::ensure!(
-            out.success(),
-            "{}: facts failed: {}",
-            h.inv.name,
-            out.combined()
-        );
-        let f = facts::parse(
-            &h.inv.name,
-            &out.stdout_str(),
-            &String::from_utf8_lossy(&out.stderr),
-        )?;
+        let f = containerd_facts(h, c).await?;
         let hp = HostPlan {
             host: h.inv.name.clone(),
             address: h.inv.address.clone(),
@@ -606,12 +594,12 @@ async fn ours_fanout(s: &Setup, img: &SourceImage) -> anyhow::Result<Option<Meas
             unchanged: 0,
             error: None,
             warnings: vec![],
-            images: images::plan_host(std::slice::from_ref(img), f.containerd.as_ref()),
+            images: images::plan_host(std::slice::from_ref(img), Some(&f)),
             image_removals: vec![],
             images_from: None,
             relay: None,
         };
-        Ok((hp, f.containerd))
+        Ok((hp, Some(f)))
     }))
     .await;
     let (mut plans, content): (Vec<HostPlan>, Vec<_>) = planned
