@@ -516,7 +516,7 @@ async fn ours(s: &Setup, variant: &str, img: &SourceImage) -> anyhow::Result<Mea
     let t_connect = t.elapsed();
     let plans = join_all(s.hosts.iter().zip(&conns).map(|(h, c)| async move {
         let f = containerd_facts(h, c).await?;
-        Ok(images::plan_host(std::slice::from_ref(img), Some(&f)))
+        anyhow::Ok(images::plan_host(std::slice::from_ref(img), Some(&f)))
     }))
     .await;
     let plans: Vec<Vec<images::ImageChange>> = plans.into_iter().collect::<Result<_, _>>()?;
