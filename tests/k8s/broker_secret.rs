@@ -3,28 +3,11 @@
 //! whose Secret went missing gets the same password back; neither the plan's text nor its JSON
 //! nor any diff ever shows it.
 
-use std::path::Path;
-
 use aion_integration_tests::k8s::{self, assert_hidden};
-use aion_model::Inventory;
 use aion_reconcile::cluster::{self, ClusterApplyOptions, ObjectAction};
 use aion_reconcile::render::{self, broker};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
-
-fn cluster_inventory(name: &str, master_ns: &str, worker_ns: &str) -> Inventory {
-    let text = format!(
-        "name: {name}\nmode: cluster\nhosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {master_ns}}}\n  - name: edge-worker\n    address: 127.0.0.2\n    role: worker\n    vars: {{namespace: {worker_ns}}}\n"
-    );
-    let loaded =
-        aion_model::inventory::load_str(&text, Path::new("/tmp/aion-test/inventory.yml")).unwrap();
-    assert!(
-        loaded.diagnostics.iter().all(|d| !d.is_error()),
-        "{:?}",
-        loaded.diagnostics
-    );
-    loaded.value
-}
 
 /// The Secret's keys, decoded.
 async fn secret_data(client: &kube::Client, ns: &str) -> (String, String) {
@@ -54,7 +37,7 @@ async fn broker_password_is_generated_once_kept_and_never_shown() {
     aion_reconcile::kubeclient::install_crypto_provider();
     let client = tc.client().await;
     let (ns_m, ns_w) = (tc.fresh_namespace().await, tc.fresh_namespace().await);
-    let inv = cluster_inventory(&ns_m, &ns_m, &ns_w);
+    let inv = k8s::cluster_inventory(&ns_m, &ns_m, &ns_w, "");
     let m = render::render(&inv, &[]).unwrap();
     let opts = ClusterApplyOptions::default();
 

@@ -16,17 +16,9 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
 fn inventory(name: &str, namespace: &str) -> Inventory {
-    let text = format!(
+    k8s::inventory(&format!(
         "name: {name}\nmode: single\nhosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {namespace}}}\n"
-    );
-    let loaded =
-        aion_model::inventory::load_str(&text, Path::new("/tmp/aion-test/inventory.yml")).unwrap();
-    assert!(
-        loaded.diagnostics.iter().all(|d| !d.is_error()),
-        "{:?}",
-        loaded.diagnostics
-    );
-    loaded.value
+    ))
 }
 
 fn services(text: &str) -> ServicesFile {
@@ -515,9 +507,7 @@ async fn runtime_class_for_gpu_hosts_is_applied_and_pruned() {
     let text = format!(
         "name: {ns}\nmode: single\nhosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {ns}, gpu: true}}\n"
     );
-    let inv = aion_model::inventory::load_str(&text, Path::new("/tmp/aion-test/inventory.yml"))
-        .unwrap()
-        .value;
+    let inv = k8s::inventory(&text);
     let m = rendered(
         &inv,
         "microservices:\n  detector: {runtimeClassName: nvidia, startup: yes}\n",

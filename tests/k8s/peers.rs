@@ -4,28 +4,11 @@
 //! issues the URL for the virtual host the peer may reach, and `remote-credentials` stores what
 //! another installation issued in Secret `aion-remotes`, which no plan shows and no apply prunes.
 
-use std::path::Path;
-
 use aion_integration_tests::k8s::{self, assert_hidden};
-use aion_model::Inventory;
 use aion_reconcile::cluster::{self, ClusterApplyOptions, peers};
 use aion_reconcile::render::{self, broker};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-
-fn inventory(name: &str, master_ns: &str, worker_ns: &str, peers: &str) -> Inventory {
-    let text = format!(
-        "name: {name}\nmode: cluster\n{peers}hosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {master_ns}}}\n  - name: edge-worker\n    address: 127.0.0.2\n    role: worker\n    vars: {{namespace: {worker_ns}}}\n"
-    );
-    let loaded =
-        aion_model::inventory::load_str(&text, Path::new("/tmp/aion-test/inventory.yml")).unwrap();
-    assert!(
-        loaded.diagnostics.iter().all(|d| !d.is_error()),
-        "{:?}",
-        loaded.diagnostics
-    );
-    loaded.value
-}
 
 async fn secret_key(client: &kube::Client, ns: &str, name: &str, key: &str) -> Option<String> {
     let s = Api::<Secret>::namespaced(client.clone(), ns)
@@ -56,7 +39,7 @@ async fn peers_get_users_and_urls_and_remote_credentials_are_kept() {
     let opts = ClusterApplyOptions::default();
     let port = entry_port(&ns_m, 32100);
     let one = format!("entryPort: {port}\npeers:\n  - device: {cam}\n    to: [edge-worker]\n");
-    let inv = inventory(&ns_m, &ns_m, &ns_w, &one);
+    let inv = k8s::cluster_inventory(&ns_m, &ns_m, &ns_w, &one);
     let m = render::render(&inv, &[]).unwrap();
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();
     cluster::apply_plan(&client, &plan, &opts).await.unwrap();
@@ -107,7 +90,7 @@ async fn peers_get_users_and_urls_and_remote_credentials_are_kept() {
 
     // A second peer: the Secret and the permissions change (masked), the first password stays.
     let two = format!("{one}  - device: {hq}\n");
-    let inv2 = inventory(&ns_m, &ns_m, &ns_w, &two);
+    let inv2 = k8s::cluster_inventory(&ns_m, &ns_m, &ns_w, &two);
     let m2 = render::render(&inv2, &[]).unwrap();
     let plan = cluster::plan(&client, &m2, &inv2).await.unwrap();
     let changed = k8s::changed(&plan);
@@ -212,7 +195,7 @@ async fn a_tls_entry_secret_comes_from_the_inventorys_files() {
     let peers = format!(
         "entryPort: {port}\npeers: [{{device: hq}}]\nentryTls: {{ca: {d}/ca.pem, cert: {d}/entry.pem, key: {d}/entry.key}}\n"
     );
-    let inv = inventory(&ns_m, &ns_m, &ns_w, &peers);
+    let inv = k8s::cluster_inventory(&ns_m, &ns_m, &ns_w, &peers);
     let m = render::render(&inv, &[]).unwrap();
     let opts = ClusterApplyOptions::default();
     let plan = cluster::plan(&client, &m, &inv).await.unwrap();

@@ -179,6 +179,32 @@ pub fn changed(plan: &aion_reconcile::cluster::ClusterPlan) -> Vec<String> {
         .collect()
 }
 
+/// An inventory from `text` (as the file `/tmp/aion-test/inventory.yml`); panics on any error
+/// diagnostic, listing them.
+pub fn inventory(text: &str) -> aion_model::Inventory {
+    let loaded =
+        aion_model::inventory::load_str(text, Path::new("/tmp/aion-test/inventory.yml")).unwrap();
+    assert!(
+        loaded.diagnostics.iter().all(|d| !d.is_error()),
+        "{:?}",
+        loaded.diagnostics
+    );
+    loaded.value
+}
+
+/// A cluster-mode [`inventory`] named `name`: `edge-master` (namespace `master_ns`) and
+/// `edge-worker` (`worker_ns`) on loopback addresses; `top` adds top-level lines.
+pub fn cluster_inventory(
+    name: &str,
+    master_ns: &str,
+    worker_ns: &str,
+    top: &str,
+) -> aion_model::Inventory {
+    inventory(&format!(
+        "name: {name}\nmode: cluster\n{top}hosts:\n  - name: edge-master\n    address: 127.0.0.1\n    role: master\n    vars: {{namespace: {master_ns}}}\n  - name: edge-worker\n    address: 127.0.0.2\n    role: worker\n    vars: {{namespace: {worker_ns}}}\n"
+    ))
+}
+
 fn random_suffix(len: usize) -> String {
     const CHARSET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
