@@ -117,14 +117,7 @@ pub async fn remove_old_images<H: Host, C: ClusterOps>(
     for (host, r) in results {
         match r {
             Ok(gone) => report.image_removals.push((host, gone)),
-            Err(StepFailure { error, .. }) => {
-                if let Some((_, o)) = report.hosts.iter_mut().find(|(h, _)| *h == host) {
-                    *o = HostOutcome::Failed {
-                        step: "old images".into(),
-                        error,
-                    };
-                }
-            }
+            Err(StepFailure { error, .. }) => report.fail(&host, "old images", error),
         }
     }
     busy
@@ -190,6 +183,8 @@ pub async fn apply_images<H: Host, C: ClusterOps>(
     let mut done = run_jobs(jobs, cx).await;
     // Wave 2: each fetcher from its relay, if the relay got what it keeps for them.
     let mut jobs = Vec::new();
+    // The relay's known_hosts lines, looked up once per relay (not per fetcher).
+    let mut host_keys: BTreeMap<String, Result<Vec<String>, String>> = BTreeMap::new();
     for hp in &plan.hosts {
         let Some(from) = &hp.images_from else {
             continue;
@@ -207,12 +202,17 @@ pub async fn apply_images<H: Host, C: ClusterOps>(
                 "its relay {} did not get the images it fetches",
                 from.host
             )),
-            Some(key) => known_host_lines(from).await.map(|lines| {
-                (
-                    images::fetch_script(&hp.user, &hp.images, from, &lines, key.private.len()),
-                    vec![Input::Bytes(key.private.clone())],
-                )
-            }),
+            Some(key) => {
+                if !host_keys.contains_key(&from.host) {
+                    host_keys.insert(from.host.clone(), known_host_lines(from).await);
+                }
+                host_keys[&from.host].clone().map(|lines| {
+                    (
+                        images::fetch_script(&hp.user, &hp.images, from, &lines, key.private.len()),
+                        vec![Input::Bytes(key.private.clone())],
+                    )
+                })
+            }
         };
         match prepared {
             Ok((script, input)) => jobs.push(ImageJob {
@@ -264,14 +264,7 @@ pub async fn apply_images<H: Host, C: ClusterOps>(
     for (host, error) in failed {
         cx.progress
             .host_done(&host, &format!("failed at images: {error}"), false);
-        if let Some((_, o)) = report.hosts.iter_mut().find(|(h, _)| *h == host)
-            && o.ok()
-        {
-            *o = HostOutcome::Failed {
-                step: "images".into(),
-                error,
-            };
-        }
+        report.fail(&host, "images", error);
     }
 }
 

@@ -66,6 +66,18 @@ impl ApplyReport {
     pub fn outcome(&self, host: &str) -> Option<&HostOutcome> {
         self.hosts.iter().find(|(h, _)| h == host).map(|(_, o)| o)
     }
+    /// A host that had converged failed at a later `step` (images, old images): it is `Failed`
+    /// with `error`. A host that had already failed keeps its first failure.
+    pub fn fail(&mut self, host: &str, step: &str, error: String) {
+        if let Some((_, o)) = self.hosts.iter_mut().find(|(h, _)| h == host)
+            && o.ok()
+        {
+            *o = HostOutcome::Failed {
+                step: step.into(),
+                error,
+            };
+        }
+    }
     pub fn summary(&self) -> String {
         let count = |f: fn(&HostOutcome) -> bool| self.hosts.iter().filter(|(_, o)| f(o)).count();
         format!(
