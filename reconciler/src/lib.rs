@@ -9,6 +9,7 @@ pub mod facts;
 pub mod graph;
 pub mod host;
 pub mod images;
+pub mod kubeadm;
 pub mod kubeclient;
 pub mod live;
 pub mod lock;

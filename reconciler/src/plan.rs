@@ -40,7 +40,8 @@ pub struct HostPlan {
     /// What the plan cannot do and the person should know (each names the setting).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
-    /// Images to send and import (inventories with `imageSources`), after the host changes.
+    /// Images to send and import (inventories with `imageSources`), after the runtime's host
+    /// changes and before those of Kubernetes (see [`HostPlan::images_boundary`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageChange>,
     /// Old versions to remove from its containerd once the new pods are ready (`- image`).
@@ -55,6 +56,16 @@ pub struct HostPlan {
 }
 
 impl HostPlan {
+    /// Where the images phase comes in its changes: the first change of a role that needs the
+    /// node's images ([`crate::roles::AFTER_IMAGES`]); every change before it sets up the
+    /// container runtime the images are imported into.
+    pub fn images_boundary(&self) -> usize {
+        self.changes
+            .iter()
+            .position(|c| crate::roles::AFTER_IMAGES.contains(&c.role.as_str()))
+            .unwrap_or(self.changes.len())
+    }
+
     /// Bytes this host receives from this machine in the images phase (not those it fetches
     /// from another host).
     pub fn uplink_bytes(&self) -> u64 {

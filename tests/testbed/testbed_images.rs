@@ -93,7 +93,8 @@ fn inventory_with(tb: &Testbed, dir: &Path, sources: &[PathBuf], top: &str) -> P
             }
         }
         for line in text.lines() {
-            if line.trim_start().starts_with("services: ") {
+            // The testbed's own sources (its images.tsv) are given by the caller, or none.
+            if line.trim_start().starts_with("services: ") || line.starts_with("imageSources:") {
                 continue;
             }
             out.push_str(line);

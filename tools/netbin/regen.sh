@@ -17,7 +17,7 @@
 #   flannel   the flannel CNI plugin. github.com/flannel-io/cni-plugin (v1.6.2-flannel1) is refused by
 #             the proxy as a whole module; its source originates in containernetworking/plugins
 #             plugins/meta/flannel, whose last release carrying it is v0.9.1.
-#   coredns   github.com/coredns/coredns v1.15.0
+#   coredns   github.com/coredns/coredns v1.14.6, the CoreDNS kubeadm 1.37 installs (its constants.go)
 #   crictl    sigs.k8s.io/cri-tools v1.37.0 (cmd/crictl), matching Kubernetes 1.37
 set -euo pipefail
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
@@ -25,7 +25,7 @@ cd "$(dirname "$0")"
 
 FLANNEL_VERSION=v0.26.7
 CNI_PLUGINS_VERSION=v0.9.1
-COREDNS_VERSION=v1.15.0
+COREDNS_VERSION=v1.14.6
 CRI_TOOLS_VERSION=v1.37.0
 
 # regen <dir> <upstream module> <version> <package...>

@@ -1,7 +1,10 @@
-//! The host phases: masters (host changes, then their cluster steps), then workers in
-//! parallel, each host's changes in order; a failing or unreachable host stops only itself.
+//! The host phases, around the images phase (so a device without a registry has the node's
+//! images before its kubelet starts): first every host's runtime (the changes of the roles
+//! before [`crate::roles::AFTER_IMAGES`]: hostname … containerd) in parallel; after the images,
+//! the rest — masters (host changes, then their cluster steps), then workers in parallel. Each
+//! host's changes run in order; a failing or unreachable host stops only itself.
 
-use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,58 +20,27 @@ use crate::plan::{HostPlan, Plan};
 use crate::progress::tail;
 use crate::shell::{path_expr, prelude, sh_quote};
 
-/// Execute `plan`: masters first, then workers (in parallel up to the cap).
-pub async fn apply<H: Host, C: ClusterOps>(plan: &Plan, cx: &Context<'_, H, C>) -> ApplyReport {
-    let mut outcomes: BTreeMap<String, HostOutcome> = BTreeMap::new();
-    let (masters, workers): (Vec<&HostPlan>, Vec<&HostPlan>) = plan
-        .hosts
+/// The first host phase: every host's changes before the images (its runtime), all hosts in
+/// parallel up to the cap. A host that converged here is `Converged` with those changes.
+pub async fn apply_runtime<H: Host, C: ClusterOps>(
+    plan: &Plan,
+    cx: &Context<'_, H, C>,
+) -> ApplyReport {
+    let all: Vec<&HostPlan> = plan.hosts.iter().collect();
+    let jobs: Vec<(&HostPlan, Range<usize>)> = all
         .iter()
-        .partition(|h| h.role == aion_model::inventory::Role::Master);
-    let master_results = run_phase(&masters, None, cx).await;
-    let mut join_master: Option<Arc<H>> = None;
-    let mut failed_masters = Vec::new();
-    for (hp, outcome) in masters.iter().zip(master_results) {
-        if outcome.ok() {
-            if join_master.is_none() {
-                join_master = cx
-                    .hosts
-                    .get(&hp.host)
-                    .and_then(|r| r.as_ref().ok())
-                    .cloned();
-            }
-        } else {
-            failed_masters.push(hp.host.clone());
-        }
-        outcomes.insert(hp.host.clone(), outcome);
-    }
-    if join_master.is_none() {
-        let reason = format!("master {} did not converge", failed_masters.join(", "));
-        for hp in &workers {
-            cx.progress
-                .host_done(&hp.host, &format!("skipped: {reason}"), false);
-            outcomes.insert(
-                hp.host.clone(),
-                HostOutcome::Skipped {
-                    reason: reason.clone(),
-                },
-            );
-        }
-    } else {
-        let results = run_phase(&workers, join_master.as_deref(), cx).await;
-        for (hp, outcome) in workers.iter().zip(results) {
-            outcomes.insert(hp.host.clone(), outcome);
-        }
-    }
+        .map(|hp| (*hp, 0..hp.images_boundary()))
+        .collect();
+    let results = run_phase(&jobs, None, false, cx).await;
     let mut changed = 0;
-    let hosts = plan
-        .hosts
+    let hosts = all
         .iter()
-        .filter_map(|hp| {
-            let o = outcomes.remove(&hp.host)?;
+        .zip(results)
+        .map(|(hp, o)| {
             if let HostOutcome::Converged { changed: n } = &o {
                 changed += n;
             }
-            Some((hp.host.clone(), o))
+            (hp.host.clone(), o)
         })
         .collect();
     ApplyReport {
@@ -79,25 +51,98 @@ pub async fn apply<H: Host, C: ClusterOps>(plan: &Plan, cx: &Context<'_, H, C>) 
     }
 }
 
+/// The second host phase (after the images): each host that got this far runs the rest of
+/// its changes, masters first (host changes, then their cluster steps), then workers in
+/// parallel up to the cap; workers are skipped, with the reason, when no master converged.
+pub async fn apply<H: Host, C: ClusterOps>(
+    plan: &Plan,
+    report: &mut ApplyReport,
+    cx: &Context<'_, H, C>,
+) {
+    let ready = |hp: &HostPlan| report.outcome(&hp.host).is_some_and(HostOutcome::ok);
+    let rest = |hp: &HostPlan| hp.images_boundary()..hp.changes.len();
+    let (masters, workers): (Vec<&HostPlan>, Vec<&HostPlan>) = plan
+        .hosts
+        .iter()
+        .partition(|h| h.role == aion_model::inventory::Role::Master);
+    let ready_masters: Vec<(&HostPlan, Range<usize>)> = masters
+        .iter()
+        .filter(|hp| ready(hp))
+        .map(|hp| (*hp, rest(hp)))
+        .collect();
+    let mut outcomes = run_phase(&ready_masters, None, true, cx).await;
+    let mut join_master: Option<Arc<H>> = None;
+    for ((hp, _), outcome) in ready_masters.iter().zip(&outcomes) {
+        if outcome.ok() && join_master.is_none() {
+            join_master = cx
+                .hosts
+                .get(&hp.host)
+                .and_then(|r| r.as_ref().ok())
+                .cloned();
+        }
+    }
+    let ready_workers: Vec<(&HostPlan, Range<usize>)> = workers
+        .iter()
+        .filter(|hp| ready(hp))
+        .map(|hp| (*hp, rest(hp)))
+        .collect();
+    let mut done: Vec<&HostPlan> = ready_masters.iter().map(|(hp, _)| *hp).collect();
+    if join_master.is_none() {
+        let failed: Vec<&str> = masters.iter().map(|hp| hp.host.as_str()).collect();
+        let reason = format!("master {} did not converge", failed.join(", "));
+        for (hp, _) in &ready_workers {
+            cx.progress
+                .host_done(&hp.host, &format!("skipped: {reason}"), false);
+            done.push(hp);
+            outcomes.push(HostOutcome::Skipped {
+                reason: reason.clone(),
+            });
+        }
+    } else {
+        done.extend(ready_workers.iter().map(|(hp, _)| *hp));
+        outcomes.extend(run_phase(&ready_workers, join_master.as_deref(), true, cx).await);
+    }
+    for (hp, outcome) in done.into_iter().zip(outcomes) {
+        let Some((_, o)) = report.hosts.iter_mut().find(|(h, _)| *h == hp.host) else {
+            continue;
+        };
+        match (&*o, outcome) {
+            (HostOutcome::Converged { changed: before }, HostOutcome::Converged { changed: n }) => {
+                *o = HostOutcome::Converged {
+                    changed: before + n,
+                };
+                report.changed += n;
+            }
+            (_, outcome) => *o = outcome,
+        }
+    }
+}
+
+/// Run each host's range of changes, in parallel up to the cap. `last`: this is the host's
+/// last phase (its progress line ends here when it converges).
 async fn run_phase<H: Host, C: ClusterOps>(
-    hps: &[&HostPlan],
+    jobs: &[(&HostPlan, Range<usize>)],
     master: Option<&H>,
+    last: bool,
     cx: &Context<'_, H, C>,
 ) -> Vec<HostOutcome> {
     let sem = Semaphore::new(cx.parallel.max(1));
-    join_all(hps.iter().map(|hp| {
+    join_all(jobs.iter().map(|(hp, range)| {
         let sem = &sem;
         async move {
             let _permit = sem.acquire().await;
-            run_host(hp, master, cx).await
+            run_host(hp, range.clone(), master, last, cx).await
         }
     }))
     .await
 }
 
+/// Run `hp.changes[range]` in order; the first failure stops the host.
 async fn run_host<H: Host, C: ClusterOps>(
     hp: &HostPlan,
+    range: Range<usize>,
     master: Option<&H>,
+    last: bool,
     cx: &Context<'_, H, C>,
 ) -> HostOutcome {
     if let Some(e) = &hp.error {
@@ -119,11 +164,11 @@ async fn run_host<H: Host, C: ClusterOps>(
         }
     };
     let total = hp.changes.len();
-    let mut i = 0;
-    while i < total {
+    let mut i = range.start;
+    while i < range.end {
         // Consecutive scripts go in one round trip (one script, a marker around each step);
         // fetches, joins and cluster steps run on their own.
-        let batch: Vec<&Change> = hp.changes[i..]
+        let batch: Vec<&Change> = hp.changes[i..range.end]
             .iter()
             .take_while(|c| {
                 matches!(
@@ -182,13 +227,17 @@ async fn run_host<H: Host, C: ClusterOps>(
         }
         i += 1;
     }
-    let msg = if total == 0 {
-        "no changes".to_string()
-    } else {
-        format!("{total} change(s) made")
-    };
-    cx.progress.host_done(&hp.host, &msg, true);
-    HostOutcome::Converged { changed: total }
+    if last {
+        let msg = if total == 0 && hp.images.is_empty() {
+            "no changes".to_string()
+        } else {
+            format!("{} change(s) made", total + hp.images.len())
+        };
+        cx.progress.host_done(&hp.host, &msg, true);
+    }
+    HostOutcome::Converged {
+        changed: range.len(),
+    }
 }
 
 /// Log a step's result; on failure also show it and return the host's outcome.

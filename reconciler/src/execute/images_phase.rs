@@ -1,5 +1,6 @@
-//! The image phases: after the host changes, each host receives the blobs it lacks; after the
-//! cluster part (the new pods ready), each removes the old versions no pod uses.
+//! The image phases: after each host's runtime is set up and before its Kubernetes changes, it
+//! receives the blobs it lacks; after the cluster part (the new pods ready), each removes the
+//! old versions no pod uses.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -123,8 +124,8 @@ pub async fn remove_old_images<H: Host, C: ClusterOps>(
     busy
 }
 
-/// The images phase (after the host changes, before the cluster): every host that converged
-/// and has images to import gets them, in parallel up to the cap. A host whose images fail is
+/// The images phase (after the hosts' runtime, before their Kubernetes changes and the
+/// cluster): every host whose runtime converged and has images to import gets them, in parallel up to the cap. A host whose images fail is
 /// `Failed` at step `images`. With `imagesFrom`, in two waves: first the hosts that receive
 /// from this machine (the relays among them also the blobs kept for their fetchers, and a key
 /// made for this apply), then the fetchers, each from its relay; then every relay forgets the
@@ -342,10 +343,12 @@ async fn run_jobs<H: Host, C: ClusterOps>(
                         Some(r) => format!("{} from {r}", images::human_bytes(got.bytes())),
                         None => format!("{} sent", images::human_bytes(got.bytes())),
                     };
-                    cx.progress.host_done(
+                    // The host goes on with its Kubernetes changes: not done yet.
+                    cx.progress.step(
                         &hp.host,
+                        0,
+                        1,
                         &format!("{} image(s) imported ({how})", got.imported.len()),
-                        true,
                     );
                 }
                 Err(StepFailure { error, output }) => {

@@ -241,7 +241,8 @@ async fn run_apply_with(
         log: &log,
         parallel: 4,
     };
-    let report = apply(&plan, &cx).await;
+    let mut report = apply_runtime(&plan, &cx).await;
+    apply(&plan, &mut report, &cx).await;
     let log_text = std::fs::read_to_string(log.path()).unwrap();
     (plan, report, log_text)
 }
@@ -806,4 +807,98 @@ async fn a_failed_relay_fails_its_fetchers_naming_it() {
             .exists()
     );
     assert!(!b.dir.path().join("m1/root/.ssh/authorized_keys").exists());
+}
+
+/// A device without a registry has the node's images before its kubelet starts: each host's
+/// images are imported after its runtime's changes (the roles before
+/// [`crate::roles::AFTER_IMAGES`]) and before `kubeadm init` / `kubeadm join`.
+#[tokio::test]
+async fn images_are_imported_after_the_runtime_and_before_kubeadm() {
+    use sha2::Digest as _;
+    let b = bed();
+    // containerd's `ctr`: every call logged; an import keeps its archive, `images ls` names
+    // what it holds.
+    let ctr = b.dir.path().join("bin/ctr");
+    std::fs::write(
+        &ctr,
+        "#!/bin/sh\necho \"ctr $*\" >> \"$AION_ROOT/calls.log\"\ncase \"$*\" in\n\
+         *'images import -'*) cat > \"$AION_ROOT/imported.tar\";;\n\
+         *'images ls'*) echo 'REF TYPE DIGEST'; [ -f \"$AION_ROOT/imported.tar\" ] || exit 0; i=$(tar -xOf \"$AION_ROOT/imported.tar\" index.json);\n\
+           n=$(echo \"$i\" | sed 's/.*\"io.containerd.image.name\":\"\\([^\"]*\\)\".*/\\1/'); d=$(echo \"$i\" | sed 's/.*\"digest\":\"\\([^\"]*\\)\".*/\\1/'); echo \"$n x $d\";;\n\
+         esac\n",
+    )
+    .unwrap();
+    let mut perm = std::fs::metadata(&ctr).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&ctr, perm).unwrap();
+    let layer = b"the pause image's layer";
+    let blob_path = b.dir.path().join("layer");
+    std::fs::write(&blob_path, layer).unwrap();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(layer)));
+    let pause = images::ImageChange {
+        reference: "aion.local/k8s/pause:3.10.2".into(),
+        digest: digest.clone(),
+        replaces: None,
+        bytes: layer.len() as u64,
+        blobs: 1,
+        blobs_total: 1,
+        bytes_total: layer.len() as u64,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        from: None,
+        send: vec![images::Blob {
+            digest,
+            size: layer.len() as u64,
+            path: blob_path,
+            offset: 0,
+        }],
+        source: Default::default(),
+        manifest_size: layer.len() as u64,
+    };
+    let specs = crate::roles::load_with(&b.inv, ROLES).unwrap();
+    let cluster = FakeCluster::default();
+    let mut plan = plan_all(
+        &specs,
+        &b.hosts,
+        &cluster,
+        4,
+        &images::Wanted::new(),
+        1,
+        &Default::default(),
+    )
+    .await;
+    for hp in &mut plan.hosts {
+        hp.images = vec![pause.clone()];
+    }
+    let log = Log::create(&b.dir.path().join("logs")).unwrap();
+    let progress = Progress::new(crate::progress::Render::Lines);
+    let cx = Context {
+        hosts: &b.hosts,
+        cluster: &cluster,
+        progress: &progress,
+        log: &log,
+        parallel: 4,
+    };
+    let mut report = apply_runtime(&plan, &cx).await;
+    apply_images(&plan, &mut report, &cx).await;
+    apply(&plan, &mut report, &cx).await;
+    let log_text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(report.ok(), "{report:?}\n{log_text}");
+    assert_eq!(report.images.len(), 2, "{report:?}");
+    for (host, kubeadm) in [("m1", "kubeadm init"), ("w1", "kubeadm join")] {
+        let calls = calls(b.dir.path(), host);
+        let at = |what: &str| {
+            calls
+                .lines()
+                .position(|l| l.starts_with(what))
+                .unwrap_or_else(|| panic!("{host}: no `{what}` in\n{calls}"))
+        };
+        assert!(
+            at("hostname") < at("ctr -n k8s.io images import")
+                && at("ctr -n k8s.io images import") < at(kubeadm),
+            "{host}: the runtime, then the images, then {kubeadm}:\n{calls}"
+        );
+    }
+    // Every change counted once, the images too.
+    let changes: usize = plan.hosts.iter().map(|h| h.changes.len() + 1).sum();
+    assert_eq!(report.changed, changes, "{report:?}");
 }

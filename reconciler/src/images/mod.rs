@@ -12,7 +12,7 @@
 //!   normalised form (`redis:7` is `docker.io/library/redis:7`, as containerd's CRI names it).
 //! * **Needs** ([`needed`], pure): every container and init container image of the pods the
 //!   rendered manifests put on each host (`nodeSelector` `kubernetes.io/hostname`, else the
-//!   object's node). [`resolve`] maps them to source images; an image no source has is an error
+//!   object's node), after the node's own ([`with_node_images`]: what kubeadm and Flannel run). [`resolve`] maps them to source images; an image no source has is an error
 //!   naming the host, the object and the reference, raised before any host is contacted.
 //! * **Plan** ([`plan_host`], pure): against the host's containerd facts (`ctr images ls`,
 //!   `content ls`), one [`ImageChange`] per image the host does not have at that digest, with
@@ -43,7 +43,7 @@ mod transfer;
 
 pub use crate::facts::IMPORTED_LABEL;
 pub use error::ImageError;
-pub use needs::{Need, Wanted, digests, needed, resolve};
+pub use needs::{Need, Wanted, digests, needed, resolve, with_node_images};
 pub use plan::{ImageChange, human_bytes, plan_host};
 pub use reference::normalize;
 pub use relay::{

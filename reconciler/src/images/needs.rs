@@ -64,6 +64,28 @@ pub fn needed(manifests: &Manifests) -> BTreeMap<String, Vec<Need>> {
     out
 }
 
+/// Every host's node images ([`crate::kubeadm::node_images`]: the pod sandbox, kube-proxy,
+/// CoreDNS, Flannel; on a master the control plane) ahead of what its pods run: a device
+/// without a registry needs them before `kubeadm init`/`join` starts its kubelet.
+pub fn with_node_images(
+    inventory: &aion_model::Inventory,
+    pods: BTreeMap<String, Vec<Need>>,
+) -> BTreeMap<String, Vec<Need>> {
+    let mut out = pods;
+    for host in &inventory.hosts {
+        let node = crate::kubeadm::node_images(host).into_iter().map(|i| Need {
+            reference: i.reference,
+            object: i.by.to_string(),
+            container: i.name.to_string(),
+        });
+        let list = out.entry(host.name.clone()).or_default();
+        let pods = std::mem::take(list);
+        list.extend(node);
+        list.extend(pods);
+    }
+    out
+}
+
 /// Each host's images from the catalog (each once, by normalised reference, in first-need
 /// order); every image no source has is an error naming host, object and reference.
 pub fn resolve(

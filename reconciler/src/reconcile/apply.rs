@@ -167,13 +167,15 @@ async fn phases(
         log: &log,
         parallel: o.parallel,
     };
-    // 2. Hosts: masters (host changes, then their cluster steps), then workers in parallel.
-    let mut report = execute::apply(&plan, &cx).await;
-    // 3. Images: each converged host gets the blobs it lacks, checked on the host before the
-    //    import, before the cluster part runs pods that need them.
+    // 2. Hosts' runtime: every host's changes up to its container runtime, in parallel.
+    let mut report = execute::apply_runtime(&plan, &cx).await;
+    // 3. Images: each host gets the blobs it lacks, checked on the host before the import,
+    //    before its kubelet (kubeadm's and Flannel's pods) or the cluster part needs them.
     execute::apply_images(&plan, &mut report, &cx).await;
-    // 4. Cluster plan, once every host converged (the manifests pin pods to those nodes);
-    // 5. cluster apply: server-side apply in kind order, prune, record the revision; under
+    // 4. Hosts' Kubernetes: masters (host changes, then their cluster steps), then workers.
+    execute::apply(&plan, &mut report, &cx).await;
+    // 5. Cluster plan, once every host converged (the manifests pin pods to those nodes);
+    // 6. cluster apply: server-side apply in kind order, prune, record the revision; under
     //    --atomic, wait for what changed, else roll back.
     let events = progress::cluster_events(progress.clone(), log.clone());
     let (cluster, revision) = match plan_cluster_after(&report, o, p).await {
@@ -192,7 +194,7 @@ async fn phases(
     if let Err(e) = &cluster {
         log.write("cluster", "FAILED", &e.to_string());
     }
-    // 6. Old images: once the new pods are ready, each host removes the old versions no pod
+    // 7. Old images: once the new pods are ready, each host removes the old versions no pod
     //    on it uses (the previous N of each repository stay, for rollback).
     let old_images = if plan.counts.image_removals > 0 && cluster.is_ok() {
         Some(remove_old_images(o, p, &plan, &mut report, &cx, a).await)

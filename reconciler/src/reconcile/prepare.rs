@@ -184,8 +184,9 @@ pub async fn prepare(o: &Options) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Each host's images from the inventory's `imageSources` (none without them): the images of
-/// the pods the rendered manifests put on it, found in the sources. Every image no source has
+/// Each host's images from the inventory's `imageSources` (none without them): the node's own
+/// (kubeadm's, Flannel's) and those of the pods the rendered manifests put on it, found in the
+/// sources. Every image no source has
 /// is reported (host, object, reference), and nothing goes on.
 pub fn wanted_images(path: &Path, inventory: &Inventory) -> anyhow::Result<images::Wanted> {
     if inventory.image_sources.is_empty() {
@@ -195,7 +196,8 @@ pub fn wanted_images(path: &Path, inventory: &Inventory) -> anyhow::Result<image
     let Some(catalog) = catalog else {
         return Ok(images::Wanted::new());
     };
-    images::resolve(&images::needed(&manifests), &catalog).map_err(|errors| {
+    let needs = images::with_node_images(inventory, images::needed(&manifests));
+    images::resolve(&needs, &catalog).map_err(|errors| {
         anyhow::anyhow!(
             "{} image(s) in no image source; nothing was sent:\n{}",
             errors.len(),

@@ -41,6 +41,11 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("services", include_str!("../../../roles/services.yml")),
 ];
 
+/// The roles whose changes run after the images phase: from the Kubernetes packages on, the
+/// kubelet starts pods (kubeadm's, Flannel's), so a device without a registry must have their
+/// images by then; the roles before them set up the container runtime the images go into.
+pub const AFTER_IMAGES: &[&str] = &["kubernetes", "master", "worker", "services"];
+
 /// Templates available to `cluster` steps.
 pub const TEMPLATES: &[(&str, &str)] = &[(
     "flannel.yaml",
@@ -167,6 +172,7 @@ pub fn host_context(inv: &Inventory, host: &Host) -> serde_json::Value {
         "namespace": v.namespace,
         "gpu": v.gpu,
         "image_repository": v.image_repository,
+        "pause_image": crate::kubeadm::pause_image(&v.image_repository),
         "cgroup_driver": v.cgroup_driver.as_str(),
         "images": v.images,
         "flannel_iface": v.flannel_iface,
