@@ -192,6 +192,25 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         "apply --wait on fresh hosts: {:.0} s",
         t0.elapsed().as_secs_f64()
     );
+    // Kubernetes' own images (kubeadm's, Flannel's) came through the image path: nothing is
+    // preloaded on the testbed, and each carries the label apply's import gives.
+    let loaded = aion_model::inventory::load(&inv).unwrap().value;
+    for h in &loaded.hosts {
+        let th = tb.hosts.iter().find(|t| t.name == h.name).unwrap();
+        let list = tb.run_as_root(th, "ctr -n k8s.io images ls");
+        for img in aion_reconcile::kubeadm::node_images(h) {
+            let line = list
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(img.reference.as_str()));
+            assert!(
+                line.is_some_and(|l| l.contains(aion_reconcile::images::IMPORTED_LABEL)),
+                "{}: {} ({}) not imported by apply:\n{list}",
+                h.name,
+                img.reference,
+                img.by
+            );
+        }
+    }
     // The cluster part's progress went through the same renderer and into the run's log,
     // object by object, not only as final counts.
     let log = std::fs::read_to_string(outcome.log.as_ref().expect("the run's log")).unwrap();

@@ -152,6 +152,59 @@ fn layout_directory_and_archive_read_alike() {
     );
 }
 
+/// `docker save` of Docker 25 and later writes an OCI layout into the tar (`oci-layout`,
+/// `index.json`, `blobs/sha256/…`) beside its own `manifest.json` and `repositories`; the index
+/// names the image by `io.containerd.image.name` (the full reference) and by
+/// `org.opencontainers.image.ref.name` with only the tag. Such an archive is an image source as it
+/// is: found by its full reference, never as an image named after the bare tag. (Shape as
+/// Docker documents it; no Docker engine runs here to write one.)
+#[test]
+fn a_docker_save_archive_is_read_as_its_oci_layout() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("saved");
+    let (md, mut desc) = image(&dir, &[b"debian layer", b"redis layer"]);
+    desc["annotations"] = serde_json::json!({
+        ANNOTATION_CONTAINERD_NAME: "docker.io/library/redis:7",
+        ANNOTATION_REF_NAME: "7",
+    });
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [desc]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        r#"[{"Config":"blobs/sha256/00","RepoTags":["redis:7"],"Layers":[]}]"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("repositories"), r#"{"redis":{"7":"00"}}"#).unwrap();
+    let archive = t.path().join("redis.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&archive)
+        .args([
+            "blobs",
+            "index.json",
+            "manifest.json",
+            "oci-layout",
+            "repositories",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cat = read_sources(std::slice::from_ref(&archive)).unwrap();
+    let img = cat
+        .get("redis:7")
+        .expect("found by its reference, as a pod names it");
+    assert_eq!(img.digest, md);
+    assert_eq!(img.reference, "docker.io/library/redis:7");
+    assert_eq!(img.blobs.len(), 4, "manifest, config, two layers");
+    assert_eq!(cat.images.len(), 1, "{:?}", cat.images.keys());
+}
+
 fn manifests(objs: Vec<(&str, &str, serde_json::Value)>) -> Manifests {
     use crate::manifest::{NodeManifests, Object, ObjectKey};
     Manifests {
