@@ -599,11 +599,12 @@ echo "hostname $(cat /etc/hostname)"
 
     // --- single mode: the master untainted (both taints) -------------------------------------
     let first_worker = format!("  - name: {}\n", workers[0].name);
-    // Single mode: the master only, and a services.yml without targetNode (no workers).
+    // Single mode: the master only, and a services.yml without targetNode (no workers), whose
+    // microservice's image the testbed's image source has.
     let single_services = dir.path().join("single-services.yml");
     std::fs::write(
         &single_services,
-        format!("deviceName: {}\nmicroservices:\n  sensor-reader:\n    startup: yes\n    always: yes\n    scale: 1\n", master.name),
+        format!("deviceName: {}\nmicroservices:\n  sink:\n    startup: yes\n    always: yes\n    scale: 1\n", master.name),
     )
     .unwrap();
     let services_abs = tb.dir().join("services.yml").display().to_string();

@@ -787,8 +787,8 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         "plan --detailed-exitcode after the runtime ran the Job again"
     );
 
-    // 10b. An upgrade that cannot come up, under --atomic: the sink gets an image no source
-    //      has. The apply records revision 3, waits, names the sink and the pod's reason,
+    // 10b. An upgrade that cannot come up, under --atomic: the sink gets an image that cannot
+    //      be pulled. The apply records revision 3, waits, names the sink and the pod's reason,
     //      rolls back to revision 2 (recorded as 4) and exits 1; the sink runs its old image
     //      again, `history` shows the failure and the rollback, and with the file restored
     //      `plan` finds nothing to do: the rollback restored exactly what revision 2 held.
@@ -848,7 +848,26 @@ fn atomic_upgrade_is_rolled_back(
     );
     assert_ne!(broken, good, "sink entry in {}", master_services.display());
     std::fs::write(master_services, &broken).unwrap();
-    let mut args = apply_args(inv);
+    // Through the image path an unknown image is a plan error and nothing is applied (the
+    // testbed_images tests show that); the upgrade that fails only once it runs is the one an
+    // operator whose devices pull from a registry makes: the same inventory without
+    // `imageSources`, so the kubelet is left to pull a tag that does not exist.
+    let pulling = inv.with_file_name("inventory-pulling.yml");
+    let text: String = std::fs::read_to_string(inv)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("imageSources:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("imageSources")),
+        "one-line imageSources in {}",
+        inv.display()
+    );
+    std::fs::write(&pulling, text).unwrap();
+    let mut args = apply_args(&pulling);
     args.wait = false;
     args.atomic = true;
     args.timeout = 60;
