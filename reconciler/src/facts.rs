@@ -84,6 +84,9 @@ pub struct HostFacts {
     pub home: String,
     /// systemd is PID 1 (`/run/systemd/system` exists): `hostnamectl` usable.
     pub systemd: bool,
+    /// The machine's hardware name (`uname -m`: `x86_64`, `aarch64`, `armv7l`): which variant
+    /// of a multi-platform image the host gets.
+    pub machine: String,
     pub paths: BTreeMap<String, PathFact>,
     /// Packages dpkg knows; absent = not installed.
     pub packages: BTreeMap<String, PackageFact>,
@@ -147,6 +150,7 @@ impl FactRequest {
         s.push_str(
             r#"printf 'HOSTNAME\t%s\n' "$(hostname 2>/dev/null)"
 printf 'HOME\t%s\n' "$UH"
+printf 'MACHINE\t%s\n' "$(uname -m 2>/dev/null)"
 if [ -d /run/systemd/system ]; then printf 'SYSTEMD\t1\n'; fi
 k() {
   if [ -d "$1" ]; then printf 'K\t%s\tD\t%s\n' "$2" "$1"
@@ -264,6 +268,7 @@ pub fn parse(host: &str, stdout: &str, stderr: &str) -> Result<HostFacts, FactsE
         match fields.as_slice() {
             ["HOSTNAME", h] => facts.hostname = h.to_string(),
             ["HOME", h] => facts.home = h.to_string(),
+            ["MACHINE", m] => facts.machine = m.to_string(),
             ["SYSTEMD", _] => facts.systemd = true,
             ["K", key, kind, expanded] => kinds.push((
                 key.to_string(),
@@ -389,7 +394,7 @@ mod tests {
 
     #[test]
     fn parses_every_record_kind() {
-        let out = "HOSTNAME\ttb-host-0\nHOME\t/home/aion\nSYSTEMD\t1\n\
+        let out = "HOSTNAME\ttb-host-0\nHOME\t/home/aion\nMACHINE\taarch64\nSYSTEMD\t1\n\
                    K\t/etc/docker/daemon.json\tM\t/etc/docker/daemon.json\n\
                    K\t/var/lib/aion\tD\t/var/lib/aion\n\
                    K\t~/.profile\tF\t/home/aion/.profile\n\
@@ -405,6 +410,7 @@ mod tests {
         let f = parse("h", out, "").unwrap();
         assert_eq!(f.hostname, "tb-host-0");
         assert_eq!(f.home, "/home/aion");
+        assert_eq!(f.machine, "aarch64");
         assert!(f.systemd);
         assert_eq!(f.path("/etc/docker/daemon.json"), &PathFact::Missing);
         assert_eq!(f.path("/nowhere"), &PathFact::Missing);

@@ -222,6 +222,7 @@ mod image_tests {
             blobs_total: 4,
             bytes_total: 4096,
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            platform: None,
             from: None,
             send: Vec::new(),
             source: Default::default(),

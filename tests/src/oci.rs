@@ -66,6 +66,15 @@ pub fn noise(seed: u64, n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// This machine's architecture as OCI names it.
+pub fn this_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// An OCI image-layout directory being written.
 pub struct Layout {
     pub dir: PathBuf,
@@ -117,11 +126,58 @@ impl Layout {
 
     /// An image of `layers` whose containers run `cmd`.
     pub fn image_cmd(&mut self, reference: &str, layers: &[Vec<u8>], cmd: &[&str]) -> Built {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
+        let built = self.unnamed(this_arch(), layers, cmd);
+        self.name(
+            reference,
+            "application/vnd.oci.image.manifest.v1+json",
+            &built.blobs[0],
+        );
+        Built {
+            reference: reference.to_string(),
+            ..built
+        }
+    }
+
+    /// A multi-platform index named `reference` of `variants` (images written by
+    /// [`Layout::unnamed`], each with its architecture): the index's digest, and as blobs the
+    /// index only.
+    pub fn index(&mut self, reference: &str, variants: &[(&Built, &str)]) -> Built {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": variants.iter().map(|(b, arch)| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": b.digest, "size": b.blobs[0].1,
+                "platform": {"architecture": arch, "os": "linux"},
+            })).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let i = self.put(index.as_bytes());
+        self.name(reference, "application/vnd.oci.image.index.v1+json", &i);
+        Built {
+            reference: reference.to_string(),
+            digest: i.0.clone(),
+            blobs: vec![i],
+            layers: Vec::new(),
+        }
+    }
+
+    /// `reference` → the manifest or index `blob` in `index.json`.
+    fn name(&mut self, reference: &str, media_type: &str, blob: &(String, u64)) {
+        self.index.push(serde_json::json!({
+            "mediaType": media_type,
+            "digest": blob.0, "size": blob.1,
+            "annotations": {"io.containerd.image.name": reference},
+        }));
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::json!({"schemaVersion": 2, "manifests": self.index}).to_string(),
+        )
+        .unwrap();
+    }
+
+    /// An image for `arch` that `index.json` does not name (a variant of an index).
+    pub fn unnamed(&mut self, arch: &str, layers: &[Vec<u8>], cmd: &[&str]) -> Built {
         let ls: Vec<(String, u64)> = layers.iter().map(|l| self.put(l)).collect();
         let config = serde_json::json!({
             "architecture": arch,
@@ -141,20 +197,10 @@ impl Layout {
         })
         .to_string();
         let m = self.put(manifest.as_bytes());
-        self.index.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": m.0, "size": m.1,
-            "annotations": {"io.containerd.image.name": reference},
-        }));
-        std::fs::write(
-            self.dir.join("index.json"),
-            serde_json::json!({"schemaVersion": 2, "manifests": self.index}).to_string(),
-        )
-        .unwrap();
         let mut blobs = vec![m.clone(), c];
         blobs.extend(ls.iter().cloned());
         Built {
-            reference: reference.to_string(),
+            reference: String::new(),
             digest: m.0,
             blobs,
             layers: ls.into_iter().map(|l| l.0).collect(),

@@ -14,7 +14,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use aion_integration_tests::component;
-use aion_integration_tests::oci::{Layout, noise, tar};
+use aion_integration_tests::oci::{self, Layout, noise, tar};
 use aion_reconcile::facts::{self, FactRequest};
 use aion_reconcile::host::Host as _;
 use aion_reconcile::host::local::LocalHost;
@@ -82,24 +82,14 @@ fn available() -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
-    if let Err(why) = available() {
-        // Debian's containerd is installed for the testbed's nodes: under CI it is required.
-        let env = aion_integration_tests::testbed::REQUIRE_ENV;
-        if std::env::var(env).is_ok_and(|v| v == "1") {
-            panic!("{env}=1 but {why}");
-        }
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
-    let _hosts = component::exclusive_async().await;
-    let t = tempfile::tempdir().unwrap();
-    let ctd = t.path().join("ctd");
+/// A `LocalHost` in `dir` whose `ctr` is the real one at a private containerd started there
+/// (stopped when the returned guard drops).
+fn private_host(dir: &Path) -> (Containerd, LocalHost) {
+    let ctd = dir.join("ctd");
     std::fs::create_dir_all(&ctd).unwrap();
-    let _containerd = start(&ctd);
+    let containerd = start(&ctd);
     // `ctr` on the host's PATH is the real one, at this containerd's socket.
-    let bin = t.path().join("bin");
+    let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(
         bin.join("ctr"),
@@ -112,29 +102,55 @@ async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
     let mut perm = std::fs::metadata(bin.join("ctr")).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
     std::fs::set_permissions(bin.join("ctr"), perm).unwrap();
-    let root = t.path().join("host");
+    let root = dir.join("host");
     std::fs::create_dir_all(&root).unwrap();
     let host = LocalHost {
         name: "local".into(),
-        root: root.clone(),
+        root,
         bin: Some(bin),
     };
-    let facts = || async {
-        let req = FactRequest {
-            user: "root".into(),
-            containerd: true,
-            ..FactRequest::default()
-        };
-        let out = host.run(&req.script()).await.unwrap();
-        facts::parse(
-            "local",
-            &out.stdout_str(),
-            &String::from_utf8_lossy(&out.stderr),
-        )
-        .unwrap()
-        .containerd
-        .expect("ctr answers")
+    (containerd, host)
+}
+
+/// The facts script's answer on `host`, containerd's included.
+async fn all_facts(host: &LocalHost) -> facts::HostFacts {
+    let req = FactRequest {
+        user: "root".into(),
+        containerd: true,
+        ..FactRequest::default()
     };
+    let out = host.run(&req.script()).await.unwrap();
+    facts::parse(
+        "local",
+        &out.stdout_str(),
+        &String::from_utf8_lossy(&out.stderr),
+    )
+    .unwrap()
+}
+
+fn required() -> bool {
+    if let Err(why) = available() {
+        // Debian's containerd is installed for the testbed's nodes: under CI it is required.
+        let env = aion_integration_tests::testbed::REQUIRE_ENV;
+        if std::env::var(env).is_ok_and(|v| v == "1") {
+            panic!("{env}=1 but {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return false;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
+    if !required() {
+        return;
+    }
+    let _hosts = component::exclusive_async().await;
+    let t = tempfile::tempdir().unwrap();
+    let (_containerd, host) = private_host(t.path());
+    let root = host.root.clone();
+    let facts = || async { all_facts(&host).await.containerd.expect("ctr answers") };
 
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -261,4 +277,98 @@ async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
         .collect();
     assert_eq!(left, ["blobs"]);
     assert!(!have.staged.contains(&c.layers[1]), "{have:?}");
+}
+
+/// A multi-platform index (this machine's architecture and another): the host is sent the
+/// index and its own variant only; containerd names the image by the index, has the image
+/// complete and unpacked for its platform, and holds none of the other platform's content;
+/// the next plan sends nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_platform_index_is_imported_with_only_this_hosts_variant() {
+    if !required() {
+        return;
+    }
+    let _hosts = component::exclusive_async().await;
+    let t = tempfile::tempdir().unwrap();
+    let (_containerd, host) = private_host(t.path());
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let other = if oci::this_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let mut layout = Layout::new(t.path().join("layout"));
+    let shared = tar("imgtest", &[("data.bin", &noise(nonce, 64 * 1024))]);
+    let mine = layout.unnamed(
+        oci::this_arch(),
+        &[
+            shared.clone(),
+            tar("imgtest", &[("own.bin", &noise(nonce + 1, 16 * 1024))]),
+        ],
+        &["/imgtest/none"],
+    );
+    let theirs = layout.unnamed(
+        other,
+        &[
+            shared,
+            tar("imgtest", &[("own.bin", &noise(nonce + 2, 16 * 1024))]),
+        ],
+        &["/imgtest/none"],
+    );
+    let multi = layout.index(
+        "aion.local/aion-imgtest-multi:1",
+        &[(&mine, oci::this_arch()), (&theirs, other)],
+    );
+    let catalog = images::read_sources(std::slice::from_ref(&layout.dir)).unwrap();
+    let img = catalog.get(&multi.reference).unwrap().clone();
+
+    let f = all_facts(&host).await;
+    assert!(!f.machine.is_empty(), "uname -m in the facts");
+    let chosen = images::for_machine(&[img], &f.machine).unwrap();
+    let plan = images::plan_host(&chosen, f.containerd.as_ref());
+    assert_eq!(
+        (plan[0].blobs, plan[0].bytes),
+        (1 + mine.blobs.len(), multi.bytes() + mine.bytes()),
+        "the index and this platform's manifest, config and layers"
+    );
+    let out = host
+        .run_with_input(
+            &images::receive_script("root", &plan),
+            &images::send_input(&plan),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.combined());
+    let got = images::parse_received(&out.stdout_str());
+    assert_eq!(got.bytes(), multi.bytes() + mine.bytes());
+    assert_eq!(
+        got.imported,
+        vec![(multi.reference.clone(), multi.digest.clone())],
+        "named by the index's digest"
+    );
+    let check = host
+        .run("ctr -n k8s.io images check\n")
+        .await
+        .unwrap()
+        .stdout_str();
+    let line = check
+        .lines()
+        .find(|l| l.starts_with(&multi.reference))
+        .unwrap_or_else(|| panic!("{check}"));
+    eprintln!("{line}");
+    assert!(
+        line.contains("complete (3/3)") && line.ends_with("true"),
+        "complete and unpacked for this platform: {line}"
+    );
+    let have = all_facts(&host).await.containerd.unwrap();
+    for d in [&theirs.digest, &theirs.blobs[1].0, &theirs.layers[1]] {
+        assert!(!have.content.contains(d), "{other}'s {d} was not sent");
+    }
+    assert!(
+        images::plan_host(&chosen, Some(&have)).is_empty(),
+        "the next plan sends nothing"
+    );
 }

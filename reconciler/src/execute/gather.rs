@@ -111,14 +111,21 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
             };
             let host = match hosts.get(&spec.host.name) {
                 Some(Ok(h)) => h.clone(),
-                Some(Err(e)) => return (unreachable(e.to_string()), None),
-                None => return (unreachable("not connected".into()), None),
+                Some(Err(e)) => return (unreachable(e.to_string()), None, None),
+                None => return (unreachable("not connected".into()), None, None),
             };
             let t = std::time::Instant::now();
             let wanted = images.get(&spec.host.name);
             let facts = match gather(host.as_ref(), spec, wanted.is_some()).await {
                 Ok(f) => f,
-                Err(e) => return (unreachable(crate::output::chain(&e)), None),
+                Err(e) => return (unreachable(crate::output::chain(&e)), None, None),
+            };
+            // Each image as this host's platform gets it (one variant of a multi-platform
+            // index); an image that cannot run here stops the host before anything is sent.
+            let wanted = match wanted.map(|w| images::for_machine(w, &facts.machine)) {
+                None => None,
+                Some(Ok(w)) => Some(w),
+                Some(Err(e)) => return (unreachable(e), None, None),
             };
             tracing::debug!(host = %spec.host.name, ms = t.elapsed().as_millis() as u64, "facts gathered");
             // Cluster steps can be checked only once the host side is done (kubeconfig
@@ -148,20 +155,28 @@ pub async fn plan_all<H: Host, C: ClusterOps>(
             };
             match plan::plan_host(spec, &facts, local, &checks) {
                 Ok(mut p) => {
-                    if let Some(w) = wanted {
+                    if let Some(w) = &wanted {
                         p.images = images::plan_host(w, facts.containerd.as_ref());
                         p.image_removals =
                             images::plan_removals(w, facts.containerd.as_ref(), keep_images);
                     }
-                    (p, facts.containerd)
+                    (p, facts.containerd, wanted)
                 }
-                Err(e) => (unreachable(e.to_string()), None),
+                Err(e) => (unreachable(e.to_string()), None, None),
             }
         }
     });
-    let (mut plans, content): (Vec<HostPlan>, Vec<Option<ContainerdFacts>>) =
-        join_all(futs).await.into_iter().unzip();
-    route_images(&mut plans, &content, images, routes);
+    let mut plans = Vec::new();
+    let mut content = Vec::new();
+    let mut chosen = images::Wanted::new();
+    for (p, c, w) in join_all(futs).await {
+        if let Some(w) = w {
+            chosen.insert(p.host.clone(), w);
+        }
+        plans.push(p);
+        content.push(c);
+    }
+    route_images(&mut plans, &content, &chosen, routes);
     Plan::new(plans)
 }
 
@@ -270,6 +285,7 @@ mod tests {
             blobs_total: send.len(),
             bytes_total: 0,
             media_type: String::new(),
+            platform: None,
             from: None,
             send,
             source: Default::default(),

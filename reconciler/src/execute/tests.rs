@@ -722,6 +722,7 @@ async fn a_failed_relay_fails_its_fetchers_naming_it() {
         blobs_total: 1,
         bytes_total: 4,
         media_type: String::new(),
+        platform: None,
         from: Some("m1".into()),
         send: vec![images::Blob {
             digest: "sha256:00".into(),
@@ -844,6 +845,7 @@ async fn images_are_imported_after_the_runtime_and_before_kubeadm() {
         blobs_total: 1,
         bytes_total: layer.len() as u64,
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        platform: None,
         from: None,
         send: vec![images::Blob {
             digest,
@@ -901,4 +903,48 @@ async fn images_are_imported_after_the_runtime_and_before_kubeadm() {
     // Every change counted once, the images too.
     let changes: usize = plan.hosts.iter().map(|h| h.changes.len() + 1).sum();
     assert_eq!(report.changed, changes, "{report:?}");
+}
+
+/// An image built for a platform the host is not (its facts' `uname -m`) stops that host at
+/// plan, naming the image and both platforms; nothing of it is planned to be sent.
+#[tokio::test]
+async fn an_image_for_another_platform_is_a_host_error_at_plan() {
+    let b = bed();
+    let specs = crate::roles::load_with(&b.inv, ROLES).unwrap();
+    let cluster = FakeCluster::default();
+    let foreign = images::SourceImage {
+        reference: "aion.local/elsewhere:1".into(),
+        digest: "sha256:aa".into(),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        blobs: Vec::new(),
+        platform: Some(images::Platform {
+            os: "linux".into(),
+            architecture: "no-such-arch".into(),
+            variant: None,
+        }),
+        variants: Vec::new(),
+        source: Default::default(),
+    };
+    let wanted: images::Wanted = [("w1".to_string(), vec![foreign])].into();
+    let plan = plan_all(
+        &specs,
+        &b.hosts,
+        &cluster,
+        4,
+        &wanted,
+        1,
+        &Default::default(),
+    )
+    .await;
+    let w1 = plan.hosts.iter().find(|h| h.host == "w1").unwrap();
+    let e = w1.error.as_deref().unwrap_or_default();
+    assert!(
+        e.starts_with(
+            "image aion.local/elsewhere:1 is built for linux/no-such-arch only; the host is linux/"
+        ),
+        "{e}"
+    );
+    assert!(w1.images.is_empty());
+    let m1 = plan.hosts.iter().find(|h| h.host == "m1").unwrap();
+    assert_eq!(m1.error, None, "the other host plans as usual");
 }

@@ -29,12 +29,17 @@
 //!   host of the inventory, which received it from the operator, over SSH with a key made for
 //!   one apply and a forced command that can only print blobs.
 //!
-//! One module per part: `reference`, `sources` (the only I/O), `needs`, `plan`, `removal`,
+//! * **Platforms** (`platform`, pure): a multi-platform index is sent as the index and the one
+//!   variant that suits the host (its facts' `uname -m`), never the other platforms' blobs; a
+//!   single-platform image built for another platform is a plan error naming host and image.
+//!
+//! One module per part: `reference`, `sources` (the only I/O), `needs`, `platform`, `plan`, `removal`,
 //! `transfer`, `relay`, with `error` shared by them; this facade only re-exports.
 
 mod error;
 mod needs;
 mod plan;
+mod platform;
 mod reference;
 mod relay;
 mod removal;
@@ -43,8 +48,9 @@ mod transfer;
 
 pub use crate::facts::IMPORTED_LABEL;
 pub use error::ImageError;
-pub use needs::{Need, Wanted, digests, needed, resolve, with_node_images};
+pub use needs::{Need, Wanted, digests, for_machine, needed, resolve, with_node_images};
 pub use plan::{ImageChange, human_bytes, plan_host};
+pub use platform::Platform;
 pub use reference::normalize;
 pub use relay::{
     KEY_COMMENT, KEY_HOURS, RELAY_DIR, Relay, RelaySource, SERVE_SCRIPT, fetch_script, relay_blobs,
@@ -53,7 +59,7 @@ pub use relay::{
 pub use removal::{
     ImageRemoval, REMOVED, not_in_use, parse_removed, plan_removals, remove_script, repository,
 };
-pub use sources::{Blob, Catalog, SourceImage, read_sources, tar_members};
+pub use sources::{Blob, Catalog, SourceImage, Variant, read_sources, tar_members};
 pub use transfer::{
     IMPORTED, RECEIVED, Received, STAGING_DIR, index_json, parse_received, receive_script,
     send_input,

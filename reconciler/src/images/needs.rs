@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::manifest::Manifests;
 
 use super::error::ImageError;
+use super::platform::Platform;
 use super::reference::normalize;
 use super::sources::{Catalog, SourceImage};
 
@@ -130,6 +131,35 @@ pub fn resolve(
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+/// A host's images as its platform (`uname -m` in its facts) gets them: of a multi-platform
+/// index the variant that suits it ([`SourceImage::for_platform`]). Every image that cannot run
+/// there is named in the error, with the platforms the source has.
+pub fn for_machine(images: &[SourceImage], machine: &str) -> Result<Vec<SourceImage>, String> {
+    let platform = Platform::of_machine(machine);
+    let mut out = Vec::with_capacity(images.len());
+    let mut wrong = Vec::new();
+    for img in images {
+        let chosen = match &platform {
+            Some(p) => img.for_platform(p),
+            // A machine the table does not know: single-platform images go as they are (the
+            // kubelet will say if they cannot run), an index cannot be chosen from.
+            None if img.variants.is_empty() => Ok(img.clone()),
+            None => Err(format!(
+                "is a multi-platform index and the host's machine `{machine}` (uname -m) names no platform aion knows"
+            )),
+        };
+        match chosen {
+            Ok(i) => out.push(i),
+            Err(e) => wrong.push(format!("image {} {e}", img.reference)),
+        }
+    }
+    if wrong.is_empty() {
+        Ok(out)
+    } else {
+        Err(wrong.join("; "))
     }
 }
 

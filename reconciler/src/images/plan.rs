@@ -26,6 +26,9 @@ pub struct ImageChange {
     pub blobs_total: usize,
     pub bytes_total: u64,
     pub media_type: String,
+    /// Of a multi-platform index: the platform whose variant the host gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// The host the blobs come from (`imagesFrom`), instead of this machine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
@@ -73,6 +76,9 @@ pub fn plan_host(images: &[SourceImage], have: Option<&ContainerdFacts>) -> Vec<
             blobs_total: img.blobs.len(),
             bytes_total: img.total_bytes(),
             media_type: img.media_type.clone(),
+            platform: super::platform::is_index(&img.media_type)
+                .then(|| img.platform.as_ref().map(ToString::to_string))
+                .flatten(),
             from: None,
             send,
             source: img.source.clone(),
@@ -105,8 +111,12 @@ impl ImageChange {
             Some(h) => format!("from {h}"),
             None => "to send".into(),
         };
+        let variant = match &self.platform {
+            Some(p) => format!("{p} of the index; "),
+            None => String::new(),
+        };
         let mut s = format!(
-            "image {} — {} ({} {how}: {} of {} blobs)",
+            "image {} — {} ({variant}{} {how}: {} of {} blobs)",
             self.reference,
             self.digest,
             human_bytes(self.bytes),

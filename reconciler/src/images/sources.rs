@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::host::Input;
 
 use super::error::ImageError;
+use super::platform::{Platform, best};
 use super::reference::normalize;
 
 pub(super) const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -46,15 +47,64 @@ pub struct SourceImage {
     /// The manifest's digest (what containerd's `images ls` shows).
     pub digest: String,
     pub media_type: String,
-    /// The manifest first, then the config, then the layers.
+    /// The manifest first, then the config, then the layers; of a multi-platform index, the
+    /// index, then (once [`SourceImage::for_platform`] chose) the variant's manifest, config
+    /// and layers.
     pub blobs: Vec<Blob>,
+    /// The platform the image runs on: its config's (a single manifest), the chosen variant's
+    /// (an index after [`SourceImage::for_platform`]); None when the config names none.
+    pub platform: Option<Platform>,
+    /// A multi-platform index's variants whose content the source has (empty for a single
+    /// manifest, and once one was chosen).
+    pub variants: Vec<Variant>,
     /// The source (directory, archive or list) it was found in.
     pub source: PathBuf,
+}
+
+/// One platform's image in a multi-platform index: its manifest, config and layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    pub platform: Platform,
+    pub blobs: Vec<Blob>,
 }
 
 impl SourceImage {
     pub fn total_bytes(&self) -> u64 {
         self.blobs.iter().map(|b| b.size).sum()
+    }
+
+    /// This image as a host of `host`'s platform gets it. A multi-platform index keeps its
+    /// digest (containerd names the image by the index, as `ctr images import` and a pull do)
+    /// and gets the best variant's blobs after its own; only those are sent, the other
+    /// platforms' never. A single manifest is itself, unless its config names another platform.
+    /// The error says which platforms there are.
+    pub fn for_platform(&self, host: &Platform) -> Result<SourceImage, String> {
+        if self.variants.is_empty() {
+            return match &self.platform {
+                Some(p) if host.rank(p).is_none() => {
+                    Err(format!("is built for {p} only; the host is {host}"))
+                }
+                _ => Ok(self.clone()),
+            };
+        }
+        let Some(i) = best(host, self.variants.iter().map(|v| &v.platform)) else {
+            let have: Vec<String> = self
+                .variants
+                .iter()
+                .map(|v| v.platform.to_string())
+                .collect();
+            return Err(format!(
+                "has no variant for {host} (the source has {})",
+                have.join(", ")
+            ));
+        };
+        let chosen = &self.variants[i];
+        let mut img = self.clone();
+        img.blobs.truncate(1);
+        img.blobs.extend(chosen.blobs.iter().cloned());
+        img.platform = Some(chosen.platform.clone());
+        img.variants.clear();
+        Ok(img)
     }
 }
 
@@ -360,6 +410,8 @@ struct Descriptor {
     size: u64,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    platform: Option<Platform>,
 }
 
 #[derive(serde::Deserialize)]
@@ -377,6 +429,17 @@ struct Manifest {
     layers: Vec<Descriptor>,
     #[serde(default)]
     manifests: Option<Vec<Descriptor>>,
+}
+
+/// What an image config says about its platform.
+#[derive(serde::Deserialize)]
+struct Config {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
 }
 
 fn blob_name(digest: &str) -> Option<String> {
@@ -416,6 +479,33 @@ fn read_layout(
             offset: *offset,
         })
     };
+    // A manifest's config and layers, and the platform its config names.
+    let image_blobs = |man: &Manifest,
+                       digest: &str,
+                       what: &str|
+     -> Result<(Vec<Blob>, Option<Platform>), ImageError> {
+        let config = man
+            .config
+            .as_ref()
+            .ok_or_else(|| err(format!("{what}: manifest {digest} has no config")))?;
+        let mut blobs = vec![blob(config, &format!("{what}: config"))?];
+        for l in &man.layers {
+            blobs.push(blob(l, &format!("{what}: layer"))?);
+        }
+        let name = blob_name(&config.digest).unwrap_or_default();
+        let c: Config = serde_json::from_slice(&read_member(source, m, &name)?)
+            .map_err(|e| err(format!("{what}: config {}: {e}", config.digest)))?;
+        let platform = (!c.architecture.is_empty()).then(|| Platform {
+            os: if c.os.is_empty() {
+                "linux".into()
+            } else {
+                c.os
+            },
+            architecture: c.architecture,
+            variant: c.variant.filter(|v| !v.is_empty()),
+        });
+        Ok((blobs, platform))
+    };
     let mut out = Vec::new();
     for d in &index.manifests {
         let names: Vec<String> = [ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME]
@@ -436,20 +526,49 @@ fn read_layout(
         let bytes = read_member(source, m, &blob_name(&d.digest).unwrap_or_default())?;
         let man: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| err(format!("{what}: manifest {}: {e}", d.digest)))?;
-        if man.manifests.is_some() {
-            return Err(err(format!(
-                "{what}: {} is a multi-platform index; only single-platform image manifests are sent so far",
-                d.digest
-            )));
-        }
-        let config = man
-            .config
-            .as_ref()
-            .ok_or_else(|| err(format!("{what}: manifest {} has no config", d.digest)))?;
-        let mut blobs = vec![manifest_blob, blob(config, &format!("{what}: config"))?];
-        for l in &man.layers {
-            blobs.push(blob(l, &format!("{what}: layer"))?);
-        }
+        let (blobs, platform, variants) = match &man.manifests {
+            None => {
+                let (blobs, platform) = image_blobs(&man, &d.digest, &what)?;
+                ([vec![manifest_blob], blobs].concat(), platform, Vec::new())
+            }
+            Some(children) => {
+                let mut variants = Vec::new();
+                for c in children {
+                    if c.platform.as_ref().is_some_and(Platform::is_unknown) {
+                        continue; // an attestation, not an image
+                    }
+                    // A platform whose manifest the source lacks (a partial export, as
+                    // `docker save` of one platform writes) is not offered.
+                    let Some(name) = blob_name(&c.digest).filter(|n| m.contains_key(n)) else {
+                        continue;
+                    };
+                    let bytes = read_member(source, m, &name)?;
+                    let child: Manifest = serde_json::from_slice(&bytes)
+                        .map_err(|e| err(format!("{what}: manifest {}: {e}", c.digest)))?;
+                    if child.manifests.is_some() {
+                        continue; // an index in an index: not an image
+                    }
+                    let (blobs, from_config) = image_blobs(&child, &c.digest, &what)?;
+                    let Some(platform) = c.platform.clone().or(from_config) else {
+                        continue;
+                    };
+                    if platform.is_unknown() {
+                        continue; // an attestation, not an image
+                    }
+                    variants.push(Variant {
+                        platform,
+                        blobs: [vec![blob(c, &format!("{what}: manifest"))?], blobs].concat(),
+                    });
+                }
+                if variants.is_empty() {
+                    return Err(err(format!(
+                        "{what}: the multi-platform index {} has no platform whose manifest is in the source",
+                        d.digest
+                    )));
+                }
+                (vec![manifest_blob], None, variants)
+            }
+        };
         let media_type = if d.media_type.is_empty() {
             man.media_type.clone()
         } else {
@@ -461,6 +580,8 @@ fn read_layout(
                 digest: d.digest.clone(),
                 media_type: media_type.clone(),
                 blobs: blobs.clone(),
+                platform: platform.clone(),
+                variants: variants.clone(),
                 source: source.to_path_buf(),
             });
         }

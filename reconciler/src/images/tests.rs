@@ -25,8 +25,22 @@ fn put(dir: &Path, blob: &[u8]) -> String {
 
 /// An image in a layout directory: config + the given layers; returns the manifest digest.
 fn image(dir: &Path, layers: &[&[u8]]) -> (String, serde_json::Value) {
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    image_on(dir, "amd64", None, layers)
+}
+
+/// [`image`] for another platform (its config names it).
+fn image_on(
+    dir: &Path,
+    arch: &str,
+    variant: Option<&str>,
+    layers: &[&[u8]],
+) -> (String, serde_json::Value) {
+    let mut c = serde_json::json!({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}});
+    if let Some(v) = variant {
+        c["variant"] = v.into();
+    }
+    let config = c.to_string();
+    let config = config.as_bytes();
     let cd = put(dir, config);
     let ls: Vec<serde_json::Value> = layers
             .iter()
@@ -560,6 +574,8 @@ fn source(reference: &str, digest: &str) -> SourceImage {
         digest: digest.into(),
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),
         blobs: vec![],
+        platform: None,
+        variants: vec![],
         source: PathBuf::new(),
     }
 }
@@ -1014,5 +1030,221 @@ async fn a_host_fetches_from_its_relay_with_a_key_made_for_one_apply() {
     assert!(
         err.contains("Permission denied") && err.contains("the fetch from relay"),
         "{err}"
+    );
+}
+
+#[test]
+fn machines_map_to_platforms_and_variants_match_as_containerd_does() {
+    let p = |m: &str| Platform::of_machine(m).unwrap();
+    assert_eq!(p("x86_64").to_string(), "linux/amd64");
+    assert_eq!(p("aarch64").to_string(), "linux/arm64");
+    assert_eq!(p("armv7l").to_string(), "linux/arm/v7");
+    assert_eq!(Platform::of_machine("m68k"), None);
+    let img = |a: &str, v: Option<&str>| Platform {
+        os: "linux".into(),
+        architecture: a.into(),
+        variant: v.map(str::to_string),
+    };
+    // arm64 alone is arm64/v8
+    assert_eq!(p("aarch64").rank(&img("arm64", Some("v8"))), Some(0));
+    assert_eq!(p("aarch64").rank(&img("amd64", None)), None);
+    // a v7 host runs v7 first, then v6; a v6 host never runs v7
+    assert!(p("armv7l").rank(&img("arm", Some("v7"))) < p("armv7l").rank(&img("arm", Some("v6"))));
+    assert_eq!(p("armv6l").rank(&img("arm", Some("v7"))), None);
+    assert_eq!(p("x86_64").rank(&img("amd64", None)), Some(0));
+}
+
+/// A two-platform index (amd64, arm64) with an attestation entry and a platform whose
+/// manifest the layout lacks (a partial export): the layout, the index digest, and each
+/// variant's manifest digest and blob digests.
+fn multi_platform_layout(dir: &Path) -> (String, BTreeMap<&'static str, (String, Vec<String>)>) {
+    let shared: &[u8] = b"layer both platforms share (a data layer)";
+    let (amd, amd_d) = image_on(dir, "amd64", None, &[b"amd64 binaries", shared]);
+    let (arm, arm_d) = image_on(dir, "arm64", Some("v8"), &[b"arm64 binaries", shared]);
+    let blobs = |m: &str| -> Vec<String> {
+        let man: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                dir.join("blobs/sha256")
+                    .join(m.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut v = vec![
+            m.to_string(),
+            man["config"]["digest"].as_str().unwrap().to_string(),
+        ];
+        v.extend(
+            man["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_string()),
+        );
+        v
+    };
+    let variants = BTreeMap::from([
+        ("amd64", (amd.clone(), blobs(&amd))),
+        ("arm64", (arm.clone(), blobs(&arm))),
+    ]);
+    let with = |mut d: serde_json::Value, p: serde_json::Value| {
+        d["platform"] = p;
+        d
+    };
+    let attestation = put(dir, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[]}"#);
+    let idx = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            with(amd_d, serde_json::json!({"architecture": "amd64", "os": "linux"})),
+            with(arm_d, serde_json::json!({"architecture": "arm64", "os": "linux", "variant": "v8"})),
+            // not in this layout (exported for two platforms only)
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 500,
+             "digest": "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+             "platform": {"architecture": "s390x", "os": "linux"}},
+            // BuildKit's attestation: no image, its config is not even there
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": attestation,
+             "size": std::fs::metadata(dir.join("blobs/sha256").join(attestation.trim_start_matches("sha256:"))).unwrap().len(),
+             "platform": {"architecture": "unknown", "os": "unknown"}},
+        ],
+    })
+    .to_string();
+    let id = put(dir, idx.as_bytes());
+    index(
+        dir,
+        vec![(
+            serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": idx.len()}),
+            ANNOTATION_REF_NAME,
+            "example.org/multi:1",
+        )],
+    );
+    (id, variants)
+}
+
+#[test]
+fn a_multi_platform_index_sends_the_index_and_only_the_hosts_variant() {
+    let t = tempfile::tempdir().unwrap();
+    let (index_digest, variants) = multi_platform_layout(t.path());
+    let cat = read_sources(&[t.path().to_path_buf()]).unwrap();
+    let img = cat
+        .get("example.org/multi:1")
+        .expect("the index is an image of the source");
+    assert_eq!(
+        img.digest, index_digest,
+        "named by the index, as containerd names it"
+    );
+    let platforms: Vec<String> = img
+        .variants
+        .iter()
+        .map(|v| v.platform.to_string())
+        .collect();
+    assert_eq!(
+        platforms,
+        ["linux/amd64", "linux/arm64/v8"],
+        "no attestation, no absent platform"
+    );
+
+    for (machine, arch) in [("x86_64", "amd64"), ("aarch64", "arm64")] {
+        let chosen = for_machine(std::slice::from_ref(img), machine).unwrap();
+        let sent: Vec<String> = chosen[0].blobs.iter().map(|b| b.digest.clone()).collect();
+        let mut want = vec![index_digest.clone()];
+        want.extend(variants[arch].1.iter().cloned());
+        assert_eq!(
+            sent, want,
+            "{machine}: the index, then its own variant only"
+        );
+        assert_eq!(chosen[0].digest, index_digest);
+        // What a host without the image is sent: those blobs; the index goes in index.json.
+        let changes = plan_host(&chosen, None);
+        assert_eq!(changes[0].send.len(), want.len());
+        assert_eq!(
+            changes[0].media_type,
+            "application/vnd.oci.image.index.v1+json"
+        );
+        let ij: serde_json::Value = serde_json::from_str(&index_json(&changes)).unwrap();
+        assert_eq!(ij["manifests"][0]["digest"], index_digest.as_str());
+        assert_eq!(
+            ij["manifests"][0]["mediaType"],
+            "application/vnd.oci.image.index.v1+json"
+        );
+        let platform = if arch == "amd64" {
+            "linux/amd64"
+        } else {
+            "linux/arm64/v8"
+        };
+        assert!(
+            changes[0]
+                .describe()
+                .contains(&format!("({platform} of the index; ")),
+            "{}",
+            changes[0].describe()
+        );
+        let other = if arch == "amd64" { "arm64" } else { "amd64" };
+        assert!(
+            !sent.contains(&variants[other].0),
+            "{machine}: the {other} manifest is not sent"
+        );
+    }
+    // A 32-bit ARM device: no variant; the error names both sides.
+    let e = for_machine(std::slice::from_ref(img), "armv7l").unwrap_err();
+    assert_eq!(
+        e,
+        "image docker.io/example.org/multi:1 has no variant for linux/arm/v7 (the source has linux/amd64, linux/arm64/v8)"
+            .replace("docker.io/", ""),
+    );
+}
+
+#[test]
+fn a_single_platform_image_for_another_platform_is_refused_naming_both() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, arm) = image_on(t.path(), "arm64", None, &[b"arm64 only"]);
+    let (_, amd) = image(t.path(), &[b"amd64 only"]);
+    index(
+        t.path(),
+        vec![
+            (arm, ANNOTATION_REF_NAME, "example.org/jetson-only:1"),
+            (amd, ANNOTATION_REF_NAME, "example.org/x86-only:1"),
+        ],
+    );
+    let cat = read_sources(&[t.path().to_path_buf()]).unwrap();
+    let imgs: Vec<SourceImage> = cat.images.values().cloned().collect();
+    let e = for_machine(&imgs, "x86_64").unwrap_err();
+    assert_eq!(
+        e,
+        "image example.org/jetson-only:1 is built for linux/arm64 only; the host is linux/amd64"
+    );
+    let e = for_machine(&imgs, "aarch64").unwrap_err();
+    assert!(
+        e.contains("example.org/x86-only:1 is built for linux/amd64 only"),
+        "{e}"
+    );
+    // An unknown machine: single images go as they are.
+    assert_eq!(for_machine(&imgs, "m68k").unwrap().len(), 2);
+}
+
+#[test]
+fn an_index_with_no_platform_in_the_source_is_an_error_naming_it() {
+    let t = tempfile::tempdir().unwrap();
+    let idx = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 500,
+         "digest": "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+         "platform": {"architecture": "amd64", "os": "linux"}}]})
+    .to_string();
+    let id = put(t.path(), idx.as_bytes());
+    index(
+        t.path(),
+        vec![(
+            serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": idx.len()}),
+            ANNOTATION_REF_NAME,
+            "example.org/empty:1",
+        )],
+    );
+    let e = read_sources(&[t.path().to_path_buf()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("example.org/empty:1")
+            && e.contains("has no platform whose manifest is in the source"),
+        "{e}"
     );
 }
