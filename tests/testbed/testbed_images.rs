@@ -14,6 +14,10 @@
 //!    host, nothing imported, no staging left.
 //! 6. An image no source has: `plan` fails naming the host, the object and the reference.
 //!
+//! `old_versions_are_removed_after_the_new_pods_are_ready` runs version 2 from a multi-platform
+//! index (this machine's variant and another platform's): its pods run, only this platform's
+//! blobs reach the hosts, and it is kept and removed by its index digest like any version.
+//!
 //! Every image of the test is named `aion.local/aion-imgtest-…`; a guard removes them from
 //! every host's containerd at the end, also on failure, then the cluster objects and the hosts
 //! are reset as the other testbed tests leave them.
@@ -25,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use aion_integration_tests::component;
 use aion_integration_tests::k8s;
-use aion_integration_tests::oci::{Layout, noise, tar};
+use aion_integration_tests::oci::{self, Layout, noise, tar};
 use aion_integration_tests::testbed::{self, Testbed, inventory_copy, rt};
 use aion_reconcile::commands::plan::Common;
 use aion_reconcile::output::OutputFormat;
@@ -699,17 +703,37 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
         "-c",
         "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
     ];
+    // Version 2 is a multi-platform index, as a mixed fleet's images are: this machine's
+    // variant and another platform's (whose own layer no host may receive); its `layers` are
+    // those of this machine's variant.
+    let other = if oci::this_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let mut foreign_layer = String::new();
     let v: Vec<_> = (1..=3u64)
         .map(|n| {
-            layout.image_cmd(
-                &format!("aion.local/{PREFIX}v:{n}"),
-                &[
-                    bin.clone(),
-                    // (`noise` ignores the seed's lowest bit: even steps)
-                    tar("imgtest", &[("v.bin", &noise(nonce + 2 * n, 32 * 1024))]),
-                ],
+            let reference = format!("aion.local/{PREFIX}v:{n}");
+            let layers = [
+                bin.clone(),
+                // (`noise` ignores the seed's lowest bit: even steps)
+                tar("imgtest", &[("v.bin", &noise(nonce + 2 * n, 32 * 1024))]),
+            ];
+            if n != 2 {
+                return layout.image_cmd(&reference, &layers, &cmd);
+            }
+            let mine = layout.unnamed(oci::this_arch(), &layers, &cmd);
+            let theirs = layout.unnamed(
+                other,
+                &[tar("imgtest", &[("v.bin", &noise(nonce + 100, 32 * 1024))])],
                 &cmd,
-            )
+            );
+            foreign_layer = theirs.layers[0].clone();
+            oci::Built {
+                layers: mine.layers.clone(),
+                ..layout.index(&reference, &[(&mine, oci::this_arch()), (&theirs, other)])
+            }
         })
         .collect();
     let sources = vec![layout.dir.clone(), list];
@@ -800,6 +824,11 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
             h.name
         );
         assert!(content.contains(&v[1].layers[1]), "{}", h.name);
+        assert!(
+            !content.contains(&foreign_layer),
+            "{}: the {other} variant of 2 was sent",
+            h.name
+        );
     }
     // The revisions of 2 and 3 record the digest each sent (newest last).
     let revisions = rt().block_on(async {
