@@ -112,6 +112,16 @@ fn private_host(dir: &Path) -> (Containerd, LocalHost) {
     (containerd, host)
 }
 
+/// `plan`'s blobs sent to `host` as apply sends them: the receiving script's result.
+async fn send(host: &LocalHost, plan: &[images::ImageChange]) -> aion_reconcile::host::Output {
+    host.run_with_input(
+        &images::receive_script("root", plan),
+        &images::send_input(plan),
+    )
+    .await
+    .unwrap()
+}
+
 /// The facts script's answer on `host`, containerd's included.
 async fn all_facts(host: &LocalHost) -> facts::HostFacts {
     let req = FactRequest {
@@ -190,13 +200,7 @@ async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
     );
     let plan = images::plan_host(&[get(&a.reference)], Some(&have));
     assert_eq!((plan[0].blobs, plan[0].bytes), (4, a.bytes()));
-    let out = host
-        .run_with_input(
-            &images::receive_script("root", &plan),
-            &images::send_input(&plan),
-        )
-        .await
-        .unwrap();
+    let out = send(&host, &plan).await;
     assert!(out.success(), "{}", out.combined());
     let got = images::parse_received(&out.stdout_str());
     assert_eq!(got.bytes(), a.bytes());
@@ -212,13 +216,7 @@ async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
     assert_eq!(plan.len(), 1);
     let own_b = b.bytes() - b.blobs[2].1;
     assert_eq!((plan[0].blobs, plan[0].bytes), (3, own_b));
-    let out = host
-        .run_with_input(
-            &images::receive_script("root", &plan),
-            &images::send_input(&plan),
-        )
-        .await
-        .unwrap();
+    let out = send(&host, &plan).await;
     assert!(out.success(), "{}", out.combined());
     let got = images::parse_received(&out.stdout_str());
     eprintln!(
@@ -253,13 +251,7 @@ async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
     bytes[600] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     let plan = images::plan_host(&[get(&c.reference)], Some(&have));
-    let out = host
-        .run_with_input(
-            &images::receive_script("root", &plan),
-            &images::send_input(&plan),
-        )
-        .await
-        .unwrap();
+    let out = send(&host, &plan).await;
     assert_eq!(out.status, 4, "{}", out.combined());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -334,13 +326,7 @@ async fn a_multi_platform_index_is_imported_with_only_this_hosts_variant() {
         (1 + mine.blobs.len(), multi.bytes() + mine.bytes()),
         "the index and this platform's manifest, config and layers"
     );
-    let out = host
-        .run_with_input(
-            &images::receive_script("root", &plan),
-            &images::send_input(&plan),
-        )
-        .await
-        .unwrap();
+    let out = send(&host, &plan).await;
     assert!(out.success(), "{}", out.combined());
     let got = images::parse_received(&out.stdout_str());
     assert_eq!(got.bytes(), multi.bytes() + mine.bytes());
