@@ -907,7 +907,19 @@ pub(crate) fn check_inventory_at(
         }
     }
     for src in &inv.image_sources {
-        if !src.path.exists() {
+        if let Some(url) = &src.registry {
+            if let Err(why) = registry_url(url) {
+                diags.push(
+                    Diagnostic::error(
+                        "image-source-registry",
+                        format!("image source {url}: {why}"),
+                        src.span.clone(),
+                        src.pointer.clone(),
+                    )
+                    .with_hint("a registry is `http://host:port` or `https://host[:port]`: no path, no user or password"),
+                );
+            }
+        } else if !src.path.exists() {
             diags.push(
                 Diagnostic::error(
                     "image-source-missing",
@@ -979,4 +991,28 @@ fn check_images_from(
             diags.push(Diagnostic::error(code, message, span, pointer).with_hint(hint));
         }
     }
+}
+
+/// A registry entry of `imageSources`: `scheme://host[:port]`, nothing else.
+fn registry_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("not an http:// or https:// URL")?;
+    if rest.is_empty() {
+        return Err("no host".into());
+    }
+    if rest.contains('@') {
+        return Err("credentials do not belong in the URL".into());
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err("a registry URL names no path".into());
+    }
+    if let Some((_, port)) = rest.rsplit_once(':')
+        && !rest.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("port `{port}` is not a number"));
+    }
+    Ok(())
 }

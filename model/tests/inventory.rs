@@ -397,6 +397,31 @@ hosts:
         false,
     );
 
+    // A registry: kept as written (no trailing slash), never resolved as a path; a URL with a
+    // path or credentials is an error at its entry.
+    let l = inventory::load_str(
+        "imageSources: [layout, 'http://10.0.0.5:5000/']\nhosts:\n  - {name: m, address: 10.0.0.2, role: master}\n",
+        &file,
+    )
+    .expect("loads");
+    assert!(
+        l.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        l.diagnostics
+    );
+    assert_eq!(l.value.image_sources[0].registry, None);
+    assert_eq!(
+        l.value.image_sources[1].registry.as_deref(),
+        Some("http://10.0.0.5:5000")
+    );
+    at(
+        "imageSources: ['https://u:p@reg.example/v2']\nhosts:\n  - {name: m, address: 10.0.0.2, role: master}\n",
+        "image-source-registry",
+        "/imageSources/0",
+        (1, 16),
+        false,
+    );
+
     let ansible = "\
 all:
   vars:

@@ -7,4 +7,5 @@ pub mod k8s;
 pub mod oci;
 pub mod pod_env;
 pub mod rabbitmq;
+pub mod registry;
 pub mod testbed;

@@ -358,3 +358,165 @@ async fn a_multi_platform_index_is_imported_with_only_this_hosts_variant() {
         "the next plan sends nothing"
     );
 }
+
+/// A registry as the source (Debian's docker-registry on loopback): what is needed is read
+/// from it — a single-platform image and a two-platform index pushed there as `docker push`
+/// would — manifests and configs at plan, layers only at apply and only those the host lacks,
+/// each downloaded once (a second fetch downloads nothing), verified, then sent and imported
+/// like a file source's; a tag the registry does not have is an error naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_source_is_fetched_once_and_imported() {
+    if !required() {
+        return;
+    }
+    let Some(registry) = aion_integration_tests::registry::start() else {
+        return;
+    };
+    let _hosts = component::exclusive_async().await;
+    let t = tempfile::tempdir().unwrap();
+    let (_containerd, host) = private_host(t.path());
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let other = if oci::this_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let mut layout = Layout::new(t.path().join("layout"));
+    let base = tar("imgtest", &[("base.bin", &noise(nonce, 128 * 1024))]);
+    let single = layout.image(
+        "aion.local/aion-imgtest-reg-a:1",
+        &[
+            base.clone(),
+            tar("imgtest", &[("a.bin", &noise(nonce + 2, 16 * 1024))]),
+        ],
+    );
+    let mine = layout.unnamed(
+        oci::this_arch(),
+        &[
+            base.clone(),
+            tar("imgtest", &[("m.bin", &noise(nonce + 4, 16 * 1024))]),
+        ],
+        &["/imgtest/none"],
+    );
+    let theirs = layout.unnamed(
+        other,
+        &[tar("imgtest", &[("m.bin", &noise(nonce + 6, 16 * 1024))])],
+        &["/imgtest/none"],
+    );
+    let multi = layout.index(
+        "aion.local/aion-imgtest-reg-m:1",
+        &[(&mine, oci::this_arch()), (&theirs, other)],
+    );
+    let pushed = registry.push_layout(&layout.dir, &|name| {
+        let (repo, tag) = name
+            .trim_start_matches("aion.local/")
+            .split_once(':')
+            .unwrap();
+        (format!("imgtest/{repo}"), tag.to_string())
+    });
+    assert_eq!(pushed.len(), 2, "{pushed:?}");
+    let source = images::Registry::new(&registry.url);
+    let cache = t.path().join("cache");
+    let refs: std::collections::BTreeSet<String> = pushed.iter().cloned().collect();
+    let found = images::read_images(std::slice::from_ref(&source), &refs, &cache).unwrap();
+    let digests: Vec<(&str, &str)> = found
+        .iter()
+        .map(|i| (i.reference.as_str(), i.digest.as_str()))
+        .collect();
+    let (ref_a, ref_m) = (&pushed[0], &pushed[1]);
+    assert_eq!(
+        digests,
+        [
+            (ref_a.as_str(), single.digest.as_str()),
+            (ref_m.as_str(), multi.digest.as_str())
+        ],
+        "the registry serves the same manifests, by the same digests"
+    );
+    // At plan only the manifests and the single image's config came over.
+    let layer_cached = |d: &str| cache.join(d.replace(':', "/")).is_file();
+    assert!(
+        !single.layers.iter().any(|l| layer_cached(l)),
+        "no layer before apply"
+    );
+
+    let f = all_facts(&host).await;
+    let chosen = images::for_machine(&found, &f.machine).unwrap();
+    let plan = images::plan_host(&chosen, f.containerd.as_ref());
+    assert_eq!(plan.len(), 2);
+    // The base layer is in both; fetched once. The other platform's layer never.
+    let fetched = images::fetch_blobs(plan.iter().flat_map(|c| c.send.iter())).unwrap();
+    let base_size = single.blobs[2].1;
+    let want: u64 = single.blobs[2..].iter().map(|b| b.1).sum::<u64>()
+        + mine.blobs[1].1 // config of the variant (an index's configs come at apply)
+        + mine.blobs[3].1;
+    assert_eq!(
+        fetched, want,
+        "each layer once (base {base_size} bytes shared)"
+    );
+    assert!(
+        !layer_cached(&theirs.layers[0]),
+        "the {other} layer was fetched"
+    );
+    assert_eq!(
+        images::fetch_blobs(plan.iter().flat_map(|c| c.send.iter())).unwrap(),
+        0,
+        "a second fetch downloads nothing"
+    );
+    let out = send(&host, &plan).await;
+    assert!(out.success(), "{}", out.combined());
+    let got = images::parse_received(&out.stdout_str());
+    assert_eq!(
+        got.imported,
+        vec![
+            (ref_a.clone(), single.digest.clone()),
+            (ref_m.clone(), multi.digest.clone())
+        ]
+    );
+    let check = host
+        .run("ctr -n k8s.io images check\n")
+        .await
+        .unwrap()
+        .stdout_str();
+    for r in [ref_a, ref_m] {
+        let line = check
+            .lines()
+            .find(|l| l.starts_with(r.as_str()))
+            .unwrap_or_else(|| panic!("{check}"));
+        assert!(
+            line.contains("complete (3/3)") && line.ends_with("true"),
+            "{line}"
+        );
+    }
+    // A tag the registry does not have is not found (plan then names the host, the object and
+    // the reference, as for any source); a registry that does not answer is an error naming it.
+    let missing = format!("{}/imgtest/aion-imgtest-reg-a:2", registry.domain);
+    let found = images::read_images(&[source], &[missing].into(), &cache).unwrap();
+    assert!(found.is_empty(), "{found:?}");
+    let gone = images::Registry::new(&format!("http://127.0.0.1:{}", free_port()));
+    let e = images::read_images(
+        std::slice::from_ref(&gone),
+        &[format!("{}/app:1", gone.domain)].into(),
+        &cache,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "image source {}: GET {}/v2/app/manifests/1: ",
+            gone.url, gone.url
+        )),
+        "{e}"
+    );
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1182,3 +1182,161 @@ fn workers_fetch_their_images_from_the_master() {
     assert_eq!(p.counts.images, 0, "second plan: nothing to send");
     assert!(p.hosts.iter().all(|h| h.relay.is_none()));
 }
+
+/// A registry as the image source of a real installation: the core (`aion-kanban`, from the
+/// testbed's own archive) and a running microservice are pushed to Debian's docker-registry on
+/// this machine, the inventory's `registryPrefix` names it and `imageSources` lists it before
+/// the testbed's `images.tsv` (the node images, RabbitMQ, Redis). apply reads the manifests,
+/// downloads each layer once into the inventory's `.aion/registry-blobs`, sends every host what
+/// it lacks; the pods run on every host; the second plan sends nothing.
+#[test]
+fn a_registry_source_serves_the_core_and_a_running_microservice() {
+    let _hosts = component::exclusive();
+    let Some(tb) = testbed::require() else { return };
+    let Some(cluster) = k8s::require() else {
+        return;
+    };
+    let Some(registry) = aion_integration_tests::registry::start() else {
+        return;
+    };
+    let list = testbed_images_list();
+    let dir = tempfile::tempdir().unwrap();
+    let nonce = nonce();
+    // The registry's repositories are under a prefix with the test's name, so the cleanup
+    // finds every image it put on the hosts.
+    let prefix = format!("{}/{PREFIX}reg", registry.domain);
+
+    // The microservice: a busybox loop, as in the version test.
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
+    let bin = aion_integration_tests::oci::tar_modes("bin", &[("busybox", &busybox, "0000755")]);
+    let mut layout = Layout::new(dir.path().join("layout"));
+    let cmd = [
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
+    ];
+    let v = layout.image_cmd(
+        "v:1",
+        &[bin, tar("imgtest", &[("v.bin", &noise(nonce, 32 * 1024))])],
+        &cmd,
+    );
+    let as_repo = |repo: &str| {
+        let repo = repo.to_string();
+        move |name: &str| {
+            let tag = name.rsplit_once(':').unwrap().1.to_string();
+            (format!("{PREFIX}reg/{repo}"), tag)
+        }
+    };
+    registry.push_layout(&layout.dir, &as_repo(&format!("{PREFIX}v")));
+    // The core's image: the testbed's archive (an OCI archive) unpacked and pushed.
+    let tsv = std::fs::read_to_string(&list).unwrap();
+    let (kanban, archive) = tsv
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            f[0].starts_with("aion.local/aion-kanban:")
+                .then(|| (f[0].to_string(), list.parent().unwrap().join(f[1])))
+        })
+        .expect("aion-kanban in the testbed's images.tsv");
+    let unpacked = dir.path().join("kanban");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(st.success(), "unpack {}", archive.display());
+    let pushed = registry.push_layout(&unpacked, &as_repo("aion-kanban"));
+    let kanban_ref = format!("{prefix}/{}", kanban.trim_start_matches("aion.local/"));
+    assert_eq!(pushed, std::slice::from_ref(&kanban_ref));
+    let v_ref = format!("{prefix}/{PREFIX}v:1");
+
+    write_running_service(&tb, dir.path(), 1);
+    let inv = inventory(&tb, dir.path(), &[PathBuf::from(&registry.url), list]);
+    let text = std::fs::read_to_string(&inv).unwrap();
+    assert!(text.contains("  registryPrefix: aion.local\n"), "{text}");
+    std::fs::write(
+        &inv,
+        text.replace(
+            "  registryPrefix: aion.local\n",
+            &format!("  registryPrefix: {prefix}\n"),
+        ),
+    )
+    .unwrap();
+    let down = || down_args(dir.path(), &cluster);
+    let _cleanup = Cleanup {
+        tb: &tb,
+        down: Some(down()),
+    };
+    tb.reset_all();
+    assert_eq!(aion_reconcile::commands::down::run(&down()).unwrap(), 0);
+
+    let p = plan(&inv).unwrap();
+    for hp in &p.hosts {
+        let refs: Vec<&str> = hp.images.iter().map(|i| i.reference.as_str()).collect();
+        assert!(
+            refs.contains(&kanban_ref.as_str()) && refs.contains(&v_ref.as_str()),
+            "{}: {refs:?}",
+            hp.host
+        );
+    }
+    let cache = dir.path().join(".aion/registry-blobs/sha256");
+    let cached = || std::fs::read_dir(&cache).map_or(0, |d| d.count());
+    let at_plan = cached();
+    let outcome = apply(&inv);
+    assert!(outcome.ok(), "{}", outcome.summary());
+    // Each layer came over once, whatever the number of hosts: the cache holds one file per
+    // blob (manifests and configs at plan, layers at apply).
+    assert!(cached() > at_plan, "layers fetched at apply");
+    for h in &tb.hosts {
+        let list = tb.run_as_root(h, "ctr -n k8s.io images ls");
+        assert!(
+            list.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 3 && f[0] == v_ref && f[2] == v.digest
+            }),
+            "{}: {v_ref} at {}:\n{list}",
+            h.name,
+            v.digest
+        );
+        assert!(list.contains(&kanban_ref), "{}:\n{list}", h.name);
+    }
+    // The microservice's pods run on every host.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let running: Vec<String> = rt().block_on(async {
+            let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
+                .await
+                .unwrap();
+            kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client)
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && p.spec.iter().any(|s| {
+                            s.containers
+                                .iter()
+                                .any(|c| c.image.as_deref() == Some(&v_ref))
+                        })
+                })
+                .filter_map(|p| p.spec.and_then(|s| s.node_name))
+                .collect()
+        });
+        if tb.hosts.iter().all(|h| running.contains(&h.name)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pods of {v_ref} running on {running:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let p = plan(&inv).unwrap();
+    assert_eq!(p.counts.images, 0, "the second plan sends nothing");
+}

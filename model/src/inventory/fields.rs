@@ -484,10 +484,19 @@ pub(crate) fn finish(
             previous_images: previous_images.unwrap_or(DEFAULT_PREVIOUS_IMAGES),
             image_sources: image_sources
                 .into_iter()
-                .map(|(path, span, pointer)| ImageSource {
-                    path: resolve_path(dir, &path),
-                    span,
-                    pointer,
+                .map(|(path, span, pointer)| {
+                    let registry = (path.starts_with("http://") || path.starts_with("https://"))
+                        .then(|| path.trim_end_matches('/').to_string());
+                    ImageSource {
+                        path: if registry.is_some() {
+                            PathBuf::from(&path)
+                        } else {
+                            resolve_path(dir, &path)
+                        },
+                        registry,
+                        span,
+                        pointer,
+                    }
                 })
                 .collect(),
             peers,

@@ -160,7 +160,11 @@ pub const DEFAULT_ENTRY_PORT: u16 = 32094;
 /// One entry of `imageSources`: a path (absolute after loading) and where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSource {
+    /// The file or directory (for a registry: the URL as written, unresolved).
     pub path: PathBuf,
+    /// A registry the operator's machine reaches (`http://` or `https://` entry, as written
+    /// without a trailing `/`): it serves the references whose domain is its `host[:port]`.
+    pub registry: Option<String>,
     pub span: Span,
     /// JSON pointer of the entry, e.g. `/imageSources/0`.
     pub pointer: String,

@@ -255,6 +255,7 @@ mod tests {
             size,
             path: Default::default(),
             offset: 0,
+            remote: None,
         }
     }
 

@@ -140,6 +140,52 @@ pub async fn apply_images<H: Host, C: ClusterOps>(
         Some(Ok(h)) => Some(h.clone()),
         _ => None,
     };
+    // Blobs from a registry source: each downloaded once into the local cache (verified)
+    // before any host is sent anything; without them no host gets its images.
+    let remote: Vec<images::Blob> = plan
+        .hosts
+        .iter()
+        .filter(|hp| ready(hp))
+        .flat_map(|hp| {
+            let own = hp.images.iter().flat_map(|c| c.send.iter());
+            own.chain(hp.relay.iter().flat_map(|r| r.send.iter()))
+        })
+        .filter(|b| b.remote.is_some() && !b.path.is_file())
+        .cloned()
+        .collect();
+    if !remote.is_empty() {
+        let n = remote.len();
+        let fetched = tokio::task::spawn_blocking(move || images::fetch_blobs(&remote)).await;
+        let error = match fetched {
+            Ok(Ok(bytes)) => {
+                cx.log.write(
+                    "",
+                    &format!(
+                        "images: {n} blob(s), {} fetched from the registry",
+                        images::human_bytes(bytes)
+                    ),
+                    "",
+                );
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("the registry download stopped: {e}")),
+        };
+        if let Some(error) = error {
+            let receiving: Vec<String> = plan
+                .hosts
+                .iter()
+                .filter(|hp| ready(hp) && (!hp.images.is_empty() || hp.relay.is_some()))
+                .map(|hp| hp.host.clone())
+                .collect();
+            for host in receiving {
+                cx.progress
+                    .host_done(&host, &format!("failed at images: {error}"), false);
+                report.fail(&host, "images", error.clone());
+            }
+            return;
+        }
+    }
     // Wave 1: from this machine.
     let mut keys: BTreeMap<String, RelayKey> = BTreeMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();

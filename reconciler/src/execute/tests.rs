@@ -729,6 +729,7 @@ async fn a_failed_relay_fails_its_fetchers_naming_it() {
             size: 4,
             path: Default::default(),
             offset: 0,
+            remote: None,
         }],
         source: Default::default(),
         manifest_size: 0,
@@ -746,6 +747,7 @@ async fn a_failed_relay_fails_its_fetchers_naming_it() {
                     size: 4,
                     path: b.dir.path().join("gone"),
                     offset: 0,
+                    remote: None,
                 }],
             }),
             ..hp("m1", Role::Master)
@@ -852,6 +854,7 @@ async fn images_are_imported_after_the_runtime_and_before_kubeadm() {
             size: layer.len() as u64,
             path: blob_path,
             offset: 0,
+            remote: None,
         }],
         source: Default::default(),
         manifest_size: layer.len() as u64,

@@ -41,6 +41,7 @@ mod needs;
 mod plan;
 mod platform;
 mod reference;
+mod registry;
 mod relay;
 mod removal;
 mod sources;
@@ -52,6 +53,7 @@ pub use needs::{Need, Wanted, digests, for_machine, needed, resolve, with_node_i
 pub use plan::{ImageChange, human_bytes, plan_host};
 pub use platform::Platform;
 pub use reference::normalize;
+pub use registry::{Registry, fetch_blobs, read_images};
 pub use relay::{
     KEY_COMMENT, KEY_HOURS, RELAY_DIR, Relay, RelaySource, SERVE_SCRIPT, fetch_script, relay_blobs,
     relay_cleanup_script, relay_script, routes,

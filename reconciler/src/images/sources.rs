@@ -27,6 +27,10 @@ pub struct Blob {
     pub path: PathBuf,
     #[serde(skip)]
     pub offset: u64,
+    /// Where a registry serves it, when it comes from one: fetched into `path` at apply
+    /// (`registry::fetch_blobs`) when some host lacks it.
+    #[serde(skip)]
+    pub remote: Option<String>,
 }
 
 impl Blob {
@@ -403,15 +407,15 @@ fn read_member(source: &Path, m: &Members, name: &str) -> Result<Vec<u8>, ImageE
 }
 
 #[derive(serde::Deserialize)]
-struct Descriptor {
+pub(super) struct Descriptor {
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
+    pub(super) media_type: String,
+    pub(super) digest: String,
+    pub(super) size: u64,
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    pub(super) annotations: BTreeMap<String, String>,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(super) platform: Option<Platform>,
 }
 
 #[derive(serde::Deserialize)]
@@ -421,25 +425,40 @@ struct Index {
 }
 
 #[derive(serde::Deserialize)]
-struct Manifest {
+pub(super) struct Manifest {
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    config: Option<Descriptor>,
+    pub(super) media_type: String,
+    pub(super) config: Option<Descriptor>,
     #[serde(default)]
-    layers: Vec<Descriptor>,
+    pub(super) layers: Vec<Descriptor>,
     #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
+    pub(super) manifests: Option<Vec<Descriptor>>,
 }
 
 /// What an image config says about its platform.
 #[derive(serde::Deserialize)]
-struct Config {
+pub(super) struct Config {
     #[serde(default)]
     architecture: String,
     #[serde(default)]
     os: String,
     #[serde(default)]
     variant: Option<String>,
+}
+
+impl Config {
+    /// The platform it names; None without an architecture.
+    pub(super) fn platform(self) -> Option<Platform> {
+        (!self.architecture.is_empty()).then(|| Platform {
+            os: if self.os.is_empty() {
+                "linux".into()
+            } else {
+                self.os
+            },
+            architecture: self.architecture,
+            variant: self.variant.filter(|v| !v.is_empty()),
+        })
+    }
 }
 
 fn blob_name(digest: &str) -> Option<String> {
@@ -477,6 +496,7 @@ fn read_layout(
             size: d.size,
             path: path.clone(),
             offset: *offset,
+            remote: None,
         })
     };
     // A manifest's config and layers, and the platform its config names.
@@ -495,16 +515,7 @@ fn read_layout(
         let name = blob_name(&config.digest).unwrap_or_default();
         let c: Config = serde_json::from_slice(&read_member(source, m, &name)?)
             .map_err(|e| err(format!("{what}: config {}: {e}", config.digest)))?;
-        let platform = (!c.architecture.is_empty()).then(|| Platform {
-            os: if c.os.is_empty() {
-                "linux".into()
-            } else {
-                c.os
-            },
-            architecture: c.architecture,
-            variant: c.variant.filter(|v| !v.is_empty()),
-        });
-        Ok((blobs, platform))
+        Ok((blobs, c.platform()))
     };
     let mut out = Vec::new();
     for d in &index.manifests {

@@ -1248,3 +1248,23 @@ fn an_index_with_no_platform_in_the_source_is_an_error_naming_it() {
         "{e}"
     );
 }
+
+#[test]
+fn a_registry_serves_the_references_of_its_domain() {
+    let r = Registry::new("http://10.0.0.5:5000/");
+    assert_eq!(r.url, "http://10.0.0.5:5000");
+    assert_eq!(r.domain, "10.0.0.5:5000");
+    assert_eq!(
+        r.serves("10.0.0.5:5000/factory/app:1.2"),
+        Some(("factory/app", "1.2"))
+    );
+    assert_eq!(r.serves("10.0.0.5:5000/app"), Some(("app", "latest")));
+    let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        r.serves(&format!("10.0.0.5:5000/app@{d}")),
+        Some(("app", d))
+    );
+    // another domain, or a port that only starts the same
+    assert_eq!(r.serves("docker.io/library/app:1"), None);
+    assert_eq!(r.serves("10.0.0.5:50001/app:1"), None);
+}

@@ -1,6 +1,7 @@
 //! Loading, preparing (roles rendered, hosts connected) and planning: what `plan`, `apply`
 //! and the read-only commands share.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,18 +88,51 @@ fn load_render_catalog(
             services.push((host.name.clone(), loaded.value));
         }
     }
-    let catalog = if inv.image_sources.is_empty() {
+    let mut catalog = if inv.image_sources.is_empty() {
         None
     } else {
-        let paths: Vec<PathBuf> = inv.image_sources.iter().map(|s| s.path.clone()).collect();
-        Some(images::read_sources(&paths)?)
+        let files: Vec<PathBuf> = inv
+            .image_sources
+            .iter()
+            .filter(|s| s.registry.is_none())
+            .map(|s| s.path.clone())
+            .collect();
+        let mut c = images::read_sources(&files)?;
+        c.sources = inv.image_sources.iter().map(|s| s.path.clone()).collect();
+        Some(c)
     };
-    let digests = catalog
+    let digests = |c: &Option<images::Catalog>| {
+        c.iter()
+            .flat_map(|c| c.images.iter())
+            .map(|(r, i)| (r.clone(), i.digest.clone()))
+            .collect()
+    };
+    let mut manifests = crate::render::render_with_digests(&inv, &services, &digests(&catalog))?;
+    // A registry source: the images the hosts need that no file source has, read from the
+    // registry serving their domain (manifests and configs only), then rendered again with
+    // their digests.
+    let registries: Vec<images::Registry> = inv
+        .image_sources
         .iter()
-        .flat_map(|c| c.images.iter())
-        .map(|(r, i)| (r.clone(), i.digest.clone()))
+        .filter_map(|s| s.registry.as_deref().map(images::Registry::new))
         .collect();
-    let manifests = crate::render::render_with_digests(&inv, &services, &digests)?;
+    if let Some(c) = catalog.as_mut().filter(|_| !registries.is_empty()) {
+        let needs = images::with_node_images(&inv, images::needed(&manifests));
+        let missing: BTreeSet<String> = needs
+            .values()
+            .flatten()
+            .filter(|n| c.get(&n.reference).is_none())
+            .map(|n| images::normalize(&n.reference))
+            .collect();
+        let cache = state_dir(inventory).join(REGISTRY_CACHE);
+        let found = images::read_images(&registries, &missing, &cache)?;
+        if !found.is_empty() {
+            for img in found {
+                c.images.entry(img.reference.clone()).or_insert(img);
+            }
+            manifests = crate::render::render_with_digests(&inv, &services, &digests(&catalog))?;
+        }
+    }
     Ok((inv, manifests, catalog))
 }
 
@@ -209,6 +243,10 @@ pub fn wanted_images(path: &Path, inventory: &Inventory) -> anyhow::Result<image
         )
     })
 }
+
+/// Under [`state_dir`]: the blobs read from registry sources (manifests and configs at plan,
+/// layers at apply), by digest, each verified before it is renamed into place.
+pub const REGISTRY_CACHE: &str = "registry-blobs";
 
 pub fn state_dir(inventory: &Path) -> PathBuf {
     inventory.parent().unwrap_or(Path::new(".")).join(".aion")
