@@ -75,6 +75,24 @@ pub fn this_arch() -> &'static str {
     }
 }
 
+/// Different per run (nanoseconds since the epoch): seeds [`noise`] so a test's layers are on
+/// no host yet.
+pub fn nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Another architecture than this machine's (for a variant no host here may receive).
+pub fn other_arch() -> &'static str {
+    if this_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    }
+}
+
 /// An OCI image-layout directory being written.
 pub struct Layout {
     pub dir: PathBuf,

@@ -162,10 +162,7 @@ async fn a_real_containerd_imports_what_was_sent_and_only_what_was_sent() {
     let root = host.root.clone();
     let facts = || async { all_facts(&host).await.containerd.expect("ctr answers") };
 
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let nonce = oci::nonce();
     let mut layout = Layout::new(t.path().join("layout"));
     let base = tar("imgtest", &[("base.bin", &noise(nonce, 256 * 1024))]);
     let a = layout.image(
@@ -283,15 +280,8 @@ async fn a_multi_platform_index_is_imported_with_only_this_hosts_variant() {
     let _hosts = component::exclusive_async().await;
     let t = tempfile::tempdir().unwrap();
     let (_containerd, host) = private_host(t.path());
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let other = if oci::this_arch() == "arm64" {
-        "amd64"
-    } else {
-        "arm64"
-    };
+    let nonce = oci::nonce();
+    let other = oci::other_arch();
     let mut layout = Layout::new(t.path().join("layout"));
     let shared = tar("imgtest", &[("data.bin", &noise(nonce, 64 * 1024))]);
     let mine = layout.unnamed(
@@ -375,15 +365,8 @@ async fn a_registry_source_is_fetched_once_and_imported() {
     let _hosts = component::exclusive_async().await;
     let t = tempfile::tempdir().unwrap();
     let (_containerd, host) = private_host(t.path());
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let other = if oci::this_arch() == "arm64" {
-        "amd64"
-    } else {
-        "arm64"
-    };
+    let nonce = oci::nonce();
+    let other = oci::other_arch();
     let mut layout = Layout::new(t.path().join("layout"));
     let base = tar("imgtest", &[("base.bin", &noise(nonce, 128 * 1024))]);
     let single = layout.image(
@@ -495,7 +478,10 @@ async fn a_registry_source_is_fetched_once_and_imported() {
     let missing = format!("{}/imgtest/aion-imgtest-reg-a:2", registry.domain);
     let found = images::read_images(&[source], &[missing].into(), &cache).unwrap();
     assert!(found.is_empty(), "{found:?}");
-    let gone = images::Registry::new(&format!("http://127.0.0.1:{}", free_port()));
+    let gone = images::Registry::new(&format!(
+        "http://127.0.0.1:{}",
+        aion_integration_tests::registry::free_port()
+    ));
     let e = images::read_images(
         std::slice::from_ref(&gone),
         &[format!("{}/app:1", gone.domain)].into(),
@@ -510,13 +496,4 @@ async fn a_registry_source_is_fetched_once_and_imported() {
         )),
         "{e}"
     );
-}
-
-/// A loopback port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

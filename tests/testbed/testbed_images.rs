@@ -173,12 +173,18 @@ fn host_images(tb: &Testbed) -> BTreeMap<String, BTreeMap<String, String>> {
         .collect()
 }
 
-/// Different per run: the test's layers are on no host yet.
-fn nonce() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+/// Every pod in the test cluster.
+fn all_pods(cluster: &k8s::TestCluster) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    rt().block_on(async {
+        let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
+            .await
+            .unwrap();
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+    })
 }
 
 /// `down` of the test's inventory in `dir`, on the test cluster.
@@ -200,10 +206,11 @@ struct Cleanup<'a> {
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         // Every name of the test's images: theirs and the `sha256:<id>` names the CRI adds
-        // (same target digest).
+        // (same target digest) — unless a name outside the test holds that content too (the
+        // registry test's copy of the core is `aion.local/aion-kanban` under another name).
         let rm = format!(
             "command -v ctr >/dev/null || {{ echo cleaned; exit 0; }}; \
-             ctr -n k8s.io images ls | awk -v p={PREFIX} 'NR > 1 {{ r[NR] = $1; d[NR] = $3; if (index($1, p)) t[$3] = 1 }} END {{ for (i in r) if (d[i] in t) print r[i] }}' | \
+             ctr -n k8s.io images ls | awk -v p={PREFIX} 'NR > 1 {{ r[NR] = $1; d[NR] = $3; if (index($1, p)) t[$3] = 1; else if ($1 !~ /^sha256:/ && $1 !~ /@sha256:/) keep[$3] = 1 }} END {{ for (i in r) if (index(r[i], p) || (d[i] in t && !(d[i] in keep))) print r[i] }}' | \
              while read -r r; do ctr -n k8s.io images rm --sync \"$r\" >/dev/null; done; \
              rm -rf /var/lib/aion/images/.staging.*; echo cleaned"
         );
@@ -239,7 +246,7 @@ fn images_are_sent_once_only_what_is_missing_and_verified() {
     };
     let list = testbed_images_list();
     let dir = tempfile::tempdir().unwrap();
-    let nonce = nonce();
+    let nonce = oci::nonce();
 
     // Images: A and B share a base layer (different per run: nothing of it is on a host yet).
     let mut layout = Layout::new(dir.path().join("layout"));
@@ -690,7 +697,7 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
     };
     let list = testbed_images_list();
     let dir = tempfile::tempdir().unwrap();
-    let nonce = nonce();
+    let nonce = oci::nonce();
 
     // Three versions: the same busybox layer (a static binary from this machine) and a small
     // layer of its own each; the container loops until SIGTERM, so an old pod goes at once.
@@ -706,11 +713,7 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
     // Version 2 is a multi-platform index, as a mixed fleet's images are: this machine's
     // variant and another platform's (whose own layer no host may receive); its `layers` are
     // those of this machine's variant.
-    let other = if oci::this_arch() == "arm64" {
-        "amd64"
-    } else {
-        "arm64"
-    };
+    let other = oci::other_arch();
     let mut foreign_layer = String::new();
     let v: Vec<_> = (1..=3u64)
         .map(|n| {
@@ -857,20 +860,11 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
         Some(&v[1].digest),
         "{digests:?}"
     );
-    let pods: Vec<String> = rt().block_on(async {
-        let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
-            .await
-            .unwrap();
-        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client)
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .flat_map(|p| p.spec.into_iter().flat_map(|s| s.containers))
-            .filter_map(|c| c.image)
-            .collect()
-    });
+    let pods: Vec<String> = all_pods(&cluster)
+        .into_iter()
+        .flat_map(|p| p.spec.into_iter().flat_map(|s| s.containers))
+        .filter_map(|c| c.image)
+        .collect();
     let pods = pods.join("\n");
     assert!(
         !pods.contains(&v[0].reference) && !pods.contains(&v[1].reference),
@@ -962,33 +956,24 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
             h.name
         );
     }
-    let annotations: Vec<String> = rt().block_on(async {
-        let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
-            .await
-            .unwrap();
-        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client)
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|p| {
-                p.spec
-                    .iter()
-                    .flat_map(|s| &s.containers)
-                    .any(|c| c.image.as_deref().is_some_and(|i| i.contains(PREFIX)))
-            })
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .map(|p| {
-                p.metadata
-                    .annotations
-                    .unwrap_or_default()
-                    .get(aion_reconcile::render::IMAGE_DIGEST_ANNOTATION)
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect()
-    });
+    let annotations: Vec<String> = all_pods(&cluster)
+        .into_iter()
+        .filter(|p| {
+            p.spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .any(|c| c.image.as_deref().is_some_and(|i| i.contains(PREFIX)))
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            p.metadata
+                .annotations
+                .unwrap_or_default()
+                .get(aion_reconcile::render::IMAGE_DIGEST_ANNOTATION)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
     assert_eq!(annotations.len(), tb.hosts.len(), "{annotations:?}");
     assert!(
         annotations.iter().all(|a| *a == v3b.digest),
@@ -1013,7 +998,7 @@ fn workers_fetch_their_images_from_the_master() {
     };
     let list = testbed_images_list();
     let dir = tempfile::tempdir().unwrap();
-    let nonce = nonce();
+    let nonce = oci::nonce();
     let mut layout = Layout::new(dir.path().join("layout"));
     let base = tar("imgtest", &[("base.bin", &noise(nonce, 512 * 1024))]);
     let d = layout.image(
@@ -1201,7 +1186,7 @@ fn a_registry_source_serves_the_core_and_a_running_microservice() {
     };
     let list = testbed_images_list();
     let dir = tempfile::tempdir().unwrap();
-    let nonce = nonce();
+    let nonce = oci::nonce();
     // The registry's repositories are under a prefix with the test's name, so the cleanup
     // finds every image it put on the hosts.
     let prefix = format!("{}/{PREFIX}reg", registry.domain);
@@ -1307,27 +1292,18 @@ fn a_registry_source_serves_the_core_and_a_running_microservice() {
     // The microservice's pods run on every host.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
-        let running: Vec<String> = rt().block_on(async {
-            let client = aion_reconcile::kubeclient::client_from(cluster.kubeconfig())
-                .await
-                .unwrap();
-            kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client)
-                .list(&Default::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .filter(|p| {
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                        && p.spec.iter().any(|s| {
-                            s.containers
-                                .iter()
-                                .any(|c| c.image.as_deref() == Some(&v_ref))
-                        })
-                })
-                .filter_map(|p| p.spec.and_then(|s| s.node_name))
-                .collect()
-        });
+        let running: Vec<String> = all_pods(&cluster)
+            .into_iter()
+            .filter(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && p.spec.iter().any(|s| {
+                        s.containers
+                            .iter()
+                            .any(|c| c.image.as_deref() == Some(&v_ref))
+                    })
+            })
+            .filter_map(|p| p.spec.and_then(|s| s.node_name))
+            .collect();
         if tb.hosts.iter().all(|h| running.contains(&h.name)) {
             break;
         }

@@ -134,12 +134,7 @@ impl<'a> Client<'a> {
                 .call()
                 .map_err(|e| self.err(format!("GET {url}: {e}")))?;
             if resp.status() == 401 && attempt == 0 {
-                let challenge = resp
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
+                let challenge = header(&resp, "www-authenticate");
                 self.token = Some(self.bearer_token(&challenge, url)?);
                 continue;
             }
@@ -195,12 +190,8 @@ impl<'a> Client<'a> {
         if !resp.status().is_success() {
             return Err(self.err(format!("token from {token_url}: HTTP {}", resp.status())));
         }
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_JSON)
-            .read_to_vec()
-            .map_err(|e| self.err(format!("token from {token_url}: {e}")))?;
+        let bytes =
+            read_small(&mut resp).map_err(|e| self.err(format!("token from {token_url}: {e}")))?;
         let body: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| self.err(format!("token from {token_url}: {e}")))?;
         body.get("token")
@@ -221,18 +212,8 @@ impl<'a> Client<'a> {
         let Some(mut resp) = self.get_unless_404(&url, Some(ACCEPT))? else {
             return Ok(None);
         };
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_JSON)
-            .read_to_vec()
-            .map_err(|e| self.err(format!("GET {url}: {e}")))?;
+        let content_type = header(&resp, "content-type");
+        let bytes = read_small(&mut resp).map_err(|e| self.err(format!("GET {url}: {e}")))?;
         let digest = sha256(&bytes);
         if reference.starts_with("sha256:") && reference != digest {
             return Err(self.err(format!(
@@ -257,12 +238,7 @@ impl<'a> Client<'a> {
         }
         let url = self.registry.blob_url(repo, &d.digest);
         let mut resp = self.get(&url, None)?;
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_JSON)
-            .read_to_vec()
-            .map_err(|e| self.err(format!("GET {url}: {e}")))?;
+        let bytes = read_small(&mut resp).map_err(|e| self.err(format!("GET {url}: {e}")))?;
         if sha256(&bytes) != d.digest || bytes.len() as u64 != d.size {
             return Err(self.err(format!(
                 "GET {url}: the blob does not match its digest and size"
@@ -271,6 +247,20 @@ impl<'a> Client<'a> {
         keep(cache, &d.digest, &bytes).map_err(|e| self.err(e))?;
         Ok(bytes)
     }
+}
+
+/// A header's text ("" when absent or not text).
+fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A JSON body (manifest, config, token), at most [`MAX_JSON`] bytes.
+fn read_small(resp: &mut ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ureq::Error> {
+    resp.body_mut().with_config().limit(MAX_JSON).read_to_vec()
 }
 
 fn sha256(b: &[u8]) -> String {
