@@ -91,6 +91,18 @@ pub fn start() -> Option<Registry> {
 }
 
 impl Registry {
+    /// Where the registry stores a blob (its filesystem driver's layout): a test may change the
+    /// bytes it serves, which a registry does not check again when serving.
+    pub fn stored_blob(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Push every image `index.json` of the OCI layout `layout` names (by
     /// `io.containerd.image.name` or `org.opencontainers.image.ref.name`) to `repo:tag` here,
     /// with the blobs and manifests it needs (an index's variants included, as far as the

@@ -497,3 +497,54 @@ async fn a_registry_source_is_fetched_once_and_imported() {
         "{e}"
     );
 }
+
+/// A registry that serves a layer whose bytes do not match its digest (its storage changed
+/// behind it): the download is refused naming the blob, nothing of it is kept in the cache,
+/// and nothing can be sent; the next fetch, once the registry serves the right bytes, gets it.
+#[test]
+fn a_registry_blob_that_does_not_match_its_digest_is_refused() {
+    let Some(registry) = aion_integration_tests::registry::start() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let nonce = oci::nonce();
+    let mut layout = Layout::new(t.path().join("layout"));
+    let img = layout.image(
+        "aion.local/aion-imgtest-bad:1",
+        &[tar("imgtest", &[("x.bin", &noise(nonce, 64 * 1024))])],
+    );
+    let pushed = registry.push_layout(&layout.dir, &|_| ("imgtest/bad".into(), "1".into()));
+    let cache = t.path().join("cache");
+    let source = images::Registry::new(&registry.url);
+    let found = images::read_images(
+        std::slice::from_ref(&source),
+        &pushed.iter().cloned().collect(),
+        &cache,
+    )
+    .unwrap();
+    let layer = &img.layers[0];
+    let stored = registry.stored_blob(layer);
+    let good = std::fs::read(&stored).expect("the registry's copy of the layer");
+    let mut bad = good.clone();
+    bad[700] ^= 0xff;
+    std::fs::write(&stored, &bad).unwrap();
+    let e = images::fetch_blobs(found[0].blobs.iter())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("blob {layer} from ")) && e.contains("refused, nothing kept"),
+        "{e}"
+    );
+    let blob = found[0].blobs.iter().find(|b| &b.digest == layer).unwrap();
+    assert!(!blob.path.exists(), "a refused blob is not in the cache");
+    let left: Vec<_> = std::fs::read_dir(blob.path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    std::fs::write(&stored, &good).unwrap();
+    let got = images::fetch_blobs(found[0].blobs.iter()).unwrap();
+    assert_eq!(got, img.blobs[2].1, "the layer, once it is right");
+    assert!(blob.path.is_file());
+}
