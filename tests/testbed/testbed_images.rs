@@ -173,6 +173,20 @@ fn host_images(tb: &Testbed) -> BTreeMap<String, BTreeMap<String, String>> {
         .collect()
 }
 
+/// A layer with this machine's static busybox, and a command that loops until SIGTERM (so an
+/// old pod goes at once): a microservice that runs.
+fn busybox_loop() -> (Vec<u8>, [&'static str; 4]) {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
+    let bin = aion_integration_tests::oci::tar_modes("bin", &[("busybox", &busybox, "0000755")]);
+    let cmd = [
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
+    ];
+    (bin, cmd)
+}
+
 /// Every pod in the test cluster.
 fn all_pods(cluster: &k8s::TestCluster) -> Vec<k8s_openapi::api::core::v1::Pod> {
     rt().block_on(async {
@@ -701,15 +715,8 @@ fn old_versions_are_removed_after_the_new_pods_are_ready() {
 
     // Three versions: the same busybox layer (a static binary from this machine) and a small
     // layer of its own each; the container loops until SIGTERM, so an old pod goes at once.
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
-    let bin = aion_integration_tests::oci::tar_modes("bin", &[("busybox", &busybox, "0000755")]);
+    let (bin, cmd) = busybox_loop();
     let mut layout = Layout::new(dir.path().join("layout"));
-    let cmd = [
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
-    ];
     // Version 2 is a multi-platform index, as a mixed fleet's images are: this machine's
     // variant and another platform's (whose own layer no host may receive); its `layers` are
     // those of this machine's variant.
@@ -1192,15 +1199,8 @@ fn a_registry_source_serves_the_core_and_a_running_microservice() {
     let prefix = format!("{}/{PREFIX}reg", registry.domain);
 
     // The microservice: a busybox loop, as in the version test.
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
-    let bin = aion_integration_tests::oci::tar_modes("bin", &[("busybox", &busybox, "0000755")]);
+    let (bin, cmd) = busybox_loop();
     let mut layout = Layout::new(dir.path().join("layout"));
-    let cmd = [
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
-    ];
     let v = layout.image_cmd(
         "v:1",
         &[bin, tar("imgtest", &[("v.bin", &noise(nonce, 32 * 1024))])],

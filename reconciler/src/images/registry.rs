@@ -10,7 +10,7 @@
 //! size and SHA-256, then renamed into the cache, from where it is sent like a file source's
 //! blob. The devices never talk to the registry.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -66,15 +66,16 @@ impl Registry {
     }
 }
 
-/// A registry's answers: the agent, and the bearer token of the last challenge answered.
-struct Client<'a> {
-    registry: &'a Registry,
+/// A registry's answers: the agent (its connections kept), and the bearer token of the last
+/// challenge answered.
+struct Client {
+    registry: Registry,
     agent: ureq::Agent,
     token: Option<String>,
 }
 
-impl<'a> Client<'a> {
-    fn new(registry: &'a Registry) -> Client<'a> {
+impl Client {
+    fn new(registry: Registry) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -263,6 +264,7 @@ fn read_small(resp: &mut ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ur
     resp.body_mut().with_config().limit(MAX_JSON).read_to_vec()
 }
 
+/// `sha256:<hex>` of `b` (not `revision::sha256_hex`: `revision` depends on `images`).
 fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
 }
@@ -270,6 +272,17 @@ fn sha256(b: &[u8]) -> String {
 /// Where the cache keeps a blob.
 fn cached(cache: &Path, digest: &str) -> PathBuf {
     cache.join(digest.replace(':', "/"))
+}
+
+/// A manifest or index read from the registry, kept in the cache as the blob it is sent as.
+fn keep_manifest(cache: &Path, digest: &str, bytes: &[u8]) -> Result<Blob, String> {
+    Ok(Blob {
+        digest: digest.to_string(),
+        size: bytes.len() as u64,
+        path: keep(cache, digest, bytes)?,
+        offset: 0,
+        remote: None,
+    })
 }
 
 /// Write verified bytes into the cache (temporary name, then rename).
@@ -311,7 +324,7 @@ pub fn read_images(
 ) -> Result<Vec<SourceImage>, ImageError> {
     let mut out = Vec::new();
     for registry in registries {
-        let mut client = Client::new(registry);
+        let mut client = Client::new(registry.clone());
         for reference in references {
             let Some((repo, tag)) = registry.serves(reference) else {
                 continue;
@@ -328,7 +341,7 @@ pub fn read_images(
 }
 
 fn read_image(
-    client: &mut Client<'_>,
+    client: &mut Client,
     reference: &str,
     repo: &str,
     tag: &str,
@@ -339,20 +352,13 @@ fn read_image(
     let Some((bytes, digest, content_type)) = client.manifest(repo, tag)? else {
         return Ok(None);
     };
-    let path = keep(cache, &digest, &bytes).map_err(|e| client.err(e))?;
+    let top = keep_manifest(cache, &digest, &bytes).map_err(|e| client.err(e))?;
     let man: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| client.err(format!("{what}: manifest {digest}: {e}")))?;
     let media_type = if man.media_type.is_empty() {
         content_type
     } else {
         man.media_type.clone()
-    };
-    let top = Blob {
-        digest: digest.clone(),
-        size: bytes.len() as u64,
-        path,
-        offset: 0,
-        remote: None,
     };
     // config + layers of one image manifest
     let no_config = |d: &str| ImageError::Source {
@@ -389,19 +395,12 @@ fn read_image(
                 let Some((bytes, d, _)) = client.manifest(repo, &c.digest)? else {
                     continue; // a platform the registry does not have
                 };
-                let path = keep(cache, &d, &bytes).map_err(|e| client.err(e))?;
+                let manifest = keep_manifest(cache, &d, &bytes).map_err(|e| client.err(e))?;
                 let child: Manifest = serde_json::from_slice(&bytes)
                     .map_err(|e| client.err(format!("{what}: manifest {d}: {e}")))?;
                 if child.manifests.is_some() {
                     continue;
                 }
-                let manifest = Blob {
-                    digest: d.clone(),
-                    size: bytes.len() as u64,
-                    path,
-                    offset: 0,
-                    remote: None,
-                };
                 variants.push(Variant {
                     platform,
                     blobs: [vec![manifest], image_blobs(&child, &d)?].concat(),
@@ -431,15 +430,18 @@ fn read_image(
 /// then renamed. What is there after an error is only verified blobs.
 pub fn fetch_blobs<'a>(blobs: impl IntoIterator<Item = &'a Blob>) -> Result<u64, ImageError> {
     let mut seen = BTreeSet::new();
-    let agent_for = |url: &str| Registry::new(&url[..url.find("/v2/").unwrap_or(url.len())]);
+    // One client per registry: its connections and its token serve every blob from it.
+    let mut clients: BTreeMap<String, Client> = BTreeMap::new();
     let mut fetched = 0;
     for b in blobs {
         let Some(url) = &b.remote else { continue };
         if b.path.is_file() || !seen.insert(b.digest.clone()) {
             continue;
         }
-        let registry = agent_for(url);
-        let mut client = Client::new(&registry);
+        let base = &url[..url.find("/v2/").unwrap_or(url.len())];
+        let client = clients
+            .entry(base.to_string())
+            .or_insert_with(|| Client::new(Registry::new(base)));
         let mut resp = client.get(url, None)?;
         let dir = b.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| client.err(format!("{}: {e}", dir.display())))?;
