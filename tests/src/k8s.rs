@@ -81,6 +81,59 @@ impl TestCluster {
         &self.kubeconfig
     }
 
+    /// `kubectl` of the control-plane build (`AION_KUBECTL`) against this cluster: its stdout,
+    /// or the failure with both outputs.
+    ///
+    /// # Panics
+    /// When `AION_KUBECTL` is unset (`scripts/k8s-testenv.sh env` sets it).
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let bin = std::env::var("AION_KUBECTL").expect("AION_KUBECTL (scripts/k8s-testenv.sh env)");
+        let out = std::process::Command::new(bin)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "kubectl {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Every record of `aion-kanban log --json` in a namespace's runtime pod (what an operator
+    /// reads there), newest 10,000.
+    ///
+    /// # Panics
+    /// When the command fails or prints a line that is not JSON.
+    pub fn kanban_log(&self, ns: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .kubectl(&[
+                "-n",
+                ns,
+                "exec",
+                "deploy/aion-kanban",
+                "--",
+                "/usr/local/bin/aion-kanban",
+                "log",
+                "--json",
+                "-n",
+                "10000",
+            ])
+            .unwrap_or_else(|e| panic!("aion-kanban log in {ns}: {e}"));
+        out.lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("aion-kanban log in {ns}: {e}: {l}"))
+            })
+            .collect()
+    }
+
     /// Log files of etcd, kube-apiserver and kube-controller-manager.
     pub fn log_files(&self) -> Vec<PathBuf> {
         SERVICES

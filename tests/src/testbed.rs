@@ -55,10 +55,7 @@ pub struct Testbed {
 
 /// Default inventory path: `inventories/testbed/inventory.yml` in the workspace.
 pub fn default_inventory() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("inventories/testbed/inventory.yml")
+    repo_root().join("inventories/testbed/inventory.yml")
 }
 
 /// Returns the testbed, or `None` (after printing `SKIPPED: ...`) when it is not up.
@@ -468,6 +465,183 @@ impl Drop for ResetIfFailed<'_> {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What several real-node tests share
+// ---------------------------------------------------------------------------------------------
+
+/// The flags every command shares, as a test passes them (strict host keys, 16 hosts at once).
+pub fn common(inventory: &Path) -> aion_reconcile::commands::plan::Common {
+    aion_reconcile::commands::plan::Common {
+        inventory: inventory.to_owned(),
+        parallel: 16,
+        accept_new_host_keys: false,
+        connect_timeout: 5,
+        ssh_persist: 60,
+        output: aion_reconcile::output::OutputFormat::Text,
+    }
+}
+
+/// `apply` (with `--wait` when `wait`), as the tests run it.
+pub fn apply_args(inventory: &Path, wait: bool) -> aion_reconcile::commands::apply::Args {
+    aion_reconcile::commands::apply::Args {
+        common: common(inventory),
+        lock_stale_after: 7200,
+        wait,
+        atomic: false,
+        timeout: 600,
+        max_upload_rate: None,
+    }
+}
+
+/// Fails when a file under `dir` holds one of `secrets`, plainly or base64-encoded (rendered
+/// output, the inventory's state, apply logs).
+///
+/// # Panics
+/// When one does, or when `dir` holds no file at all (nothing was checked).
+pub fn assert_files_do_not_hold(dir: &Path, secrets: &[&str]) {
+    let mut checked = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let text = String::from_utf8_lossy(&bytes);
+                for secret in secrets {
+                    crate::k8s::assert_hidden(&text, secret, &p.display().to_string());
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no file under {}", dir.display());
+}
+
+/// Waits (up to 180 s) until no host of `tb` runs a container of a pod but the nodes' own
+/// (kube-system, Flannel): what `down` must leave.
+///
+/// # Panics
+/// When some are still there at the deadline; the message names them.
+pub fn wait_for_no_pod_containers(tb: &Testbed) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    for h in &tb.hosts {
+        loop {
+            let out = tb.run_as_root(
+                h,
+                "crictl --runtime-endpoint unix:///run/containerd/containerd.sock ps -o json",
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let foreign: Vec<String> = v["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    let ns = c["labels"]["io.kubernetes.pod.namespace"]
+                        .as_str()
+                        .unwrap_or("");
+                    (ns != "kube-system" && ns != "kube-flannel").then(|| {
+                        format!(
+                            "{ns}/{}",
+                            c["labels"]["io.kubernetes.pod.name"].as_str().unwrap_or("")
+                        )
+                    })
+                })
+                .collect();
+            if foreign.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: containers left after down: {foreign:?}",
+                h.name
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A second instance: another installation's devices beside the development testbed
+// ---------------------------------------------------------------------------------------------
+
+/// A second testbed instance (`AION_TESTBED_NAME=testbed-<tag>`, its own hosts from
+/// `10.213.0.<first_octet>` on the same bridge, its own inventory `inventories/testbed-<tag>/`,
+/// sharing the one control plane), brought up fresh by [`Instance::up`] and removed with
+/// `scripts/testbed down` when dropped, also when the test fails.
+pub struct Instance {
+    name: String,
+    first_octet: u8,
+    pub testbed: Testbed,
+}
+
+impl Instance {
+    /// `scripts/testbed up --workers <workers>` for instance `testbed-<tag>` (fresh hosts: one
+    /// left by an earlier, failed run is removed first).
+    ///
+    /// # Panics
+    /// When `up` fails (its output is in the message) or its inventory does not load.
+    pub fn up(tag: &str, first_octet: u8, workers: u32) -> Instance {
+        let name = format!("testbed-{tag}");
+        let _ = instance_script(&name, first_octet, &["down"]);
+        let out = instance_script(
+            &name,
+            first_octet,
+            &["up", "--workers", &workers.to_string()],
+        )
+        .unwrap_or_else(|e| panic!("cannot run scripts/testbed: {e}"));
+        assert!(
+            out.status.success(),
+            "scripts/testbed up for {name} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let inventory = repo_root()
+            .join("inventories")
+            .join(&name)
+            .join("inventory.yml");
+        let testbed =
+            Testbed::load(&inventory).unwrap_or_else(|e| panic!("{}: {e}", inventory.display()));
+        Instance {
+            name,
+            first_octet,
+            testbed,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        match instance_script(&self.name, self.first_octet, &["down"]) {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "scripts/testbed down for {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("cannot run scripts/testbed down for {}: {e}", self.name),
+        }
+    }
+}
+
+/// `scripts/testbed <args>` for the instance `name`.
+fn instance_script(name: &str, first_octet: u8, args: &[&str]) -> io::Result<Output> {
+    Command::new("bash")
+        .arg(repo_root().join("scripts/testbed"))
+        .args(args)
+        .env("AION_TESTBED_NAME", name)
+        .env("AION_TESTBED_FIRST_HOST", first_octet.to_string())
+        .stdin(Stdio::null())
+        .output()
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
 }
 
 #[cfg(test)]

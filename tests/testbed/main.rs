@@ -5,6 +5,7 @@
 //! checks share them. Fails (never skips) under `AION_REQUIRE_TESTBED=1` (and `AION_REQUIRE_K8S=1`).
 
 mod images_containerd;
+mod installations_pods;
 mod provision_testbed;
 mod testbed_images;
 mod testbed_kubeadm;

@@ -11,28 +11,14 @@ use std::path::Path;
 use aion_integration_tests::component;
 use aion_integration_tests::k8s;
 use aion_integration_tests::testbed::{
-    self, ResetIfFailed, Testbed, TestbedHost, inventory_copy, last_octet, rt,
+    self, ResetIfFailed, Testbed, TestbedHost, common, inventory_copy, last_octet, rt,
 };
-use aion_reconcile::commands::plan::Common;
 use aion_reconcile::execute::HostOutcome;
-use aion_reconcile::output::OutputFormat;
 use aion_reconcile::plan::Plan;
 use aion_reconcile::reconcile::{Outcome, PhaseError, close, plan_hosts, prepare};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use kube::Api;
-
-fn common(inventory: &Path) -> Common {
-    Common {
-        inventory: inventory.to_owned(),
-        parallel: 16,
-        accept_new_host_keys: false,
-        connect_timeout: 3,
-        // (reuse the SSH connections between the steps of the test, as consecutive runs do)
-        ssh_persist: 60,
-        output: OutputFormat::Text,
-    }
-}
 
 fn plan(inventory: &Path) -> Plan {
     rt().block_on(async {

@@ -30,9 +30,7 @@ use std::path::{Path, PathBuf};
 use aion_integration_tests::component;
 use aion_integration_tests::k8s;
 use aion_integration_tests::oci::{self, Layout, noise, tar};
-use aion_integration_tests::testbed::{self, Testbed, inventory_copy, rt};
-use aion_reconcile::commands::plan::Common;
-use aion_reconcile::output::OutputFormat;
+use aion_integration_tests::testbed::{self, Testbed, common, inventory_copy, rt};
 use aion_reconcile::reconcile;
 
 /// Every image of this test is `aion.local/<PREFIX>…`.
@@ -114,17 +112,6 @@ fn inventory_with(tb: &Testbed, dir: &Path, sources: &[PathBuf], top: &str) -> P
         }
         out
     })
-}
-
-fn common(inventory: &Path) -> Common {
-    Common {
-        inventory: inventory.to_owned(),
-        parallel: 16,
-        accept_new_host_keys: false,
-        connect_timeout: 5,
-        ssh_persist: 60,
-        output: OutputFormat::Text,
-    }
 }
 
 fn apply(inventory: &Path) -> reconcile::Outcome {

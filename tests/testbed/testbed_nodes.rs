@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[path = "testbed_nodes/live_page.rs"]
@@ -22,52 +21,12 @@ mod live_page;
 use aion_integration_tests::component;
 use aion_integration_tests::k8s::{self, TestCluster};
 use aion_integration_tests::testbed::{self, ResetIfFailed, inventory_copy, rt};
-use aion_reconcile::commands::plan::Common;
 use aion_reconcile::output::OutputFormat;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
-
-fn apply_args(inventory: &Path) -> aion_reconcile::commands::apply::Args {
-    aion_reconcile::commands::apply::Args {
-        common: Common {
-            inventory: inventory.to_owned(),
-            parallel: 16,
-            accept_new_host_keys: false,
-            connect_timeout: 5,
-            ssh_persist: 60,
-            output: OutputFormat::Text,
-        },
-        lock_stale_after: 7200,
-        wait: true,
-        atomic: false,
-        timeout: 600,
-        max_upload_rate: None,
-    }
-}
-
-/// `kubectl` of the control-plane build against the test cluster; its stdout, or the failure.
-fn kubectl(cluster: &TestCluster, args: &[&str]) -> Result<String, String> {
-    let bin = std::env::var("AION_KUBECTL").expect("AION_KUBECTL (scripts/k8s-testenv.sh env)");
-    let out = Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "kubectl {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 /// Running pods of a namespace matching `selector`, as (pod name, node name).
 async fn running_pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<(String, String)> {
@@ -98,31 +57,6 @@ fn pod_logs(tb: &testbed::Testbed, host: &testbed::TestbedHost) -> String {
          echo \"== $f\"; tail -n 15 \"$f\" | cut -c1-400; done 2>&1",
     );
     format!("--- {}\n{out}", host.name)
-}
-
-/// Fails when a file under `dir` holds `secret`, plainly or base64-encoded.
-fn assert_files_do_not_hold(dir: &Path, secret: &str) {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
-    let mut checked = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                let text = String::from_utf8_lossy(&bytes);
-                assert!(
-                    !text.contains(secret) && !text.contains(&b64),
-                    "{} holds the broker password",
-                    p.display()
-                );
-                checked += 1;
-            }
-        }
-    }
-    assert!(checked > 0, "no file under {}", dir.display());
 }
 
 fn processor_ns_of(workers: &[testbed::TestbedHost]) -> String {
@@ -180,7 +114,8 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
 
     // 1. apply --wait: hosts, then the cluster, then real readiness.
     let t0 = Instant::now();
-    let outcome = aion_reconcile::commands::apply::run_blocking(&apply_args(&inv)).unwrap();
+    let outcome =
+        aion_reconcile::commands::apply::run_blocking(&testbed::apply_args(&inv, true)).unwrap();
     print!("{}", outcome.summary());
     assert!(outcome.ok(), "apply --wait failed:\n{}", outcome.summary());
     let ready = outcome.readiness.clone().expect("--wait reports readiness");
@@ -340,7 +275,7 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
             .unwrap();
         let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
         assert_eq!(password.len(), 32);
-        assert_files_do_not_hold(dir.path(), &password);
+        testbed::assert_files_do_not_hold(dir.path(), &[&password]);
         let processor = processors.get("processor-001").await.unwrap();
         assert_eq!(
             processor.metadata.annotations.as_ref().and_then(|a| a.get("aion.latona.io/start")),
@@ -383,16 +318,9 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         let seq = stored["metadata"]["seq"].clone();
         assert!(seq.is_u64(), "the stored kanban carries its seq: {stored}");
         let hops = |ns: &str| -> Vec<serde_json::Value> {
-            let out = kubectl(
-                &cluster,
-                &[
-                    "-n", ns, "exec", "deploy/aion-kanban", "--",
-                    "/usr/local/bin/aion-kanban", "log", "--json", "-n", "10000",
-                ],
-            )
-            .unwrap_or_else(|e| panic!("aion-kanban log in {ns}: {e}"));
-            out.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            cluster
+                .kanban_log(ns)
+                .into_iter()
                 .filter(|r| {
                     r["kanban"]
                         .as_str()
@@ -512,7 +440,7 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
-        let log = kubectl(&cluster, &["-n", &ns, "logs", "client"]).unwrap_or_else(|e| e);
+        let log = cluster.kubectl(&["-n", &ns, "logs", "client"]).unwrap_or_else(|e| e);
         let server = pods.get("server").await.unwrap();
         let client_pod = pods.get("client").await.unwrap();
         let ip = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
@@ -536,9 +464,8 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let queues = loop {
-        let out = kubectl(
-            &cluster,
-            &[
+        let out = cluster
+            .kubectl(&[
                 "-n",
                 "default",
                 "exec",
@@ -550,9 +477,8 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
                 "-p",
                 "default",
                 "name",
-            ],
-        )
-        .unwrap_or_else(|e| e);
+            ])
+            .unwrap_or_else(|e| e);
         if want.iter().all(|q| out.lines().any(|l| l.trim() == q)) || Instant::now() > deadline {
             break out;
         }
@@ -575,7 +501,7 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
             "--as",
             "system:serviceaccount:default:aion-kanban",
         ]);
-        kubectl(&cluster, &args).is_ok_and(|o| o.trim() == "yes")
+        cluster.kubectl(&args).is_ok_and(|o| o.trim() == "yes")
     };
     assert!(
         can(&["patch", "deployments/scale"], "default"),
@@ -593,7 +519,9 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         !can(&["patch", "deployments/scale"], &workers[0].name),
         "runtime must not scale another namespace's deployments"
     );
-    let logs = kubectl(&cluster, &["-n", "default", "logs", "deploy/aion-kanban"]).unwrap();
+    let logs = cluster
+        .kubectl(&["-n", "default", "logs", "deploy/aion-kanban"])
+        .unwrap();
     assert!(
         !logs.to_lowercase().contains("forbidden"),
         "the runtime was refused by the apiserver:\n{logs}"
@@ -602,7 +530,7 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
     // 7. The plan converges with the runtime: after the on-demand start, nothing to do
     //    (before, `plan` wanted `replicas: 1 → 0` back and `apply` stopped the processor).
     let plan = aion_reconcile::commands::plan::Args {
-        common: apply_args(&inv).common,
+        common: testbed::apply_args(&inv, true).common,
         detailed_exitcode: true,
     };
     assert_eq!(
@@ -675,8 +603,9 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
         };
-        let logs =
-            kubectl(&cluster, &["-n", "default", "logs", "deploy/sink-001"]).unwrap_or_default();
+        let logs = cluster
+            .kubectl(&["-n", "default", "logs", "deploy/sink-001"])
+            .unwrap_or_default();
         let stores: Vec<u64> = logs
             .lines()
             .filter_map(|l| l.split("seq=").nth(1))
@@ -741,7 +670,8 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
     );
     assert_ne!(edited, text, "processor entry in {}", own.display());
     std::fs::write(&own, edited).unwrap();
-    let outcome = aion_reconcile::commands::apply::run_blocking(&apply_args(&inv)).unwrap();
+    let outcome =
+        aion_reconcile::commands::apply::run_blocking(&testbed::apply_args(&inv, true)).unwrap();
     assert!(
         outcome.ok(),
         "apply of the Job processor:\n{}",
@@ -796,41 +726,7 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
 
     // 11. down: no pod containers left on any host but the nodes' own (kube-system, Flannel).
     assert_eq!(aion_reconcile::commands::down::run(&down).unwrap(), 0);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    for h in &tb.hosts {
-        loop {
-            let out = tb.run_as_root(
-                h,
-                "crictl --runtime-endpoint unix:///run/containerd/containerd.sock ps -o json",
-            );
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-            let foreign: Vec<String> = v["containers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| {
-                    let ns = c["labels"]["io.kubernetes.pod.namespace"]
-                        .as_str()
-                        .unwrap_or("");
-                    (ns != "kube-system" && ns != "kube-flannel").then(|| {
-                        format!(
-                            "{ns}/{}",
-                            c["labels"]["io.kubernetes.pod.name"].as_str().unwrap_or("")
-                        )
-                    })
-                })
-                .collect();
-            if foreign.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: containers left after down: {foreign:?}",
-                h.name
-            );
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
+    testbed::wait_for_no_pod_containers(&tb);
     tb.reset_all();
 }
 
@@ -867,7 +763,7 @@ fn atomic_upgrade_is_rolled_back(
         inv.display()
     );
     std::fs::write(&pulling, text).unwrap();
-    let mut args = apply_args(&pulling);
+    let mut args = testbed::apply_args(&pulling, true);
     args.wait = false;
     args.atomic = true;
     args.timeout = 60;
@@ -996,7 +892,8 @@ fn atomic_upgrade_is_rolled_back(
         0,
         "diff --detailed-exitcode with the good services.yml after the rollback"
     );
-    let outcome = aion_reconcile::commands::apply::run_blocking(&apply_args(inv)).unwrap();
+    let outcome =
+        aion_reconcile::commands::apply::run_blocking(&testbed::apply_args(inv, true)).unwrap();
     assert!(outcome.ok(), "{}", outcome.summary());
     assert_eq!(outcome.revision, None, "{}", outcome.summary());
     assert_eq!(
