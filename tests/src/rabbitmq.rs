@@ -481,16 +481,22 @@ pub async fn link_cutting_proxy(
     (addr, flag)
 }
 
-/// Certificates made with `openssl` for a TLS entry: a CA, a server certificate it signed for
-/// 127.0.0.1, and another CA that signed nothing here.
+/// Certificates made with `openssl` for a TLS entry: a CA, a server certificate it signed
+/// (`server.pem`, `server.key` in `dir`; for 127.0.0.1 or the address given to
+/// [`test_pki_for`]), and another CA that signed nothing here.
 pub struct TestPki {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
     pub other_ca_pem: String,
 }
 
-/// Make a [`TestPki`] (runs `openssl`; panics naming the step that failed).
+/// Make a [`TestPki`] for 127.0.0.1 (runs `openssl`; panics naming the step that failed).
 pub fn test_pki() -> TestPki {
+    test_pki_for("127.0.0.1")
+}
+
+/// Make a [`TestPki`] whose server certificate names the IP address `ip`.
+pub fn test_pki_for(ip: &str) -> TestPki {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let out = std::process::Command::new("openssl")
@@ -536,11 +542,11 @@ pub fn test_pki() -> TestPki {
         "-out",
         "server.csr",
         "-subj",
-        "/CN=127.0.0.1",
+        &format!("/CN={ip}"),
     ]);
     std::fs::write(
         dir.path().join("san.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n"),
     )
     .unwrap();
     run(&[

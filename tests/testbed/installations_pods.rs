@@ -4,15 +4,17 @@
 //! Each broker is reached from the other side only through its NodePort entry, with the
 //! credentials the other installation issued:
 //!
-//! fresh hosts → both `apply --wait` (B's entry on another port: node ports are cluster-wide) →
+//! fresh hosts → both `apply --wait` (B's entry on another port: node ports are cluster-wide;
+//! B's entry TLS-only with `entryTls`, a certificate for its master's address) →
 //! A's sensor on its worker sends to B's sink (`devices.<B's master>.addr`), B's sensor to A's
 //! sink → `peer-url` on one side, `remote-credentials` on the other (B's worker first gets a
 //! wrong password) → A's kanbans reach B's sink with their files (sha256 equal to the sensor's),
-//! logged as forwarded in from A's device, over a connection of the user `peer.<A's device>` on
-//! B's broker; B's worker is refused with the broker's reason and nothing of it reaches A →
-//! with the right password B's kanbans reach A's sink → both plans unchanged, and neither
-//! installation's broker password nor a peer's appears in a plan (text or JSON), a pod log or a
-//! file under either inventory → `down` of both leaves no pod containers.
+//! logged as forwarded in from A's device, over a TLS connection of the user `peer.<A's device>`
+//! on B's broker (the CA handed over with the URL); B's worker is refused with the broker's
+//! reason and nothing of it reaches A → with the right password B's kanbans reach A's sink →
+//! both plans unchanged, and neither installation's broker password nor a peer's nor the entry's
+//! private key appears in a plan (text or JSON), a pod log or a file under either inventory →
+//! `down` of both leaves no pod containers.
 //!
 //! Fails (never skips) under `AION_REQUIRE_TESTBED=1 AION_REQUIRE_K8S=1`.
 
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use aion_integration_tests::component;
 use aion_integration_tests::k8s::{self, TestCluster, assert_hidden};
+use aion_integration_tests::rabbitmq;
 use aion_integration_tests::testbed::{self, Instance, ResetIfFailed, Testbed, TestbedHost};
 use aion_reconcile::cluster::peers;
 use aion_reconcile::reconcile::{self, ClusterPart};
@@ -243,13 +246,17 @@ fn two_installations_exchange_kanbans_through_their_entries_on_running_pods() {
             tb_a.master().name
         ),
     );
+    // B's entry speaks TLS only, with a certificate for B's master's address; A's does not.
+    let pki = rabbitmq::test_pki_for(&tb_b.master().address);
     let b = installation(
         tb_b,
         tb_a.master(),
         &format!(
-            "entryPort: {B_ENTRY_PORT}\npeers:\n  - device: {}\n    to: [{}]\n",
+            "entryPort: {B_ENTRY_PORT}\npeers:\n  - device: {}\n    to: [{}]\n\
+             entryTls: {{ca: {d}/ca.pem, cert: {d}/server.pem, key: {d}/server.key}}\n",
             a.worker().name,
-            tb_b.master().name
+            tb_b.master().name,
+            d = pki.dir.path().display()
         ),
     );
     let _down = DownOnDrop {
@@ -322,11 +329,19 @@ fn two_installations_exchange_kanbans_through_their_entries_on_running_pods() {
         // 2. Credentials: B issues A's worker a URL for B's master and A stores it; A issues
         //    B's worker one for A's master, stored with a wrong password first.
         let url_b = hand_over(&client, &b, b.master(), &a, a.worker(), str::to_owned).await;
+        let (url_line, ca) = url_b
+            .split_once('\n')
+            .expect("a TLS entry's URL comes with its CA");
         assert!(
-            url_b.starts_with(&format!("amqp://peer.{}:", a.worker().name))
-                && url_b.ends_with(&format!("@{{addr}}:{B_ENTRY_PORT}/{ns_b}")),
-            "B's URL names A's device, B's entry port and B's master's virtual host: {}",
-            url_b.replace(&broker::peer_password(&pw_b, &a.worker().name), "***")
+            url_line.starts_with(&format!("amqps://peer.{}:", a.worker().name))
+                && url_line.ends_with(&format!("@{{addr}}:{B_ENTRY_PORT}/{ns_b}")),
+            "B's URL names A's device, B's TLS entry port and B's master's virtual host: {}",
+            url_line.replace(&broker::peer_password(&pw_b, &a.worker().name), "***")
+        );
+        assert_eq!(
+            ca.trim(),
+            pki.ca_pem.trim(),
+            "the CA of B's entry is handed over"
         );
         let wrong = "not-the-issued-password";
         let right_for_b = broker::peer_password(&pw_a, &b.worker().name);
@@ -372,14 +387,19 @@ fn two_installations_exchange_kanbans_through_their_entries_on_running_pods() {
                 "list_connections",
                 "user",
                 "vhost",
+                "ssl",
             ])
             .unwrap();
         assert!(
             connections
                 .lines()
                 .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                    == [format!("peer.{}", a.worker().name).as_str(), ns_b.as_str()]),
-            "A's device is connected to B's broker as its peer user only:\n{connections}"
+                    == [
+                        format!("peer.{}", a.worker().name).as_str(),
+                        ns_b.as_str(),
+                        "true"
+                    ]),
+            "A's device is connected to B's broker as its peer user, over TLS:\n{connections}"
         );
 
         // 4. B → A with the wrong password: refused at login, the reason in B's runtime log,
@@ -424,6 +444,13 @@ fn two_installations_exchange_kanbans_through_their_entries_on_running_pods() {
         );
         assert!(forwarded_in_from(&cluster, &ns_a, &b.worker().name) > 0);
 
+        // The entry's private key: the first line of its PEM body (in any plain copy of it).
+        let entry_key = std::fs::read_to_string(pki.dir.path().join("server.key"))
+            .unwrap()
+            .lines()
+            .find(|l| !l.starts_with("-----"))
+            .expect("a PEM body")
+            .to_string();
         // 6. No credential anywhere it must not be: plans (text and JSON; both converged, the
         //    handed-over Secrets are not the reconciler's), pod logs, files under either
         //    inventory (rendered output, state, apply logs).
@@ -432,6 +459,7 @@ fn two_installations_exchange_kanbans_through_their_entries_on_running_pods() {
             pw_b.as_str(),
             &broker::peer_password(&pw_b, &a.worker().name),
             &right_for_b,
+            &entry_key,
         ];
         for inst in [&a, &b] {
             let (plan, cluster_part) = reconcile::plan(&testbed::common(&inst.inventory).options())
