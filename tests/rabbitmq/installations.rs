@@ -608,6 +608,158 @@ async fn a_large_file_crosses_to_another_installation_through_a_link_cut() {
     drop((conn_a, conn_b, ch_a));
 }
 
+/// An outbox per remote device: a kanban whose forward waits on a stalled link to the other
+/// installation holds neither this device's own kanbans nor their acks. While a kanban with a
+/// 4 MiB file sits in the outbox (the link stopped carrying, the connection still open),
+/// kanbans between this device's services are routed and acknowledged (out of order, behind
+/// the one still in flight); when the link carries again the forward completes, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_link_to_one_device_holds_no_other_kanban() {
+    let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
+    let pair = Pair::set_up(&b, "ob");
+    let home_a = pair.dir.path().join("a");
+    let home_b = pair.dir.path().join("b");
+    let file_a = services(&format!(
+        "deviceName: {a}\ndevices:\n  {b}: {{addr: 127.0.0.1}}\nmicroservices:\n  src:\n    nextService:\n      default: [{{name: sink, device: {b}}}]\n  local:\n    nextService:\n      default: [{{name: near}}]\n  near: {{}}\n",
+        a = pair.dev_a,
+        b = pair.dev_b
+    ));
+    let file_b = services(&format!(
+        "deviceName: {}\nmicroservices:\n  sink: {{}}\n",
+        pair.dev_b
+    ));
+    std::fs::create_dir_all(home_a.join("Data/src_1")).unwrap();
+    let size = 4 << 20;
+    std::fs::write(home_a.join("Data/src_1/clip.bin"), vec![7u8; size]).unwrap();
+
+    let b_port = port_of(&b.url_b);
+    let (proxy, stalled) = rabbitmq::stalling_proxy(format!("127.0.0.1:{b_port}")).await;
+    let proxy_port: u16 = proxy.rsplit_once(':').unwrap().1.parse().unwrap();
+    let creds_a = pair.dir.path().join("remotes-a");
+    std::fs::create_dir_all(&creds_a).unwrap();
+    std::fs::write(
+        creds_a.join(&pair.dev_b),
+        broker::peer_url(&pair.pw_b, &pair.dev_a, proxy_port, &pair.ns_b, false),
+    )
+    .unwrap();
+    let oa = runtime_options(&file_a, &pair.url_a, &home_a, Some(&creds_a), None);
+    let ob = runtime_options(
+        &file_b,
+        &pair.url_b,
+        &home_b,
+        None,
+        Some(rendered_peers(&pair.m_b, &pair.node_b)),
+    );
+    let ra = start_router(oa, None);
+    let rb = start_router(ob, None);
+    let (conn_a, ch_a) = amqp::connect(&pair.url_a).await;
+    let (conn_b, ch_b) = amqp::connect(&pair.url_b).await;
+    assert!(amqp::wait_declared(&conn_a, "local-001.out", WAIT).await);
+    assert!(amqp::wait_declared(&conn_b, "sink-001.in", WAIT).await);
+    let unacked = |queue: &'static str| {
+        let ns = pair.ns_a.clone();
+        move || {
+            let out = rabbitmq::ctl(
+                "a",
+                &[
+                    "list_queues",
+                    "-q",
+                    "-p",
+                    &ns,
+                    "name",
+                    "messages_unacknowledged",
+                ],
+            )
+            .unwrap();
+            out.lines()
+                .filter_map(|l| l.split_once('\t'))
+                .find(|(name, _)| *name == queue)
+                .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+
+    // 1. The link carries: a first kanban crosses (the outbox's connection is up).
+    let k = |id: u64, files: &[&str]| {
+        json!({"connectionKey": "default", "fileList": files, "metadata": {"id": id}}).to_string()
+    };
+    amqp::publish(&ch_a, "src-001.out", k(0, &[]).as_bytes()).await;
+    assert_eq!(amqp::take(&ch_b, "sink-001.in", 1, WAIT).await.len(), 1);
+
+    // 2. The link stalls; a kanban with its file goes into the outbox and stays there.
+    stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    amqp::publish(
+        &ch_a,
+        "src-001.out",
+        k(1, &["Data/src_1/clip.bin"]).as_bytes(),
+    )
+    .await;
+    let src_unacked = unacked("src-001.out");
+    let deadline = std::time::Instant::now() + WAIT;
+    while src_unacked() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the router did not take the kanban"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 3. Meanwhile this device's own kanbans are routed, and acknowledged behind the one in
+    //    the outbox (more than the settler's batch of held-back acks, and fewer).
+    for i in 0..40u64 {
+        amqp::publish(&ch_a, "local-001.out", k(100 + i, &[]).as_bytes()).await;
+    }
+    let got = amqp::take(&ch_a, "near-001.in", 40, WAIT).await;
+    assert_eq!(
+        got.len(),
+        40,
+        "local kanbans routed while the link is stalled"
+    );
+    let local_unacked = unacked("local-001.out");
+    let deadline = std::time::Instant::now() + WAIT;
+    while local_unacked() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the local kanbans were not acknowledged behind the stalled forward"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(src_unacked(), 1, "the stalled kanban is still in flight");
+    assert!(
+        amqp::take(&ch_b, "sink-001.in", 1, Duration::from_secs(1))
+            .await
+            .is_empty(),
+        "nothing crossed the stalled link"
+    );
+
+    // 4. The link carries again: the kanban arrives with its whole file, once, and is acked.
+    stalled.store(false, std::sync::atomic::Ordering::SeqCst);
+    let got = amqp::take(&ch_b, "sink-001.in", 1, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 1, "the held kanban did not arrive");
+    let v = json_of(&got[0].0);
+    assert_eq!(v["metadata"]["id"], 1);
+    let stored = home_b.join("Data/sink_1/clip.bin");
+    assert_eq!(std::fs::metadata(&stored).unwrap().len(), size as u64);
+    assert!(
+        amqp::take(&ch_b, "sink-001.in", 1, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "delivered twice"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while src_unacked() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forwarded kanban was not acked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ra.stop().await;
+    rb.stop().await;
+    drop((conn_a, conn_b, ch_a));
+}
+
 /// The other installation's entry speaks TLS (`entryTls`): the sender reaches it with the
 /// `amqps://` URL and the CA that installation handed over with it, and the kanban arrives; a
 /// sender holding another CA does not trust the entry, says why and delivers nothing.

@@ -481,6 +481,51 @@ pub async fn link_cutting_proxy(
     (addr, flag)
 }
 
+/// A TCP proxy to `upstream` whose link stalls while the returned flag is set: nothing the
+/// client sends reaches the server (the connection stays open, as on a link that stopped
+/// carrying packets), and everything held back goes on when it is cleared. Returns its address.
+pub async fn stalling_proxy(upstream: String) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let flag = stalled.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let stalled = stalled.clone();
+            tokio::spawn(async move {
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while stalled.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    (addr, flag)
+}
+
 /// Certificates made with `openssl` for a TLS entry: a CA, a server certificate it signed
 /// (`server.pem`, `server.key` in `dir`; for 127.0.0.1 or the address given to
 /// [`test_pki_for`]), and another CA that signed nothing here.

@@ -12,6 +12,7 @@
 
 mod files;
 mod options;
+mod outbox;
 mod remote;
 mod session;
 mod settle;
@@ -164,12 +165,13 @@ async fn session(
         }
     }
 
+    let outboxes = outbox::Outboxes::new(opts.clone(), device.clone());
     let mut s = Session {
         opts: opts.clone(),
         services: services.clone(),
         device,
         publish,
-        remotes: HashMap::new(),
+        outboxes,
         staging: transfer::Staging::new(&opts.data_dir),
         incomplete: HashMap::new(),
     };
@@ -222,9 +224,7 @@ async fn session(
     let _ = pub_conn
         .close(200, "aion-kanban router session end".into())
         .await;
-    for (_, r) in s.remotes.drain() {
-        let _ = r.conn.close(200, "bye".into()).await;
-    }
+    s.outboxes.close().await;
     end
 }
 

@@ -9,9 +9,9 @@ use aion_model::ServicesFile;
 use lapin::message::Delivery;
 use lapin::{Channel, Connection};
 
-use super::files::{ForwardError, Forwarded, resolve_files, store_files};
+use super::files::{ForwardError, Forwarded, store_files};
 use super::options::RouterOptions;
-use super::remote;
+use super::outbox::{self, Outboxes};
 use super::settle::{Settle, Settler, Then};
 use crate::amqp::{self, AmqpError};
 use crate::lifecycle::KubeLifecycle;
@@ -32,18 +32,12 @@ pub(super) struct Session {
     pub(super) services: Arc<ServicesFile>,
     pub(super) device: String,
     pub(super) publish: Channel,
-    pub(super) remotes: HashMap<String, Remote>,
+    /// Kanbans for other devices' brokers, forwarded off the consume loop.
+    pub(super) outboxes: Outboxes,
     /// Chunks of files forwarded to this device, until their commit.
     pub(super) staging: transfer::Staging,
     /// When a commit was first found incomplete (its chunks may be behind it, requeued).
     pub(super) incomplete: HashMap<String, std::time::Instant>,
-}
-
-/// An open connection to another device's broker, and where to publish on it.
-pub(super) struct Remote {
-    pub(super) conn: Connection,
-    pub(super) ch: Channel,
-    pub(super) dest: amqp::Destination,
 }
 
 /// What a consumed message came from.
@@ -130,10 +124,7 @@ impl Session {
         reason: &str,
         source_queue: &str,
     ) -> Result<(), AmqpError> {
-        tracing::warn!("dead-lettering a message from {source_queue} to {dlq}: {reason}");
-        let props =
-            amqp::json_props().with_headers(amqp::dead_letter_headers(reason, source_queue));
-        amqp::publish_confirmed(&self.publish, dlq, body, props).await
+        dead_letter_on(&self.publish, dlq, body, reason, source_queue).await
     }
 
     /// Dead-letter delivery `d` (from `source_queue`) into `dlq` with `reason`, ack it, and
@@ -271,7 +262,7 @@ impl Session {
         let mut confirms = Vec::with_capacity(hops.len());
         let mut details = Vec::with_capacity(hops.len());
         let mut starts = Vec::new();
-        let mut failed: Option<String> = None;
+        let mut forwards = Vec::new();
         for hop in &hops {
             match hop {
                 Hop::Local {
@@ -292,20 +283,15 @@ impl Session {
                     service,
                     number,
                 } => {
-                    match self.forward(device, addr, service, *number, &k).await {
-                        Ok(()) => details.push(format!("{device}:{service}#{number}")),
-                        Err(ForwardError::Retry(e)) => {
-                            // Remote broker unreachable: put it back and try again later.
-                            tracing::warn!("forwarding to device `{device}`: {e}; will retry");
-                            self.remotes.remove(device);
-                            failed = Some(e);
-                            break;
-                        }
-                        Err(ForwardError::Reject(reason)) => {
-                            self.dead_letter(&dlq, &d.data, &reason, queue).await?;
-                            details.push(format!("dead-lettered: {reason}"));
-                        }
-                    }
+                    // Handed to the device's outbox; its detail is known when it has ended.
+                    let outcome = self.outboxes.send(device, addr, service, *number, &k);
+                    forwards.push(Forward {
+                        device: device.clone(),
+                        detail_at: details.len(),
+                        sent: format!("{device}:{service}#{number}"),
+                        outcome,
+                    });
+                    details.push(String::new());
                 }
                 Hop::Invalid { reason, .. } => {
                     self.dead_letter(&dlq, &d.data, reason, queue).await?;
@@ -313,17 +299,22 @@ impl Session {
                 }
             }
         }
-        if failed.is_some() {
-            // Wait for local confirms already sent, then requeue the whole kanban.
-            for (queue, c) in confirms {
-                let _ = amqp::confirmed(&queue, c).await;
-            }
-            inflight.requeue_later(&d).await;
-            return Ok(());
-        }
         rec.outcome = Outcome::Routed;
-        rec.detail = details.join(", ");
-        self.settle_when_confirmed(&d, confirms, rec, starts, inflight);
+        let dead_letter = (!forwards.is_empty()).then(|| DeadLetter {
+            ch: self.publish.clone(),
+            dlq,
+            body: d.data.clone(),
+            source_queue: queue.to_string(),
+        });
+        self.settle_when_done(
+            &d,
+            confirms,
+            forwards,
+            dead_letter,
+            (rec, details),
+            starts,
+            inflight,
+        );
         Ok(())
     }
 
@@ -339,11 +330,39 @@ impl Session {
         starts: Vec<(String, i32)>,
         inflight: &Settler,
     ) {
+        let detail = rec.detail.clone();
+        self.settle_when_done(
+            d,
+            confirms,
+            Vec::new(),
+            None,
+            (rec, vec![detail]),
+            starts,
+            inflight,
+        );
+    }
+
+    /// [`settle_when_confirmed`](Self::settle_when_confirmed), and also once every forward to
+    /// another device's outbox has ended: a forward to retry puts the kanban back (after
+    /// [`RETRY_PAUSE`](super::settle::RETRY_PAUSE)), a refused one is dead-lettered with its
+    /// reason. `rec`'s detail is `details` joined, the forwards' filled in as they ended.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_when_done(
+        &self,
+        d: &Delivery,
+        confirms: Vec<(String, lapin::PublisherConfirm)>,
+        forwards: Vec<Forward>,
+        dead_letter: Option<DeadLetter>,
+        (mut rec, mut details): (Record, Vec<String>),
+        starts: Vec<(String, i32)>,
+        inflight: &Settler,
+    ) {
         let replicator = self.opts.replicator.clone();
         let lifecycle = self.opts.lifecycle.clone();
         let services = self.services.clone();
         let settle = Settle::of(d);
-        inflight.job(async move {
+        let apart = !forwards.is_empty();
+        let job = async move {
             let mut ok = true;
             for (queue, c) in confirms {
                 if let Err(e) = amqp::confirmed(&queue, c).await {
@@ -351,6 +370,40 @@ impl Session {
                     ok = false;
                 }
             }
+            let mut retry = false;
+            for f in forwards {
+                details[f.detail_at] = match f.outcome.await {
+                    Ok(Ok(())) => f.sent,
+                    Ok(Err(ForwardError::Reject(reason))) => {
+                        let dl = dead_letter.as_ref().expect("kept for the forwards");
+                        if let Err(e) =
+                            dead_letter_on(&dl.ch, &dl.dlq, &dl.body, &reason, &dl.source_queue)
+                                .await
+                        {
+                            tracing::warn!("{e}");
+                            ok = false;
+                        }
+                        format!("dead-lettered: {reason}")
+                    }
+                    Ok(Err(ForwardError::Retry(e))) => {
+                        // The device's broker unreachable: put it back, try again later.
+                        tracing::warn!("forwarding to device `{}`: {e}; will retry", f.device);
+                        retry = true;
+                        String::new()
+                    }
+                    // The outbox closed with the session: the broker delivers it again.
+                    Err(_) => {
+                        retry = true;
+                        String::new()
+                    }
+                };
+            }
+            if retry {
+                // Every hop goes again (at-least-once: the ones that went are duplicated).
+                tokio::time::sleep(super::settle::RETRY_PAUSE).await;
+                return settle.done(false, None);
+            }
+            rec.detail = details.join(", ");
             settle.done(
                 ok,
                 Some(Box::new(move || {
@@ -362,7 +415,13 @@ impl Session {
                     }
                 })),
             )
-        });
+        };
+        // A forward may take long (a large file, a slow link): it must not hold the others.
+        if apart {
+            inflight.job_apart(job);
+        } else {
+            inflight.job(job);
+        }
     }
 
     pub(super) fn record_after(&self, rec: Record) -> Option<Then> {
@@ -437,84 +496,6 @@ impl Session {
             })
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    /// The open connection to `device`'s broker, connecting first when there is none.
-    pub(super) async fn remote(
-        &mut self,
-        device: &str,
-        addr: &str,
-    ) -> Result<&Remote, ForwardError> {
-        if self
-            .remotes
-            .get(device)
-            .is_some_and(|r| !r.conn.status().connected() || !r.ch.status().connected())
-        {
-            self.remotes.remove(device);
-        }
-        if !self.remotes.contains_key(device) {
-            let broker = remote::resolve(&self.opts, &self.device, device, addr)
-                .map_err(|e| ForwardError::Reject(e.to_string()))?;
-            let connected = async {
-                let conn =
-                    amqp::connect_with_ca(&broker.url, "aion-kanban-forward", broker.ca.as_deref())
-                        .await?;
-                let ch = amqp::channel(&conn, &broker.url, true).await?;
-                if broker.declare {
-                    amqp::declare(&ch, &topology::plan(&ServicesFile::default())).await?;
-                }
-                Ok::<_, AmqpError>((conn, ch))
-            };
-            let (conn, ch) = connected.await.map_err(|e| {
-                match amqp::refusal(&e) {
-                    // Retrying cannot help until the credentials change: say so, keep it.
-                    Some(why) => ForwardError::Reject(format!("device `{device}` {why}: {e}")),
-                    None => ForwardError::Retry(e.to_string()),
-                }
-            })?;
-            let dest = broker.dest;
-            self.remotes
-                .insert(device.to_string(), Remote { conn, ch, dest });
-        }
-        Ok(&self.remotes[device])
-    }
-
-    pub(super) async fn forward(
-        &mut self,
-        device: &str,
-        addr: &str,
-        service: &str,
-        number: i32,
-        k: &Kanban,
-    ) -> Result<(), ForwardError> {
-        let files = resolve_files(&self.opts.data_dir, &k.file_list)
-            .map_err(|e| ForwardError::Reject(e.to_string()))?;
-        let from_device = self.device.clone();
-        let remote = self.remote(device, addr).await?;
-        // Files go ahead as confirmed chunks; the kanban follows as the transfer's commit.
-        let manifest = if files.is_empty() {
-            None
-        } else {
-            Some(
-                transfer::send_files(&remote.ch, &remote.dest, &files)
-                    .await
-                    .map_err(|e| ForwardError::Retry(e.to_string()))?,
-            )
-        };
-        let env = Forwarded {
-            service: service.into(),
-            number,
-            from_device,
-            kanban: k.clone(),
-            files: Vec::new(),
-            transfer: manifest,
-        };
-        let body = serde_json::to_vec(&env).map_err(|e| ForwardError::Reject(e.to_string()))?;
-        remote
-            .dest
-            .publish_confirmed(&remote.ch, &body, amqp::json_props())
-            .await
-            .map_err(|e| ForwardError::Retry(e.to_string()))
     }
 
     pub(super) async fn handle_inbound(
@@ -672,6 +653,36 @@ impl Session {
 /// checked its `user_id` against), `None` for a message of this installation (the default
 /// exchange, which peer users cannot write to).
 /// `allowed`: the peers this device accepts (`--peers`), None for any the broker let in.
+/// A kanban's hop handed to another device's outbox.
+pub(super) struct Forward {
+    device: String,
+    /// Its place in the record's detail, and what goes there when it was sent.
+    detail_at: usize,
+    sent: String,
+    outcome: outbox::Outcome,
+}
+
+/// Where a kanban goes when a forward of it is refused.
+pub(super) struct DeadLetter {
+    ch: Channel,
+    dlq: String,
+    body: Vec<u8>,
+    source_queue: String,
+}
+
+/// Dead-letter `body` (from `source_queue`) into `dlq` with a reason; confirmed.
+async fn dead_letter_on(
+    ch: &Channel,
+    dlq: &str,
+    body: &[u8],
+    reason: &str,
+    source_queue: &str,
+) -> Result<(), AmqpError> {
+    tracing::warn!("dead-lettering a message from {source_queue} to {dlq}: {reason}");
+    let props = amqp::json_props().with_headers(amqp::dead_letter_headers(reason, source_queue));
+    amqp::publish_confirmed(ch, dlq, body, props).await
+}
+
 fn peer_sender(d: &Delivery, allowed: Option<&[String]>) -> Result<Option<String>, InboundRefusal> {
     if d.exchange.as_str() != topology::PEER_EXCHANGE {
         return Ok(None);
