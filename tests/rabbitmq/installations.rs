@@ -247,6 +247,35 @@ impl Pair {
             _cleanup: cleanup,
         }
     }
+
+    /// Both runtimes, their homes `<dir>/a` and `<dir>/b`: A's reaches B's entry only through
+    /// `link` (a proxy in front of broker b) with the URL B issued to A's device; B accepts A's
+    /// device as its inventory renders it.
+    fn start_runtimes_through(
+        &self,
+        link: &str,
+        file_a: &aion_model::ServicesFile,
+        file_b: &aion_model::ServicesFile,
+    ) -> (rabbitmq::kanban::Router, rabbitmq::kanban::Router) {
+        let link_port: u16 = link.rsplit_once(':').unwrap().1.parse().unwrap();
+        let creds_a = self.dir.path().join("remotes-a");
+        std::fs::create_dir_all(&creds_a).unwrap();
+        std::fs::write(
+            creds_a.join(&self.dev_b),
+            broker::peer_url(&self.pw_b, &self.dev_a, link_port, &self.ns_b, false),
+        )
+        .unwrap();
+        let home = |x: &str| self.dir.path().join(x);
+        let oa = runtime_options(file_a, &self.url_a, &home("a"), Some(&creds_a), None);
+        let ob = runtime_options(
+            file_b,
+            &self.url_b,
+            &home("b"),
+            None,
+            Some(rendered_peers(&self.m_b, &self.node_b)),
+        );
+        (start_router(oa, None), start_router(ob, None))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,24 +564,7 @@ async fn a_large_file_crosses_to_another_installation_through_a_link_cut() {
     let b_port = port_of(&b.url_b);
     let (proxy, cut) =
         rabbitmq::link_cutting_proxy(format!("127.0.0.1:{b_port}"), (size / 3) as u64).await;
-    let proxy_port: u16 = proxy.rsplit_once(':').unwrap().1.parse().unwrap();
-    let creds_a = pair.dir.path().join("remotes-a");
-    std::fs::create_dir_all(&creds_a).unwrap();
-    std::fs::write(
-        creds_a.join(&pair.dev_b),
-        broker::peer_url(&pair.pw_b, &pair.dev_a, proxy_port, &pair.ns_b, false),
-    )
-    .unwrap();
-    let oa = runtime_options(&file_a, &pair.url_a, &home_a, Some(&creds_a), None);
-    let ob = runtime_options(
-        &file_b,
-        &pair.url_b,
-        &home_b,
-        None,
-        Some(rendered_peers(&pair.m_b, &pair.node_b)),
-    );
-    let ra = start_router(oa, None);
-    let rb = start_router(ob, None);
+    let (ra, rb) = pair.start_runtimes_through(&proxy, &file_a, &file_b);
     let (conn_a, ch_a) = amqp::connect(&pair.url_a).await;
     let (conn_b, ch_b) = amqp::connect(&pair.url_b).await;
     assert!(amqp::wait_declared(&conn_a, "src-001.out", WAIT).await);
@@ -635,24 +647,7 @@ async fn a_stalled_link_to_one_device_holds_no_other_kanban() {
 
     let b_port = port_of(&b.url_b);
     let (proxy, stalled) = rabbitmq::stalling_proxy(format!("127.0.0.1:{b_port}")).await;
-    let proxy_port: u16 = proxy.rsplit_once(':').unwrap().1.parse().unwrap();
-    let creds_a = pair.dir.path().join("remotes-a");
-    std::fs::create_dir_all(&creds_a).unwrap();
-    std::fs::write(
-        creds_a.join(&pair.dev_b),
-        broker::peer_url(&pair.pw_b, &pair.dev_a, proxy_port, &pair.ns_b, false),
-    )
-    .unwrap();
-    let oa = runtime_options(&file_a, &pair.url_a, &home_a, Some(&creds_a), None);
-    let ob = runtime_options(
-        &file_b,
-        &pair.url_b,
-        &home_b,
-        None,
-        Some(rendered_peers(&pair.m_b, &pair.node_b)),
-    );
-    let ra = start_router(oa, None);
-    let rb = start_router(ob, None);
+    let (ra, rb) = pair.start_runtimes_through(&proxy, &file_a, &file_b);
     let (conn_a, ch_a) = amqp::connect(&pair.url_a).await;
     let (conn_b, ch_b) = amqp::connect(&pair.url_b).await;
     assert!(amqp::wait_declared(&conn_a, "local-001.out", WAIT).await);
