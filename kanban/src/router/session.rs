@@ -300,60 +300,37 @@ impl Session {
             }
         }
         rec.outcome = Outcome::Routed;
-        let dead_letter = (!forwards.is_empty()).then(|| DeadLetter {
-            ch: self.publish.clone(),
-            dlq,
-            body: d.data.clone(),
-            source_queue: queue.to_string(),
-        });
-        self.settle_when_done(
-            &d,
-            confirms,
-            forwards,
-            dead_letter,
-            (rec, details),
-            starts,
-            inflight,
-        );
+        let forwards = if forwards.is_empty() {
+            rec.detail = details.join(", ");
+            None
+        } else {
+            Some(Forwards {
+                list: forwards,
+                details,
+                dead_letter: DeadLetter {
+                    ch: self.publish.clone(),
+                    dlq,
+                    body: d.data.clone(),
+                    source_queue: queue.to_string(),
+                },
+            })
+        };
+        self.settle_when_confirmed(&d, confirms, forwards, rec, starts, inflight);
         Ok(())
     }
 
-    /// Record `rec` once its kanban is acknowledged.
-    /// Once the broker confirmed every message `d` was published as (`(queue, confirm)`), ack
-    /// `d`, record it and start the instances `starts` on demand; a missing confirm requeues it
-    /// (at-least-once). Runs in the settler, off the consume loop.
+    /// Once the broker confirmed every message `d` was published as (`(queue, confirm)`) and
+    /// every forward of it to another device's outbox has ended, ack `d`, record it and start
+    /// the instances `starts` on demand; a missing confirm requeues it (at-least-once), a forward
+    /// to retry puts it back after [`RETRY_PAUSE`](super::settle::RETRY_PAUSE), a refused one
+    /// is dead-lettered with its reason (the forwards' details filled in as they ended). Runs in
+    /// the settler, off the consume loop; with forwards, apart from the in-order jobs.
     fn settle_when_confirmed(
         &self,
         d: &Delivery,
         confirms: Vec<(String, lapin::PublisherConfirm)>,
-        rec: Record,
-        starts: Vec<(String, i32)>,
-        inflight: &Settler,
-    ) {
-        let detail = rec.detail.clone();
-        self.settle_when_done(
-            d,
-            confirms,
-            Vec::new(),
-            None,
-            (rec, vec![detail]),
-            starts,
-            inflight,
-        );
-    }
-
-    /// [`settle_when_confirmed`](Self::settle_when_confirmed), and also once every forward to
-    /// another device's outbox has ended: a forward to retry puts the kanban back (after
-    /// [`RETRY_PAUSE`](super::settle::RETRY_PAUSE)), a refused one is dead-lettered with its
-    /// reason. `rec`'s detail is `details` joined, the forwards' filled in as they ended.
-    #[allow(clippy::too_many_arguments)]
-    fn settle_when_done(
-        &self,
-        d: &Delivery,
-        confirms: Vec<(String, lapin::PublisherConfirm)>,
-        forwards: Vec<Forward>,
-        dead_letter: Option<DeadLetter>,
-        (mut rec, mut details): (Record, Vec<String>),
+        forwards: Option<Forwards>,
+        mut rec: Record,
         starts: Vec<(String, i32)>,
         inflight: &Settler,
     ) {
@@ -361,7 +338,7 @@ impl Session {
         let lifecycle = self.opts.lifecycle.clone();
         let services = self.services.clone();
         let settle = Settle::of(d);
-        let apart = !forwards.is_empty();
+        let apart = forwards.is_some();
         let job = async move {
             let mut ok = true;
             for (queue, c) in confirms {
@@ -370,40 +347,42 @@ impl Session {
                     ok = false;
                 }
             }
-            let mut retry = false;
-            for f in forwards {
-                details[f.detail_at] = match f.outcome.await {
-                    Ok(Ok(())) => f.sent,
-                    Ok(Err(ForwardError::Reject(reason))) => {
-                        let dl = dead_letter.as_ref().expect("kept for the forwards");
-                        if let Err(e) =
-                            dead_letter_on(&dl.ch, &dl.dlq, &dl.body, &reason, &dl.source_queue)
-                                .await
-                        {
-                            tracing::warn!("{e}");
-                            ok = false;
+            if let Some(mut fw) = forwards {
+                let mut retry = false;
+                for f in fw.list {
+                    fw.details[f.detail_at] = match f.outcome.await {
+                        Ok(Ok(())) => f.sent,
+                        Ok(Err(ForwardError::Reject(reason))) => {
+                            let dl = &fw.dead_letter;
+                            if let Err(e) =
+                                dead_letter_on(&dl.ch, &dl.dlq, &dl.body, &reason, &dl.source_queue)
+                                    .await
+                            {
+                                tracing::warn!("{e}");
+                                ok = false;
+                            }
+                            format!("dead-lettered: {reason}")
                         }
-                        format!("dead-lettered: {reason}")
-                    }
-                    Ok(Err(ForwardError::Retry(e))) => {
-                        // The device's broker unreachable: put it back, try again later.
-                        tracing::warn!("forwarding to device `{}`: {e}; will retry", f.device);
-                        retry = true;
-                        String::new()
-                    }
-                    // The outbox closed with the session: the broker delivers it again.
-                    Err(_) => {
-                        retry = true;
-                        String::new()
-                    }
-                };
+                        Ok(Err(ForwardError::Retry(e))) => {
+                            // The device's broker unreachable: put it back, try again later.
+                            tracing::warn!("forwarding to device `{}`: {e}; will retry", f.device);
+                            retry = true;
+                            String::new()
+                        }
+                        // The outbox closed with the session: the broker delivers it again.
+                        Err(_) => {
+                            retry = true;
+                            String::new()
+                        }
+                    };
+                }
+                if retry {
+                    // Every hop goes again (at-least-once: the ones that went are duplicated).
+                    tokio::time::sleep(super::settle::RETRY_PAUSE).await;
+                    return settle.done(false, None);
+                }
+                rec.detail = fw.details.join(", ");
             }
-            if retry {
-                // Every hop goes again (at-least-once: the ones that went are duplicated).
-                tokio::time::sleep(super::settle::RETRY_PAUSE).await;
-                return settle.done(false, None);
-            }
-            rec.detail = details.join(", ");
             settle.done(
                 ok,
                 Some(Box::new(move || {
@@ -644,15 +623,11 @@ impl Session {
         rec.detail = queue.clone();
         rec.kanban = String::from_utf8_lossy(&body).into_owned();
         let starts = vec![(ms.name.clone(), f.number)];
-        self.settle_when_confirmed(&d, vec![(queue, c)], rec, starts, inflight);
+        self.settle_when_confirmed(&d, vec![(queue, c)], None, rec, starts, inflight);
         Ok(())
     }
 }
 
-/// The device of another installation that sent `d` (the `peer.<device>` user the broker
-/// checked its `user_id` against), `None` for a message of this installation (the default
-/// exchange, which peer users cannot write to).
-/// `allowed`: the peers this device accepts (`--peers`), None for any the broker let in.
 /// A kanban's hop handed to another device's outbox.
 pub(super) struct Forward {
     device: String,
@@ -660,6 +635,14 @@ pub(super) struct Forward {
     detail_at: usize,
     sent: String,
     outcome: outbox::Outcome,
+}
+
+/// The hops of a kanban handed to other devices' outboxes, and what settling them needs.
+pub(super) struct Forwards {
+    list: Vec<Forward>,
+    /// The record's detail, one entry per hop; the forwards' filled in as they end.
+    details: Vec<String>,
+    dead_letter: DeadLetter,
 }
 
 /// Where a kanban goes when a forward of it is refused.
@@ -683,6 +666,10 @@ async fn dead_letter_on(
     amqp::publish_confirmed(ch, dlq, body, props).await
 }
 
+/// The device of another installation that sent `d` (the `peer.<device>` user the broker
+/// checked its `user_id` against), `None` for a message of this installation (the default
+/// exchange, which peer users cannot write to).
+/// `allowed`: the peers this device accepts (`--peers`), None for any the broker let in.
 fn peer_sender(d: &Delivery, allowed: Option<&[String]>) -> Result<Option<String>, InboundRefusal> {
     if d.exchange.as_str() != topology::PEER_EXCHANGE {
         return Ok(None);

@@ -85,7 +85,7 @@ impl AckWindow {
 }
 
 /// After how many settled deliveries the settler acknowledges at the latest (it does sooner
-/// whenever nothing more has settled, so an idle router adds no delay).
+/// whenever no more work is queued, so an idle router adds no delay).
 pub(super) const ACK_BATCH: usize = 64;
 
 /// How long settled deliveries may wait behind one that has not settled (a forward still in its
@@ -229,38 +229,37 @@ async fn settle(s: Settled, window: &mut AckWindow, waiting: &mut Waiting) {
 
 /// Acknowledge, with one `multiple` ack, every waiting delivery the window covers; then, with
 /// `all`, those waiting behind a delivery that has not settled, each on its own; then run
-/// their `then`s. A failed ack (connection lost) drops them: the
-/// broker redelivers.
+/// their `then`s. A failed ack (connection lost) drops them: the broker redelivers.
 pub(super) async fn ack_settled(window: &AckWindow, waiting: &mut Waiting, all: bool) {
     let rest = waiting.split_off(&(window.covered() + 1));
     let covered = std::mem::replace(waiting, rest);
     if let Some((_, (acker, _))) = covered.last_key_value() {
         let multiple = covered.len() > 1;
-        acked(acker.ack(BasicAckOptions { multiple }).await, covered);
+        let result = acker.ack(BasicAckOptions { multiple }).await;
+        acked(
+            result,
+            covered.into_values().map(|(_, then)| then).collect(),
+        );
     }
     if all {
         // Never covered by a `multiple` ack later: that one's tag is always a waiting one, and
         // tags acknowledged here are waiting no more.
-        for (tag, (acker, then)) in std::mem::take(waiting) {
-            let one = Waiting::from([(tag, (acker.clone(), then))]);
-            acked(acker.ack(BasicAckOptions { multiple: false }).await, one);
+        for (_, (acker, then)) in std::mem::take(waiting) {
+            acked(
+                acker.ack(BasicAckOptions { multiple: false }).await,
+                vec![then],
+            );
         }
     }
 }
 
-/// After an ack of `these`: their `then`s, or a warning.
-fn acked(result: Result<bool, lapin::Error>, these: Waiting) {
+/// After an ack of the deliveries whose `thens` these are: run them, or warn.
+fn acked(result: Result<bool, lapin::Error>, thens: Vec<Option<Then>>) {
     match result {
-        Ok(_) => {
-            for (_, (_, then)) in these {
-                if let Some(then) = then {
-                    then();
-                }
-            }
-        }
+        Ok(_) => thens.into_iter().flatten().for_each(|then| then()),
         Err(e) => tracing::warn!(
             "acknowledging {} kanban(s): {e} (they will be redelivered)",
-            these.len()
+            thens.len()
         ),
     }
 }
