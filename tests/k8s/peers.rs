@@ -4,20 +4,9 @@
 //! issues the URL for the virtual host the peer may reach, and `remote-credentials` stores what
 //! another installation issued in Secret `aion-remotes`, which no plan shows and no apply prunes.
 
-use aion_integration_tests::k8s::{self, assert_hidden};
+use aion_integration_tests::k8s::{self, assert_hidden, secret_key};
 use aion_reconcile::cluster::{self, ClusterApplyOptions, peers};
 use aion_reconcile::render::{self, broker};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
-
-async fn secret_key(client: &kube::Client, ns: &str, name: &str, key: &str) -> Option<String> {
-    let s = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .unwrap()?;
-    let data = s.data.unwrap_or_default();
-    Some(String::from_utf8(data.get(key)?.0.clone()).unwrap())
-}
 
 /// A NodePort for this test's entry: the tests share one cluster, where node ports are
 /// cluster-wide, so each test takes one from its own range (`from`, 300 ports) by its

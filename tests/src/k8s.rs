@@ -223,6 +223,19 @@ pub fn assert_hidden(text: &str, secret: &str, what: &str) {
     );
 }
 
+/// The value of `key` in Secret `ns/name`, as text; `None` when the Secret or the key is missing.
+///
+/// # Panics
+/// When the apiserver cannot be asked or the value is not UTF-8.
+pub async fn secret_key(client: &Client, ns: &str, name: &str, key: &str) -> Option<String> {
+    let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    let data = s.data.unwrap_or_default();
+    Some(String::from_utf8(data.get(key)?.0.clone()).unwrap())
+}
+
 /// A plan's changes as `plan` prints them, one `<symbol> <key>` each, unchanged objects left out.
 pub fn changed(plan: &aion_reconcile::cluster::ClusterPlan) -> Vec<String> {
     plan.changes

@@ -520,6 +520,28 @@ pub fn assert_files_do_not_hold(dir: &Path, secrets: &[&str]) {
     assert!(checked > 0, "no file under {}", dir.display());
 }
 
+/// The newest kanban a sink stored in `dir` on `host` (`<seq>.json`, see `examples/src/bin/sink.rs`)
+/// that came with a file, if there is one yet.
+pub fn newest_stored_kanban(
+    tb: &Testbed,
+    host: &TestbedHost,
+    dir: &str,
+) -> Option<serde_json::Value> {
+    let out = tb.run_as_root(
+        host,
+        &format!(
+            "cd {dir} 2>/dev/null && f=$(ls -t *.json 2>/dev/null | head -n 1) && [ -n \"$f\" ] && cat \"$f\" || true"
+        ),
+    );
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .filter(|v| {
+            v["metadata"]["storedFiles"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        })
+}
+
 /// Waits (up to 180 s) until no host of `tb` runs a container of a pod but the nodes' own
 /// (kube-system, Flannel): what `down` must leave.
 ///

@@ -28,7 +28,7 @@ use aion_integration_tests::testbed::{self, Instance, ResetIfFailed, Testbed, Te
 use aion_reconcile::cluster::peers;
 use aion_reconcile::reconcile::{self, ClusterPart};
 use aion_reconcile::render::broker;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{ListParams, LogParams};
 
@@ -127,22 +127,16 @@ impl Drop for DownOnDrop<'_> {
     }
 }
 
-/// The newest kanban the sink on `host` stored with a file, and that file's name, waiting up
-/// to `secs`; `None` at the deadline.
+/// The newest kanban the master's sink of `inst` stored with a file, and that file's name,
+/// waiting up to `secs`; `None` at the deadline.
 fn stored_kanban(inst: &Installation, secs: u64) -> Option<(serde_json::Value, String)> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let out = inst.tb.run_as_root(
-            inst.master(),
-            &format!(
-                "cd {} 2>/dev/null && f=$(ls -t *.json 2>/dev/null | head -n 1) && [ -n \"$f\" ] && cat \"$f\" || true",
-                inst.sink_dir()
-            ),
-        );
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out)
-            && let Some(file) = v["metadata"]["storedFiles"][0].as_str()
-        {
-            let file = file.to_string();
+        if let Some(v) = testbed::newest_stored_kanban(inst.tb, inst.master(), &inst.sink_dir()) {
+            let file = v["metadata"]["storedFiles"][0]
+                .as_str()
+                .unwrap()
+                .to_string();
             return Some((v, file));
         }
         if Instant::now() >= deadline {
@@ -189,14 +183,6 @@ async fn pod_logs(client: &kube::Client, namespaces: &[String]) -> String {
         }
     }
     all
-}
-
-async fn broker_password(client: &kube::Client, ns: &str) -> String {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(broker::SECRET_NAME)
-        .await
-        .unwrap();
-    String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap()
 }
 
 /// What `aion-reconcile peer-url -i <issuer> --to <to> <device> | aion-reconcile
@@ -322,8 +308,12 @@ fn two_installations_exchange_kanbans_through_their_entries_on_running_pods() {
 
     testbed::rt().block_on(async {
         let client = cluster.client().await;
-        let pw_a = broker_password(&client, &ns_a).await;
-        let pw_b = broker_password(&client, &ns_b).await;
+        let pw_a = k8s::secret_key(&client, &ns_a, broker::SECRET_NAME, "password")
+            .await
+            .expect("A's broker password");
+        let pw_b = k8s::secret_key(&client, &ns_b, broker::SECRET_NAME, "password")
+            .await
+            .expect("B's broker password");
         assert_ne!(pw_a, pw_b, "each installation generated its own password");
 
         // 2. Credentials: B issues A's worker a URL for B's master and A stores it; A issues

@@ -23,7 +23,7 @@ use aion_integration_tests::k8s::{self, TestCluster};
 use aion_integration_tests::testbed::{self, ResetIfFailed, inventory_copy, rt};
 use aion_reconcile::output::OutputFormat;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
@@ -237,13 +237,8 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         let processors = Api::<Deployment>::namespaced(client.clone(), &processor_ns);
         let deadline = Instant::now() + Duration::from_secs(180);
         let stored = loop {
-            let out = tb.run_as_root(
-                &master,
-                "cd /var/lib/aion/default/Data/sink_1/stored 2>/dev/null && \
-                 f=$(ls -t *.json 2>/dev/null | head -n 1) && [ -n \"$f\" ] && cat \"$f\" || true",
-            );
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out)
-                && v["metadata"]["storedFiles"].as_array().is_some_and(|f| !f.is_empty())
+            if let Some(v) =
+                testbed::newest_stored_kanban(&tb, &master, "/var/lib/aion/default/Data/sink_1/stored")
             {
                 break v;
             }
@@ -269,11 +264,9 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
         }
         // The pods logged in with the password `apply` generated into the Secret aion-broker;
         // it is in no file under the inventory's directory (rendered output, state, apply logs).
-        let secret = Api::<Secret>::namespaced(client.clone(), "default")
-            .get("aion-broker")
+        let password = k8s::secret_key(&client, "default", "aion-broker", "password")
             .await
-            .unwrap();
-        let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
+            .expect("the broker password");
         assert_eq!(password.len(), 32);
         testbed::assert_files_do_not_hold(dir.path(), &[&password]);
         let processor = processors.get("processor-001").await.unwrap();
