@@ -213,6 +213,12 @@ fn real_nodes_run_the_installation_and_down_removes_it() {
                 ns => ns.to_string(),
             };
             assert_eq!(pods[0].1, want, "{what} runs on {want}");
+            // The core asks for CPU and memory: the kubelet classes it Burstable, not
+            // BestEffort (first evicted, lowest CPU weight).
+            let (ns, _) = what.split_once('/').unwrap();
+            let pod = Api::<Pod>::namespaced(client.clone(), ns).get(&pods[0].0).await.unwrap();
+            let qos = pod.status.and_then(|s| s.qos_class);
+            assert_eq!(qos.as_deref(), Some("Burstable"), "QoS class of {what}");
         }
 
         // `status` shows the same: each core workload's pods Running on their nodes.

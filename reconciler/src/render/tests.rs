@@ -508,6 +508,27 @@ fn least_privilege_rbac() {
     );
 }
 
+/// The core pods ask for CPU and memory and set no limits: Burstable, not BestEffort. A
+/// BestEffort broker is the first pod the kubelet evicts under memory pressure and runs at the
+/// lowest CPU weight (cgroup v1 `cpu.shares` 2) beside any pod that asks for CPU; before, no
+/// core container had `resources`.
+#[test]
+fn core_pods_request_cpu_and_memory_without_limits() {
+    let m = render(&single("default"), &[]).unwrap();
+    for name in ["rabbitmq", "aion-kanban", "redis-cluster"] {
+        let d = &find(&m, "Deployment", name).value;
+        let r = &d["spec"]["template"]["spec"]["containers"][0]["resources"];
+        for what in ["cpu", "memory"] {
+            assert!(
+                r["requests"][what].is_string(),
+                "{name}: no {what} request in {r}"
+            );
+        }
+        // A CPU limit throttles the broker in bursts (CFS quota), a memory limit kills it.
+        assert!(r.get("limits").is_none(), "{name}: limits {r}");
+    }
+}
+
 #[test]
 fn cluster_mode_namespace_per_worker() {
     let svc = services("microservices:\n  a:\n    always: yes\n");
