@@ -4,6 +4,8 @@
 #
 #   bench/pod-hop.sh [SAMPLES] [RATE] [COLD]     (defaults 2000 100 10)
 #   PONG_NODE=master bench/pod-hop.sh ...        # pong beside the broker (no second VXLAN leg)
+#   POD_REQUESTS=1 bench/pod-hop.sh ...          # ping and pong Burstable (CPU/memory requests)
+#   AION_BENCH_BIN=DIR bench/pod-hop.sh ...      # binaries of a build kept in DIR (alternating)
 #
 # Needs root, the control plane (scripts/k8s-testenv.sh start), RabbitMQ on loopback
 # (scripts/rabbitmq.sh start), the images (scripts/images build, with ping/pong/cold) and the
@@ -37,10 +39,16 @@ eval "$(scripts/rabbitmq.sh env)"
 [ -f inventories/testbed/inventory.yml ] || die "the testbed is not up (scripts/testbed up)"
 scripts/testbed status >/dev/null || die "the testbed is not up (scripts/testbed up)"
 
-log "building (release)"
-cargo build --release -q -p aion-kanban -p aion-examples --bin aion-kanban --bin hop \
-    -p aion-reconcile --bin aion-reconcile
-BIN=$CARGO_TARGET_DIR/release
+# AION_BENCH_BIN=DIR: the binaries (aion-reconcile, aion-kanban, hop) of a build kept there,
+# not built here (to alternate two builds in one session).
+if [ -n "${AION_BENCH_BIN:-}" ]; then
+    BIN=$AION_BENCH_BIN
+else
+    log "building (release)"
+    cargo build --release -q -p aion-kanban -p aion-examples --bin aion-kanban --bin hop \
+        -p aion-reconcile --bin aion-reconcile
+    BIN=$CARGO_TARGET_DIR/release
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -111,6 +119,9 @@ cp inventories/testbed/inventory.yml inventories/testbed/known_hosts inventories
 chmod 600 "$D/id_ed25519"
 printf 'deviceName: %s\nmicroservices: {}\n' "$M" > "$D/services.yml"
 printf 'deviceName: %s\nmicroservices: {}\n' "$W2" > "$D/services-$W2.yml"
+# POD_REQUESTS=1: ping and pong ask for CPU and memory (Burstable, not BestEffort).
+REQ=
+[ "${POD_REQUESTS:-0}" = 1 ] && REQ=$'    resources:\n      requests: {cpu: 100m, memory: 32Mi}\n'
 cat > "$D/services-$W1.yml" <<EOF
 deviceName: $W1
 microservices:
@@ -118,7 +129,7 @@ microservices:
     startup: yes
     always: no
     targetNode: $W1
-    env:
+$REQ    env:
       SAMPLES: "$SAMPLES"
       RATE: "$RATE"
       COLD_COUNT: "$COLD"
@@ -133,7 +144,7 @@ microservices:
     startup: yes
     always: yes
     targetNode: $PONG_ON
-    nextService:
+$REQ    nextService:
       default:
         - name: ping
   cold:
@@ -173,7 +184,7 @@ read -r ls ll l50 l99 lr50 lr99 lo50 lo99 < <(hops "$WORK/loopback.json")
 read -r ps pl p50 p99 pr50 pr99 po50 po99 < <(hops "$WORK/pods.json")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f×", a / b }'; }
 echo
-echo "Measured $(date -u '+%Y-%m-%d %H:%M') UTC, commit $(git rev-parse --short HEAD), $SAMPLES kanbans at $RATE/s, load $(cut -d' ' -f1 /proc/loadavg). Pods: $nodes."
+echo "Measured $(date -u '+%Y-%m-%d %H:%M') UTC, commit $(git rev-parse --short HEAD)${AION_BENCH_BIN:+ (binaries from $AION_BENCH_BIN)}${POD_REQUESTS:+, POD_REQUESTS=$POD_REQUESTS}, $SAMPLES kanbans at $RATE/s, load $(cut -d' ' -f1 /proc/loadavg). Pods: $nodes."
 echo
 echo "| path | kanbans back (lost) | hop p50 (ms) | hop p99 (ms) | round trip p50 / p99 (ms) | one way p50 / p99 (ms) |"
 echo "|---|---|---|---|---|---|"
