@@ -255,7 +255,16 @@ curl -fsSL https://pkgs.k8s.io/core:/stable:/v1.37/deb/Release.key | gpg --dearm
 test -s /etc/apt/keyrings/k.gpg && echo key-written
 curl -fsS https://deb.debian.org/ >/dev/null 2>&1; echo "offline=$?"
 tail -n +$((n0 + 1)) /var/log/aion-standins.log | grep -c ' apt-get install ' | sed 's/^/logged-installs=/'
+# Two starts of one unit at once leave one daemon, and a stop leaves none (systemd queues one
+# job per unit; the stand-in once spawned a second, unsupervised containerd).
+me=$(readlink /proc/self/ns/mnt)
+count() { n=0; for p in $(pgrep -x containerd); do [ "$(readlink /proc/$p/ns/mnt 2>/dev/null)" = "$me" ] && n=$((n + 1)); done; echo $n; }
+systemctl start containerd & systemctl start containerd & wait
+sleep 3
+echo "containerds-after-two-starts=$(count)"
 systemctl stop containerd >/dev/null 2>&1
+sleep 1
+echo "containerds-after-stop=$(count)"
 "#,
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -277,6 +286,8 @@ systemctl stop containerd >/dev/null 2>&1
         "key-written",
         "offline=6",
         "logged-installs=2",
+        "containerds-after-two-starts=1",
+        "containerds-after-stop=0",
     ];
     for line in expect {
         assert!(
