@@ -216,17 +216,25 @@ async fn session(
             }
         }
     };
+    // Said before the cleanup below, so a session that never comes back shows whether it
+    // ended at all (a broker restart in CI once left the router without consumers and silent).
+    if let Err(e) = &end {
+        tracing::info!("router session ending: {e:#}");
+    }
     // Let confirmations that are on their way finish, so their messages get acked.
     let _ = tokio::time::timeout(Duration::from_secs(5), inflight.drain()).await;
-    let _ = conn
-        .close(200, "aion-kanban router session end".into())
-        .await;
-    let _ = pub_conn
-        .close(200, "aion-kanban router session end".into())
-        .await;
+    // A connection whose status still says connected while its broker is gone would wait for
+    // a close-ok that never comes: the next session must not wait with it.
+    for c in [&conn, &pub_conn] {
+        let close = c.close(200, "aion-kanban router session end".into());
+        let _ = tokio::time::timeout(CLOSE_PATIENCE, close).await;
+    }
     s.outboxes.close().await;
     end
 }
+
+/// How long a session's end waits for each of its connections to close.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// How often [`connection_lost`] looks at the connections.
 const CONNECTION_CHECK: Duration = Duration::from_millis(250);
