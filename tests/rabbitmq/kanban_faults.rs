@@ -343,6 +343,68 @@ microservices:
     amqp::delete(&ch, &all_queues(&cfg)).await;
 }
 
+/// The link between the router and its broker stops carrying packets without a reset (no FIN,
+/// no RST: a NAT or firewall that forgot the flow). Both of the router's connections stay open
+/// and silent; the router must give up on them, connect again and route what waits. With the
+/// broker's heartbeat interval (60 s) lapin gives up only after two minutes without a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_reconnects_when_its_link_to_the_broker_freezes() {
+    let Some(b) = rabbitmq::require() else { return };
+    let _brokers = component::shared_async().await;
+    let p = rabbitmq::unique("fz");
+    let cfg = services(&format!(
+        "microservices:\n  {p}a:\n    nextService: {{default: [{{name: {p}b}}]}}\n  {p}b: {{}}\n"
+    ));
+    let proxy = rabbitmq::FreezingProxy::start(&b.url).await;
+    let r = start_router(
+        RouterOptions::new(
+            ServicesSource::Value(Arc::new(cfg.clone())),
+            proxy.url(&b.url),
+        ),
+        None,
+    );
+    let (conn, ch) = amqp::connect(&b.url).await;
+    let (from, to) = (format!("{p}a-001.out"), format!("{p}b-001.in"));
+    assert!(amqp::wait_declared(&conn, &to, WAIT).await);
+    amqp::publish(&ch, &from, br#"{"metadata":{"id":0}}"#).await;
+    assert_eq!(ids(&amqp::take(&ch, &to, 1, WAIT).await), vec![0]);
+
+    let connections = proxy.accepted();
+    proxy.freeze();
+    // More than the router's prefetch: some go to its frozen consumer (the broker hands them
+    // back once it closes that connection), the rest wait for a new one.
+    let sent: Vec<i64> = (1..=40).collect();
+    for id in &sent {
+        amqp::publish(
+            &ch,
+            &from,
+            json!({"metadata": {"id": id}}).to_string().as_bytes(),
+        )
+        .await;
+    }
+    // Half of the two minutes lapin would take on the broker's heartbeat interval.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    while got.len() < sent.len() && Instant::now() < deadline {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        got.extend(ids(
+            &amqp::take(&ch, &to, sent.len() - got.len(), wait).await
+        ));
+        // At-least-once: a kanban may come twice.
+        got.sort_unstable();
+        got.dedup();
+    }
+    assert_eq!(
+        got,
+        sent,
+        "kanbans routed after the link froze (the router made {} new connection(s))",
+        proxy.accepted() - connections
+    );
+    r.stop().await;
+    amqp::delete(&ch, &all_queues(&cfg)).await;
+    let _ = conn.close(200, "".into()).await;
+}
+
 /// Not a test on its own: the process `sighup_reloads_router_and_client` starts (this test
 /// binary re-executed) as the router (`AION_KANBAN_FAULTS_CHILD=router`) or as a microservice
 /// using the client library from its environment (`=client`).

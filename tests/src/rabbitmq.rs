@@ -526,6 +526,105 @@ pub async fn stalling_proxy(upstream: String) -> (String, Arc<std::sync::atomic:
     (addr, flag)
 }
 
+/// A TCP proxy to a broker whose open connections can be frozen: after [`FreezingProxy::freeze`]
+/// every connection open at that moment carries nothing more, either way, and is never closed
+/// (a link that stopped carrying packets without a reset: a NAT or firewall that forgot the
+/// flow, a cable pulled between two switches), while connections made later are carried
+/// normally. Neither end learns anything from the network: only a timeout can tell it.
+pub struct FreezingProxy {
+    /// `host:port` to connect to instead of the broker.
+    pub addr: String,
+    /// Bumped by each freeze: a connection accepted in an earlier epoch is frozen.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FreezingProxy {
+    /// A proxy to the broker of `broker_url` (`amqp://user:pass@host:port/vhost`).
+    pub async fn start(broker_url: &str) -> FreezingProxy {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        let upstream = Self::authority(broker_url).to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (epochs, count) = (epoch.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let born = epochs.load(Ordering::SeqCst);
+                let frozen = {
+                    let epochs = epochs.clone();
+                    move || epochs.load(Ordering::SeqCst) > born
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(async move {
+                    tokio::join!(
+                        Self::carry(cr, sw, frozen.clone()),
+                        Self::carry(sr, cw, frozen)
+                    );
+                });
+            }
+        });
+        FreezingProxy {
+            addr,
+            epoch,
+            accepted,
+        }
+    }
+
+    /// Freeze every connection open now.
+    pub fn freeze(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many connections the proxy has carried so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `url` (`amqp://user:pass@host:port/vhost`) through this proxy.
+    pub fn url(&self, url: &str) -> String {
+        url.replacen(Self::authority(url), &self.addr, 1)
+    }
+
+    /// `host:port` of `amqp://user:pass@host:port/vhost`.
+    fn authority(url: &str) -> &str {
+        let after = url.rsplit_once('@').expect("credentials in the URL").1;
+        after.split('/').next().unwrap_or(after)
+    }
+
+    /// One direction of a connection. Once frozen it neither reads, writes nor closes, and
+    /// keeps both sockets open until the test's runtime ends.
+    async fn carry(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: impl Fn() -> bool,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let read = from.read(&mut buf).await;
+            if frozen() {
+                let _held = (from, to);
+                std::future::pending::<()>().await;
+                return;
+            }
+            let n = match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Certificates made with `openssl` for a TLS entry: a CA, a server certificate it signed
 /// (`server.pem`, `server.key` in `dir`; for 127.0.0.1 or the address given to
 /// [`test_pki_for`]), and another CA that signed nothing here.
