@@ -61,21 +61,7 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    let connecting = async {
-        match uri_with_heartbeat(url) {
-            Some(uri) => Connection::connect_uri(uri, props).await,
-            // Not a URL lapin can parse: let it say so.
-            None => Connection::connect(url, props).await,
-        }
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(r) => r.map_err(|source| AmqpError::Connect {
-            url: redact(url),
-            source,
-        }),
-        Err(_) => Err(AmqpError::ConnectTimeout { url: redact(url) }),
-    }
+    connect_with_ca(url, name, None).await
 }
 
 /// The heartbeat interval (seconds) a connection asks for when its URL does not say
@@ -104,18 +90,17 @@ pub async fn connect_with_ca(
     name: &str,
     ca: Option<&str>,
 ) -> Result<Connection, AmqpError> {
-    let Some(ca) = ca else {
-        return connect(url, name).await;
-    };
     let props = ConnectionProperties::default().with_connection_name(name.into());
+    // No CA: lapin's defaults (the system's roots), as `Connection::connect` uses.
     let tls = lapin::tcp::OwnedTLSConfig {
         identity: None,
-        cert_chain: Some(ca.to_string()),
+        cert_chain: ca.map(str::to_string),
     };
     let connecting = async {
         let runtime = lapin::runtime::default_runtime()?;
         match uri_with_heartbeat(url) {
             Some(uri) => Connection::connect_uri_with_config(uri, props, tls, runtime).await,
+            // Not a URL lapin can parse: let it say so.
             None => Connection::connect_with_config(url, props, tls, runtime).await,
         }
     };

@@ -426,6 +426,27 @@ pub mod kanban {
     }
 }
 
+/// A TCP proxy to `upstream` on a free loopback port: for each connection accepted it connects
+/// to `upstream` and hands both sockets (client, server) to `carry`, on a task of their own;
+/// when `upstream` refuses, the client's connection is dropped. Returns the proxy's address.
+async fn spawn_proxy<F, Fut>(upstream: String, carry: F) -> String
+where
+    F: Fn(tokio::net::TcpStream, tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            tokio::spawn(carry(client, server));
+        }
+    });
+    addr
+}
+
 /// A TCP proxy to `upstream` that cuts every connection once, after `cut_after` bytes went
 /// upstream in total (the link to the other installation drops mid-transfer), and carries
 /// everything after that. Returns its address and a flag that says the cut happened.
@@ -435,49 +456,43 @@ pub async fn link_cutting_proxy(
 ) -> (String, Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let cut = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let kill = Arc::new(tokio::sync::Notify::new());
     let flag = cut.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                continue;
-            };
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            let (cut, sent, kill) = (cut.clone(), sent.clone(), kill.clone());
-            let killed = kill.clone();
-            tokio::spawn(async move {
-                let up = async {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                        let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
-                        if total > cut_after && !cut.swap(true, Ordering::SeqCst) {
-                            kill.notify_waiters();
-                            return;
-                        }
+    let addr = spawn_proxy(upstream, move |client, server| {
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let (cut, sent, kill) = (cut.clone(), sent.clone(), kill.clone());
+        let killed = kill.clone();
+        async move {
+            let up = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
                     }
-                };
-                let down = tokio::io::copy(&mut sr, &mut cw);
-                tokio::select! {
-                    _ = up => {}
-                    _ = down => {}
-                    _ = killed.notified() => {}
+                    let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                    if total > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                        kill.notify_waiters();
+                        return;
+                    }
                 }
-                // Dropping both halves of both sockets cuts the connection.
-            });
+            };
+            let down = tokio::io::copy(&mut sr, &mut cw);
+            tokio::select! {
+                _ = up => {}
+                _ = down => {}
+                _ = killed.notified() => {}
+            }
+            // Dropping both halves of both sockets cuts the connection.
         }
-    });
+    })
+    .await;
     (addr, flag)
 }
 
@@ -487,42 +502,36 @@ pub async fn link_cutting_proxy(
 pub async fn stalling_proxy(upstream: String) -> (String, Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let stalled = Arc::new(AtomicBool::new(false));
     let flag = stalled.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                continue;
-            };
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            let stalled = stalled.clone();
-            tokio::spawn(async move {
-                let up = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        while stalled.load(Ordering::SeqCst) {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
+    let addr = spawn_proxy(upstream, move |client, server| {
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let stalled = stalled.clone();
+        async move {
+            let up = async {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    while stalled.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                };
-                let down = tokio::io::copy(&mut sr, &mut cw);
-                tokio::select! {
-                    _ = up => {}
-                    _ = down => {}
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
                 }
-            });
+            };
+            let down = tokio::io::copy(&mut sr, &mut cw);
+            tokio::select! {
+                _ = up => {}
+                _ = down => {}
+            }
         }
-    });
+    })
+    .await;
     (addr, flag)
 }
 
@@ -543,33 +552,27 @@ impl FreezingProxy {
     /// A proxy to the broker of `broker_url` (`amqp://user:pass@host:port/vhost`).
     pub async fn start(broker_url: &str) -> FreezingProxy {
         use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-        let upstream = Self::authority(broker_url).to_string();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let epoch = Arc::new(AtomicU64::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (epochs, count) = (epoch.clone(), accepted.clone());
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                    continue;
-                };
-                count.fetch_add(1, Ordering::SeqCst);
-                let born = epochs.load(Ordering::SeqCst);
-                let frozen = {
-                    let epochs = epochs.clone();
-                    move || epochs.load(Ordering::SeqCst) > born
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(async move {
-                    tokio::join!(
-                        Self::carry(cr, sw, frozen.clone()),
-                        Self::carry(sr, cw, frozen)
-                    );
-                });
+        let upstream = Self::authority(broker_url).to_string();
+        let addr = spawn_proxy(upstream, move |client, server| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let born = epochs.load(Ordering::SeqCst);
+            let frozen = {
+                let epochs = epochs.clone();
+                move || epochs.load(Ordering::SeqCst) > born
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            async move {
+                tokio::join!(
+                    Self::carry(cr, sw, frozen.clone()),
+                    Self::carry(sr, cw, frozen)
+                );
             }
-        });
+        })
+        .await;
         FreezingProxy {
             addr,
             epoch,
